@@ -1,0 +1,270 @@
+//! The command line: clap definitions and what each command does.
+//!
+//! Every flag can also come from a `TREECAST_*` environment variable; a flag wins over the
+//! environment, which wins over the default.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+
+use crate::config::NodeConfig;
+use crate::net::parse_addr;
+use crate::node::{Node, NodeHandle, Status};
+use crate::trust::{PublisherKey, Ticket};
+
+/// Publish a directory tree to many subscribers over a peer-to-peer QUIC swarm.
+#[derive(Debug, Parser)]
+#[command(name = "treecast", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish DIR: sign a revision whenever it changes, print the ticket, serve until Ctrl-C.
+    Publish {
+        /// The directory to publish.
+        dir: PathBuf,
+        /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
+        #[arg(long, env = "TREECAST_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        listen: Vec<String>,
+        /// Peer to dial at start (IP:PORT or multiaddr). Repeatable.
+        #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
+        bootstrap: Vec<String>,
+        /// Publisher key file (32-byte ed25519 secret, mode 0600); created if missing.
+        /// Default: DIR/.treecast/publisher.key.
+        #[arg(long, env = "TREECAST_KEY")]
+        key: Option<PathBuf>,
+        /// Seconds between full rescans (a backstop for the file watcher).
+        #[arg(long, env = "TREECAST_RESCAN_SECS", default_value_t = 30)]
+        rescan_secs: u64,
+        /// Do not watch DIR for changes; rely on periodic rescans.
+        #[arg(long, env = "TREECAST_NO_WATCH")]
+        no_watch: bool,
+    },
+    /// Keep DIR an exact, read-only mirror of the newest revision of the swarm in TICKET.
+    Subscribe {
+        /// The ticket printed by `treecast publish`.
+        ticket: String,
+        /// The mirror directory (created if missing).
+        dir: PathBuf,
+        /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
+        #[arg(long, env = "TREECAST_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        listen: Vec<String>,
+        /// Peer to dial at start, besides the ticket's addresses. Repeatable.
+        #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
+        bootstrap: Vec<String>,
+        /// Exit 0 as soon as DIR equals the newest revision learned; non-zero if that fails.
+        #[arg(long, env = "TREECAST_ONCE")]
+        once: bool,
+        /// Seconds to wait for a first peer before giving up (with --once).
+        #[arg(long, env = "TREECAST_CONNECT_TIMEOUT", default_value_t = 30)]
+        connect_timeout: u64,
+        /// Print the final status as JSON on stdout (with --once).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rehash DIR against the revision it holds; exit 0 only if it matches exactly.
+    Verify {
+        /// A published or mirrored directory.
+        dir: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new publisher key file (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key; refuses to overwrite.
+        out: PathBuf,
+    },
+    /// Run a self-contained local demo: a publisher and two subscribers on loopback.
+    Demo {
+        /// Size of the largest sample file, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+    },
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Publish {
+            dir,
+            listen,
+            bootstrap,
+            key,
+            rescan_secs,
+            no_watch,
+        } => {
+            let mut config = node_config(&dir, &listen, &bootstrap)?;
+            config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
+            config.watch = !no_watch;
+            let key_path = key.unwrap_or_else(|| config.state_dir().join("publisher.key"));
+            let key = PublisherKey::load_or_create(&key_path)
+                .with_context(|| format!("publisher key {}", key_path.display()))?;
+            publish(config, key).await
+        }
+        Command::Subscribe {
+            ticket,
+            dir,
+            listen,
+            bootstrap,
+            once,
+            connect_timeout,
+            json,
+        } => {
+            let ticket: Ticket = ticket.parse().context("reading the ticket")?;
+            let mut config = node_config(&dir, &listen, &bootstrap)?;
+            config.connect_timeout = Duration::from_secs(connect_timeout);
+            subscribe(config, ticket, once, json).await
+        }
+        Command::Verify { dir, json } => verify(&dir, json),
+        Command::Keygen { out } => {
+            let key = PublisherKey::generate();
+            key.save_new(&out)?;
+            println!("{}", key.public());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { size_mib } => crate::demo::run(size_mib).await,
+    }
+}
+
+fn node_config(dir: &std::path::Path, listen: &[String], bootstrap: &[String]) -> Result<NodeConfig> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut config = NodeConfig::new(dir);
+    config.listen = parse_addrs(listen)?;
+    config.bootstrap = parse_addrs(bootstrap)?;
+    Ok(config)
+}
+
+fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_addr(s.trim()).map_err(Into::into))
+        .collect()
+}
+
+async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
+    let node = Node::publish(config, key).await?;
+    println!("{}", node.ticket());
+    for addr in node.listen_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    wait_for_ctrl_c(node).await
+}
+
+async fn wait_for_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -> Result<ExitCode> {
+    let node = Node::subscribe(config, ticket).await?;
+    let bar = progress_bar();
+    let mut status = node.status();
+    let result = loop {
+        let s = status.borrow_and_update().clone();
+        show_progress(&bar, &s);
+        if once && s.synced {
+            break Ok(s);
+        }
+        if once && s.error.is_some() && node_idle(&s) {
+            break Err(s);
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { break Err(s) },
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                break Ok(s);
+            }
+        }
+    };
+    bar.finish_and_clear();
+    node.shutdown().await;
+    match result {
+        Ok(s) => {
+            if json {
+                println!("{}", status_json(&s));
+            } else if once {
+                eprintln!("mirror is at revision {}", s.revision.unwrap_or(0));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(s) => {
+            if json {
+                println!("{}", status_json(&s));
+            }
+            bail!(
+                "could not reach the newest revision: {}",
+                s.error.unwrap_or_else(|| "node stopped".into())
+            )
+        }
+    }
+}
+
+fn node_idle(s: &Status) -> bool {
+    s.progress.is_none()
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn show_progress(bar: &indicatif::ProgressBar, s: &Status) {
+    if let Some((done, total)) = s.progress {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(format!("revision {}", s.newest_known.unwrap_or(0)));
+    }
+}
+
+fn status_json(s: &Status) -> String {
+    serde_json::to_string(s).expect("status serialises")
+}
+
+fn verify(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let (revision, report) = crate::node::verify_dir(dir)?;
+    if json {
+        let out = serde_json::json!({
+            "revision": revision,
+            "ok": report.ok(),
+            "files_checked": report.files_checked,
+            "bytes_checked": report.bytes_checked,
+            "problems": report.problems,
+        });
+        println!("{out}");
+    } else if report.ok() {
+        println!(
+            "ok: {} matches revision {revision} ({} files, {} bytes rehashed)",
+            dir.display(),
+            report.files_checked,
+            report.bytes_checked
+        );
+    } else {
+        println!("{} does NOT match revision {revision}:", dir.display());
+        for p in &report.problems {
+            println!("  {p}");
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

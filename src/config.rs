@@ -1,0 +1,107 @@
+//! Every limit, timeout and tunable in one place, plus the runtime configuration of a node.
+//!
+//! Precedence for user-facing settings is flag > env (`TREECAST_*`, handled by clap) > default.
+//! Constants here are protocol limits: changing them changes what peers accept.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// FastCDC minimum chunk size.
+pub const CHUNK_MIN: u32 = 64 * 1024;
+/// FastCDC average chunk size.
+pub const CHUNK_AVG: u32 = 256 * 1024;
+/// FastCDC maximum chunk size; also the largest blob a peer may send in one reply.
+pub const CHUNK_MAX: u32 = 1024 * 1024;
+
+/// Largest frame on the control stream (heads, hellos, goodbyes are small).
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Largest frame on a chunk stream: one chunk plus its header.
+pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
+/// Largest manifest we are willing to fetch and decode.
+pub const MAX_MANIFEST_SIZE: u64 = 512 * 1024 * 1024;
+/// Longest path in a manifest, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest single path component, in bytes.
+pub const MAX_COMPONENT_LEN: usize = 255;
+/// Deepest directory nesting in a manifest.
+pub const MAX_PATH_DEPTH: usize = 64;
+/// Most entries in one manifest.
+pub const MAX_ENTRIES: usize = 10_000_000;
+
+/// Chunk streams opened to each peer we download from.
+pub const CHUNK_STREAMS_PER_PEER: usize = 2;
+/// Chunk requests in flight on one chunk stream.
+pub const REQUESTS_PER_STREAM: usize = 8;
+/// Inbound chunk streams one peer may hold open against us at once.
+pub const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
+/// Peers we hold control sessions with at once.
+pub const MAX_PEERS: usize = 64;
+
+/// Time allowed for the version handshake and hello exchange.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for one chunk reply once it was requested.
+pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Interval between heartbeats on the control stream.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Silence on a control stream after which the peer is considered gone.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time to open a stream on an existing connection.
+pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Quiet period after a file-system event before the publisher rescans.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long an idle connection is kept.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a banned peer stays banned.
+pub const BAN_DURATION: Duration = Duration::from_secs(600);
+
+/// QUIC receive window per stream (libp2p's default of 10 MB is too small for fat links).
+pub const QUIC_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// QUIC receive window per connection.
+pub const QUIC_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// Name of the state directory inside a published or mirrored tree; never published.
+pub const STATE_DIR: &str = ".treecast";
+
+/// Runtime configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The tree this node publishes or mirrors.
+    pub dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Publisher only: full rescan interval (backstop for the file watcher).
+    pub rescan_interval: Duration,
+    /// Publisher only: watch the tree for changes.
+    pub watch: bool,
+    /// Subscriber only: how long to wait for a first peer before giving up (with `--once`).
+    pub connect_timeout: Duration,
+    /// Wire protocol version this node speaks. Only tests change it.
+    pub protocol_version: u32,
+    /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
+    pub danger_corrupt_served_chunks: bool,
+}
+
+impl NodeConfig {
+    /// A configuration for `dir` listening on a free loopback port, with defaults elsewhere.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            dir: dir.into(),
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            rescan_interval: Duration::from_secs(30),
+            watch: true,
+            connect_timeout: Duration::from_secs(30),
+            protocol_version: crate::wire::PROTOCOL_VERSION,
+            danger_corrupt_served_chunks: false,
+        }
+    }
+
+    /// The state directory of this node's tree.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+}

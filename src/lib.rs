@@ -1,0 +1,30 @@
+//! treecast publishes a directory tree from one publisher to many subscribers over a
+//! peer-to-peer QUIC swarm (libp2p). Subscribers keep an exact, read-only, verified mirror.
+//!
+//! A tour, from the bottom up:
+//! - [`config`]: every limit, timeout and default in one place.
+//! - [`tree`]: validated paths, FastCDC chunking, BLAKE3, scanning, the manifest (pure).
+//! - [`trust`]: publisher and node keys, signed heads, tickets.
+//! - [`wire`]: the protocol specification and message types, framing with hard caps.
+//! - [`store`]: the redb state database, the staging area, applying a revision atomically per
+//!   file, verifying a tree.
+//! - [`swarm`]: the sans-IO piece picker (what to request from whom), tested without sockets.
+//! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour.
+//! - [`node`]: the event loop, control sessions, chunk streams, the publisher and subscriber
+//!   engines, and the [`node::NodeHandle`] that the CLI and tests drive.
+//! - [`cli`]: the command line (`main.rs` only parses, sets up tracing and runs it).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod net;
+pub mod node;
+pub mod store;
+pub mod swarm;
+pub mod tree;
+pub mod trust;
+pub mod wire;
+
+pub use config::NodeConfig;
+pub use node::{Node, NodeHandle, Status};
+pub use trust::{PublisherKey, Ticket};

@@ -1,0 +1,105 @@
+//! The libp2p swarm: one QUIC endpoint carrying identify, ping and our own stream protocols.
+//!
+//! Owns transport configuration and address parsing. Protocol logic lives in `node/`.
+
+pub mod streams;
+
+use std::net::SocketAddr;
+
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
+use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+use thiserror::Error;
+
+use crate::config::{IDLE_CONNECTION_TIMEOUT, QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
+use crate::wire::{CHUNKS_PROTOCOL, CONTROL_PROTOCOL};
+
+/// Errors of the network layer.
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error("not an address: {0:?} (expected IP:PORT or a multiaddr like /ip4/1.2.3.4/udp/9000/quic-v1)")]
+    BadAddr(String),
+    #[error("could not listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("building the swarm: {0}")]
+    Build(String),
+}
+
+/// All behaviours of a treecast node.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub streams: streams::Behaviour,
+}
+
+/// Build the swarm on QUIC with explicit flow-control windows.
+pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_quic_config(|mut c| {
+            c.max_stream_data = QUIC_STREAM_WINDOW;
+            c.max_connection_data = QUIC_CONNECTION_WINDOW;
+            c.keep_alive_interval = std::time::Duration::from_secs(5);
+            c
+        })
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/treecast/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            streams: streams::Behaviour::new(vec![
+                StreamProtocol::new(CONTROL_PROTOCOL),
+                StreamProtocol::new(CHUNKS_PROTOCOL),
+            ]),
+        })
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Parse `IP:PORT` (UDP, QUIC) or a multiaddr.
+pub fn parse_addr(s: &str) -> Result<Multiaddr, NetError> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        let ip = match sa.ip() {
+            std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+            std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+        };
+        return Ok(Multiaddr::empty()
+            .with(ip)
+            .with(Protocol::Udp(sa.port()))
+            .with(Protocol::QuicV1));
+    }
+    s.parse::<Multiaddr>()
+        .map_err(|_| NetError::BadAddr(s.to_owned()))
+}
+
+/// The peer ID at the end of a multiaddr, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            parse_addr("127.0.0.1:0").unwrap().to_string(),
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+        );
+        assert_eq!(
+            parse_addr("[::1]:9").unwrap().to_string(),
+            "/ip6/::1/udp/9/quic-v1"
+        );
+        assert!(parse_addr("/ip4/1.2.3.4/udp/1/quic-v1").is_ok());
+        assert!(matches!(parse_addr("nonsense"), Err(NetError::BadAddr(_))));
+    }
+}

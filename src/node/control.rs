@@ -1,0 +1,195 @@
+//! One control session per peer: handshake, hello, then heads, heartbeats and goodbye.
+
+use futures::AsyncReadExt;
+use libp2p::{PeerId, Stream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::net_loop::NetCommand;
+use super::serve::Content;
+use super::LocalInfo;
+use crate::config::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CONTROL_FRAME, PEER_TIMEOUT};
+use crate::trust::SignedHead;
+use crate::wire::{self, ControlMsg, Hello, WireError, MAX_REASON_LEN};
+
+/// What sessions tell the engine.
+#[derive(Debug)]
+pub(crate) enum PeerEvent {
+    Up { peer: PeerId, hello: Hello },
+    Head { peer: PeerId, head: SignedHead },
+    Down { peer: PeerId },
+    Incompatible { peer: PeerId, ours: u32, theirs: u32 },
+}
+
+/// Everything a session needs.
+pub(crate) struct SessionCtx {
+    pub peer: PeerId,
+    pub session: u64,
+    pub local: LocalInfo,
+    pub version: u32,
+    pub content: Content,
+    pub events: mpsc::Sender<PeerEvent>,
+    pub net: mpsc::Sender<NetCommand>,
+    pub out: mpsc::Receiver<ControlMsg>,
+    pub cancel: CancellationToken,
+}
+
+/// Run a control session to its end.
+pub(crate) async fn run(stream: Stream, mut ctx: SessionCtx) {
+    let peer = ctx.peer;
+    let (mut r, mut w) = stream.split();
+    let result = session(&mut r, &mut w, &mut ctx).await;
+    match &result {
+        Ok(()) => debug!(%peer, "control session ended"),
+        Err(WireError::VersionMismatch { ours, theirs }) => {
+            error!(%peer, ours, theirs, "peer speaks treecast protocol version {theirs}, this node speaks {ours}: disconnecting");
+            let _ = ctx
+                .events
+                .send(PeerEvent::Incompatible {
+                    peer,
+                    ours: *ours,
+                    theirs: *theirs,
+                })
+                .await;
+        }
+        Err(e) if e.is_hostile() => {
+            warn!(%peer, error = %e, "peer sent a malformed control message: banning");
+            let _ = ctx
+                .net
+                .send(NetCommand::Ban {
+                    peer,
+                    reason: e.to_string(),
+                })
+                .await;
+        }
+        Err(e) => info!(%peer, error = %e, "control session closed"),
+    }
+    if matches!(result, Err(WireError::VersionMismatch { .. })) {
+        let _ = ctx.net.send(NetCommand::Disconnect(peer)).await;
+    }
+    let _ = ctx
+        .net
+        .send(NetCommand::SessionEnded {
+            peer,
+            session: ctx.session,
+        })
+        .await;
+}
+
+async fn session<R, W>(r: &mut R, w: &mut W, ctx: &mut SessionCtx) -> Result<(), WireError>
+where
+    R: futures::AsyncRead + Unpin,
+    W: futures::AsyncWrite + Unpin,
+{
+    let peer = ctx.peer;
+    within(wire::write_handshake(w, ctx.version), "handshake").await?;
+    within(wire::read_handshake(r, ctx.version), "handshake").await?;
+    let hello = Hello {
+        node_id: ctx.local.node_id,
+        swarm_id: ctx.local.swarm_id,
+        role: ctx.local.role,
+        head: ctx.content.current().head.clone(),
+    };
+    within(send(w, &ControlMsg::Hello(hello)), "hello").await?;
+    let theirs = match within(recv(r), "hello").await? {
+        Some(ControlMsg::Hello(h)) => h,
+        Some(other) => return Err(WireError::Decode(format!("expected hello, got {other:?}"))),
+        None => return Ok(()),
+    };
+    if theirs.swarm_id != ctx.local.swarm_id {
+        warn!(%peer, theirs = %theirs.swarm_id, "peer is in another swarm");
+        return Ok(());
+    }
+    if ctx.events.send(PeerEvent::Up { peer, hello: theirs }).await.is_err() {
+        return Ok(());
+    }
+    let result = exchange(r, w, ctx).await;
+    let _ = ctx.events.send(PeerEvent::Down { peer }).await;
+    result
+}
+
+async fn exchange<R, W>(r: &mut R, w: &mut W, ctx: &mut SessionCtx) -> Result<(), WireError>
+where
+    R: futures::AsyncRead + Unpin,
+    W: futures::AsyncWrite + Unpin,
+{
+    let peer = ctx.peer;
+    let events = ctx.events.clone();
+    let reader = async {
+        loop {
+            let msg = match tokio::time::timeout(PEER_TIMEOUT, recv(r)).await {
+                Err(_) => return Err(WireError::Timeout("peer silent past heartbeat timeout")),
+                Ok(m) => m?,
+            };
+            match msg {
+                None => return Ok(()),
+                Some(ControlMsg::Head(head)) => {
+                    if events.send(PeerEvent::Head { peer, head }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(ControlMsg::Heartbeat) => {}
+                Some(ControlMsg::Goodbye { reason }) => {
+                    let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+                    info!(%peer, %reason, "peer said goodbye");
+                    return Ok(());
+                }
+                Some(ControlMsg::Hello(_)) => {
+                    return Err(WireError::Decode("second hello".into()));
+                }
+            }
+        }
+    };
+    let cancel = ctx.cancel.clone();
+    let out = &mut ctx.out;
+    let cancelled = {
+        let writer_w = &mut *w;
+        let writer = async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                let msg = tokio::select! {
+                    m = out.recv() => match m { Some(m) => m, None => return Ok::<(), WireError>(()) },
+                    _ = tick.tick() => ControlMsg::Heartbeat,
+                };
+                within(send(writer_w, &msg), "control write").await?;
+            }
+        };
+        tokio::select! {
+            r = reader => Err(r),
+            r = writer => Err(r),
+            _ = cancel.cancelled() => Ok(()),
+        }
+    };
+    match cancelled {
+        Ok(()) => {
+            let bye = ControlMsg::Goodbye {
+                reason: "shutting down".into(),
+            };
+            let _ = within(send(w, &bye), "goodbye").await;
+            let _ = futures::AsyncWriteExt::close(w).await;
+            Ok(())
+        }
+        Err(result) => result,
+    }
+}
+
+async fn send<W: futures::AsyncWrite + Unpin>(w: &mut W, msg: &ControlMsg) -> Result<(), WireError> {
+    wire::write_frame(w, &wire::encode(msg)).await
+}
+
+async fn recv<R: futures::AsyncRead + Unpin>(r: &mut R) -> Result<Option<ControlMsg>, WireError> {
+    match wire::read_frame(r, MAX_CONTROL_FRAME).await? {
+        None => Ok(None),
+        Some(frame) => wire::decode(&frame).map(Some),
+    }
+}
+
+async fn within<T>(
+    fut: impl std::future::Future<Output = Result<T, WireError>>,
+    what: &'static str,
+) -> Result<T, WireError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| WireError::Timeout(what))?
+}

@@ -1,0 +1,386 @@
+//! A running node: one event loop owning the libp2p swarm, plus the publisher or subscriber
+//! engine that decides what to publish or fetch.
+//!
+//! `Node::publish` / `Node::subscribe` start everything and return a [`NodeHandle`]. The handle
+//! talks to the tasks over bounded channels; dropping it or calling `shutdown` cancels one
+//! `CancellationToken` tree, peers get a goodbye, and the tasks are joined in order.
+
+mod chunks;
+mod control;
+mod net_loop;
+mod publisher;
+mod serve;
+mod subscriber;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::store::StoreError;
+use crate::trust::{PublisherKey, Ticket, TrustError};
+use crate::tree::TreeError;
+use crate::wire::Role;
+
+pub use net_loop::NetCommand;
+
+/// Errors that stop a node from starting or running.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the node has shut down")]
+    Closed,
+    #[error("timed out waiting: {0}")]
+    Timeout(String),
+}
+
+/// Where a node stands, published on a watch channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// Revision applied (subscriber) or published (publisher).
+    pub revision: Option<u64>,
+    /// Newest verified revision heard of.
+    pub newest_known: Option<u64>,
+    /// Peers with a live control session.
+    pub peers: usize,
+    /// Peers that ever completed a hello.
+    pub peers_seen: u64,
+    /// Bytes verified and total for the download under way.
+    pub progress: Option<(u64, u64)>,
+    /// Subscriber: the mirror equals the newest revision known, and some peer was heard.
+    pub synced: bool,
+    /// The last error that stops progress, if any (for `--once`).
+    pub error: Option<String>,
+}
+
+/// Counters, updated as the node works.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub chunks_sent: AtomicU64,
+    pub chunk_bytes_sent: AtomicU64,
+    pub chunks_fetched: AtomicU64,
+    pub chunk_bytes_fetched: AtomicU64,
+    pub chunks_local: AtomicU64,
+    pub bad_chunks: AtomicU64,
+    pub peers_banned: AtomicU64,
+    pub heads_rejected: AtomicU64,
+    pub heads_stale: AtomicU64,
+    pub files_hashed: AtomicU64,
+    pub hostile_frames: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub chunks_sent: u64,
+    pub chunk_bytes_sent: u64,
+    pub chunks_fetched: u64,
+    pub chunk_bytes_fetched: u64,
+    pub chunks_local: u64,
+    pub bad_chunks: u64,
+    pub peers_banned: u64,
+    pub heads_rejected: u64,
+    pub heads_stale: u64,
+    pub files_hashed: u64,
+    pub hostile_frames: u64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Read all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            chunks_sent: r(&self.chunks_sent),
+            chunk_bytes_sent: r(&self.chunk_bytes_sent),
+            chunks_fetched: r(&self.chunks_fetched),
+            chunk_bytes_fetched: r(&self.chunk_bytes_fetched),
+            chunks_local: r(&self.chunks_local),
+            bad_chunks: r(&self.bad_chunks),
+            peers_banned: r(&self.peers_banned),
+            heads_rejected: r(&self.heads_rejected),
+            heads_stale: r(&self.heads_stale),
+            files_hashed: r(&self.files_hashed),
+            hostile_frames: r(&self.hostile_frames),
+        }
+    }
+}
+
+/// Commands to a publisher engine.
+pub(crate) enum PublisherCommand {
+    Rescan(oneshot::Sender<Result<Option<u64>, NodeError>>),
+    DangerPublish {
+        manifest: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+}
+
+/// Handle to a running node.
+pub struct NodeHandle {
+    net: mpsc::Sender<NetCommand>,
+    publisher: Option<mpsc::Sender<PublisherCommand>>,
+    status: watch::Receiver<Status>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    ticket: Ticket,
+}
+
+/// Entry points.
+pub struct Node;
+
+impl Node {
+    /// Start publishing `config.dir` with `key`.
+    pub async fn publish(config: NodeConfig, key: PublisherKey) -> Result<NodeHandle, NodeError> {
+        publisher::start(config, key).await
+    }
+
+    /// Start mirroring the swarm named by `ticket` into `config.dir`.
+    pub async fn subscribe(config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
+        subscriber::start(config, ticket).await
+    }
+}
+
+impl NodeHandle {
+    /// The ticket for this swarm, with this node's addresses.
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses this node listens on, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Watch the node's status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Wait until `pred` holds for the status, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl FnMut(&Status) -> bool,
+    ) -> Result<Status, NodeError> {
+        let mut rx = self.status.clone();
+        let outcome = match tokio::time::timeout(timeout, rx.wait_for(pred)).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(NodeError::Closed),
+            Err(_) => Err(NodeError::Timeout(format!(
+                "{what}; last status: {:?}",
+                *self.status.borrow()
+            ))),
+        };
+        outcome
+    }
+
+    /// Wait until the node holds `revision` (or newer).
+    pub async fn wait_revision(&self, revision: u64, timeout: Duration) -> Result<(), NodeError> {
+        self.wait_for(timeout, &format!("revision {revision}"), |s| {
+            s.revision.is_some_and(|r| r >= revision)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Publisher: rescan now; returns the new revision if the tree changed.
+    pub async fn rescan(&self) -> Result<Option<u64>, NodeError> {
+        let tx = self.publisher.as_ref().ok_or(NodeError::Refused(
+            "only a publisher rescans".into(),
+        ))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(PublisherCommand::Rescan(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await.map_err(|_| NodeError::Closed)?
+    }
+
+    /// Publisher: sign and publish an arbitrary manifest encoding, bypassing the scanner.
+    /// Exists so tests can play a compromised publisher; never used by the CLI.
+    pub async fn danger_publish_manifest(&self, manifest: Vec<u8>) -> Result<u64, NodeError> {
+        let tx = self.publisher.as_ref().ok_or(NodeError::Refused(
+            "only a publisher publishes".into(),
+        ))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(PublisherCommand::DangerPublish { manifest, reply })
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await.map_err(|_| NodeError::Closed)?
+    }
+
+    /// Dial `addr`.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.net
+            .send(NetCommand::Dial(addr))
+            .await
+            .map_err(|_| NodeError::Closed)
+    }
+
+    /// Open a raw stream of `protocol` to a connected peer, bypassing our protocol code.
+    /// Exists so tests can play a hostile peer.
+    pub async fn danger_open_stream(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+    ) -> Result<Stream, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::OpenStream {
+                peer,
+                protocol: StreamProtocol::new(protocol),
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await
+            .map_err(|_| NodeError::Closed)?
+            .map_err(|e| NodeError::Refused(e.to_string()))
+    }
+
+    /// Peers this node has banned and still remembers.
+    pub async fn banned_peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::Banned(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Say goodbye to peers, stop every task and wait for them.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Pieces shared by publisher and subscriber start-up.
+pub(crate) struct Started {
+    pub net: mpsc::Sender<NetCommand>,
+    pub events: mpsc::Receiver<control::PeerEvent>,
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub cancel: CancellationToken,
+    pub tasks: tokio::task::JoinSet<()>,
+}
+
+/// What a node says about itself in hellos.
+#[derive(Clone)]
+pub(crate) struct LocalInfo {
+    pub node_id: uuid::Uuid,
+    pub swarm_id: uuid::Uuid,
+    pub role: Role,
+}
+
+/// The revision a node holds: its verified head, manifest and manifest blobs.
+#[derive(Clone)]
+pub(crate) struct Applied {
+    pub head: crate::trust::VerifiedHead,
+    pub manifest: crate::tree::Manifest,
+    pub blobs: Vec<(crate::tree::ContentHash, Vec<u8>)>,
+}
+
+impl Applied {
+    pub fn serve_index(&self, dir: &std::path::Path) -> serve::ServeIndex {
+        serve::ServeIndex::build(
+            dir.to_owned(),
+            self.head.signed().clone(),
+            &self.manifest,
+            self.blobs.clone(),
+        )
+    }
+}
+
+/// Rebuild the applied revision from the state database, checking signature and hashes again.
+pub(crate) fn load_applied(
+    db: &crate::store::Db,
+    stored: &crate::store::StoredState,
+    pin: &crate::trust::PublisherPublicKey,
+    swarm_id: uuid::Uuid,
+) -> Result<Option<Applied>, NodeError> {
+    let Some(bytes) = &stored.head else {
+        return Ok(None);
+    };
+    let head = crate::trust::VerifiedHead::from_stored(bytes, pin, swarm_id)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stored revision: {what}"));
+    let body = head.body();
+    let index_bytes = db
+        .blob(&body.manifest_index_hash)?
+        .ok_or_else(|| corrupt("manifest index missing"))?;
+    let index: Vec<crate::tree::ChunkRef> =
+        postcard::from_bytes(&index_bytes).map_err(|_| corrupt("manifest index unreadable"))?;
+    let mut bytes = Vec::with_capacity(body.manifest_size as usize);
+    let mut blobs = vec![(body.manifest_index_hash, index_bytes)];
+    for c in &index {
+        let b = db.blob(&c.hash)?.ok_or_else(|| corrupt("manifest chunk missing"))?;
+        bytes.extend_from_slice(&b);
+        blobs.push((c.hash, b));
+    }
+    if crate::tree::ContentHash::of(&bytes) != body.manifest_hash {
+        return Err(corrupt("manifest hash mismatch").into());
+    }
+    let manifest = crate::tree::Manifest::decode(&bytes).unwrap_or_default();
+    Ok(Some(Applied {
+        head,
+        manifest,
+        blobs,
+    }))
+}
+
+/// Rehash `dir` against the revision its state database says it holds.
+pub fn verify_dir(dir: &std::path::Path) -> Result<(u64, crate::store::VerifyReport), NodeError> {
+    let db_path = dir.join(crate::config::STATE_DIR).join("state.redb");
+    if !db_path.exists() {
+        return Err(NodeError::Refused(format!(
+            "{} has no treecast state (no {})",
+            dir.display(),
+            db_path.display()
+        )));
+    }
+    let db = crate::store::Db::open(&db_path)?;
+    let stored = db.state()?;
+    let (Some(swarm), Some(pin)) = (stored.swarm_id, stored.pinned_key) else {
+        return Err(NodeError::Refused("no swarm recorded in the state database".into()));
+    };
+    let pin = crate::trust::PublisherPublicKey::from_bytes(pin)?;
+    let applied = load_applied(&db, &stored, &pin, swarm)?
+        .ok_or_else(|| NodeError::Refused("no revision has been applied yet".into()))?;
+    let report = crate::store::verify_tree(dir, &applied.manifest)?;
+    Ok((applied.head.revision(), report))
+}

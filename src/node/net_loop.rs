@@ -1,0 +1,415 @@
+//! The one event loop that owns the libp2p swarm: connections, sessions, bans, stream routing.
+//!
+//! `select! { biased; cancel, commands, swarm events }`; per-peer work runs in child tasks in a
+//! `JoinSet` under a child cancellation token, and is joined (with a grace period) on shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::control::{self, PeerEvent, SessionCtx};
+use super::serve::Content;
+use super::{chunks, LocalInfo, NodeError, Started, Stats};
+use crate::config::{
+    NodeConfig, BAN_DURATION, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, STREAM_OPEN_TIMEOUT,
+};
+use crate::net::streams::{self, OpenError};
+use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetError};
+use crate::wire::{ControlMsg, CHUNKS_PROTOCOL, CONTROL_PROTOCOL};
+
+/// Grace period for goodbyes and in-flight replies at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Commands to the net loop.
+pub enum NetCommand {
+    Dial(Multiaddr),
+    OpenStream {
+        peer: PeerId,
+        protocol: StreamProtocol,
+        reply: oneshot::Sender<Result<Stream, OpenError>>,
+    },
+    Broadcast(ControlMsg),
+    Ban {
+        peer: PeerId,
+        reason: String,
+    },
+    Disconnect(PeerId),
+    Banned(oneshot::Sender<Vec<PeerId>>),
+    #[doc(hidden)]
+    ControlStream {
+        peer: PeerId,
+        stream: Stream,
+        ours: bool,
+    },
+    #[doc(hidden)]
+    SessionEnded {
+        peer: PeerId,
+        session: u64,
+    },
+}
+
+struct Session {
+    id: u64,
+    opener: PeerId,
+    out: mpsc::Sender<ControlMsg>,
+    cancel: CancellationToken,
+}
+
+struct NetLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<NetCommand>,
+    self_tx: mpsc::Sender<NetCommand>,
+    events: mpsc::Sender<PeerEvent>,
+    local: LocalInfo,
+    content: Content,
+    stats: Arc<Stats>,
+    version: u32,
+    corrupt: bool,
+    cancel: CancellationToken,
+    sessions: HashMap<PeerId, Session>,
+    banned: HashMap<PeerId, Instant>,
+    inbound_chunk_streams: HashMap<PeerId, Arc<AtomicUsize>>,
+    tasks: JoinSet<()>,
+    next_session: u64,
+}
+
+/// Build the swarm, listen, dial bootstrap peers and spawn the loop.
+pub(crate) async fn start(
+    config: &NodeConfig,
+    key: libp2p::identity::Keypair,
+    local: LocalInfo,
+    content: Content,
+    stats: Arc<Stats>,
+) -> Result<Started, NodeError> {
+    let mut swarm = build_swarm(key)?;
+    let peer_id = *swarm.local_peer_id();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
+    for addr in &config.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, error = %e, "cannot dial bootstrap address");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (ev_tx, ev_rx) = mpsc::channel(256);
+    let cancel = CancellationToken::new();
+    let net = NetLoop {
+        swarm,
+        commands: cmd_rx,
+        self_tx: cmd_tx.clone(),
+        events: ev_tx,
+        local,
+        content,
+        stats,
+        version: config.protocol_version,
+        corrupt: config.danger_corrupt_served_chunks,
+        cancel: cancel.child_token(),
+        sessions: HashMap::new(),
+        banned: HashMap::new(),
+        inbound_chunk_streams: HashMap::new(),
+        tasks: JoinSet::new(),
+        next_session: 0,
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(net.run());
+    Ok(Started {
+        net: cmd_tx,
+        events: ev_rx,
+        peer_id,
+        listen_addrs: listen_addrs
+            .into_iter()
+            .map(|a| a.with_p2p(peer_id).expect("no peer id yet"))
+            .collect(),
+        cancel,
+        tasks,
+    })
+}
+
+async fn wait_listening(
+    swarm: &mut Swarm<Behaviour>,
+    wanted: usize,
+) -> Result<Vec<Multiaddr>, NodeError> {
+    let mut addrs = Vec::new();
+    let mut listeners = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    while listeners.len() < wanted {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    listeners.insert(listener_id);
+                    addrs.push(address);
+                }
+                SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                    return Err(NodeError::Refused(format!("listening failed: {error}")));
+                }
+                _ => {}
+            },
+            _ = &mut deadline => return Err(NodeError::Timeout("listening".into())),
+        }
+    }
+    Ok(addrs)
+}
+
+impl NetLoop {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(mut self) {
+        for s in self.sessions.values() {
+            s.cancel.cancel();
+        }
+        let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(grace);
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                _ = self.tasks.join_next() => {}
+                _ = self.swarm.select_next_some() => {}
+                _ = &mut grace => {
+                    debug!("grace period over: aborting remaining peer tasks");
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                }
+            }
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    fn on_command(&mut self, cmd: NetCommand) {
+        match cmd {
+            NetCommand::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            NetCommand::OpenStream {
+                peer,
+                protocol,
+                reply,
+            } => self
+                .swarm
+                .behaviour_mut()
+                .streams
+                .open_stream(peer, protocol, reply),
+            NetCommand::Broadcast(msg) => {
+                for (peer, s) in &self.sessions {
+                    if s.out.try_send(msg.clone()).is_err() {
+                        warn!(%peer, "control queue full: announcement dropped for this peer");
+                    }
+                }
+            }
+            NetCommand::Ban { peer, reason } => self.ban(peer, &reason),
+            NetCommand::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            NetCommand::Banned(reply) => {
+                let now = Instant::now();
+                let list = self
+                    .banned
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(p, _)| *p)
+                    .collect();
+                let _ = reply.send(list);
+            }
+            NetCommand::ControlStream { peer, stream, ours } => {
+                self.register_session(peer, stream, ours)
+            }
+            NetCommand::SessionEnded { peer, session } => {
+                if self.sessions.get(&peer).is_some_and(|s| s.id == session) {
+                    self.sessions.remove(&peer);
+                }
+            }
+        }
+    }
+
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: &str) {
+        if self.is_banned(&peer) {
+            return;
+        }
+        warn!(%peer, %reason, "banning peer");
+        Stats::add(&self.stats.peers_banned, 1);
+        self.banned.insert(peer, Instant::now() + BAN_DURATION);
+        if let Some(s) = self.sessions.remove(&peer) {
+            s.cancel.cancel();
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
+            } => {
+                if self.is_banned(&peer_id) {
+                    let _ = self.swarm.close_connection(connection_id);
+                    return;
+                }
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
+                    self.open_control(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                debug!(peer = %peer_id, "disconnected");
+                self.inbound_chunk_streams.remove(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                info!(peer = ?peer_id, error = %error, "could not connect");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
+                peer,
+                protocol,
+                stream,
+            })) => self.on_inbound(peer, protocol, stream),
+            _ => {}
+        }
+    }
+
+    fn open_control(&mut self, peer: PeerId) {
+        let (reply, rx) = oneshot::channel();
+        self.swarm.behaviour_mut().streams.open_stream(
+            peer,
+            StreamProtocol::new(CONTROL_PROTOCOL),
+            reply,
+        );
+        let tx = self.self_tx.clone();
+        self.tasks.spawn(async move {
+            match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {
+                Ok(Ok(Ok(stream))) => {
+                    let _ = tx
+                        .send(NetCommand::ControlStream {
+                            peer,
+                            stream,
+                            ours: true,
+                        })
+                        .await;
+                }
+                Ok(Ok(Err(e))) => warn!(%peer, error = %e, "cannot open control stream"),
+                _ => warn!(%peer, "opening the control stream timed out"),
+            }
+        });
+    }
+
+    fn on_inbound(&mut self, peer: PeerId, protocol: StreamProtocol, stream: Stream) {
+        if self.is_banned(&peer) {
+            return;
+        }
+        if protocol.as_ref() == CONTROL_PROTOCOL {
+            return self.register_session(peer, stream, false);
+        }
+        if protocol.as_ref() != CHUNKS_PROTOCOL {
+            return;
+        }
+        let count = self.inbound_chunk_streams.entry(peer).or_default().clone();
+        if count.load(Ordering::Relaxed) >= MAX_INBOUND_CHUNK_STREAMS {
+            warn!(%peer, "too many chunk streams from one peer: refusing another");
+            return;
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+        let ctx = chunks::ServerCtx {
+            peer,
+            content: self.content.clone(),
+            stats: self.stats.clone(),
+            net: self.self_tx.clone(),
+            corrupt: self.corrupt,
+        };
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = chunks::serve(stream, ctx) => {}
+                _ = cancel.cancelled() => {}
+            }
+            count.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    fn register_session(&mut self, peer: PeerId, stream: Stream, ours: bool) {
+        let local_peer = *self.swarm.local_peer_id();
+        let opener = if ours { local_peer } else { peer };
+        if let Some(existing) = self.sessions.get(&peer) {
+            // Both sides dialled: keep the stream opened by the smaller peer ID, on both ends.
+            let winner = local_peer.min(peer);
+            if existing.opener == winner || opener != winner {
+                return;
+            }
+            existing.cancel.cancel();
+        }
+        if self.sessions.len() >= MAX_PEERS {
+            warn!(%peer, "peer limit reached: refusing a control session");
+            return;
+        }
+        self.next_session += 1;
+        let (out_tx, out_rx) = mpsc::channel(32);
+        let cancel = self.cancel.child_token();
+        let ctx = SessionCtx {
+            peer,
+            session: self.next_session,
+            local: self.local.clone(),
+            version: self.version,
+            content: self.content.clone(),
+            events: self.events.clone(),
+            net: self.self_tx.clone(),
+            out: out_rx,
+            cancel: cancel.clone(),
+        };
+        self.sessions.insert(
+            peer,
+            Session {
+                id: self.next_session,
+                opener,
+                out: out_tx,
+                cancel,
+            },
+        );
+        self.tasks.spawn(control::run(stream, ctx));
+    }
+}

@@ -1,0 +1,584 @@
+//! The subscriber engine: learn heads, verify them against the pinned key, fetch and apply the
+//! newest revision, and keep serving what it holds.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::chunks::{fetch_all, ChunkSink, FetchCtx, FetchError, PeerChange, PeerFeed};
+use super::control::PeerEvent;
+use super::net_loop::{self, NetCommand};
+use super::serve::Content;
+use super::{load_applied, Applied, LocalInfo, NodeError, NodeHandle, Stats, Status};
+use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
+use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
+use crate::trust::{load_or_create_node_key, PublisherPublicKey, SignedHead, Ticket, VerifiedHead};
+use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
+use crate::wire::{ControlMsg, Role};
+
+/// Why a download did not produce a revision.
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("revision {revision} rejected: {reason}")]
+    Rejected { revision: u64, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<FetchError> for DownloadError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Cancelled => DownloadError::Cancelled,
+            FetchError::Store(s) => DownloadError::Store(s),
+        }
+    }
+}
+
+struct Download {
+    revision: u64,
+    cancel: CancellationToken,
+    changes: mpsc::Sender<PeerChange>,
+    task: JoinHandle<Result<Applied, DownloadError>>,
+}
+
+struct Subscriber {
+    dir: PathBuf,
+    db: Arc<Db>,
+    pin: PublisherPublicKey,
+    swarm_id: uuid::Uuid,
+    content: Content,
+    stats: Arc<Stats>,
+    net: mpsc::Sender<NetCommand>,
+    status: watch::Sender<Status>,
+    applied: Option<Applied>,
+    best: Option<VerifiedHead>,
+    failed: HashSet<u64>,
+    peers: HashMap<PeerId, u64>,
+    download: Option<Download>,
+    cancel: CancellationToken,
+}
+
+pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
+    let state = config.state_dir();
+    std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+    let db = Arc::new(Db::open(&state.join("state.redb"))?);
+    let stored = db.state()?;
+    if let Some(swarm) = stored.swarm_id.filter(|s| *s != ticket.swarm_id) {
+        return Err(NodeError::Refused(format!(
+            "{} already mirrors swarm {swarm}; refusing to mix in swarm {}",
+            config.dir.display(),
+            ticket.swarm_id
+        )));
+    }
+    if let Some(pin) = stored.pinned_key.filter(|p| *p != ticket.publisher.to_bytes()) {
+        return Err(NodeError::Refused(format!(
+            "the pinned publisher key of this mirror is {}, but the ticket names {}: refusing (a ticket can not change who signs this swarm)",
+            data_encoding::HEXLOWER.encode(&pin),
+            ticket.publisher
+        )));
+    }
+    db.set_identity(ticket.swarm_id, ticket.publisher.to_bytes())?;
+    let node_key = load_or_create_node_key(&state.join("node.key"))?;
+    let stats = Arc::new(Stats::default());
+    let content = Content::default();
+    let applied = load_applied(&db, &stored, &ticket.publisher, ticket.swarm_id)?;
+    if let Some(a) = &applied {
+        content.replace(a.serve_index(&config.dir));
+    }
+    let status = Status {
+        revision: applied.as_ref().map(|a| a.head.revision()),
+        newest_known: applied.as_ref().map(|a| a.head.revision()),
+        ..Status::default()
+    };
+    let (status_tx, status_rx) = watch::channel(status);
+    config.bootstrap.extend(ticket.addrs.iter().cloned());
+    let local = LocalInfo {
+        node_id: uuid::Uuid::new_v4(),
+        swarm_id: ticket.swarm_id,
+        role: Role::Subscriber,
+    };
+    let started = net_loop::start(&config, node_key, local, content.clone(), stats.clone()).await?;
+    let engine = Subscriber {
+        dir: config.dir.clone(),
+        db,
+        pin: ticket.publisher,
+        swarm_id: ticket.swarm_id,
+        content,
+        stats: stats.clone(),
+        net: started.net.clone(),
+        status: status_tx,
+        best: applied.as_ref().map(|a| a.head.clone()),
+        applied,
+        failed: HashSet::new(),
+        peers: HashMap::new(),
+        download: None,
+        cancel: started.cancel.child_token(),
+    };
+    let mut tasks = started.tasks;
+    tasks.spawn(engine.run(started.events, config.connect_timeout));
+    Ok(NodeHandle {
+        net: started.net,
+        publisher: None,
+        status: status_rx,
+        stats,
+        cancel: started.cancel,
+        tasks,
+        peer_id: started.peer_id,
+        listen_addrs: started.listen_addrs,
+        ticket,
+    })
+}
+
+impl Subscriber {
+    async fn run(mut self, mut events: mpsc::Receiver<PeerEvent>, connect_timeout: std::time::Duration) {
+        let began = Instant::now();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_peer_event(ev).await,
+                    None => break,
+                },
+                res = async { (&mut self.download.as_mut().expect("guarded").task).await },
+                    if self.download.is_some() => {
+                    self.download = None;
+                    self.on_download_done(res);
+                }
+                _ = tick.tick() => {
+                    let seen = self.status.borrow().peers_seen;
+                    if seen == 0 && began.elapsed() > connect_timeout {
+                        let msg = format!("no peer reachable after {}s", connect_timeout.as_secs());
+                        self.status.send_if_modified(|s| {
+                            let changed = s.error.as_deref() != Some(msg.as_str());
+                            s.error = Some(msg.clone());
+                            changed
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.download.take() {
+            d.cancel.cancel();
+            let _ = d.task.await;
+        }
+    }
+
+    async fn on_peer_event(&mut self, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Up { peer, hello } => {
+                info!(%peer, role = ?hello.role, "peer joined");
+                self.peers.insert(peer, 0);
+                self.status.send_modify(|s| {
+                    s.peers = self.peers.len();
+                    s.peers_seen += 1;
+                    if s.error.as_deref().is_some_and(|e| e.starts_with("no peer") || e.contains("protocol version")) {
+                        s.error = None;
+                    }
+                });
+                if let Some(head) = hello.head {
+                    self.consider(peer, head).await;
+                }
+                self.update_synced();
+            }
+            PeerEvent::Head { peer, head } => self.consider(peer, head).await,
+            PeerEvent::Down { peer } => {
+                info!(%peer, "peer left");
+                self.peers.remove(&peer);
+                self.status.send_modify(|s| s.peers = self.peers.len());
+                if let Some(d) = &self.download {
+                    let _ = d.changes.try_send(PeerChange::Down(peer));
+                }
+            }
+            PeerEvent::Incompatible { peer, ours, theirs } => {
+                if self.peers.is_empty() {
+                    self.status.send_modify(|s| {
+                        s.error = Some(format!(
+                            "peer {peer} speaks protocol version {theirs}, this node speaks {ours}"
+                        ))
+                    });
+                }
+            }
+        }
+    }
+
+    fn applied_revision(&self) -> u64 {
+        self.applied.as_ref().map_or(0, |a| a.head.revision())
+    }
+
+    /// A head arrived from `peer`: verify it, and retarget if it is the newest.
+    async fn consider(&mut self, peer: PeerId, head: SignedHead) {
+        let head = match head.verify(&self.pin, self.swarm_id) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(%peer, error = %e, "rejected a head: not signed by the pinned publisher key");
+                Stats::add(&self.stats.heads_rejected, 1);
+                let _ = self
+                    .net
+                    .send(NetCommand::Ban {
+                        peer,
+                        reason: format!("forged head: {e}"),
+                    })
+                    .await;
+                return;
+            }
+        };
+        let rev = head.revision();
+        self.peers.insert(peer, rev);
+        if rev < self.applied_revision() {
+            Stats::add(&self.stats.heads_stale, 1);
+            tracing::debug!(%peer, rev, "ignoring an older revision (replay or lagging peer)");
+            return;
+        }
+        if let Some(d) = self.download.as_ref().filter(|d| rev >= d.revision) {
+            let _ = d.changes.try_send(PeerChange::Up(peer));
+        }
+        let best = self.best.as_ref().map_or(0, |b| b.revision());
+        if rev <= best || self.failed.contains(&rev) {
+            return;
+        }
+        info!(%peer, revision = rev, "new revision announced");
+        self.best = Some(head.clone());
+        self.status.send_modify(|s| s.newest_known = Some(rev));
+        let _ = self
+            .net
+            .try_send(NetCommand::Broadcast(ControlMsg::Head(head.signed().clone())));
+        self.start_download(head);
+    }
+
+    fn start_download(&mut self, head: VerifiedHead) {
+        if let Some(d) = self.download.take() {
+            info!(from = d.revision, to = head.revision(), "retargeting to a newer revision");
+            d.cancel.cancel();
+        }
+        let (changes_tx, changes_rx) = mpsc::channel(64);
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(_, r)| **r >= head.revision())
+            .map(|(p, _)| *p)
+            .collect();
+        let cancel = self.cancel.child_token();
+        let env = DownloadEnv {
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            fetch: FetchCtx {
+                net: self.net.clone(),
+                stats: self.stats.clone(),
+                cancel: cancel.clone(),
+            },
+            status: self.status.clone(),
+            old: self.applied.as_ref().map(|a| a.manifest.clone()).unwrap_or_default(),
+        };
+        let feed = PeerFeed {
+            peers,
+            changes: changes_rx,
+        };
+        let revision = head.revision();
+        self.status.send_modify(|s| s.synced = false);
+        let task = tokio::spawn(download(env, head, feed));
+        self.download = Some(Download {
+            revision,
+            cancel,
+            changes: changes_tx,
+            task,
+        });
+    }
+
+    fn on_download_done(&mut self, res: Result<Result<Applied, DownloadError>, tokio::task::JoinError>) {
+        match res {
+            Ok(Ok(applied)) => {
+                let rev = applied.head.revision();
+                info!(revision = rev, "revision applied");
+                self.content.replace(applied.serve_index(&self.dir));
+                self.applied = Some(applied);
+                self.status.send_modify(|s| {
+                    s.revision = Some(rev);
+                    s.progress = None;
+                    s.error = None;
+                });
+            }
+            Ok(Err(DownloadError::Cancelled)) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "download failed");
+                if let Some(best) = &self.best {
+                    self.failed.insert(best.revision());
+                }
+                self.best = self.applied.as_ref().map(|a| a.head.clone());
+                self.status.send_modify(|s| s.error = Some(e.to_string()));
+            }
+            Err(e) => error!(error = %e, "download task panicked"),
+        }
+        if let Some(best) = self.best.clone().filter(|b| b.revision() > self.applied_revision()) {
+            self.start_download(best);
+        }
+        self.update_synced();
+    }
+
+    fn update_synced(&mut self) {
+        let synced = self.download.is_none()
+            && self.applied.is_some()
+            && self.best.as_ref().map(|b| b.revision()) == Some(self.applied_revision());
+        self.status.send_if_modified(|s| {
+            let changed = s.synced != (synced && s.peers_seen > 0);
+            s.synced = synced && s.peers_seen > 0;
+            changed
+        });
+    }
+}
+
+struct DownloadEnv {
+    dir: PathBuf,
+    db: Arc<Db>,
+    fetch: FetchCtx,
+    status: watch::Sender<Status>,
+    old: Manifest,
+}
+
+#[derive(Default)]
+struct MemorySink(Mutex<HashMap<ContentHash, Vec<u8>>>);
+
+impl ChunkSink for MemorySink {
+    fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, data.to_vec());
+        Ok(())
+    }
+}
+
+impl MemorySink {
+    fn take(&self, hash: &ContentHash) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(hash)
+    }
+}
+
+struct StagingSink {
+    area: Arc<StagingArea>,
+    positions: Arc<ChunkPositions>,
+}
+
+impl ChunkSink for StagingSink {
+    fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError> {
+        match self.positions.get(&hash) {
+            Some(places) => self.area.write_chunk(places, data),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, DownloadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("blocking task failed: {e}")))?
+        .map_err(DownloadError::from)
+}
+
+/// Fetch, verify, stage and apply one revision.
+async fn download(env: DownloadEnv, head: VerifiedHead, mut feed: PeerFeed) -> Result<Applied, DownloadError> {
+    let revision = head.revision();
+    let (manifest, blobs) = fetch_manifest(&env, &head, &mut feed).await?;
+    info!(revision, files = manifest.files().count(), bytes = manifest.total_bytes(), "manifest verified");
+    let root = env.dir.clone();
+    let index = env.db.file_index()?;
+    let new = manifest.clone();
+    let plan = blocking(move || Ok(plan(&root, &index, &new))).await?;
+    let staging_dir = env.dir.join(crate::config::STATE_DIR).join("staging");
+    let wanted = plan.wanted.clone();
+    let (area, positions, mut present) =
+        blocking(move || StagingArea::open(&staging_dir, &wanted)).await?;
+    let area = Arc::new(area);
+    let positions = Arc::new(positions);
+    {
+        let (a, p, sources) = (area.clone(), positions.clone(), plan.sources.clone());
+        let already = present.clone();
+        let copied = blocking(move || Ok(copy_local(&a, &p, &sources, &already))).await?;
+        Stats::add(&env.fetch.stats.chunks_local, copied.len() as u64);
+        present.extend(copied);
+    }
+    let needed: Vec<(ContentHash, u32)> = positions.iter().map(|(h, p)| (*h, p[0].2)).collect();
+    let total: u64 = needed.iter().map(|(_, l)| *l as u64).sum();
+    let base: u64 = needed
+        .iter()
+        .filter(|(h, _)| present.contains(h))
+        .map(|(_, l)| *l as u64)
+        .sum();
+    env.status.send_modify(|s| s.progress = Some((base, total)));
+    let status = env.status.clone();
+    let progress = move |done: u64| status.send_modify(|s| s.progress = Some((base + done, total)));
+    let sink = Arc::new(StagingSink {
+        area: area.clone(),
+        positions: positions.clone(),
+    });
+    fetch_all(&env.fetch, needed, &present, sink, &mut feed, &progress).await?;
+    let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
+    let a = area.clone();
+    blocking(move || hashes.iter().try_for_each(|h| a.finish(h))).await?;
+    let (root, old, new, unchanged) = (env.dir.clone(), env.old.clone(), manifest.clone(), plan.unchanged);
+    let edited = plan.edited;
+    let conflicts = env.dir.join(crate::config::STATE_DIR).join("conflicts");
+    let a = area.clone();
+    let (records, stats) = blocking(move || {
+        apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts)
+    })
+    .await?;
+    info!(revision, installed = stats.installed, kept = stats.kept, removed = stats.removed, moved_aside = stats.moved_aside, "mirror updated");
+    let db = env.db.clone();
+    let head_bytes = head.signed().encode();
+    let stored_blobs = blobs.clone();
+    blocking(move || db.commit_revision(&head_bytes, &records, &stored_blobs)).await?;
+    Ok(Applied {
+        head,
+        manifest,
+        blobs,
+    })
+}
+
+async fn fetch_manifest(
+    env: &DownloadEnv,
+    head: &VerifiedHead,
+    feed: &mut PeerFeed,
+) -> Result<(Manifest, Vec<(ContentHash, Vec<u8>)>), DownloadError> {
+    let body = head.body().clone();
+    let reject = |reason: String| DownloadError::Rejected {
+        revision: body.revision,
+        reason,
+    };
+    if body.manifest_size > MAX_MANIFEST_SIZE {
+        return Err(reject(format!("manifest of {} bytes is over the cap", body.manifest_size)));
+    }
+    let mem = Arc::new(MemorySink::default());
+    let none = HashSet::new();
+    let quiet = |_| {};
+    fetch_all(&env.fetch, vec![(body.manifest_index_hash, 0)], &none, mem.clone(), feed, &quiet).await?;
+    let index_bytes = mem
+        .take(&body.manifest_index_hash)
+        .ok_or_else(|| reject("manifest index missing".into()))?;
+    let index: Vec<ChunkRef> =
+        postcard::from_bytes(&index_bytes).map_err(|e| reject(format!("manifest index: {e}")))?;
+    if index.iter().map(|c| c.len as u64).sum::<u64>() != body.manifest_size {
+        return Err(reject("manifest index does not add up to the manifest size".into()));
+    }
+    let wanted = index.iter().map(|c| (c.hash, c.len)).collect();
+    fetch_all(&env.fetch, wanted, &none, mem.clone(), feed, &quiet).await?;
+    let mut bytes = Vec::with_capacity(body.manifest_size as usize);
+    let mut blobs = vec![(body.manifest_index_hash, index_bytes)];
+    let mut chunks: HashMap<ContentHash, Vec<u8>> = HashMap::new();
+    for c in &index {
+        let data = match chunks.get(&c.hash) {
+            Some(d) => d.clone(),
+            None => {
+                let d = mem.take(&c.hash).ok_or_else(|| reject("manifest chunk missing".into()))?;
+                chunks.insert(c.hash, d.clone());
+                blobs.push((c.hash, d.clone()));
+                d
+            }
+        };
+        bytes.extend_from_slice(&data);
+    }
+    if ContentHash::of(&bytes) != body.manifest_hash {
+        return Err(reject("manifest does not match the hash in the signed head".into()));
+    }
+    let manifest = Manifest::decode(&bytes).map_err(|e| reject(e.to_string()))?;
+    Ok((manifest, blobs))
+}
+
+/// What a download must do, decided from the mirror as it is.
+struct Plan {
+    /// Paths that already hold their new content.
+    unchanged: HashSet<RelPath>,
+    /// Paths whose current content is neither the old revision's nor the new one's.
+    edited: HashSet<RelPath>,
+    /// Files to stage: (file hash, size, chunks), each hash once.
+    wanted: Vec<(ContentHash, u64, Vec<ChunkRef>)>,
+    /// Chunks available in the mirror as it is: hash to (file, offset, length).
+    sources: Arc<HashMap<ContentHash, (PathBuf, u64, u32)>>,
+}
+
+fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Plan {
+    let mut unchanged = HashSet::new();
+    let mut edited = HashSet::new();
+    let mut wanted = Vec::new();
+    let mut staged = HashSet::new();
+    for (path, size, _, hash, chunks) in new.files() {
+        match current_content(root, index, path) {
+            Some(h) if h == hash => {
+                unchanged.insert(path.clone());
+                continue;
+            }
+            Some(h) if index.get(path).is_none_or(|r| r.hash != h) => {
+                edited.insert(path.clone());
+            }
+            _ => {}
+        }
+        if staged.insert(hash) {
+            wanted.push((hash, size, chunks.to_vec()));
+        }
+    }
+    let mut sources = HashMap::new();
+    for (path, rec) in index {
+        let mut off = 0u64;
+        for c in &rec.chunks {
+            sources.entry(c.hash).or_insert((path.under(root), off, c.len));
+            off += c.len as u64;
+        }
+    }
+    Plan {
+        unchanged,
+        edited,
+        wanted,
+        sources: Arc::new(sources),
+    }
+}
+
+/// The hash of what is at `path` now: from the index if size, mtime and inode match, else by
+/// hashing the file. `None` if there is no regular file.
+fn current_content(root: &Path, index: &HashMap<RelPath, FileRecord>, path: &RelPath) -> Option<ContentHash> {
+    let full = path.under(root);
+    let meta = std::fs::symlink_metadata(&full).ok().filter(|m| m.is_file())?;
+    if let Some(rec) = index.get(path).filter(|r| r.unchanged(&meta)) {
+        return Some(rec.hash);
+    }
+    let file = std::fs::File::open(&full).ok()?;
+    chunk_reader(std::io::BufReader::new(file)).ok().map(|c| c.hash)
+}
+
+/// Copy needed chunks that the mirror already holds into staging. Returns those copied.
+fn copy_local(
+    area: &StagingArea,
+    positions: &ChunkPositions,
+    sources: &HashMap<ContentHash, (PathBuf, u64, u32)>,
+    present: &HashSet<ContentHash>,
+) -> Vec<ContentHash> {
+    let mut copied = Vec::new();
+    for (hash, places) in positions {
+        if present.contains(hash) {
+            continue;
+        }
+        let Some((path, off, len)) = sources.get(hash) else {
+            continue;
+        };
+        let Ok(file) = std::fs::File::open(path) else {
+            continue;
+        };
+        let mut buf = vec![0u8; *len as usize];
+        if file.read_exact_at(&mut buf, *off).is_ok() && hash.matches(&buf) && area.write_chunk(places, &buf).is_ok() {
+            copied.push(*hash);
+        }
+    }
+    copied
+}

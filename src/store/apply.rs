@@ -1,0 +1,284 @@
+//! Applying a fully staged revision to the mirror, and verifying a tree against a manifest.
+//!
+//! Every file appears under its final name by one `rename` of a complete, verified, fsynced
+//! staged file, so a reader (or a crash) sees either the old or the new content of a file,
+//! never a mix. Anything in the way that the old revision did not put there (a user's file, a
+//! symlink) is moved to `.treecast/conflicts/`, never deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{io_err, StagingArea, StoreError};
+use crate::tree::{mtime_ns, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub installed: u64,
+    pub kept: u64,
+    pub removed: u64,
+    pub moved_aside: u64,
+}
+
+/// Install `new` over `old` in `root`. `unchanged` lists paths that already hold their new
+/// content; `edited` lists paths a user changed locally (moved aside, not overwritten).
+/// Returns the file index of the new revision.
+pub fn apply_revision(
+    root: &Path,
+    staging: &StagingArea,
+    old: &Manifest,
+    new: &Manifest,
+    unchanged: &HashSet<RelPath>,
+    edited: &HashSet<RelPath>,
+    conflicts: &Path,
+) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
+    let mut stats = ApplyStats::default();
+    let old_paths: HashSet<&RelPath> = old.entries().iter().map(|e| &e.path).collect();
+    let mut aside = Aside {
+        conflicts,
+        old_paths: &old_paths,
+        moved: 0,
+    };
+    let mut uses: HashMap<ContentHash, usize> = HashMap::new();
+    for (path, _, _, hash, _) in new.files() {
+        if !unchanged.contains(path) {
+            *uses.entry(hash).or_default() += 1;
+        }
+    }
+    let mut records = Vec::new();
+    let mut parents: HashSet<PathBuf> = HashSet::new();
+    for entry in new.entries() {
+        for a in entry.path.ancestors() {
+            ensure_dir(root, a, &mut aside)?;
+        }
+        match &entry.kind {
+            EntryKind::Dir => ensure_dir(root, entry.path.as_str(), &mut aside)?,
+            EntryKind::File {
+                executable,
+                hash,
+                chunks,
+                size,
+            } => {
+                let target = entry.path.under(root);
+                let mode = if *executable { 0o555 } else { 0o444 };
+                if unchanged.contains(&entry.path) {
+                    set_mode(&target, mode)?;
+                    stats.kept += 1;
+                } else {
+                    if edited.contains(&entry.path) && target.exists() {
+                        aside.move_aside(root, entry.path.as_str())?;
+                    }
+                    let left = uses.get_mut(hash).expect("counted above");
+                    *left -= 1;
+                    install(root, staging, hash, *left == 0, &entry.path, mode, &mut aside)?;
+                    stats.installed += 1;
+                }
+                if let Some(p) = target.parent() {
+                    parents.insert(p.to_owned());
+                }
+                let meta = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+                records.push((
+                    entry.path.clone(),
+                    FileRecord {
+                        size: *size,
+                        mtime_ns: mtime_ns(&meta),
+                        inode: meta.ino(),
+                        executable: *executable,
+                        hash: *hash,
+                        chunks: chunks.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    stats.removed = remove_gone(root, old, new)?;
+    for p in parents {
+        sync_dir(&p);
+    }
+    sync_dir(root);
+    stats.moved_aside = aside.moved;
+    Ok((records, stats))
+}
+
+struct Aside<'a> {
+    conflicts: &'a Path,
+    old_paths: &'a HashSet<&'a RelPath>,
+    moved: u64,
+}
+
+impl Aside<'_> {
+    /// Clear `path` (which is in the way): delete it if the old revision put it there, else
+    /// move it to the conflicts directory.
+    fn clear(&mut self, root: &Path, rel: &str) -> Result<(), StoreError> {
+        let path = root.join(rel);
+        let ours = RelPath::new(rel).is_ok_and(|r| self.old_paths.contains(&r));
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if ours && !meta.is_dir() {
+            return std::fs::remove_file(&path).map_err(io_err(&path));
+        }
+        self.move_aside(root, rel)
+    }
+
+    /// Move `rel` to the conflicts directory, named by time and path.
+    fn move_aside(&mut self, root: &Path, rel: &str) -> Result<(), StoreError> {
+        let path = root.join(rel);
+        std::fs::create_dir_all(self.conflicts).map_err(io_err(self.conflicts))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let dest = self
+            .conflicts
+            .join(format!("{stamp}-{}", rel.replace('/', "%2F")));
+        tracing::warn!(path = rel, moved_to = %dest.display(), "mirror is read-only: moved a local change aside");
+        std::fs::rename(&path, &dest).map_err(io_err(&path))?;
+        self.moved += 1;
+        Ok(())
+    }
+}
+
+fn ensure_dir(root: &Path, rel: &str, aside: &mut Aside) -> Result<(), StoreError> {
+    let path = root.join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => aside.clear(root, rel)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path)(e)),
+    }
+    std::fs::create_dir(&path).map_err(io_err(&path))
+}
+
+fn install(
+    root: &Path,
+    staging: &StagingArea,
+    hash: &ContentHash,
+    last_use: bool,
+    rel: &RelPath,
+    mode: u32,
+    aside: &mut Aside,
+) -> Result<(), StoreError> {
+    let target = rel.under(root);
+    let staged = staging.staged_path(hash);
+    let source = if last_use {
+        staged
+    } else {
+        let tmp = staged.with_file_name(format!("tmp-{}", hash.to_hex()));
+        std::fs::copy(&staged, &tmp).map_err(io_err(&tmp))?;
+        tmp
+    };
+    set_mode(&source, mode)?;
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+        aside.clear(root, rel.as_str())?;
+    }
+    std::fs::rename(&source, &target).map_err(io_err(&target))?;
+    if last_use {
+        let _ = std::fs::remove_file(staging.staged_path(hash).with_extension("chunks"));
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Remove files and directories of `old` that `new` does not have. Directories that still hold
+/// something (a user's file) are left and reported.
+fn remove_gone(root: &Path, old: &Manifest, new: &Manifest) -> Result<u64, StoreError> {
+    let keep: HashSet<&RelPath> = new.entries().iter().map(|e| &e.path).collect();
+    let mut removed = 0;
+    for entry in old.entries().iter().rev() {
+        if keep.contains(&entry.path) {
+            continue;
+        }
+        let path = entry.path.under(root);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let result = match (&entry.kind, meta.is_dir()) {
+            (EntryKind::Dir, true) => std::fs::remove_dir(&path),
+            (EntryKind::File { .. }, false) => std::fs::remove_file(&path),
+            _ => continue,
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(path = %entry.path, error = %e, "could not remove"),
+        }
+    }
+    Ok(removed)
+}
+
+fn sync_dir(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Result of checking a tree against a manifest.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Rehash every file of `root` against `manifest` and look for anything extra.
+pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut expected: HashSet<PathBuf> = HashSet::new();
+    for entry in manifest.entries() {
+        let path = entry.path.under(root);
+        expected.insert(path.clone());
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(_) => {
+                report.problems.push(format!("missing: {}", entry.path));
+                continue;
+            }
+        };
+        match &entry.kind {
+            EntryKind::Dir if !meta.is_dir() => {
+                report.problems.push(format!("not a directory: {}", entry.path))
+            }
+            EntryKind::Dir => {}
+            EntryKind::File { .. } if !meta.is_file() => {
+                report.problems.push(format!("not a file: {}", entry.path))
+            }
+            EntryKind::File {
+                hash, executable, ..
+            } => {
+                let f = std::fs::File::open(&path).map_err(io_err(&path))?;
+                let mut hasher = blake3::Hasher::new();
+                let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+                let n = std::io::copy(&mut r, &mut hasher).map_err(io_err(&path))?;
+                report.files_checked += 1;
+                report.bytes_checked += n;
+                if ContentHash::from(hasher.finalize()) != *hash {
+                    report.problems.push(format!("content differs: {}", entry.path));
+                }
+                if (meta.mode() & 0o111 != 0) != *executable {
+                    report.problems.push(format!("exec bit differs: {}", entry.path));
+                }
+            }
+        }
+    }
+    for item in walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == crate::config::STATE_DIR))
+        .flatten()
+    {
+        if !expected.contains(item.path()) {
+            report
+                .problems
+                .push(format!("not in the revision: {}", item.path().display()));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,184 @@
+//! The redb state database: pins, swarm identity, the applied head, the file index and the
+//! blobs (manifest chunks and index) of the current revision.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use redb::{ReadableTable, TableDefinition};
+
+use super::StoreError;
+use crate::tree::{ContentHash, FileRecord, RelPath};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+
+const KEY_SWARM: &str = "swarm_id";
+const KEY_PIN: &str = "publisher_key";
+const KEY_HEAD: &str = "head";
+
+/// Handle to the state database.
+pub struct Db(redb::Database);
+
+/// What the database says about this tree.
+#[derive(Debug, Clone, Default)]
+pub struct StoredState {
+    pub swarm_id: Option<uuid::Uuid>,
+    pub pinned_key: Option<[u8; 32]>,
+    /// Encoded signed head of the applied revision.
+    pub head: Option<Vec<u8>>,
+}
+
+impl Db {
+    /// Open or create the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = redb::Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(META)?;
+        txn.open_table(FILES)?;
+        txn.open_table(BLOBS)?;
+        txn.commit()?;
+        Ok(Db(db))
+    }
+
+    /// Read swarm ID, pin and head.
+    pub fn state(&self) -> Result<StoredState, StoreError> {
+        let txn = self.0.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(meta.get(k)?.map(|v| v.value().to_vec()))
+        };
+        let swarm_id = match get(KEY_SWARM)? {
+            Some(b) => Some(
+                uuid::Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let pinned_key = match get(KEY_PIN)? {
+            Some(b) => Some(
+                b.try_into()
+                    .map_err(|_| StoreError::Corrupt("pinned key length".into()))?,
+            ),
+            None => None,
+        };
+        Ok(StoredState {
+            swarm_id,
+            pinned_key,
+            head: get(KEY_HEAD)?,
+        })
+    }
+
+    /// Record the swarm and the pinned publisher key (first use).
+    pub fn set_identity(&self, swarm_id: uuid::Uuid, pin: [u8; 32]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_SWARM, &swarm_id.as_bytes()[..])?;
+            meta.insert(KEY_PIN, &pin[..])?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The file index.
+    pub fn file_index(&self) -> Result<HashMap<RelPath, FileRecord>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let mut out = HashMap::new();
+        for item in files.iter()? {
+            let (k, v) = item?;
+            let path = RelPath::new(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let rec: FileRecord =
+                postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.insert(path, rec);
+        }
+        Ok(out)
+    }
+
+    /// A blob (manifest chunk or manifest index) of the current revision.
+    pub fn blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let blobs = txn.open_table(BLOBS)?;
+        Ok(blobs.get(&hash.0)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Atomically make `head` the applied revision, with its file index and blobs. Old blobs
+    /// are dropped.
+    pub fn commit_revision(
+        &self,
+        head: &[u8],
+        records: &[(RelPath, FileRecord)],
+        blobs: &[(ContentHash, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_HEAD, head)?;
+            let mut files = txn.open_table(FILES)?;
+            files.retain(|_, _| false)?;
+            for (path, rec) in records {
+                let bytes = postcard::to_stdvec(rec).expect("file record encodes");
+                files.insert(path.as_str(), bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(BLOBS)?;
+            table.retain(|_, _| false)?;
+            for (hash, bytes) in blobs {
+                table.insert(&hash.0, bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Replace the file index only (after a rescan found nothing new to publish).
+    pub fn update_file_index(&self, records: &[(RelPath, FileRecord)]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        {
+            let mut files = txn.open_table(FILES)?;
+            files.retain(|_, _| false)?;
+            for (path, rec) in records {
+                let bytes = postcard::to_stdvec(rec).expect("file record encodes");
+                files.insert(path.as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_commit_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        assert!(db.state().unwrap().head.is_none());
+        let swarm = uuid::Uuid::new_v4();
+        db.set_identity(swarm, [3; 32]).unwrap();
+        let rec = FileRecord {
+            size: 1,
+            mtime_ns: 2,
+            inode: 3,
+            executable: true,
+            hash: ContentHash::of(b"x"),
+            chunks: vec![],
+        };
+        let p = RelPath::new("a/b").unwrap();
+        let blob = (ContentHash::of(b"blob"), b"blob".to_vec());
+        db.commit_revision(b"head1", &[(p.clone(), rec.clone())], std::slice::from_ref(&blob))
+            .unwrap();
+        drop(db);
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let st = db.state().unwrap();
+        assert_eq!(st.swarm_id, Some(swarm));
+        assert_eq!(st.pinned_key, Some([3; 32]));
+        assert_eq!(st.head.as_deref(), Some(&b"head1"[..]));
+        assert_eq!(db.file_index().unwrap().get(&p), Some(&rec));
+        assert_eq!(db.blob(&blob.0).unwrap(), Some(blob.1.clone()));
+        db.commit_revision(b"head2", &[], &[]).unwrap();
+        assert!(db.file_index().unwrap().is_empty());
+        assert!(db.blob(&blob.0).unwrap().is_none());
+    }
+}

@@ -1,0 +1,55 @@
+//! Local state: the redb database in `.treecast/`, the staging area and applying a revision to
+//! the mirror.
+//!
+//! Owns every write under a tree's root. Knows nothing of peers or the network.
+
+mod apply;
+mod db;
+mod staging;
+
+pub use apply::{apply_revision, verify_tree, ApplyStats, VerifyReport};
+pub use db::{Db, StoredState};
+pub use staging::{ChunkPositions, StagingArea};
+
+use thiserror::Error;
+
+/// Errors of the storage layer.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    #[error("staged file {0} does not match its hash after download")]
+    StagedMismatch(crate::tree::ContentHash),
+}
+
+macro_rules! impl_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+impl_from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Map an `io::Error` on `path` into a `StoreError`.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,33 @@
+//! The tree layer: content hashes, validated paths, FastCDC chunking, scanning and manifests.
+//!
+//! Pure apart from reading the files it scans; knows nothing of the network or the state DB.
+
+mod chunk;
+mod hash;
+mod manifest;
+mod path;
+mod scan;
+
+pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
+pub use hash::ContentHash;
+pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
+pub use path::RelPath;
+pub use scan::{mtime_ns, scan, FileRecord, ScanStats};
+
+use thiserror::Error;
+
+/// Errors of the tree layer.
+#[derive(Debug, Error)]
+pub enum TreeError {
+    #[error("bad path {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("manifest rejected: {0}")]
+    BadManifest(String),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("scanning: {0}")]
+    Walk(#[from] walkdir::Error),
+}

@@ -1,0 +1,114 @@
+//! `RelPath`: a relative, normalised, bounded path that is safe to join onto a mirror root.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::TreeError;
+use crate::config::{MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, STATE_DIR};
+
+/// A validated relative path with `/` separators: no empty, `.` or `..` components, no leading
+/// `/`, no NUL or backslash, not inside the state directory, bounded length and depth.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Validate `s`.
+    pub fn new(s: &str) -> Result<Self, TreeError> {
+        let bad = |reason| TreeError::BadPath {
+            path: s.chars().take(200).collect(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        if s.len() > MAX_PATH_LEN {
+            return Err(bad("too long"));
+        }
+        if s.starts_with('/') {
+            return Err(bad("absolute"));
+        }
+        if s.contains('\0') || s.contains('\\') {
+            return Err(bad("contains NUL or backslash"));
+        }
+        let mut depth = 0;
+        for part in s.split('/') {
+            depth += 1;
+            match part {
+                "" => return Err(bad("empty component")),
+                "." | ".." => return Err(bad("dot component")),
+                p if p.len() > MAX_COMPONENT_LEN => return Err(bad("component too long")),
+                _ => {}
+            }
+        }
+        if depth > MAX_PATH_DEPTH {
+            return Err(bad("too deep"));
+        }
+        if s == STATE_DIR || s.starts_with(&format!("{STATE_DIR}/")) {
+            return Err(bad("inside the state directory"));
+        }
+        Ok(RelPath(s.to_owned()))
+    }
+
+    /// Build from a path relative to a scanned root.
+    pub fn from_path(p: &Path) -> Result<Self, TreeError> {
+        let s = p.to_str().ok_or(TreeError::BadPath {
+            path: p.display().to_string(),
+            reason: "not UTF-8",
+        })?;
+        Self::new(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `root` joined with this path. Safe because the path is validated.
+    pub fn under(&self, root: &Path) -> PathBuf {
+        root.join(&self.0)
+    }
+
+    /// Every proper ancestor, outermost first (`a/b/c` gives `a`, `a/b`).
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .match_indices('/')
+            .map(move |(i, _)| &self.0[..i])
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_paths_are_rejected() {
+        for p in [
+            "", "../x", "/etc/x", "a/../../x", "a/./b", "a//b", "a/", ".", "..", "a\\b",
+            "a\0b", ".treecast", ".treecast/db",
+        ] {
+            assert!(RelPath::new(p).is_err(), "{p:?} accepted");
+        }
+        assert!(RelPath::new(&"a/".repeat(65).trim_end_matches('/')).is_err());
+        assert!(RelPath::new(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn normal_paths_are_accepted() {
+        for p in ["a", "a/b c/d", "ünïcödé/名前.txt", ".hidden", "a..b", ".treecastx"] {
+            assert!(RelPath::new(p).is_ok(), "{p:?} rejected");
+        }
+        let p = RelPath::new("a/b/c").unwrap();
+        assert_eq!(p.ancestors().collect::<Vec<_>>(), vec!["a", "a/b"]);
+    }
+}

@@ -1,0 +1,47 @@
+//! Keys, signatures, heads and tickets: everything that decides what a subscriber may trust.
+//!
+//! Owns the publisher key (signs heads), the node key file (libp2p identity), the ticket
+//! format and head verification. Must not do I/O beyond reading and writing key files.
+
+mod head;
+mod keys;
+mod ticket;
+
+pub use head::{HeadBody, SignedHead, VerifiedHead};
+pub use keys::{load_or_create_node_key, PublisherKey, PublisherPublicKey};
+pub use ticket::Ticket;
+
+use thiserror::Error;
+
+/// Errors of the trust layer.
+#[derive(Debug, Error)]
+pub enum TrustError {
+    #[error("key file {path}: {source}")]
+    KeyIo {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {0} is not a valid ed25519 key")]
+    BadKeyFile(std::path::PathBuf),
+    #[error("not a valid publisher public key")]
+    BadPublicKey,
+    #[error("ticket must start with `{expected}` (got `{got}`): is this a treecast ticket?")]
+    TicketPrefix { expected: &'static str, got: String },
+    #[error("ticket is not valid base32: {0}")]
+    TicketEncoding(String),
+    #[error("ticket checksum does not match: the ticket was mistyped or truncated")]
+    TicketChecksum,
+    #[error("ticket body is malformed: {0}")]
+    TicketBody(String),
+    #[error("head signature does not verify against the pinned publisher key")]
+    BadSignature,
+    #[error("head is signed by {got}, but the pinned publisher key is {pinned}")]
+    WrongSigner { pinned: String, got: String },
+    #[error("head is for swarm {got}, expected swarm {expected}")]
+    WrongSwarm {
+        expected: uuid::Uuid,
+        got: uuid::Uuid,
+    },
+    #[error("head could not be decoded: {0}")]
+    HeadDecode(String),
+}

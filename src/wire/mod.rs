@@ -1,0 +1,177 @@
+//! The treecast wire protocol. This comment is its specification.
+//!
+//! # Transport
+//! One QUIC connection per peer pair (libp2p-quic). Each protocol below is a QUIC bidirectional
+//! stream, negotiated by libp2p's multistream-select under its protocol name.
+//!
+//! # Framing
+//! After the handshake (control only), every message is a frame: a `u32` little-endian length
+//! followed by that many bytes. A reader refuses any frame longer than the cap of its stream
+//! (`MAX_CONTROL_FRAME`, `MAX_CHUNK_FRAME`) before reading its body; a peer that sends one is
+//! disconnected and banned.
+//!
+//! # `/treecast/control/1`
+//! One long-lived stream per peer, opened by the dialing side.
+//! 1. Handshake, both directions, not framed: the 8 bytes `treecast` then the sender's protocol
+//!    version as `u32` LE (this build: [`PROTOCOL_VERSION`]). A peer whose version differs is
+//!    told nothing more: each side logs both versions and closes the connection.
+//! 2. Each side sends [`ControlMsg::Hello`] (node UUID, swarm ID, role, newest head it holds).
+//!    A hello for another swarm ends the session.
+//! 3. Then, in any order: [`ControlMsg::Head`] when a node learns a newer verified head
+//!    (announcement), [`ControlMsg::Heartbeat`] every `HEARTBEAT_INTERVAL`, and
+//!    [`ControlMsg::Goodbye`] before a graceful close. Silence for `PEER_TIMEOUT` means gone.
+//!
+//! Messages are postcard-encoded enums: new variants are only appended, so slots never move.
+//!
+//! # `/treecast/chunks/1`
+//! Long-lived, pipelined request/response streams opened by the downloading side (a few per
+//! peer, never one per chunk). The requester sends [`ChunkRequest`] frames without waiting; the
+//! server answers each, in order, with a frame made of a postcard [`ChunkReplyHeader`] followed
+//! by the raw bytes when `found`. Chunks, manifest chunks and manifest indexes are all addressed
+//! by BLAKE3 hash: the requester verifies every reply against the hash it asked for.
+//!
+//! # Error handling
+//! A decode failure, an oversize frame, a wrong hash or a timeout ends the stream; bad data also
+//! bans the peer for `BAN_DURATION`. Nothing a peer sent before the failure is kept unless it
+//! was verified by hash.
+
+mod frame;
+
+pub use frame::{read_frame, read_handshake, write_frame, write_handshake};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::trust::SignedHead;
+use crate::tree::ContentHash;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Magic bytes at the start of every control stream.
+pub const MAGIC: &[u8; 8] = b"treecast";
+/// Protocol name of the control stream.
+pub const CONTROL_PROTOCOL: &str = "/treecast/control/1";
+/// Protocol name of chunk streams.
+pub const CHUNKS_PROTOCOL: &str = "/treecast/chunks/1";
+/// Longest goodbye reason kept.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Errors reading or writing the wire.
+#[derive(Debug, Error)]
+pub enum WireError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes is over the cap of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("not a treecast peer (bad magic)")]
+    BadMagic,
+    #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+impl WireError {
+    /// True if the error shows the peer misbehaving (as opposed to a lost connection).
+    pub fn is_hostile(&self) -> bool {
+        matches!(
+            self,
+            WireError::FrameTooLarge { .. } | WireError::Decode(_) | WireError::BadMagic
+        )
+    }
+}
+
+/// What a node is in this swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// First message after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: Uuid,
+    pub swarm_id: Uuid,
+    pub role: Role,
+    pub head: Option<SignedHead>,
+}
+
+/// Messages on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMsg {
+    Hello(Hello),
+    Head(SignedHead),
+    Heartbeat,
+    Goodbye { reason: String },
+}
+
+/// One chunk request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub id: u32,
+    pub hash: ContentHash,
+}
+
+/// Header of a chunk reply; the chunk bytes follow in the same frame when `found`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReplyHeader {
+    pub id: u32,
+    pub found: bool,
+}
+
+/// Encode a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("wire messages encode")
+}
+
+/// Decode a message that must fill the whole frame.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Encode a chunk reply frame body.
+pub fn encode_reply(id: u32, data: Option<&[u8]>) -> Vec<u8> {
+    let header = ChunkReplyHeader {
+        id,
+        found: data.is_some(),
+    };
+    let mut out = encode(&header);
+    if let Some(d) = data {
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// Split a chunk reply frame body into its header and bytes.
+pub fn decode_reply(frame: &[u8]) -> Result<(ChunkReplyHeader, &[u8]), WireError> {
+    postcard::take_from_bytes(frame).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_round_trips() {
+        let body = encode_reply(9, Some(b"abc"));
+        let (h, data) = decode_reply(&body).unwrap();
+        assert_eq!(h, ChunkReplyHeader { id: 9, found: true });
+        assert_eq!(data, b"abc");
+        let (h, data) = decode_reply(&encode_reply(3, None)).unwrap();
+        assert!(!h.found && data.is_empty());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for len in 0..128 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+            let _ = decode::<ControlMsg>(&bytes);
+            let _ = decode::<ChunkRequest>(&bytes);
+            let _ = decode_reply(&bytes);
+        }
+    }
+}
