@@ -143,6 +143,8 @@ pub struct NodeHandle {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
     ticket: Ticket,
+    db: Arc<crate::store::Db>,
+    dir: std::path::PathBuf,
 }
 
 /// Entry points.
@@ -236,6 +238,14 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Closed)?;
         rx.await.map_err(|_| NodeError::Closed)?
+    }
+
+    /// Rehash this node's tree against the revision it holds.
+    pub async fn verify(&self) -> Result<(u64, crate::store::VerifyReport), NodeError> {
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        tokio::task::spawn_blocking(move || verify_with(&db, &dir))
+            .await
+            .map_err(|e| NodeError::Refused(format!("verify task failed: {e}")))?
     }
 
     /// Dial `addr`.
@@ -373,13 +383,26 @@ pub fn verify_dir(dir: &std::path::Path) -> Result<(u64, crate::store::VerifyRep
             db_path.display()
         )));
     }
-    let db = crate::store::Db::open(&db_path)?;
+    let db = crate::store::Db::open(&db_path).map_err(|e| match e {
+        StoreError::Db(redb::Error::DatabaseAlreadyOpen) => NodeError::Refused(format!(
+            "a treecast node is running on {}: its state database is locked",
+            dir.display()
+        )),
+        other => other.into(),
+    })?;
+    verify_with(&db, dir)
+}
+
+fn verify_with(
+    db: &crate::store::Db,
+    dir: &std::path::Path,
+) -> Result<(u64, crate::store::VerifyReport), NodeError> {
     let stored = db.state()?;
     let (Some(swarm), Some(pin)) = (stored.swarm_id, stored.pinned_key) else {
         return Err(NodeError::Refused("no swarm recorded in the state database".into()));
     };
     let pin = crate::trust::PublisherPublicKey::from_bytes(pin)?;
-    let applied = load_applied(&db, &stored, &pin, swarm)?
+    let applied = load_applied(db, &stored, &pin, swarm)?
         .ok_or_else(|| NodeError::Refused("no revision has been applied yet".into()))?;
     let report = crate::store::verify_tree(dir, &applied.manifest)?;
     Ok((applied.head.revision(), report))

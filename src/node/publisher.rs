@@ -85,6 +85,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let mut tasks = started.tasks;
     let cancel = started.cancel;
+    let dir = config.dir.clone();
     tasks.spawn(engine.run(started.events, cmd_rx, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
@@ -96,6 +97,8 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         peer_id: started.peer_id,
         listen_addrs: started.listen_addrs,
         ticket,
+        db,
+        dir,
     })
 }
 

@@ -110,7 +110,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     let started = net_loop::start(&config, node_key, local, content.clone(), stats.clone()).await?;
     let engine = Subscriber {
         dir: config.dir.clone(),
-        db,
+        db: db.clone(),
         pin: ticket.publisher,
         swarm_id: ticket.swarm_id,
         content,
@@ -136,6 +136,8 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         peer_id: started.peer_id,
         listen_addrs: started.listen_addrs,
         ticket,
+        db,
+        dir: config.dir,
     })
 }
 
