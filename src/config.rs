@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub watch: bool,
     /// Subscriber only: how long to wait for a first peer before giving up (with `--once`).
     pub connect_timeout: Duration,
+    /// Publisher only: the swarm ID to use for a tree that has none yet (default: a new UUID).
+    pub swarm_id: Option<uuid::Uuid>,
     /// Wire protocol version this node speaks. Only tests change it.
     pub protocol_version: u32,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
@@ -95,6 +97,7 @@ impl NodeConfig {
             rescan_interval: Duration::from_secs(30),
             watch: true,
             connect_timeout: Duration::from_secs(30),
+            swarm_id: None,
             protocol_version: crate::wire::PROTOCOL_VERSION,
             danger_corrupt_served_chunks: false,
         }

@@ -45,7 +45,10 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
             key.public()
         )));
     }
-    let swarm_id = stored.swarm_id.unwrap_or_else(uuid::Uuid::new_v4);
+    let swarm_id = stored
+        .swarm_id
+        .or(config.swarm_id)
+        .unwrap_or_else(uuid::Uuid::new_v4);
     db.set_identity(swarm_id, key.public().to_bytes())?;
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
     let stats = Arc::new(Stats::default());
@@ -64,7 +67,13 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         known: db.file_index()?,
     };
     if let Some(applied) = load_applied(&db, &stored, &key.public(), swarm_id)? {
-        engine.current = Some((applied.head.revision(), applied.manifest.clone()));
+        let revision = applied.head.revision();
+        engine.current = Some((revision, applied.manifest.clone()));
+        engine.status.send_modify(|s| {
+            s.revision = Some(revision);
+            s.newest_known = Some(revision);
+            s.synced = true;
+        });
         content.replace(applied.serve_index(&config.dir));
     }
     engine.rescan().await?;

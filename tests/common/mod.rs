@@ -1,0 +1,139 @@
+//! Helpers shared by the integration tests: sample trees, node start-up on loopback, tree
+//! comparison, and waiting on conditions with a timeout (never a bare sleep).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use treecast::config::NodeConfig;
+use treecast::{Node, NodeHandle, PublisherKey, Ticket};
+
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The fixed test publisher key from `certs/`.
+pub fn test_key() -> PublisherKey {
+    PublisherKey::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test-publisher.key"))
+        .expect("certs/test-publisher.key")
+}
+
+/// A second fixed key, for playing an impostor.
+pub fn other_key() -> PublisherKey {
+    PublisherKey::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test-other.key"))
+        .expect("certs/test-other.key")
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    treecast::demo::noise(seed, &mut out);
+    out
+}
+
+pub fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+pub fn config(dir: &Path) -> NodeConfig {
+    let mut c = NodeConfig::new(dir);
+    c.watch = false;
+    c.rescan_interval = Duration::from_secs(3600);
+    c.connect_timeout = Duration::from_secs(20);
+    c
+}
+
+pub async fn publisher(dir: &Path) -> NodeHandle {
+    Node::publish(config(dir), test_key()).await.expect("publisher starts")
+}
+
+pub async fn subscriber(dir: &Path, ticket: &Ticket) -> NodeHandle {
+    Node::subscribe(config(dir), ticket.clone())
+        .await
+        .expect("subscriber starts")
+}
+
+/// What a tree holds: path to (is_dir, exec bit, content) without the state directory.
+pub fn snapshot(root: &Path) -> BTreeMap<String, (bool, bool, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == ".treecast"))
+    {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let content = if meta.is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.insert(rel, (meta.is_dir(), meta.permissions().mode() & 0o100 != 0, content));
+    }
+    out
+}
+
+/// Assert two trees are byte-identical (content, layout, exec bit).
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (sa, sb) = (snapshot(a), snapshot(b));
+    let ka: Vec<_> = sa.keys().collect();
+    let kb: Vec<_> = sb.keys().collect();
+    assert_eq!(ka, kb, "different paths");
+    for (k, va) in &sa {
+        let vb = &sb[k];
+        assert_eq!(va.0, vb.0, "{k}: kind differs");
+        assert_eq!(va.1, vb.1, "{k}: exec bit differs");
+        assert!(va.2 == vb.2, "{k}: content differs");
+    }
+}
+
+/// Poll `cond` until it holds or `timeout` passes. For conditions that no event announces.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until `node` is synced at `revision` or newer.
+pub async fn synced(node: &NodeHandle, revision: u64) {
+    node.wait_for(WAIT, &format!("synced at {revision}"), |s| {
+        s.synced && s.revision.is_some_and(|r| r >= revision)
+    })
+    .await
+    .expect("subscriber syncs");
+}
+
+/// Directory layout of one test: everything lives below `root`.
+pub struct Lab {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        Lab {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Top-level names in the lab: nothing may appear beside the node directories.
+    pub fn top_level(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
