@@ -1,0 +1,260 @@
+//! Hostile input: forged and replayed heads, path traversal, lying chunks, oversize frames,
+//! mistyped tickets, protocol version mismatch. Each test also checks that the honest node keeps
+//! serving and that nothing is written outside the mirror.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use treecast::tree::{EntryKind, EntryWire, ManifestWire, MANIFEST_FORMAT};
+use treecast::wire::CHUNKS_PROTOCOL;
+use treecast::Node;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_signed_by_another_key_is_refused_and_the_impostor_banned() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "real.txt", b"real");
+    let p = publisher(&src).await;
+
+    // An impostor claims the same swarm with its own key and other content.
+    let fake = lab.dir("impostor");
+    write(&fake, "evil.txt", b"evil");
+    let mut cfg = config(&fake);
+    cfg.swarm_id = Some(p.ticket().swarm_id);
+    let impostor = Node::publish(cfg, other_key()).await.unwrap();
+
+    let mut scfg = config(&lab.dir("sub"));
+    scfg.bootstrap = impostor.listen_addrs().to_vec();
+    let s = Node::subscribe(scfg, p.ticket().clone()).await.unwrap();
+    synced(&s, 1).await;
+    eventually(WAIT, "the impostor's head to be rejected", || {
+        s.stats().heads_rejected >= 1
+    })
+    .await;
+    assert!(s.banned_peers().await.unwrap().contains(&impostor.peer_id()));
+    assert_same_tree(&src, &lab.tmp.path().join("sub"));
+    assert!(!lab.tmp.path().join("sub/evil.txt").exists());
+
+    // The honest publisher keeps serving.
+    let s2 = subscriber(&lab.dir("sub2"), p.ticket()).await;
+    synced(&s2, 1).await;
+    assert_eq!(lab.top_level(), vec!["impostor", "publisher", "sub", "sub2"]);
+    for n in [s, s2, impostor, p] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_revision_replayed_is_ignored() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "f.txt", b"v1");
+    let p = publisher(&src).await;
+    write(&src, "f.txt", b"v2");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    let s = subscriber(&lab.dir("sub"), p.ticket()).await;
+    synced(&s, 2).await;
+
+    // A node with the right key whose newest revision is 1 (an old copy of the publisher).
+    let old = lab.dir("old");
+    write(&old, "f.txt", b"v1");
+    let mut cfg = config(&old);
+    cfg.swarm_id = Some(p.ticket().swarm_id);
+    let replayer = Node::publish(cfg, test_key()).await.unwrap();
+    assert_eq!(replayer.status().borrow().revision, Some(1));
+    s.dial(replayer.listen_addrs()[0].clone()).await.unwrap();
+    eventually(WAIT, "the replayed head to be seen", || s.stats().heads_stale >= 1).await;
+    assert_eq!(s.status().borrow().revision, Some(2));
+    assert_eq!(std::fs::read(lab.tmp.path().join("sub/f.txt")).unwrap(), b"v2");
+    for n in [s, replayer, p] {
+        n.shutdown().await;
+    }
+}
+
+fn file_entry(path: &str, data: &[u8]) -> EntryWire {
+    let c = treecast::tree::chunk_reader(data).unwrap();
+    EntryWire {
+        path: path.into(),
+        kind: EntryKind::File {
+            size: c.size,
+            executable: false,
+            hash: c.hash,
+            chunks: c.chunks,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_with_escaping_paths_are_rejected_whole() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "ok.txt", b"ok");
+    let p = publisher(&src).await;
+    let s = subscriber(&lab.dir("sub"), p.ticket()).await;
+    synced(&s, 1).await;
+
+    for bad in ["../x", "/etc/x", "a/../../x"] {
+        let wire = ManifestWire {
+            format: MANIFEST_FORMAT,
+            entries: vec![file_entry(bad, b"pwned"), file_entry("ok.txt", b"ok")],
+        };
+        let rev = p
+            .danger_publish_manifest(postcard::to_stdvec(&wire).unwrap())
+            .await
+            .unwrap();
+        s.wait_for(WAIT, "the manifest to be rejected", |st| {
+            st.error.as_deref().is_some_and(|e| e.contains(&format!("revision {rev}")))
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.status().borrow().revision, Some(1), "{bad} applied");
+    }
+    assert!(!lab.tmp.path().join("x").exists());
+    assert!(!std::path::Path::new("/etc/x").exists());
+    assert_eq!(lab.top_level(), vec!["publisher", "sub"]);
+
+    // The publisher recovers with a real scan, and the subscriber follows it.
+    let rev = p.rescan().await.unwrap().expect("a real manifest differs");
+    synced(&s, rev).await;
+    assert_same_tree(&src, &lab.tmp.path().join("sub"));
+    s.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_in_the_mirror_is_never_written_through() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "evil/x", b"must stay inside the mirror");
+    let outside = lab.dir("outside");
+    let sub = lab.dir("sub");
+    std::os::unix::fs::symlink(&outside, sub.join("evil")).unwrap();
+    let p = publisher(&src).await;
+    let s = subscriber(&sub, p.ticket()).await;
+    synced(&s, 1).await;
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote through the symlink");
+    assert!(std::fs::symlink_metadata(sub.join("evil")).unwrap().is_dir());
+    assert_same_tree(&src, &sub);
+    let aside = std::fs::read_dir(sub.join(".treecast/conflicts")).unwrap().count();
+    assert_eq!(aside, 1, "the symlink is kept aside, not deleted");
+    s.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_bad_chunks_is_dropped_and_chunks_come_from_elsewhere() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let data = noise(40 << 20, 9);
+    write(&src, "data.bin", &data);
+    let p = publisher(&src).await;
+
+    // A liar holding the same revision content, serving corrupted bytes.
+    let liar_dir = lab.dir("liar");
+    write(&liar_dir, "data.bin", &data);
+    let mut cfg = config(&liar_dir);
+    cfg.swarm_id = Some(p.ticket().swarm_id);
+    cfg.danger_corrupt_served_chunks = true;
+    let liar = Node::publish(cfg, test_key()).await.unwrap();
+
+    let mut scfg = config(&lab.dir("sub"));
+    scfg.bootstrap = liar.listen_addrs().to_vec();
+    let s = Node::subscribe(scfg, p.ticket().clone()).await.unwrap();
+    synced(&s, 1).await;
+    assert!(s.stats().bad_chunks >= 1, "the liar was never asked");
+    assert!(s.banned_peers().await.unwrap().contains(&liar.peer_id()));
+    assert_same_tree(&src, &lab.tmp.path().join("sub"));
+    let (_, report) = s.verify().await.unwrap();
+    assert!(report.ok());
+    for n in [s, liar, p] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_serving() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
+    synced(&attacker, 1).await;
+
+    let mut stream = attacker
+        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+        .await
+        .unwrap();
+    stream.write_all(&(64u32 << 20).to_le_bytes()).await.unwrap();
+    stream.write_all(&[0u8; 1024]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the publisher must close the stream, got {read:?}"
+    );
+    eventually(WAIT, "the publisher to count the frame", || {
+        p.stats().hostile_frames >= 1
+    })
+    .await;
+    assert!(p.banned_peers().await.unwrap().contains(&attacker.peer_id()));
+
+    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
+    synced(&honest, 1).await;
+    assert_same_tree(&src, &lab.tmp.path().join("honest"));
+    for n in [honest, attacker, p] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_version_mismatch_is_a_clear_error_and_the_publisher_keeps_serving() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let mut cfg = config(&lab.dir("future"));
+    cfg.protocol_version = 99;
+    let future = Node::subscribe(cfg, p.ticket().clone()).await.unwrap();
+    let st = future
+        .wait_for(WAIT, "a version error", |s| s.error.is_some())
+        .await
+        .unwrap();
+    let err = st.error.unwrap();
+    assert!(err.contains("version 1") && err.contains("speaks 99"), "{err}");
+    assert_eq!(st.revision, None);
+
+    let ok = subscriber(&lab.dir("current"), p.ticket()).await;
+    synced(&ok, 1).await;
+    for n in [ok, future, p] {
+        n.shutdown().await;
+    }
+}
+
+#[test]
+fn a_mistyped_ticket_is_a_clear_error() {
+    let ticket = treecast::Ticket {
+        swarm_id: uuid::Uuid::new_v4(),
+        publisher: test_key().public(),
+        addrs: vec!["/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()],
+    }
+    .to_string();
+    let mut typo = ticket.clone();
+    let i = typo.len() / 2;
+    let c = if &typo[i..i + 1] == "a" { "b" } else { "a" };
+    typo.replace_range(i..i + 1, c);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .args(["subscribe", &typo])
+        .arg(dir.path())
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checksum"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
