@@ -32,7 +32,12 @@ pub enum Command {
         /// The directory to publish.
         dir: PathBuf,
         /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
-        #[arg(long, env = "TREECAST_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        #[arg(
+            long,
+            env = "TREECAST_LISTEN",
+            default_value = "0.0.0.0:0",
+            value_delimiter = ','
+        )]
         listen: Vec<String>,
         /// Peer to dial at start (IP:PORT or multiaddr). Repeatable.
         #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
@@ -55,7 +60,12 @@ pub enum Command {
         /// The mirror directory (created if missing).
         dir: PathBuf,
         /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
-        #[arg(long, env = "TREECAST_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        #[arg(
+            long,
+            env = "TREECAST_LISTEN",
+            default_value = "0.0.0.0:0",
+            value_delimiter = ','
+        )]
         listen: Vec<String>,
         /// Peer to dial at start, besides the ticket's addresses. Repeatable.
         #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
@@ -135,7 +145,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn node_config(dir: &std::path::Path, listen: &[String], bootstrap: &[String]) -> Result<NodeConfig> {
+fn node_config(
+    dir: &std::path::Path,
+    listen: &[String],
+    bootstrap: &[String],
+) -> Result<NodeConfig> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config = NodeConfig::new(dir);
     config.listen = parse_addrs(listen)?;
@@ -160,7 +174,9 @@ async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
 }
 
 async fn wait_for_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)

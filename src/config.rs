@@ -92,7 +92,9 @@ impl NodeConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
             dir: dir.into(),
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("valid multiaddr")],
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1"
+                .parse()
+                .expect("valid multiaddr")],
             bootstrap: Vec::new(),
             rescan_interval: Duration::from_secs(30),
             watch: true,

@@ -30,7 +30,10 @@ pub fn sample_tree(root: &Path, size_mib: u64) -> Result<()> {
     std::fs::create_dir_all(root.join("docs/guides"))?;
     std::fs::create_dir_all(root.join("empty dir"))?;
     std::fs::create_dir_all(root.join("données/日本語"))?;
-    std::fs::write(root.join("README.txt"), "a sample tree published by treecast demo\n")?;
+    std::fs::write(
+        root.join("README.txt"),
+        "a sample tree published by treecast demo\n",
+    )?;
     std::fs::write(root.join("empty file"), b"")?;
     std::fs::write(root.join("docs/guides/how to.md"), "# How to\n".repeat(500))?;
     std::fs::write(root.join("données/日本語/ファイル.txt"), "こんにちは\n")?;
@@ -50,7 +53,10 @@ pub async fn run(size_mib: u64) -> Result<ExitCode> {
         tmp.path().join("mirror-a"),
         tmp.path().join("mirror-b"),
     );
-    println!("1. writing a sample tree ({size_mib} MiB) to {}", pub_dir.display());
+    println!(
+        "1. writing a sample tree ({size_mib} MiB) to {}",
+        pub_dir.display()
+    );
     sample_tree(&pub_dir, size_mib)?;
 
     let key = PublisherKey::load_or_create(&pub_dir.join(".treecast/publisher.key"))?;
@@ -62,7 +68,10 @@ pub async fn run(size_mib: u64) -> Result<ExitCode> {
     println!("3. two subscribers are fetching revision 1");
     let started = Instant::now();
     follow(&[("mirror-a", &a), ("mirror-b", &b)], 1).await?;
-    println!("   both mirrors complete in {:.2}s", started.elapsed().as_secs_f64());
+    println!(
+        "   both mirrors complete in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     check("mirror-a", &a).await?;
     check("mirror-b", &b).await?;
 
@@ -92,9 +101,11 @@ pub async fn run(size_mib: u64) -> Result<ExitCode> {
 
 async fn follow(nodes: &[(&str, &NodeHandle)], revision: u64) -> Result<()> {
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-        .expect("valid template")
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
     let mut waits = Vec::new();
     for (name, node) in nodes {
         let bar = multi.add(ProgressBar::new(0));
@@ -130,7 +141,10 @@ async fn follow(nodes: &[(&str, &NodeHandle)], revision: u64) -> Result<()> {
 async fn check(name: &str, node: &NodeHandle) -> Result<()> {
     let (revision, report) = node.verify().await?;
     if !report.ok() {
-        bail!("{name} does not match revision {revision}: {:?}", report.problems);
+        bail!(
+            "{name} does not match revision {revision}: {:?}",
+            report.problems
+        );
     }
     println!(
         "   verified {name}: revision {revision}, {} files rehashed, identical to the publisher",
@@ -141,7 +155,10 @@ async fn check(name: &str, node: &NodeHandle) -> Result<()> {
 
 fn edit_one_byte(path: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let len = f.metadata()?.len();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, len / 2)?;

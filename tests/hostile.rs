@@ -34,14 +34,21 @@ async fn head_signed_by_another_key_is_refused_and_the_impostor_banned() {
         s.stats().heads_rejected >= 1
     })
     .await;
-    assert!(s.banned_peers().await.unwrap().contains(&impostor.peer_id()));
+    assert!(s
+        .banned_peers()
+        .await
+        .unwrap()
+        .contains(&impostor.peer_id()));
     assert_same_tree(&src, &lab.tmp.path().join("sub"));
     assert!(!lab.tmp.path().join("sub/evil.txt").exists());
 
     // The honest publisher keeps serving.
     let s2 = subscriber(&lab.dir("sub2"), p.ticket()).await;
     synced(&s2, 1).await;
-    assert_eq!(lab.top_level(), vec!["impostor", "publisher", "sub", "sub2"]);
+    assert_eq!(
+        lab.top_level(),
+        vec!["impostor", "publisher", "sub", "sub2"]
+    );
     for n in [s, s2, impostor, p] {
         n.shutdown().await;
     }
@@ -66,9 +73,15 @@ async fn older_revision_replayed_is_ignored() {
     let replayer = Node::publish(cfg, test_key()).await.unwrap();
     assert_eq!(replayer.status().borrow().revision, Some(1));
     s.dial(replayer.listen_addrs()[0].clone()).await.unwrap();
-    eventually(WAIT, "the replayed head to be seen", || s.stats().heads_stale >= 1).await;
+    eventually(WAIT, "the replayed head to be seen", || {
+        s.stats().heads_stale >= 1
+    })
+    .await;
     assert_eq!(s.status().borrow().revision, Some(2));
-    assert_eq!(std::fs::read(lab.tmp.path().join("sub/f.txt")).unwrap(), b"v2");
+    assert_eq!(
+        std::fs::read(lab.tmp.path().join("sub/f.txt")).unwrap(),
+        b"v2"
+    );
     for n in [s, replayer, p] {
         n.shutdown().await;
     }
@@ -106,7 +119,9 @@ async fn manifests_with_escaping_paths_are_rejected_whole() {
             .await
             .unwrap();
         s.wait_for(WAIT, "the manifest to be rejected", |st| {
-            st.error.as_deref().is_some_and(|e| e.contains(&format!("revision {rev}")))
+            st.error
+                .as_deref()
+                .is_some_and(|e| e.contains(&format!("revision {rev}")))
         })
         .await
         .unwrap();
@@ -135,10 +150,18 @@ async fn a_symlink_in_the_mirror_is_never_written_through() {
     let p = publisher(&src).await;
     let s = subscriber(&sub, p.ticket()).await;
     synced(&s, 1).await;
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote through the symlink");
-    assert!(std::fs::symlink_metadata(sub.join("evil")).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through the symlink"
+    );
+    assert!(std::fs::symlink_metadata(sub.join("evil"))
+        .unwrap()
+        .is_dir());
     assert_same_tree(&src, &sub);
-    let aside = std::fs::read_dir(sub.join(".treecast/conflicts")).unwrap().count();
+    let aside = std::fs::read_dir(sub.join(".treecast/conflicts"))
+        .unwrap()
+        .count();
     assert_eq!(aside, 1, "the symlink is kept aside, not deleted");
     s.shutdown().await;
     p.shutdown().await;
@@ -187,7 +210,10 @@ async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_servin
         .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
         .await
         .unwrap();
-    stream.write_all(&(64u32 << 20).to_le_bytes()).await.unwrap();
+    stream
+        .write_all(&(64u32 << 20).to_le_bytes())
+        .await
+        .unwrap();
     stream.write_all(&[0u8; 1024]).await.unwrap();
     stream.flush().await.unwrap();
     let mut buf = [0u8; 16];
@@ -200,7 +226,11 @@ async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_servin
         p.stats().hostile_frames >= 1
     })
     .await;
-    assert!(p.banned_peers().await.unwrap().contains(&attacker.peer_id()));
+    assert!(p
+        .banned_peers()
+        .await
+        .unwrap()
+        .contains(&attacker.peer_id()));
 
     let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
     synced(&honest, 1).await;
@@ -224,7 +254,10 @@ async fn protocol_version_mismatch_is_a_clear_error_and_the_publisher_keeps_serv
         .await
         .unwrap();
     let err = st.error.unwrap();
-    assert!(err.contains("version 1") && err.contains("speaks 99"), "{err}");
+    assert!(
+        err.contains("version 1") && err.contains("speaks 99"),
+        "{err}"
+    );
     assert_eq!(st.revision, None);
 
     let ok = subscriber(&lab.dir("current"), p.ticket()).await;
@@ -256,5 +289,9 @@ fn a_mistyped_ticket_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checksum"), "{stderr}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }

@@ -18,8 +18,11 @@ async fn publisher_and_two_subscribers_mirror_a_varied_tree() {
     write(&src, "with spaces/file name.txt", b"spaces");
     write(&src, "ünïcödé/日本語 ファイル.txt", "こんにちは".as_bytes());
     write(&src, "bin/run.sh", b"#!/bin/sh\necho hi\n");
-    std::fs::set_permissions(src.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        src.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     write(&src, "big/large.bin", &noise(300 << 20, 7));
     write(&src, "big/copy-of-part.bin", &noise(3 << 20, 7));
 
@@ -86,9 +89,15 @@ async fn edits_adds_renames_and_deletes_move_only_changed_data() {
     // file and the manifest: nothing of the renamed file, nothing of the rest of the large one.
     let sent = p.stats().chunk_bytes_sent - sent_before;
     let per_sub_cap = (2 << 20) + 64 * 1024;
-    assert!(sent <= 2 * per_sub_cap, "publisher sent {sent} bytes for a one-byte edit");
+    assert!(
+        sent <= 2 * per_sub_cap,
+        "publisher sent {sent} bytes for a one-byte edit"
+    );
     for s in [&a, &b] {
-        assert!(s.stats().chunks_local > 0, "renamed data was copied locally");
+        assert!(
+            s.stats().chunks_local > 0,
+            "renamed data was copied locally"
+        );
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -114,13 +123,14 @@ async fn subscriber_killed_mid_transfer_resumes_without_refetching() {
     let first = subscriber(&dir, p.ticket()).await;
     first
         .wait_for(WAIT, "a third of the file", |s| {
-            s.progress.is_some_and(|(done, total)| total > 0 && done * 3 >= total)
+            s.progress
+                .is_some_and(|(done, total)| total > 0 && done * 3 >= total)
         })
         .await
         .unwrap();
     let verified_before = first.stats().chunks_fetched;
     drop(first); // abrupt: no waiting for anything in flight
-    // The dropped node releases the database when its tasks end.
+                 // The dropped node releases the database when its tasks end.
     let second = loop {
         match treecast::Node::subscribe(config(&dir), p.ticket().clone()).await {
             Ok(n) => break n,
@@ -156,10 +166,18 @@ async fn publisher_restart_on_unchanged_tree_does_not_rehash() {
 
     let p = publisher(&src).await;
     assert_eq!(p.stats().files_hashed, 0, "unchanged files were rehashed");
-    assert_eq!(p.status().borrow().revision, Some(1), "no new revision for an unchanged tree");
+    assert_eq!(
+        p.status().borrow().revision,
+        Some(1),
+        "no new revision for an unchanged tree"
+    );
     write(&src, "b/c.txt", b"changed");
     assert_eq!(p.rescan().await.unwrap(), Some(2));
-    assert_eq!(p.stats().files_hashed, 1, "only the changed file is rehashed");
+    assert_eq!(
+        p.stats().files_hashed,
+        1,
+        "only the changed file is rehashed"
+    );
     p.shutdown().await;
 }
 
@@ -175,7 +193,10 @@ async fn file_watcher_publishes_changes() {
     synced(&s, 1).await;
     write(&src, "a.txt", b"two");
     synced(&s, 2).await;
-    assert_eq!(std::fs::read(lab.tmp.path().join("s/a.txt")).unwrap(), b"two");
+    assert_eq!(
+        std::fs::read(lab.tmp.path().join("s/a.txt")).unwrap(),
+        b"two"
+    );
     s.shutdown().await;
     p.shutdown().await;
 }

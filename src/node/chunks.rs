@@ -157,8 +157,7 @@ pub(crate) async fn fetch_all(
         max_in_flight: REQUESTS_PER_STREAM,
         stall_timeout: CHUNK_TIMEOUT,
     };
-    let mut picker: Picker<LaneKey> =
-        Picker::new(config, wanted.iter().map(|w| w.0), present);
+    let mut picker: Picker<LaneKey> = Picker::new(config, wanted.iter().map(|w| w.0), present);
     if picker.is_done() {
         return Ok(());
     }
@@ -332,10 +331,11 @@ impl Lane {
         };
         let reader = async {
             while let Some((id, hash)) = exp_rx.recv().await {
-                let frame = tokio::time::timeout(CHUNK_TIMEOUT, wire::read_frame(&mut r, MAX_CHUNK_FRAME))
-                    .await
-                    .map_err(|_| WireError::Timeout("chunk reply"))??
-                    .ok_or(WireError::Decode("stream ended mid-request".into()))?;
+                let frame =
+                    tokio::time::timeout(CHUNK_TIMEOUT, wire::read_frame(&mut r, MAX_CHUNK_FRAME))
+                        .await
+                        .map_err(|_| WireError::Timeout("chunk reply"))??
+                        .ok_or(WireError::Decode("stream ended mid-request".into()))?;
                 if !self.on_reply(id, hash, frame).await {
                     return Ok(());
                 }
@@ -368,7 +368,9 @@ impl Lane {
             Err(e) => return self.bad(e.to_string()).await,
         };
         if header.id != id {
-            return self.bad(format!("reply {} to request {id}", header.id)).await;
+            return self
+                .bad(format!("reply {} to request {id}", header.id))
+                .await;
         }
         if !header.found {
             let _ = self.events.send(LaneEvent::NotFound { lane, hash }).await;
@@ -387,12 +389,16 @@ impl Lane {
             Ok(Ok(Some(len))) => {
                 Stats::add(&self.stats.chunks_fetched, 1);
                 Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
-                let _ = self.events.send(LaneEvent::Verified { lane, hash, len }).await;
+                let _ = self
+                    .events
+                    .send(LaneEvent::Verified { lane, hash, len })
+                    .await;
                 true
             }
             Ok(Ok(None)) => {
                 warn!(peer = %lane.0, %hash, "chunk failed verification: dropping the peer");
-                self.bad(format!("chunk {hash} does not match its hash")).await
+                self.bad(format!("chunk {hash} does not match its hash"))
+                    .await
             }
             Ok(Err(e)) => {
                 let _ = self.events.send(LaneEvent::Failed(e)).await;

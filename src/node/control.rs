@@ -16,10 +16,22 @@ use crate::wire::{self, ControlMsg, Hello, WireError, MAX_REASON_LEN};
 /// What sessions tell the engine.
 #[derive(Debug)]
 pub(crate) enum PeerEvent {
-    Up { peer: PeerId, hello: Hello },
-    Head { peer: PeerId, head: SignedHead },
-    Down { peer: PeerId },
-    Incompatible { peer: PeerId, ours: u32, theirs: u32 },
+    Up {
+        peer: PeerId,
+        hello: Hello,
+    },
+    Head {
+        peer: PeerId,
+        head: SignedHead,
+    },
+    Down {
+        peer: PeerId,
+    },
+    Incompatible {
+        peer: PeerId,
+        ours: u32,
+        theirs: u32,
+    },
 }
 
 /// Everything a session needs.
@@ -101,7 +113,15 @@ where
         warn!(%peer, theirs = %theirs.swarm_id, "peer is in another swarm");
         return Ok(());
     }
-    if ctx.events.send(PeerEvent::Up { peer, hello: theirs }).await.is_err() {
+    if ctx
+        .events
+        .send(PeerEvent::Up {
+            peer,
+            hello: theirs,
+        })
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let result = exchange(r, w, ctx).await;
@@ -174,7 +194,10 @@ where
     }
 }
 
-async fn send<W: futures::AsyncWrite + Unpin>(w: &mut W, msg: &ControlMsg) -> Result<(), WireError> {
+async fn send<W: futures::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &ControlMsg,
+) -> Result<(), WireError> {
     wire::write_frame(w, &wire::encode(msg)).await
 }
 

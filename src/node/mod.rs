@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::store::StoreError;
-use crate::trust::{PublisherKey, Ticket, TrustError};
 use crate::tree::TreeError;
+use crate::trust::{PublisherKey, Ticket, TrustError};
 use crate::wire::Role;
 
 pub use net_loop::NetCommand;
@@ -217,9 +217,10 @@ impl NodeHandle {
 
     /// Publisher: rescan now; returns the new revision if the tree changed.
     pub async fn rescan(&self) -> Result<Option<u64>, NodeError> {
-        let tx = self.publisher.as_ref().ok_or(NodeError::Refused(
-            "only a publisher rescans".into(),
-        ))?;
+        let tx = self
+            .publisher
+            .as_ref()
+            .ok_or(NodeError::Refused("only a publisher rescans".into()))?;
         let (reply, rx) = oneshot::channel();
         tx.send(PublisherCommand::Rescan(reply))
             .await
@@ -230,9 +231,10 @@ impl NodeHandle {
     /// Publisher: sign and publish an arbitrary manifest encoding, bypassing the scanner.
     /// Exists so tests can play a compromised publisher; never used by the CLI.
     pub async fn danger_publish_manifest(&self, manifest: Vec<u8>) -> Result<u64, NodeError> {
-        let tx = self.publisher.as_ref().ok_or(NodeError::Refused(
-            "only a publisher publishes".into(),
-        ))?;
+        let tx = self
+            .publisher
+            .as_ref()
+            .ok_or(NodeError::Refused("only a publisher publishes".into()))?;
         let (reply, rx) = oneshot::channel();
         tx.send(PublisherCommand::DangerPublish { manifest, reply })
             .await
@@ -358,7 +360,9 @@ pub(crate) fn load_applied(
     let mut bytes = Vec::with_capacity(body.manifest_size as usize);
     let mut blobs = vec![(body.manifest_index_hash, index_bytes)];
     for c in &index {
-        let b = db.blob(&c.hash)?.ok_or_else(|| corrupt("manifest chunk missing"))?;
+        let b = db
+            .blob(&c.hash)?
+            .ok_or_else(|| corrupt("manifest chunk missing"))?;
         bytes.extend_from_slice(&b);
         blobs.push((c.hash, b));
     }
@@ -384,10 +388,12 @@ pub fn verify_dir(dir: &std::path::Path) -> Result<(u64, crate::store::VerifyRep
         )));
     }
     let db = crate::store::Db::open(&db_path).map_err(|e| match e {
-        StoreError::Db(redb::Error::DatabaseAlreadyOpen) => NodeError::Refused(format!(
-            "a treecast node is running on {}: its state database is locked",
-            dir.display()
-        )),
+        StoreError::Db(e) if matches!(*e, redb::Error::DatabaseAlreadyOpen) => {
+            NodeError::Refused(format!(
+                "a treecast node is running on {}: its state database is locked",
+                dir.display()
+            ))
+        }
         other => other.into(),
     })?;
     verify_with(&db, dir)
@@ -399,7 +405,9 @@ fn verify_with(
 ) -> Result<(u64, crate::store::VerifyReport), NodeError> {
     let stored = db.state()?;
     let (Some(swarm), Some(pin)) = (stored.swarm_id, stored.pinned_key) else {
-        return Err(NodeError::Refused("no swarm recorded in the state database".into()));
+        return Err(NodeError::Refused(
+            "no swarm recorded in the state database".into(),
+        ));
     };
     let pin = crate::trust::PublisherPublicKey::from_bytes(pin)?;
     let applied = load_applied(db, &stored, &pin, swarm)?

@@ -93,10 +93,12 @@ pub(crate) async fn start(
     let mut swarm = build_swarm(key)?;
     let peer_id = *swarm.local_peer_id();
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
     }
     let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
     for addr in &config.bootstrap {

@@ -15,8 +15,8 @@ use super::serve::{manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
 use crate::store::Db;
-use crate::trust::{load_or_create_node_key, HeadBody, PublisherKey, SignedHead, Ticket};
 use crate::tree::{scan, FileRecord, Manifest, RelPath};
+use crate::trust::{load_or_create_node_key, HeadBody, PublisherKey, SignedHead, Ticket};
 use crate::wire::{ControlMsg, Role};
 
 struct Publisher {
@@ -90,7 +90,8 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         addrs: started.listen_addrs.clone(),
     };
     let ticket_path = state.join("ticket");
-    std::fs::write(&ticket_path, format!("{ticket}\n")).map_err(crate::store::io_err(&ticket_path))?;
+    std::fs::write(&ticket_path, format!("{ticket}\n"))
+        .map_err(crate::store::io_err(&ticket_path))?;
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let mut tasks = started.tasks;
     let cancel = started.cancel;
@@ -165,7 +166,8 @@ impl Publisher {
             }
             PeerEvent::Down { peer } => {
                 info!(%peer, "peer left");
-                self.status.send_modify(|s| s.peers = s.peers.saturating_sub(1));
+                self.status
+                    .send_modify(|s| s.peers = s.peers.saturating_sub(1));
             }
             PeerEvent::Head { .. } | PeerEvent::Incompatible { .. } => {}
         }
@@ -181,10 +183,13 @@ impl Publisher {
     async fn rescan(&mut self) -> Result<Option<u64>, NodeError> {
         let dir = self.dir.clone();
         let known = self.known.clone();
-        let (manifest, records, scan_stats) =
-            tokio::task::spawn_blocking(move || scan(&dir, &known))
-                .await
-                .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
+        let crate::tree::Scan {
+            manifest,
+            records,
+            stats: scan_stats,
+        } = tokio::task::spawn_blocking(move || scan(&dir, &known))
+            .await
+            .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
         Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
         self.known = records.iter().cloned().collect();
         if self.current.as_ref().is_some_and(|(_, m)| *m == manifest) {
@@ -246,7 +251,9 @@ impl Publisher {
         ));
         if let Some(net) = &self.net {
             if net
-                .try_send(NetCommand::Broadcast(ControlMsg::Head(head.signed().clone())))
+                .try_send(NetCommand::Broadcast(ControlMsg::Head(
+                    head.signed().clone(),
+                )))
                 .is_err()
             {
                 warn!("network busy: new head will reach peers on their next hello");
@@ -261,7 +268,10 @@ impl Publisher {
     }
 }
 
-fn start_watcher(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn start_watcher(
+    dir: &std::path::Path,
+    tx: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let state = dir.join(STATE_DIR);
     let handler = move |res: notify::Result<notify::Event>| {

@@ -6,8 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::trust::SignedHead;
 use crate::tree::{chunk_bytes, ChunkRef, ContentHash, Manifest, RelPath};
+use crate::trust::SignedHead;
 
 /// Index of servable content for one revision.
 #[derive(Default)]

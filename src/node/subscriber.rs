@@ -20,8 +20,8 @@ use super::serve::Content;
 use super::{load_applied, Applied, LocalInfo, NodeError, NodeHandle, Stats, Status};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
-use crate::trust::{load_or_create_node_key, PublisherPublicKey, SignedHead, Ticket, VerifiedHead};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
+use crate::trust::{load_or_create_node_key, PublisherPublicKey, SignedHead, Ticket, VerifiedHead};
 use crate::wire::{ControlMsg, Role};
 
 /// Why a download did not produce a revision.
@@ -80,7 +80,10 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
             ticket.swarm_id
         )));
     }
-    if let Some(pin) = stored.pinned_key.filter(|p| *p != ticket.publisher.to_bytes()) {
+    if let Some(pin) = stored
+        .pinned_key
+        .filter(|p| *p != ticket.publisher.to_bytes())
+    {
         return Err(NodeError::Refused(format!(
             "the pinned publisher key of this mirror is {}, but the ticket names {}: refusing (a ticket can not change who signs this swarm)",
             data_encoding::HEXLOWER.encode(&pin),
@@ -142,7 +145,11 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
 }
 
 impl Subscriber {
-    async fn run(mut self, mut events: mpsc::Receiver<PeerEvent>, connect_timeout: std::time::Duration) {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<PeerEvent>,
+        connect_timeout: std::time::Duration,
+    ) {
         let began = Instant::now();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
@@ -185,7 +192,10 @@ impl Subscriber {
                 self.status.send_modify(|s| {
                     s.peers = self.peers.len();
                     s.peers_seen += 1;
-                    if s.error.as_deref().is_some_and(|e| e.starts_with("no peer") || e.contains("protocol version")) {
+                    if s.error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("no peer") || e.contains("protocol version"))
+                    {
                         s.error = None;
                     }
                 });
@@ -253,15 +263,19 @@ impl Subscriber {
         info!(%peer, revision = rev, "new revision announced");
         self.best = Some(head.clone());
         self.status.send_modify(|s| s.newest_known = Some(rev));
-        let _ = self
-            .net
-            .try_send(NetCommand::Broadcast(ControlMsg::Head(head.signed().clone())));
+        let _ = self.net.try_send(NetCommand::Broadcast(ControlMsg::Head(
+            head.signed().clone(),
+        )));
         self.start_download(head);
     }
 
     fn start_download(&mut self, head: VerifiedHead) {
         if let Some(d) = self.download.take() {
-            info!(from = d.revision, to = head.revision(), "retargeting to a newer revision");
+            info!(
+                from = d.revision,
+                to = head.revision(),
+                "retargeting to a newer revision"
+            );
             d.cancel.cancel();
         }
         let (changes_tx, changes_rx) = mpsc::channel(64);
@@ -281,7 +295,11 @@ impl Subscriber {
                 cancel: cancel.clone(),
             },
             status: self.status.clone(),
-            old: self.applied.as_ref().map(|a| a.manifest.clone()).unwrap_or_default(),
+            old: self
+                .applied
+                .as_ref()
+                .map(|a| a.manifest.clone())
+                .unwrap_or_default(),
         };
         let feed = PeerFeed {
             peers,
@@ -298,7 +316,10 @@ impl Subscriber {
         });
     }
 
-    fn on_download_done(&mut self, res: Result<Result<Applied, DownloadError>, tokio::task::JoinError>) {
+    fn on_download_done(
+        &mut self,
+        res: Result<Result<Applied, DownloadError>, tokio::task::JoinError>,
+    ) {
         match res {
             Ok(Ok(applied)) => {
                 let rev = applied.head.revision();
@@ -322,7 +343,11 @@ impl Subscriber {
             }
             Err(e) => error!(error = %e, "download task panicked"),
         }
-        if let Some(best) = self.best.clone().filter(|b| b.revision() > self.applied_revision()) {
+        if let Some(best) = self
+            .best
+            .clone()
+            .filter(|b| b.revision() > self.applied_revision())
+        {
             self.start_download(best);
         }
         self.update_synced();
@@ -363,7 +388,10 @@ impl ChunkSink for MemorySink {
 
 impl MemorySink {
     fn take(&self, hash: &ContentHash) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(hash)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash)
     }
 }
 
@@ -391,10 +419,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Fetch, verify, stage and apply one revision.
-async fn download(env: DownloadEnv, head: VerifiedHead, mut feed: PeerFeed) -> Result<Applied, DownloadError> {
+async fn download(
+    env: DownloadEnv,
+    head: VerifiedHead,
+    mut feed: PeerFeed,
+) -> Result<Applied, DownloadError> {
     let revision = head.revision();
     let (manifest, blobs) = fetch_manifest(&env, &head, &mut feed).await?;
-    info!(revision, files = manifest.files().count(), bytes = manifest.total_bytes(), "manifest verified");
+    info!(
+        revision,
+        files = manifest.files().count(),
+        bytes = manifest.total_bytes(),
+        "manifest verified"
+    );
     let root = env.dir.clone();
     let index = env.db.file_index()?;
     let new = manifest.clone();
@@ -430,15 +467,26 @@ async fn download(env: DownloadEnv, head: VerifiedHead, mut feed: PeerFeed) -> R
     let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
     let a = area.clone();
     blocking(move || hashes.iter().try_for_each(|h| a.finish(h))).await?;
-    let (root, old, new, unchanged) = (env.dir.clone(), env.old.clone(), manifest.clone(), plan.unchanged);
+    let (root, old, new, unchanged) = (
+        env.dir.clone(),
+        env.old.clone(),
+        manifest.clone(),
+        plan.unchanged,
+    );
     let edited = plan.edited;
     let conflicts = env.dir.join(crate::config::STATE_DIR).join("conflicts");
     let a = area.clone();
-    let (records, stats) = blocking(move || {
-        apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts)
-    })
-    .await?;
-    info!(revision, installed = stats.installed, kept = stats.kept, removed = stats.removed, moved_aside = stats.moved_aside, "mirror updated");
+    let (records, stats) =
+        blocking(move || apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts))
+            .await?;
+    info!(
+        revision,
+        installed = stats.installed,
+        kept = stats.kept,
+        removed = stats.removed,
+        moved_aside = stats.moved_aside,
+        "mirror updated"
+    );
     let db = env.db.clone();
     let head_bytes = head.signed().encode();
     let stored_blobs = blobs.clone();
@@ -461,19 +509,32 @@ async fn fetch_manifest(
         reason,
     };
     if body.manifest_size > MAX_MANIFEST_SIZE {
-        return Err(reject(format!("manifest of {} bytes is over the cap", body.manifest_size)));
+        return Err(reject(format!(
+            "manifest of {} bytes is over the cap",
+            body.manifest_size
+        )));
     }
     let mem = Arc::new(MemorySink::default());
     let none = HashSet::new();
     let quiet = |_| {};
-    fetch_all(&env.fetch, vec![(body.manifest_index_hash, 0)], &none, mem.clone(), feed, &quiet).await?;
+    fetch_all(
+        &env.fetch,
+        vec![(body.manifest_index_hash, 0)],
+        &none,
+        mem.clone(),
+        feed,
+        &quiet,
+    )
+    .await?;
     let index_bytes = mem
         .take(&body.manifest_index_hash)
         .ok_or_else(|| reject("manifest index missing".into()))?;
     let index: Vec<ChunkRef> =
         postcard::from_bytes(&index_bytes).map_err(|e| reject(format!("manifest index: {e}")))?;
     if index.iter().map(|c| c.len as u64).sum::<u64>() != body.manifest_size {
-        return Err(reject("manifest index does not add up to the manifest size".into()));
+        return Err(reject(
+            "manifest index does not add up to the manifest size".into(),
+        ));
     }
     let wanted = index.iter().map(|c| (c.hash, c.len)).collect();
     fetch_all(&env.fetch, wanted, &none, mem.clone(), feed, &quiet).await?;
@@ -484,7 +545,9 @@ async fn fetch_manifest(
         let data = match chunks.get(&c.hash) {
             Some(d) => d.clone(),
             None => {
-                let d = mem.take(&c.hash).ok_or_else(|| reject("manifest chunk missing".into()))?;
+                let d = mem
+                    .take(&c.hash)
+                    .ok_or_else(|| reject("manifest chunk missing".into()))?;
                 chunks.insert(c.hash, d.clone());
                 blobs.push((c.hash, d.clone()));
                 d
@@ -493,7 +556,9 @@ async fn fetch_manifest(
         bytes.extend_from_slice(&data);
     }
     if ContentHash::of(&bytes) != body.manifest_hash {
-        return Err(reject("manifest does not match the hash in the signed head".into()));
+        return Err(reject(
+            "manifest does not match the hash in the signed head".into(),
+        ));
     }
     let manifest = Manifest::decode(&bytes).map_err(|e| reject(e.to_string()))?;
     Ok((manifest, blobs))
@@ -535,7 +600,9 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
     for (path, rec) in index {
         let mut off = 0u64;
         for c in &rec.chunks {
-            sources.entry(c.hash).or_insert((path.under(root), off, c.len));
+            sources
+                .entry(c.hash)
+                .or_insert((path.under(root), off, c.len));
             off += c.len as u64;
         }
     }
@@ -549,14 +616,22 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
 
 /// The hash of what is at `path` now: from the index if size, mtime and inode match, else by
 /// hashing the file. `None` if there is no regular file.
-fn current_content(root: &Path, index: &HashMap<RelPath, FileRecord>, path: &RelPath) -> Option<ContentHash> {
+fn current_content(
+    root: &Path,
+    index: &HashMap<RelPath, FileRecord>,
+    path: &RelPath,
+) -> Option<ContentHash> {
     let full = path.under(root);
-    let meta = std::fs::symlink_metadata(&full).ok().filter(|m| m.is_file())?;
+    let meta = std::fs::symlink_metadata(&full)
+        .ok()
+        .filter(|m| m.is_file())?;
     if let Some(rec) = index.get(path).filter(|r| r.unchanged(&meta)) {
         return Some(rec.hash);
     }
     let file = std::fs::File::open(&full).ok()?;
-    chunk_reader(std::io::BufReader::new(file)).ok().map(|c| c.hash)
+    chunk_reader(std::io::BufReader::new(file))
+        .ok()
+        .map(|c| c.hash)
 }
 
 /// Copy needed chunks that the mirror already holds into staging. Returns those copied.
@@ -578,7 +653,10 @@ fn copy_local(
             continue;
         };
         let mut buf = vec![0u8; *len as usize];
-        if file.read_exact_at(&mut buf, *off).is_ok() && hash.matches(&buf) && area.write_chunk(places, &buf).is_ok() {
+        if file.read_exact_at(&mut buf, *off).is_ok()
+            && hash.matches(&buf)
+            && area.write_chunk(places, &buf).is_ok()
+        {
             copied.push(*hash);
         }
     }

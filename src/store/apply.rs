@@ -71,7 +71,15 @@ pub fn apply_revision(
                     }
                     let left = uses.get_mut(hash).expect("counted above");
                     *left -= 1;
-                    install(root, staging, hash, *left == 0, &entry.path, mode, &mut aside)?;
+                    install(
+                        root,
+                        staging,
+                        hash,
+                        *left == 0,
+                        &entry.path,
+                        mode,
+                        &mut aside,
+                    )?;
                     stats.installed += 1;
                 }
                 if let Some(p) = target.parent() {
@@ -243,9 +251,9 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
             }
         };
         match &entry.kind {
-            EntryKind::Dir if !meta.is_dir() => {
-                report.problems.push(format!("not a directory: {}", entry.path))
-            }
+            EntryKind::Dir if !meta.is_dir() => report
+                .problems
+                .push(format!("not a directory: {}", entry.path)),
             EntryKind::Dir => {}
             EntryKind::File { .. } if !meta.is_file() => {
                 report.problems.push(format!("not a file: {}", entry.path))
@@ -260,10 +268,14 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
                 report.files_checked += 1;
                 report.bytes_checked += n;
                 if ContentHash::from(hasher.finalize()) != *hash {
-                    report.problems.push(format!("content differs: {}", entry.path));
+                    report
+                        .problems
+                        .push(format!("content differs: {}", entry.path));
                 }
                 if (meta.mode() & 0o111 != 0) != *executable {
-                    report.problems.push(format!("exec bit differs: {}", entry.path));
+                    report
+                        .problems
+                        .push(format!("exec bit differs: {}", entry.path));
                 }
             }
         }

@@ -49,9 +49,9 @@ impl Db {
             Ok(meta.get(k)?.map(|v| v.value().to_vec()))
         };
         let swarm_id = match get(KEY_SWARM)? {
-            Some(b) => Some(
-                uuid::Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
+            Some(b) => {
+                Some(uuid::Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
             None => None,
         };
         let pinned_key = match get(KEY_PIN)? {
@@ -167,8 +167,12 @@ mod tests {
         };
         let p = RelPath::new("a/b").unwrap();
         let blob = (ContentHash::of(b"blob"), b"blob".to_vec());
-        db.commit_revision(b"head1", &[(p.clone(), rec.clone())], std::slice::from_ref(&blob))
-            .unwrap();
+        db.commit_revision(
+            b"head1",
+            &[(p.clone(), rec.clone())],
+            std::slice::from_ref(&blob),
+        )
+        .unwrap();
         drop(db);
         let db = Db::open(&dir.path().join("db")).unwrap();
         let st = db.state().unwrap();

@@ -35,7 +35,10 @@ impl StagingArea {
         for (file, _, chunks) in wanted {
             let mut off = 0u64;
             for c in chunks {
-                positions.entry(c.hash).or_default().push((*file, off, c.len));
+                positions
+                    .entry(c.hash)
+                    .or_default()
+                    .push((*file, off, c.len));
                 off += c.len as u64;
             }
         }
@@ -66,11 +69,19 @@ impl StagingArea {
         self.path_of(hash)
     }
 
-    fn create(&self, hash: &ContentHash, size: u64, chunks: &[ChunkRef]) -> Result<File, StoreError> {
+    fn create(
+        &self,
+        hash: &ContentHash,
+        size: u64,
+        chunks: &[ChunkRef],
+    ) -> Result<File, StoreError> {
         let path = self.path_of(hash);
         let sidecar = path.with_extension("chunks");
-        std::fs::write(&sidecar, postcard::to_stdvec(chunks).expect("chunks encode"))
-            .map_err(io_err(&sidecar))?;
+        std::fs::write(
+            &sidecar,
+            postcard::to_stdvec(chunks).expect("chunks encode"),
+        )
+        .map_err(io_err(&sidecar))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -229,8 +240,15 @@ mod tests {
         let c2 = chunk_reader(&data2[..]).unwrap();
         let (_, _, present) =
             StagingArea::open(dir.path(), &[(c2.hash, c2.size, c2.chunks.clone())]).unwrap();
-        assert_eq!(present.len(), 1, "verified chunk moved over from the stale file");
-        assert!(!dir.path().join(c.hash.to_hex()).exists(), "stale file removed");
+        assert_eq!(
+            present.len(),
+            1,
+            "verified chunk moved over from the stale file"
+        );
+        assert!(
+            !dir.path().join(c.hash.to_hex()).exists(),
+            "stale file removed"
+        );
     }
 
     #[test]
@@ -240,7 +258,10 @@ mod tests {
         let c = chunk_reader(&data[..]).unwrap();
         let (area, pos, _) =
             StagingArea::open(dir.path(), &[(c.hash, c.size, c.chunks.clone())]).unwrap();
-        assert!(matches!(area.finish(&c.hash), Err(StoreError::StagedMismatch(_))));
+        assert!(matches!(
+            area.finish(&c.hash),
+            Err(StoreError::StagedMismatch(_))
+        ));
         area.write_chunk(&pos[&c.chunks[0].hash], &data).unwrap();
         area.finish(&c.hash).unwrap();
     }

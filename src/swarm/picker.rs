@@ -168,11 +168,10 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     pub fn stuck(&self, peers: &[P]) -> bool {
         self.requested.is_empty()
             && !self.missing.is_empty()
-            && self.missing.iter().all(|h| {
-                peers
-                    .iter()
-                    .all(|p| self.lacks.contains(&(p.clone(), *h)))
-            })
+            && self
+                .missing
+                .iter()
+                .all(|h| peers.iter().all(|p| self.lacks.contains(&(p.clone(), *h))))
     }
 }
 
@@ -204,7 +203,10 @@ mod tests {
         while let Some(x) = p.next_for(&2, t0) {
             p.on_verified(&2, x);
         }
-        for x in [b].into_iter().chain(p.requested.keys().copied().collect::<Vec<_>>()) {
+        for x in [b]
+            .into_iter()
+            .chain(p.requested.keys().copied().collect::<Vec<_>>())
+        {
             p.on_verified(&1, x);
         }
         assert!(p.is_done());
@@ -227,7 +229,10 @@ mod tests {
         assert_eq!(p.next_for(&1, t0), Some(h(0)));
         assert_eq!(p.next_for(&2, t0), None);
         assert!(p.poll_stalled(t0 + Duration::from_secs(5)).is_empty());
-        assert_eq!(p.poll_stalled(t0 + Duration::from_secs(10)), vec![(1, h(0))]);
+        assert_eq!(
+            p.poll_stalled(t0 + Duration::from_secs(10)),
+            vec![(1, h(0))]
+        );
         assert_eq!(p.in_flight(&1), 0);
         assert_eq!(p.next_for(&2, t0 + Duration::from_secs(10)), Some(h(0)));
         // A late reply from the first peer still counts, and frees the second's slot.

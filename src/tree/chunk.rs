@@ -94,7 +94,9 @@ mod tests {
         let blob: Vec<ChunkRef> = chunk_bytes(&data).into_iter().map(|(r, _)| r).collect();
         assert_eq!(streamed.chunks, blob);
         let (last, rest) = blob.split_last().unwrap();
-        assert!(rest.iter().all(|c| c.len >= CHUNK_MIN && c.len <= CHUNK_MAX));
+        assert!(rest
+            .iter()
+            .all(|c| c.len >= CHUNK_MIN && c.len <= CHUNK_MAX));
         assert!(last.len <= CHUNK_MAX);
         assert_eq!(streamed.hash, ContentHash::of(&data));
         assert!(chunk_reader(&[][..]).unwrap().chunks.is_empty());

@@ -12,7 +12,7 @@ pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
 pub use hash::ContentHash;
 pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
 pub use path::RelPath;
-pub use scan::{mtime_ns, scan, FileRecord, ScanStats};
+pub use scan::{mtime_ns, scan, FileRecord, Scan, ScanStats};
 
 use thiserror::Error;
 

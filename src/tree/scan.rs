@@ -50,11 +50,17 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
 
+/// The result of one scan.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub manifest: Manifest,
+    /// The file index of the tree as scanned.
+    pub records: Vec<(RelPath, FileRecord)>,
+    pub stats: ScanStats,
+}
+
 /// Scan `root`. `known` is the file index from the last scan.
-pub fn scan(
-    root: &Path,
-    known: &HashMap<RelPath, FileRecord>,
-) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, ScanStats), TreeError> {
+pub fn scan(root: &Path, known: &HashMap<RelPath, FileRecord>) -> Result<Scan, TreeError> {
     let mut stats = ScanStats::default();
     let mut entries = Vec::new();
     let mut records = Vec::new();
@@ -65,7 +71,10 @@ pub fn scan(
         .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
     for item in walker {
         let item = item?;
-        let rel = item.path().strip_prefix(root).expect("walkdir stays below root");
+        let rel = item
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir stays below root");
         let path = match RelPath::from_path(rel) {
             Ok(p) => p,
             Err(e) => {
@@ -98,7 +107,11 @@ pub fn scan(
             stats.skipped += 1;
         }
     }
-    Ok((Manifest::from_entries(entries)?, records, stats))
+    Ok(Scan {
+        manifest: Manifest::from_entries(entries)?,
+        records,
+        stats,
+    })
 }
 
 fn scan_file(
@@ -155,7 +168,11 @@ mod tests {
             .unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
 
-        let (m, records, stats) = scan(root, &HashMap::new()).unwrap();
+        let Scan {
+            manifest: m,
+            records,
+            stats,
+        } = scan(root, &HashMap::new()).unwrap();
         let paths: Vec<_> = m.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["a", "a/b", "a/b/file", "empty", "run.sh"]);
         assert_eq!(stats.skipped, 1);
@@ -164,8 +181,11 @@ mod tests {
         assert_eq!(exec, vec![("a/b/file", false), ("run.sh", true)]);
 
         let known: HashMap<_, _> = records.into_iter().collect();
-        let (m2, _, stats2) = scan(root, &known).unwrap();
-        assert_eq!(m2, m);
-        assert_eq!(stats2.files_hashed, 0, "unchanged files are not rehashed");
+        let again = scan(root, &known).unwrap();
+        assert_eq!(again.manifest, m);
+        assert_eq!(
+            again.stats.files_hashed, 0,
+            "unchanged files are not rehashed"
+        );
     }
 }

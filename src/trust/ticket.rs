@@ -66,7 +66,11 @@ impl fmt::Display for Ticket {
         let mut bytes = postcard::to_stdvec(&body).expect("ticket encodes");
         let sum = checksum(&bytes);
         bytes.extend_from_slice(&sum);
-        write!(f, "{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase())
+        write!(
+            f,
+            "{PREFIX}{}",
+            data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase()
+        )
     }
 }
 
@@ -130,7 +134,11 @@ mod tests {
         assert!(s.starts_with("tc1"));
         assert_eq!(s.parse::<Ticket>().unwrap(), t);
         assert_eq!(
-            t.without_addrs().to_string().parse::<Ticket>().unwrap().addrs,
+            t.without_addrs()
+                .to_string()
+                .parse::<Ticket>()
+                .unwrap()
+                .addrs,
             vec![]
         );
     }
@@ -157,7 +165,10 @@ mod tests {
         ));
         let err = s[..s.len() - 2].parse::<Ticket>().unwrap_err();
         assert!(
-            matches!(err, TrustError::TicketChecksum | TrustError::TicketEncoding(_)),
+            matches!(
+                err,
+                TrustError::TicketChecksum | TrustError::TicketEncoding(_)
+            ),
             "{err}"
         );
     }

@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::trust::SignedHead;
 use crate::tree::ContentHash;
+use crate::trust::SignedHead;
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -161,7 +161,8 @@ mod tests {
         let (h, data) = decode_reply(&body).unwrap();
         assert_eq!(h, ChunkReplyHeader { id: 9, found: true });
         assert_eq!(data, b"abc");
-        let (h, data) = decode_reply(&encode_reply(3, None)).unwrap();
+        let empty = encode_reply(3, None);
+        let (h, data) = decode_reply(&empty).unwrap();
         assert!(!h.found && data.is_empty());
     }
 

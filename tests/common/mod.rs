@@ -47,7 +47,9 @@ pub fn config(dir: &Path) -> NodeConfig {
 }
 
 pub async fn publisher(dir: &Path) -> NodeHandle {
-    Node::publish(config(dir), test_key()).await.expect("publisher starts")
+    Node::publish(config(dir), test_key())
+        .await
+        .expect("publisher starts")
 }
 
 pub async fn subscriber(dir: &Path, ticket: &Ticket) -> NodeHandle {
@@ -65,14 +67,26 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, (bool, bool, Vec<u8>)> {
         .filter_entry(|e| !(e.depth() == 1 && e.file_name() == ".treecast"))
     {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let meta = std::fs::symlink_metadata(e.path()).unwrap();
         let content = if meta.is_file() {
             std::fs::read(e.path()).unwrap()
         } else {
             Vec::new()
         };
-        out.insert(rel, (meta.is_dir(), meta.permissions().mode() & 0o100 != 0, content));
+        out.insert(
+            rel,
+            (
+                meta.is_dir(),
+                meta.permissions().mode() & 0o100 != 0,
+                content,
+            ),
+        );
     }
     out
 }
@@ -95,7 +109,10 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
