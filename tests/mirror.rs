@@ -200,3 +200,32 @@ async fn file_watcher_publishes_changes() {
     s.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_reconnects_after_the_publisher_restarts() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "f.txt", b"before");
+    let p = publisher(&src).await;
+    let addr = p.listen_addrs()[0].clone();
+    let s = subscriber(&lab.dir("s"), p.ticket()).await;
+    synced(&s, 1).await;
+    p.shutdown().await;
+    s.wait_for(WAIT, "the publisher to be gone", |st| st.peers == 0)
+        .await
+        .unwrap();
+
+    // Same port (the one the OS gave the first run), so the ticket still points at it.
+    write(&src, "f.txt", b"after");
+    let mut cfg = config(&src);
+    cfg.listen = vec![addr
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()];
+    let p = treecast::Node::publish(cfg, test_key()).await.unwrap();
+    assert_eq!(p.status().borrow().revision, Some(2));
+    synced(&s, 2).await;
+    assert_eq!(std::fs::read(lab.tmp.path().join("s/f.txt")).unwrap(), b"after");
+    s.shutdown().await;
+    p.shutdown().await;
+}

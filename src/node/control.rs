@@ -78,6 +78,11 @@ pub(crate) async fn run(stream: Stream, mut ctx: SessionCtx) {
         Err(e) => info!(%peer, error = %e, "control session closed"),
     }
     if matches!(result, Err(WireError::VersionMismatch { .. })) {
+        // Let the peer read our handshake before the connection goes: close our side, wait
+        // for theirs (bounded), then disconnect.
+        let _ = futures::AsyncWriteExt::close(&mut w).await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, r.read_to_end(&mut sink)).await;
         let _ = ctx.net.send(NetCommand::Disconnect(peer)).await;
     }
     let _ = ctx

@@ -80,7 +80,14 @@ struct NetLoop {
     inbound_chunk_streams: HashMap<PeerId, Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
     next_session: u64,
+    bootstrap: Vec<Multiaddr>,
+    redial_backoff: Duration,
+    next_redial: tokio::time::Instant,
 }
+
+/// First and longest wait between redials of bootstrap peers while no peer is connected.
+const REDIAL_MIN: Duration = Duration::from_secs(2);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 /// Build the swarm, listen, dial bootstrap peers and spawn the loop.
 pub(crate) async fn start(
@@ -93,12 +100,7 @@ pub(crate) async fn start(
     let mut swarm = build_swarm(key)?;
     let peer_id = *swarm.local_peer_id();
     for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+        listen(&mut swarm, addr).await?;
     }
     let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
     for addr in &config.bootstrap {
@@ -125,6 +127,9 @@ pub(crate) async fn start(
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
         next_session: 0,
+        bootstrap: config.bootstrap.clone(),
+        redial_backoff: REDIAL_MIN,
+        next_redial: tokio::time::Instant::now() + REDIAL_MIN,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(net.run());
@@ -139,6 +144,28 @@ pub(crate) async fn start(
         cancel,
         tasks,
     })
+}
+
+/// Listen on `addr`, retrying for a few seconds while the port is still held (a restart on the
+/// same port: the old QUIC endpoint drains its connections before it lets the socket go).
+async fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), NodeError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                debug!(%addr, error = ?e, "cannot listen yet; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(NetError::Listen {
+                    addr: addr.clone(),
+                    reason: format!("{e:?}"),
+                }
+                .into());
+            }
+        }
+    }
 }
 
 async fn wait_listening(
@@ -179,6 +206,7 @@ impl NetLoop {
                 },
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(self.next_redial) => self.redial(),
             }
         }
         self.shutdown().await;
@@ -253,6 +281,27 @@ impl NetLoop {
                 }
             }
         }
+    }
+
+    /// With no live session, dial the bootstrap peers again, backing off up to `REDIAL_MAX`.
+    fn redial(&mut self) {
+        if !self.sessions.is_empty() || self.bootstrap.is_empty() {
+            self.redial_backoff = REDIAL_MIN;
+            self.next_redial = tokio::time::Instant::now() + REDIAL_MIN;
+            return;
+        }
+        info!(
+            peers = self.bootstrap.len(),
+            retry_in = ?self.redial_backoff,
+            "no peer connected: dialing bootstrap peers again"
+        );
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!(%addr, error = %e, "redial failed");
+            }
+        }
+        self.next_redial = tokio::time::Instant::now() + self.redial_backoff;
+        self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
     }
 
     fn is_banned(&mut self, peer: &PeerId) -> bool {

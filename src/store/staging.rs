@@ -178,9 +178,18 @@ impl StagingArea {
             .files
             .get(hash)
             .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
+        // Positional reads: the result must not depend on where the file cursor is.
         let mut hasher = blake3::Hasher::new();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
-        std::io::copy(&mut reader, &mut hasher).map_err(io_err(&path))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        loop {
+            let n = f.read_at(&mut buf, off).map_err(io_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
         if ContentHash::from(hasher.finalize()) != *hash {
             return Err(StoreError::StagedMismatch(*hash));
         }
