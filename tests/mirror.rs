@@ -225,7 +225,10 @@ async fn subscriber_reconnects_after_the_publisher_restarts() {
     let p = treecast::Node::publish(cfg, test_key()).await.unwrap();
     assert_eq!(p.status().borrow().revision, Some(2));
     synced(&s, 2).await;
-    assert_eq!(std::fs::read(lab.tmp.path().join("s/f.txt")).unwrap(), b"after");
+    assert_eq!(
+        std::fs::read(lab.tmp.path().join("s/f.txt")).unwrap(),
+        b"after"
+    );
     s.shutdown().await;
     p.shutdown().await;
 }

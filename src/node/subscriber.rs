@@ -464,9 +464,19 @@ async fn download(
         positions: positions.clone(),
     });
     fetch_all(&env.fetch, needed, &present, sink, &mut feed, &progress).await?;
+    info!(
+        revision,
+        bytes = total - base,
+        "all chunks fetched and verified"
+    );
     let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
     let a = area.clone();
     blocking(move || hashes.iter().try_for_each(|h| a.finish(h))).await?;
+    info!(
+        revision,
+        files = plan.wanted.len(),
+        "staged files verified and synced"
+    );
     let (root, old, new, unchanged) = (
         env.dir.clone(),
         env.old.clone(),

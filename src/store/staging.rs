@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{io_err, StoreError};
 use crate::tree::{ChunkRef, ContentHash};
@@ -16,10 +17,15 @@ use crate::tree::{ChunkRef, ContentHash};
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places.
 pub type ChunkPositions = HashMap<ContentHash, Vec<(ContentHash, u64, u32)>>;
 
+/// Bytes written to a staged file after which its writeback is started in the background, so
+/// that the final fsync has little left to do.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
 /// Open staged files of one target revision.
 pub struct StagingArea {
     dir: PathBuf,
     files: HashMap<ContentHash, File>,
+    unflushed: AtomicU64,
 }
 
 impl StagingArea {
@@ -46,6 +52,7 @@ impl StagingArea {
         let mut area = StagingArea {
             dir: dir.to_owned(),
             files: HashMap::new(),
+            unflushed: AtomicU64::new(0),
         };
         let mut present = HashSet::new();
         for (hash, size, chunks) in wanted {
@@ -167,6 +174,13 @@ impl StagingArea {
                 .ok_or_else(|| StoreError::Corrupt(format!("no staged file {file}")))?;
             f.write_all_at(data, *off)
                 .map_err(io_err(&self.path_of(file)))?;
+            let before = self
+                .unflushed
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if before + data.len() as u64 >= WRITEBACK_EVERY {
+                self.unflushed.store(0, Ordering::Relaxed);
+                start_writeback(f);
+            }
         }
         Ok(())
     }
@@ -194,6 +208,15 @@ impl StagingArea {
             return Err(StoreError::StagedMismatch(*hash));
         }
         f.sync_all().map_err(io_err(&path))
+    }
+}
+
+/// Ask the kernel to start writing `file`'s dirty pages out now, without waiting for it.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the lifetime of `file`; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
