@@ -4,10 +4,15 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = treecast::cli::Cli::parse();
+    // The demo narrates on stdout; its nodes only log warnings unless RUST_LOG says otherwise.
+    let default_filter = match cli.command {
+        treecast::cli::Command::Demo { .. } => "warn",
+        _ => "info,libp2p=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
