@@ -16,7 +16,7 @@ pub const CHUNK_AVG: u32 = 256 * 1024;
 pub const CHUNK_MAX: u32 = 1024 * 1024;
 
 /// Largest frame on the control stream (heads, hellos, goodbyes are small).
-pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
 /// Largest frame on a chunk stream: one chunk plus its header.
 pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
 /// Largest manifest we are willing to fetch and decode.
@@ -32,8 +32,14 @@ pub const MAX_ENTRIES: usize = 10_000_000;
 
 /// Chunk streams opened to each peer we download from.
 pub const CHUNK_STREAMS_PER_PEER: usize = 2;
-/// Chunk requests in flight on one chunk stream.
-pub const REQUESTS_PER_STREAM: usize = 8;
+/// Most chunk requests queued on one chunk stream.
+pub const REQUESTS_PER_STREAM: usize = 32;
+/// Chunk requests in flight per peer before its throughput is measured.
+pub const DEFAULT_IN_FLIGHT: usize = 16;
+/// Most chunk requests in flight per peer, however fast it is.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Interval between availability (`Have`) updates while downloading.
+pub const HAVE_INTERVAL: Duration = Duration::from_millis(250);
 /// Inbound chunk streams one peer may hold open against us at once.
 pub const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
 /// Peers we hold control sessions with at once.
@@ -83,6 +89,10 @@ pub struct NodeConfig {
     pub swarm_id: Option<uuid::Uuid>,
     /// Wire protocol version this node speaks. Only tests change it.
     pub protocol_version: u32,
+    /// Most chunk bytes per second this node uploads (None: unlimited).
+    pub max_upload: Option<u64>,
+    /// Most peers to hold sessions with (peer exchange dials up to this many).
+    pub max_peers: usize,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -100,6 +110,8 @@ impl NodeConfig {
             watch: true,
             connect_timeout: Duration::from_secs(30),
             swarm_id: None,
+            max_upload: None,
+            max_peers: 32,
             protocol_version: crate::wire::PROTOCOL_VERSION,
             danger_corrupt_served_chunks: false,
         }

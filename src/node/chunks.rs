@@ -15,13 +15,13 @@ use super::net_loop::NetCommand;
 use super::serve::Content;
 use super::Stats;
 use crate::config::{
-    CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, MAX_CHUNK_FRAME, REQUESTS_PER_STREAM,
-    STREAM_OPEN_TIMEOUT,
+    CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, HAVE_INTERVAL, MAX_CHUNK_FRAME,
+    MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
 };
 use crate::store::StoreError;
 use crate::swarm::{Picker, PickerConfig};
 use crate::tree::ContentHash;
-use crate::wire::{self, ChunkRequest, WireError, CHUNKS_PROTOCOL};
+use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
@@ -33,6 +33,8 @@ pub(crate) struct ServerCtx {
     pub stats: Arc<Stats>,
     pub net: mpsc::Sender<NetCommand>,
     pub corrupt: bool,
+    /// Global upload limit, shared by every chunk stream.
+    pub upload: Option<Arc<tokio::sync::Mutex<crate::swarm::TokenBucket>>>,
 }
 
 /// Answer chunk requests on one stream until it closes.
@@ -63,9 +65,9 @@ where
 {
     while let Some(frame) = wire::read_frame(r, MAX_REQUEST_FRAME).await? {
         let req: ChunkRequest = wire::decode(&frame)?;
-        let index = ctx.content.current();
+        let content = ctx.content.clone();
         let hash = req.hash;
-        let mut data = tokio::task::spawn_blocking(move || index.read(&hash))
+        let mut data = tokio::task::spawn_blocking(move || content.read(&hash))
             .await
             .ok()
             .flatten();
@@ -73,6 +75,13 @@ where
             if let Some(d) = data.as_mut().filter(|d| !d.is_empty()) {
                 d[0] ^= 0xff;
             }
+        }
+        if let (Some(d), Some(bucket)) = (&data, &ctx.upload) {
+            let wait = bucket
+                .lock()
+                .await
+                .take(d.len() as u64, std::time::Instant::now());
+            tokio::time::sleep(wait).await;
         }
         if let Some(d) = &data {
             Stats::add(&ctx.stats.chunks_sent, 1);
@@ -101,17 +110,76 @@ pub(crate) enum FetchError {
     Store(#[from] StoreError),
 }
 
+/// What the download knows about one peer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FeedPeer {
+    /// The peer holds the target revision completely.
+    pub complete: bool,
+    /// The publisher: asked only for chunks no other peer has.
+    pub last_resort: bool,
+    /// Its latest availability bitfield, with the revision it is for.
+    pub have: Option<(u64, Vec<u8>)>,
+}
+
 /// Peers that can serve the target, and changes to that set.
 pub(crate) struct PeerFeed {
-    pub peers: HashSet<PeerId>,
+    pub peers: HashMap<PeerId, FeedPeer>,
     pub changes: mpsc::Receiver<PeerChange>,
 }
 
 /// A change to the set of peers to fetch from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum PeerChange {
-    Up(PeerId),
+    Up(PeerId, FeedPeer),
+    Have {
+        peer: PeerId,
+        revision: u64,
+        bitfield: Vec<u8>,
+    },
     Down(PeerId),
+}
+
+/// The chunk order of a revision (sorted, de-duplicated chunk hashes of its files), which
+/// availability bitfields index into, and this node's own bitfield over it.
+pub(crate) struct Availability {
+    pub revision: u64,
+    order: Vec<ContentHash>,
+    index: HashMap<ContentHash, usize>,
+    bits: Vec<u8>,
+    dirty: bool,
+}
+
+impl Availability {
+    pub fn new(revision: u64, chunks: impl IntoIterator<Item = ContentHash>) -> Self {
+        let mut order: Vec<ContentHash> = chunks.into_iter().collect();
+        order.sort();
+        order.dedup();
+        let index = order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        let bits = vec![0u8; order.len().div_ceil(8)];
+        Availability {
+            revision,
+            order,
+            index,
+            bits,
+            dirty: true,
+        }
+    }
+
+    fn mark(&mut self, hash: &ContentHash) {
+        if let Some(i) = self.index.get(hash) {
+            self.bits[i / 8] |= 1 << (i % 8);
+            self.dirty = true;
+        }
+    }
+
+    fn decode(&self, bitfield: &[u8]) -> HashSet<ContentHash> {
+        self.order
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bitfield.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+            .map(|(_, h)| *h)
+            .collect()
+    }
 }
 
 enum LaneEvent {
@@ -143,130 +211,263 @@ pub(crate) struct FetchCtx {
     pub cancel: CancellationToken,
 }
 
+/// Measured download rate of one peer.
+#[derive(Default)]
+struct Rate {
+    bytes: u64,
+    ewma: Option<f64>,
+}
+
+struct Fetch<'a> {
+    ctx: &'a FetchCtx,
+    picker: Picker<PeerId>,
+    lanes: HashMap<LaneKey, mpsc::Sender<ContentHash>>,
+    assigned: HashMap<ContentHash, LaneKey>,
+    rates: HashMap<PeerId, Rate>,
+    avail: Option<&'a mut Availability>,
+    sink: Arc<dyn ChunkSink>,
+    events: mpsc::Sender<LaneEvent>,
+}
+
 /// Fetch every hash in `wanted` not in `present` from the peers in `feed`, handing verified
-/// bytes to `sink`. `progress` is told the verified byte count as it grows.
+/// bytes to `sink`. With `avail`, peers' bitfields say what they hold and this node's own
+/// availability is announced as chunks verify; without it only complete peers are asked.
+/// `progress` is told the verified byte count as it grows.
 pub(crate) async fn fetch_all(
     ctx: &FetchCtx,
     wanted: Vec<(ContentHash, u32)>,
     present: &HashSet<ContentHash>,
     sink: Arc<dyn ChunkSink>,
     feed: &mut PeerFeed,
+    avail: Option<&mut Availability>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), FetchError> {
     let config = PickerConfig {
-        max_in_flight: REQUESTS_PER_STREAM,
+        default_in_flight: DEFAULT_IN_FLIGHT,
         stall_timeout: CHUNK_TIMEOUT,
     };
-    let mut picker: Picker<LaneKey> = Picker::new(config, wanted.iter().map(|w| w.0), present);
+    let picker = Picker::new(config, wanted.iter().map(|w| w.0), present);
     if picker.is_done() {
         return Ok(());
     }
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
-    let mut lanes: HashMap<LaneKey, mpsc::Sender<ContentHash>> = HashMap::new();
-    for peer in feed.peers.clone() {
-        open_lanes(ctx, peer, &sink, &ev_tx, &mut lanes);
+    let mut f = Fetch {
+        ctx,
+        picker,
+        lanes: HashMap::new(),
+        assigned: HashMap::new(),
+        rates: HashMap::new(),
+        avail,
+        sink,
+        events: ev_tx,
+    };
+    if let Some(a) = f.avail.as_deref_mut() {
+        present.iter().for_each(|h| a.mark(h));
+    }
+    for (peer, info) in feed.peers.clone() {
+        f.add_peer(peer, &info);
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut have_tick = tokio::time::interval(HAVE_INTERVAL);
     let mut done_bytes: u64 = 0;
     loop {
-        let now = Instant::now();
-        for (key, tx) in &lanes {
-            while let Some(h) = picker.next_for(key, now) {
-                if tx.try_send(h).is_err() {
-                    picker.on_failed(key, h);
-                    break;
-                }
-            }
-        }
-        if picker.is_done() {
+        f.assign();
+        if f.picker.is_done() {
+            f.announce();
             return Ok(());
         }
         tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(FetchError::Cancelled),
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { return Err(FetchError::Cancelled) };
-                match ev {
-                    LaneEvent::Verified { lane, hash, len } => {
-                        if !picker.is_verified(&hash) {
-                            done_bytes += len as u64;
-                            progress(done_bytes);
-                        }
-                        picker.on_verified(&lane, hash);
-                    }
-                    LaneEvent::NotFound { lane, hash } => {
-                        for l in 0..CHUNK_STREAMS_PER_PEER {
-                            picker.on_not_found(&(lane.0, l), hash);
-                        }
-                    }
-                    LaneEvent::Bad { lane, reason } => {
-                        Stats::add(&ctx.stats.bad_chunks, 1);
-                        drop_peer(&mut picker, &mut lanes, lane.0);
-                        feed.peers.remove(&lane.0);
-                        let _ = ctx.net.send(NetCommand::Ban { peer: lane.0, reason }).await;
-                    }
-                    LaneEvent::Closed { lane } => {
-                        picker.on_peer_gone(&lane);
-                        lanes.remove(&lane);
-                    }
-                    LaneEvent::Failed(e) => return Err(e.into()),
+                if let Some(len) = f.on_lane_event(ev, feed).await? {
+                    done_bytes += len;
+                    progress(done_bytes);
                 }
             }
             change = feed.changes.recv() => match change {
-                Some(PeerChange::Up(peer)) => {
-                    if feed.peers.insert(peer) {
-                        open_lanes(ctx, peer, &sink, &ev_tx, &mut lanes);
-                    }
+                Some(PeerChange::Up(peer, info)) => {
+                    feed.peers.insert(peer, info.clone());
+                    f.add_peer(peer, &info);
+                }
+                Some(PeerChange::Have { peer, revision, bitfield }) => {
+                    let entry = feed.peers.entry(peer).or_default();
+                    entry.have = Some((revision, bitfield));
+                    let info = entry.clone();
+                    f.add_peer(peer, &info);
                 }
                 Some(PeerChange::Down(peer)) => {
                     feed.peers.remove(&peer);
-                    drop_peer(&mut picker, &mut lanes, peer);
+                    f.drop_peer(peer);
                 }
                 None => return Err(FetchError::Cancelled),
             },
+            _ = have_tick.tick() => f.announce(),
             _ = tick.tick() => {
-                for (lane, hash) in picker.poll_stalled(Instant::now()) {
-                    debug!(peer = %lane.0, %hash, "chunk request stalled: re-issuing elsewhere");
+                f.measure();
+                for (peer, hash) in f.picker.poll_stalled(Instant::now()) {
+                    debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
+                    f.assigned.remove(&hash);
                 }
             }
         }
     }
 }
 
-fn drop_peer(
-    picker: &mut Picker<LaneKey>,
-    lanes: &mut HashMap<LaneKey, mpsc::Sender<ContentHash>>,
-    peer: PeerId,
-) {
-    for l in 0..CHUNK_STREAMS_PER_PEER {
-        picker.on_peer_gone(&(peer, l));
-        lanes.remove(&(peer, l));
-    }
-}
-
-fn open_lanes(
-    ctx: &FetchCtx,
-    peer: PeerId,
-    sink: &Arc<dyn ChunkSink>,
-    events: &mpsc::Sender<LaneEvent>,
-    lanes: &mut HashMap<LaneKey, mpsc::Sender<ContentHash>>,
-) {
-    for l in 0..CHUNK_STREAMS_PER_PEER {
-        let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
-        lanes.insert((peer, l), tx);
-        let lane = Lane {
-            key: (peer, l),
-            net: ctx.net.clone(),
-            sink: sink.clone(),
-            events: events.clone(),
-            stats: ctx.stats.clone(),
-        };
-        let cancel = ctx.cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = lane.run(rx) => {}
-                _ = cancel.cancelled() => {}
+impl Fetch<'_> {
+    /// Tell the picker what `peer` has, opening lanes to it the first time.
+    fn add_peer(&mut self, peer: PeerId, info: &FeedPeer) {
+        let have = if info.complete {
+            crate::swarm::Availability::All
+        } else {
+            match (&self.avail, &info.have) {
+                (Some(a), Some((rev, bits))) if *rev == a.revision => {
+                    crate::swarm::Availability::Some(a.decode(bits))
+                }
+                _ => crate::swarm::Availability::Some(HashSet::new()),
             }
-        });
+        };
+        self.picker.set_peer(peer, have, info.last_resort);
+        if !self.lanes.keys().any(|(p, _)| *p == peer) {
+            self.open_lanes(peer);
+        }
+    }
+
+    fn open_lanes(&mut self, peer: PeerId) {
+        for l in 0..CHUNK_STREAMS_PER_PEER {
+            let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
+            self.lanes.insert((peer, l), tx);
+            let lane = Lane {
+                key: (peer, l),
+                net: self.ctx.net.clone(),
+                sink: self.sink.clone(),
+                events: self.events.clone(),
+                stats: self.ctx.stats.clone(),
+            };
+            let cancel = self.ctx.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = lane.run(rx) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn drop_peer(&mut self, peer: PeerId) {
+        self.picker.on_peer_gone(&peer);
+        self.lanes.retain(|(p, _), _| *p != peer);
+        self.assigned.retain(|_, (p, _)| *p != peer);
+    }
+
+    /// Hand out requests: each peer's picks go to its least busy lane.
+    fn assign(&mut self) {
+        let now = Instant::now();
+        let peers: HashSet<PeerId> = self.lanes.keys().map(|(p, _)| *p).collect();
+        for peer in peers {
+            while let Some(lane) = self.freest_lane(peer) {
+                let Some(hash) = self.picker.next_for(&peer, now) else {
+                    break;
+                };
+                match self.lanes.get(&lane).map(|tx| tx.try_send(hash)) {
+                    Some(Ok(())) => {
+                        self.assigned.insert(hash, lane);
+                    }
+                    _ => {
+                        self.picker.on_failed(&peer, hash);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn freest_lane(&self, peer: PeerId) -> Option<LaneKey> {
+        self.lanes
+            .iter()
+            .filter(|((p, _), tx)| *p == peer && tx.capacity() > 0)
+            .max_by_key(|(_, tx)| tx.capacity())
+            .map(|(k, _)| *k)
+    }
+
+    /// Handle a lane event; returns the bytes newly verified, if any.
+    async fn on_lane_event(
+        &mut self,
+        ev: LaneEvent,
+        feed: &mut PeerFeed,
+    ) -> Result<Option<u64>, FetchError> {
+        match ev {
+            LaneEvent::Verified { lane, hash, len } => {
+                self.assigned.remove(&hash);
+                self.rates.entry(lane.0).or_default().bytes += len as u64;
+                let new = !self.picker.is_verified(&hash);
+                self.picker.on_verified(hash);
+                if let Some(a) = self.avail.as_deref_mut() {
+                    a.mark(&hash);
+                }
+                return Ok(new.then_some(len as u64));
+            }
+            LaneEvent::NotFound { lane, hash } => {
+                self.assigned.remove(&hash);
+                self.picker.on_not_found(&lane.0, hash);
+            }
+            LaneEvent::Bad { lane, reason } => {
+                Stats::add(&self.ctx.stats.bad_chunks, 1);
+                self.drop_peer(lane.0);
+                feed.peers.remove(&lane.0);
+                let ban = NetCommand::Ban {
+                    peer: lane.0,
+                    reason,
+                };
+                let _ = self.ctx.net.send(ban).await;
+            }
+            LaneEvent::Closed { lane } => {
+                let lost: Vec<ContentHash> = self
+                    .assigned
+                    .iter()
+                    .filter(|(_, l)| **l == lane)
+                    .map(|(h, _)| *h)
+                    .collect();
+                for h in lost {
+                    self.assigned.remove(&h);
+                    self.picker.on_failed(&lane.0, h);
+                }
+                self.lanes.remove(&lane);
+            }
+            LaneEvent::Failed(e) => return Err(e.into()),
+        }
+        Ok(None)
+    }
+
+    /// Update each peer's request limit from its measured rate: enough requests to cover
+    /// `TARGET_QUEUE` of transfer at that rate.
+    fn measure(&mut self) {
+        const TARGET_QUEUE: f64 = 0.5;
+        const CHUNK: f64 = crate::config::CHUNK_AVG as f64;
+        for (peer, rate) in &mut self.rates {
+            let now = std::mem::take(&mut rate.bytes) as f64;
+            let ewma = rate.ewma.map_or(now, |e| 0.7 * e + 0.3 * now);
+            rate.ewma = Some(ewma);
+            let limit = (ewma * TARGET_QUEUE / CHUNK).ceil() as usize;
+            self.picker.set_limit(peer, limit.clamp(4, MAX_IN_FLIGHT));
+        }
+    }
+
+    /// Broadcast our availability bitfield if it changed.
+    fn announce(&mut self) {
+        let Some(a) = self.avail.as_deref_mut() else {
+            return;
+        };
+        if !a.dirty {
+            return;
+        }
+        let msg = ControlMsg::Have {
+            revision: a.revision,
+            bitfield: a.bits.clone(),
+        };
+        if self.ctx.net.try_send(NetCommand::Broadcast(msg)).is_ok() {
+            a.dirty = false;
+        }
     }
 }
 

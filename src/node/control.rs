@@ -11,7 +11,9 @@ use super::serve::Content;
 use super::LocalInfo;
 use crate::config::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CONTROL_FRAME, PEER_TIMEOUT};
 use crate::trust::SignedHead;
-use crate::wire::{self, ControlMsg, Hello, WireError, MAX_REASON_LEN};
+use crate::wire::{
+    self, ControlMsg, Hello, PeerInfo, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN,
+};
 
 /// What sessions tell the engine.
 #[derive(Debug)]
@@ -32,6 +34,19 @@ pub(crate) enum PeerEvent {
         ours: u32,
         theirs: u32,
     },
+    Peers {
+        peer: PeerId,
+        list: Vec<PeerInfo>,
+    },
+    Have {
+        peer: PeerId,
+        revision: u64,
+        bitfield: Vec<u8>,
+    },
+    Complete {
+        peer: PeerId,
+        revision: u64,
+    },
 }
 
 /// Everything a session needs.
@@ -41,7 +56,6 @@ pub(crate) struct SessionCtx {
     pub local: LocalInfo,
     pub version: u32,
     pub content: Content,
-    pub events: mpsc::Sender<PeerEvent>,
     pub net: mpsc::Sender<NetCommand>,
     pub out: mpsc::Receiver<ControlMsg>,
     pub cancel: CancellationToken,
@@ -57,12 +71,12 @@ pub(crate) async fn run(stream: Stream, mut ctx: SessionCtx) {
         Err(WireError::VersionMismatch { ours, theirs }) => {
             error!(%peer, ours, theirs, "peer speaks treecast protocol version {theirs}, this node speaks {ours}: disconnecting");
             let _ = ctx
-                .events
-                .send(PeerEvent::Incompatible {
+                .net
+                .send(NetCommand::Peer(PeerEvent::Incompatible {
                     peer,
                     ours: *ours,
                     theirs: *theirs,
-                })
+                }))
                 .await;
         }
         Err(e) if e.is_hostile() => {
@@ -107,6 +121,7 @@ where
         swarm_id: ctx.local.swarm_id,
         role: ctx.local.role,
         head: ctx.content.current().head.clone(),
+        addrs: ctx.local.addrs.iter().map(|a| a.to_vec()).collect(),
     };
     within(send(w, &ControlMsg::Hello(hello)), "hello").await?;
     let theirs = match within(recv(r), "hello").await? {
@@ -118,19 +133,18 @@ where
         warn!(%peer, theirs = %theirs.swarm_id, "peer is in another swarm");
         return Ok(());
     }
-    if ctx
-        .events
-        .send(PeerEvent::Up {
-            peer,
-            hello: theirs,
-        })
-        .await
-        .is_err()
-    {
+    let up = PeerEvent::Up {
+        peer,
+        hello: theirs,
+    };
+    if ctx.net.send(NetCommand::Peer(up)).await.is_err() {
         return Ok(());
     }
     let result = exchange(r, w, ctx).await;
-    let _ = ctx.events.send(PeerEvent::Down { peer }).await;
+    let _ = ctx
+        .net
+        .send(NetCommand::Peer(PeerEvent::Down { peer }))
+        .await;
     result
 }
 
@@ -140,7 +154,11 @@ where
     W: futures::AsyncWrite + Unpin,
 {
     let peer = ctx.peer;
-    let events = ctx.events.clone();
+    let events = ctx.net.clone();
+    let forward = |ev: PeerEvent| {
+        let events = events.clone();
+        async move { events.send(NetCommand::Peer(ev)).await.is_ok() }
+    };
     let reader = async {
         loop {
             let msg = match tokio::time::timeout(PEER_TIMEOUT, recv(r)).await {
@@ -150,7 +168,29 @@ where
             match msg {
                 None => return Ok(()),
                 Some(ControlMsg::Head(head)) => {
-                    if events.send(PeerEvent::Head { peer, head }).await.is_err() {
+                    if !forward(PeerEvent::Head { peer, head }).await {
+                        return Ok(());
+                    }
+                }
+                Some(ControlMsg::Peers(mut list)) => {
+                    list.truncate(MAX_PEERS_PER_MSG);
+                    if !forward(PeerEvent::Peers { peer, list }).await {
+                        return Ok(());
+                    }
+                }
+                Some(ControlMsg::Complete { revision }) => {
+                    if !forward(PeerEvent::Complete { peer, revision }).await {
+                        return Ok(());
+                    }
+                }
+                Some(ControlMsg::Have { revision, bitfield }) => {
+                    if !forward(PeerEvent::Have {
+                        peer,
+                        revision,
+                        bitfield,
+                    })
+                    .await
+                    {
                         return Ok(());
                     }
                 }

@@ -27,7 +27,8 @@ use crate::tree::TreeError;
 use crate::trust::{PublisherKey, Ticket, TrustError};
 use crate::wire::Role;
 
-pub use net_loop::NetCommand;
+pub(crate) use net_loop::NetCommand;
+pub use net_loop::PeerSummary;
 
 /// Errors that stop a node from starting or running.
 #[derive(Debug, Error)]
@@ -289,6 +290,16 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Closed)
     }
 
+    /// The peer table: every peer this node has known, online or not.
+    pub async fn peers(&self) -> Result<Vec<PeerSummary>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::PeerTable(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await.map_err(|_| NodeError::Closed)
+    }
+
     /// Say goodbye to peers, stop every task and wait for them.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -318,6 +329,8 @@ pub(crate) struct LocalInfo {
     pub node_id: uuid::Uuid,
     pub swarm_id: uuid::Uuid,
     pub role: Role,
+    /// Addresses we listen on, told to peers in the hello (filled in once listening).
+    pub addrs: Vec<Multiaddr>,
 }
 
 /// The revision a node holds: its verified head, manifest and manifest blobs.

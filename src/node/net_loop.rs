@@ -24,13 +24,24 @@ use crate::config::{
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetError};
-use crate::wire::{ControlMsg, CHUNKS_PROTOCOL, CONTROL_PROTOCOL};
+use crate::swarm::TokenBucket;
+use crate::wire::{
+    ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
+    MAX_PEERS_PER_MSG,
+};
+
+fn parse_addrs(raw: &[Vec<u8>]) -> Vec<Multiaddr> {
+    raw.iter()
+        .take(MAX_ADDRS_PER_PEER)
+        .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+        .collect()
+}
 
 /// Grace period for goodbyes and in-flight replies at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Commands to the net loop.
-pub enum NetCommand {
+pub(crate) enum NetCommand {
     Dial(Multiaddr),
     OpenStream {
         peer: PeerId,
@@ -44,6 +55,9 @@ pub enum NetCommand {
     },
     Disconnect(PeerId),
     Banned(oneshot::Sender<Vec<PeerId>>),
+    PeerTable(oneshot::Sender<Vec<PeerSummary>>),
+    #[doc(hidden)]
+    Peer(PeerEvent),
     #[doc(hidden)]
     ControlStream {
         peer: PeerId,
@@ -56,6 +70,49 @@ pub enum NetCommand {
         session: u64,
     },
 }
+
+/// One row of the peer table, as `NodeHandle::peers` reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerSummary {
+    pub peer: String,
+    pub node_id: Option<uuid::Uuid>,
+    pub role: Option<String>,
+    pub addrs: Vec<String>,
+    /// Newest revision the peer said it holds (as told; heads are verified by the engine).
+    pub revision: Option<u64>,
+    pub online: bool,
+    pub banned: bool,
+    pub last_seen_unix_ms: u64,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct PeerRecord {
+    addrs: Vec<Multiaddr>,
+    node_id: Option<uuid::Uuid>,
+    role: Option<Role>,
+    revision: Option<u64>,
+    online: bool,
+    last_seen: std::time::SystemTime,
+    rtt: Option<Duration>,
+}
+
+impl PeerRecord {
+    fn new() -> Self {
+        PeerRecord {
+            addrs: Vec::new(),
+            node_id: None,
+            role: None,
+            revision: None,
+            online: false,
+            last_seen: std::time::SystemTime::now(),
+            rtt: None,
+        }
+    }
+}
+
+/// Most peers remembered in the table (offline ones are forgotten first).
+const MAX_KNOWN_PEERS: usize = 1024;
 
 struct Session {
     id: u64,
@@ -80,6 +137,9 @@ struct NetLoop {
     inbound_chunk_streams: HashMap<PeerId, Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
     next_session: u64,
+    table: HashMap<PeerId, PeerRecord>,
+    max_peers: usize,
+    upload: Option<Arc<tokio::sync::Mutex<TokenBucket>>>,
     bootstrap: Vec<Multiaddr>,
     redial_backoff: Duration,
     next_redial: tokio::time::Instant,
@@ -103,6 +163,8 @@ pub(crate) async fn start(
         listen(&mut swarm, addr).await?;
     }
     let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
+    let mut local = local;
+    local.addrs = listen_addrs.clone();
     for addr in &config.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap address");
@@ -127,6 +189,12 @@ pub(crate) async fn start(
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
         next_session: 0,
+        table: HashMap::new(),
+        max_peers: config.max_peers.clamp(1, MAX_PEERS),
+        upload: config.max_upload.map(|rate| {
+            let bucket = TokenBucket::new(rate, rate.min(1 << 20), std::time::Instant::now());
+            Arc::new(tokio::sync::Mutex::new(bucket))
+        }),
         bootstrap: config.bootstrap.clone(),
         redial_backoff: REDIAL_MIN,
         next_redial: tokio::time::Instant::now() + REDIAL_MIN,
@@ -201,6 +269,7 @@ impl NetLoop {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 cmd = self.commands.recv() => match cmd {
+                    Some(NetCommand::Peer(ev)) => self.on_peer_event(ev).await,
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
@@ -272,6 +341,10 @@ impl NetLoop {
                     .collect();
                 let _ = reply.send(list);
             }
+            NetCommand::PeerTable(reply) => {
+                let _ = reply.send(self.peer_table());
+            }
+            NetCommand::Peer(_) => unreachable!("handled in run"),
             NetCommand::ControlStream { peer, stream, ours } => {
                 self.register_session(peer, stream, ours)
             }
@@ -281,6 +354,151 @@ impl NetLoop {
                 }
             }
         }
+    }
+
+    /// Update the peer table from a session's event, run peer exchange, and pass the event on
+    /// to the engine.
+    async fn on_peer_event(&mut self, ev: PeerEvent) {
+        match &ev {
+            PeerEvent::Up { peer, hello } => {
+                let addrs = parse_addrs(&hello.addrs);
+                let rec = self.record(*peer);
+                rec.online = true;
+                rec.last_seen = std::time::SystemTime::now();
+                rec.node_id = Some(hello.node_id);
+                rec.role = Some(hello.role);
+                rec.revision = hello.head.as_ref().map(|h| h.body.revision);
+                if !addrs.is_empty() {
+                    rec.addrs = addrs;
+                }
+                self.exchange_peers(*peer);
+            }
+            PeerEvent::Down { peer } => {
+                let rec = self.record(*peer);
+                rec.online = false;
+                rec.last_seen = std::time::SystemTime::now();
+            }
+            PeerEvent::Head { peer, .. } => {
+                self.record(*peer).last_seen = std::time::SystemTime::now();
+            }
+            PeerEvent::Peers { peer, list } => {
+                debug!(from = %peer, count = list.len(), "peer exchange");
+                let list = list.clone();
+                return self.learn_peers(list);
+            }
+            PeerEvent::Complete { peer, revision } => {
+                let rec = self.record(*peer);
+                rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
+                rec.last_seen = std::time::SystemTime::now();
+            }
+            PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } => {}
+        }
+        let _ = self.events.send(ev).await;
+    }
+
+    fn record(&mut self, peer: PeerId) -> &mut PeerRecord {
+        if !self.table.contains_key(&peer) && self.table.len() >= MAX_KNOWN_PEERS {
+            let oldest = self
+                .table
+                .iter()
+                .filter(|(_, r)| !r.online)
+                .min_by_key(|(_, r)| r.last_seen)
+                .map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                self.table.remove(&p);
+            }
+        }
+        self.table.entry(peer).or_insert_with(PeerRecord::new)
+    }
+
+    fn info_of(&self, peer: &PeerId) -> Option<PeerInfo> {
+        let rec = self
+            .table
+            .get(peer)
+            .filter(|r| r.online && !r.addrs.is_empty())?;
+        Some(PeerInfo {
+            peer_id: peer.to_bytes(),
+            addrs: rec
+                .addrs
+                .iter()
+                .take(MAX_ADDRS_PER_PEER)
+                .map(|a| a.to_vec())
+                .collect(),
+        })
+    }
+
+    /// Tell `newcomer` who else we are connected to, and everyone else about `newcomer`.
+    fn exchange_peers(&mut self, newcomer: PeerId) {
+        let others: Vec<PeerInfo> = self
+            .sessions
+            .keys()
+            .filter(|p| **p != newcomer)
+            .filter_map(|p| self.info_of(p))
+            .take(MAX_PEERS_PER_MSG)
+            .collect();
+        if let (false, Some(s)) = (others.is_empty(), self.sessions.get(&newcomer)) {
+            let _ = s.out.try_send(ControlMsg::Peers(others));
+        }
+        if let Some(info) = self.info_of(&newcomer) {
+            for (peer, s) in &self.sessions {
+                if *peer != newcomer {
+                    let _ = s.out.try_send(ControlMsg::Peers(vec![info.clone()]));
+                }
+            }
+        }
+    }
+
+    /// Peers told to us by peer exchange: remember them and dial while below `max_peers`.
+    fn learn_peers(&mut self, list: Vec<PeerInfo>) {
+        let me = *self.swarm.local_peer_id();
+        for info in list {
+            let Ok(peer) = PeerId::from_bytes(&info.peer_id) else {
+                continue;
+            };
+            let addrs = parse_addrs(&info.addrs);
+            if peer == me || addrs.is_empty() || self.is_banned(&peer) {
+                continue;
+            }
+            let rec = self.record(peer);
+            if rec.online {
+                continue;
+            }
+            rec.addrs = addrs.clone();
+            if self.sessions.len() >= self.max_peers || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            debug!(%peer, "dialing a peer learned by peer exchange");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "dial failed");
+            }
+        }
+    }
+
+    fn peer_table(&self) -> Vec<PeerSummary> {
+        let now = Instant::now();
+        let mut rows: Vec<PeerSummary> = self
+            .table
+            .iter()
+            .map(|(peer, r)| PeerSummary {
+                peer: peer.to_string(),
+                node_id: r.node_id,
+                role: r.role.map(|role| format!("{role:?}").to_lowercase()),
+                addrs: r.addrs.iter().map(|a| a.to_string()).collect(),
+                revision: r.revision,
+                online: r.online,
+                banned: self.banned.get(peer).is_some_and(|until| *until > now),
+                last_seen_unix_ms: r
+                    .last_seen
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                rtt_ms: r.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.peer.cmp(&b.peer));
+        rows
     }
 
     /// With no live session, dial the bootstrap peers again, backing off up to `REDIAL_MAX`.
@@ -356,6 +574,15 @@ impl NetLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 info!(peer = ?peer_id, error = %error, "could not connect");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                if let Some(rec) = self.table.get_mut(&peer) {
+                    rec.rtt = Some(rtt);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
                 peer,
                 protocol,
@@ -412,6 +639,7 @@ impl NetLoop {
             stats: self.stats.clone(),
             net: self.self_tx.clone(),
             corrupt: self.corrupt,
+            upload: self.upload.clone(),
         };
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
@@ -434,7 +662,7 @@ impl NetLoop {
             }
             existing.cancel.cancel();
         }
-        if self.sessions.len() >= MAX_PEERS {
+        if self.sessions.len() >= self.max_peers {
             warn!(%peer, "peer limit reached: refusing a control session");
             return;
         }
@@ -447,7 +675,6 @@ impl NetLoop {
             local: self.local.clone(),
             version: self.version,
             content: self.content.clone(),
-            events: self.events.clone(),
             net: self.self_tx.clone(),
             out: out_rx,
             cancel: cancel.clone(),

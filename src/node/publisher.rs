@@ -81,6 +81,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         node_id: uuid::Uuid::new_v4(),
         swarm_id,
         role: Role::Publisher,
+        addrs: Vec::new(),
     };
     let started = net_loop::start(&config, node_key, local, content, stats.clone()).await?;
     engine.net = Some(started.net.clone());
@@ -169,7 +170,11 @@ impl Publisher {
                 self.status
                     .send_modify(|s| s.peers = s.peers.saturating_sub(1));
             }
-            PeerEvent::Head { .. } | PeerEvent::Incompatible { .. } => {}
+            PeerEvent::Head { .. }
+            | PeerEvent::Incompatible { .. }
+            | PeerEvent::Peers { .. }
+            | PeerEvent::Have { .. }
+            | PeerEvent::Complete { .. } => {}
         }
     }
 
@@ -250,13 +255,14 @@ impl Publisher {
             blobs,
         ));
         if let Some(net) = &self.net {
-            if net
-                .try_send(NetCommand::Broadcast(ControlMsg::Head(
-                    head.signed().clone(),
-                )))
-                .is_err()
-            {
-                warn!("network busy: new head will reach peers on their next hello");
+            let announce = [
+                ControlMsg::Head(head.signed().clone()),
+                ControlMsg::Complete { revision },
+            ];
+            for msg in announce {
+                if net.try_send(NetCommand::Broadcast(msg)).is_err() {
+                    warn!("network busy: new head will reach peers on their next hello");
+                }
             }
         }
         self.status.send_modify(|s| {

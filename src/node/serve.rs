@@ -18,18 +18,63 @@ pub(crate) struct ServeIndex {
     blobs: HashMap<ContentHash, Vec<u8>>,
 }
 
-/// The current index, shared between the engine (writer) and chunk servers (readers).
+/// Verified chunks of the revision being downloaded, in staging: hash to (file, offset, len).
+type Partial = HashMap<ContentHash, (PathBuf, u64, u32)>;
+
+/// What this node serves, shared between the engine (writer) and chunk servers (readers): the
+/// index of the revision it holds, plus verified chunks of the one it is downloading.
 #[derive(Clone, Default)]
-pub(crate) struct Content(Arc<RwLock<Arc<ServeIndex>>>);
+pub(crate) struct Content {
+    index: Arc<RwLock<Arc<ServeIndex>>>,
+    partial: Arc<RwLock<Partial>>,
+}
 
 impl Content {
     pub fn current(&self) -> Arc<ServeIndex> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Make `index` the revision served; forget partial chunks.
     pub fn replace(&self, index: ServeIndex) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.partial
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
+
+    /// A chunk of the revision being downloaded is verified at `path`/`offset` in staging.
+    pub fn add_partial(&self, hash: ContentHash, path: PathBuf, offset: u64, len: u32) {
+        self.partial
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, (path, offset, len));
+    }
+
+    /// The bytes of `hash`, checked, from the held revision or staging. Blocking.
+    pub fn read(&self, hash: &ContentHash) -> Option<Vec<u8>> {
+        if let Some(data) = self.current().read(hash) {
+            return Some(data);
+        }
+        let place = self
+            .partial
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned()?;
+        read_checked(&place.0, place.1, place.2, hash)
+    }
+}
+
+fn read_checked(path: &std::path::Path, off: u64, len: u32, hash: &ContentHash) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, off).ok()?;
+    if !hash.matches(&buf) {
+        tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
+        return None;
+    }
+    Some(buf)
 }
 
 /// Split encoded manifest bytes into blobs: its chunks plus the chunk index. Returns the index
@@ -78,14 +123,6 @@ impl ServeIndex {
             return Some(b.clone());
         }
         let (path, off, len) = self.chunks.get(hash)?;
-        let full = path.under(&self.root);
-        let file = std::fs::File::open(&full).ok()?;
-        let mut buf = vec![0u8; *len as usize];
-        file.read_exact_at(&mut buf, *off).ok()?;
-        if !hash.matches(&buf) {
-            tracing::warn!(path = %path, "file changed on disk since it was indexed; not serving the stale chunk");
-            return None;
-        }
-        Some(buf)
+        read_checked(&path.under(&self.root), *off, *len, hash)
     }
 }

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::chunks::{fetch_all, ChunkSink, FetchCtx, FetchError, PeerChange, PeerFeed};
+use super::chunks::{
+    fetch_all, Availability, ChunkSink, FeedPeer, FetchCtx, FetchError, PeerChange, PeerFeed,
+};
 use super::control::PeerEvent;
 use super::net_loop::{self, NetCommand};
 use super::serve::Content;
@@ -51,6 +53,26 @@ struct Download {
     task: JoinHandle<Result<Applied, DownloadError>>,
 }
 
+/// What the engine knows of a connected peer.
+#[derive(Debug, Clone)]
+struct KnownPeer {
+    /// Newest verified revision it holds completely.
+    revision: u64,
+    role: Role,
+    /// Its latest availability bitfield and the revision it is for.
+    have: Option<(u64, Vec<u8>)>,
+}
+
+impl KnownPeer {
+    fn feed(&self, target: u64) -> FeedPeer {
+        FeedPeer {
+            complete: self.revision == target,
+            last_resort: self.role == Role::Publisher,
+            have: self.have.clone(),
+        }
+    }
+}
+
 struct Subscriber {
     dir: PathBuf,
     db: Arc<Db>,
@@ -63,7 +85,7 @@ struct Subscriber {
     applied: Option<Applied>,
     best: Option<VerifiedHead>,
     failed: HashSet<u64>,
-    peers: HashMap<PeerId, u64>,
+    peers: HashMap<PeerId, KnownPeer>,
     download: Option<Download>,
     cancel: CancellationToken,
 }
@@ -109,6 +131,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         node_id: uuid::Uuid::new_v4(),
         swarm_id: ticket.swarm_id,
         role: Role::Subscriber,
+        addrs: Vec::new(),
     };
     let started = net_loop::start(&config, node_key, local, content.clone(), stats.clone()).await?;
     let engine = Subscriber {
@@ -188,7 +211,20 @@ impl Subscriber {
         match ev {
             PeerEvent::Up { peer, hello } => {
                 info!(%peer, role = ?hello.role, "peer joined");
-                self.peers.insert(peer, 0);
+                // The hello names the revision the peer holds completely; it is verified below
+                // before anything is fetched on its word.
+                let held = hello
+                    .head
+                    .clone()
+                    .and_then(|h| h.verify(&self.pin, self.swarm_id).ok())
+                    .map_or(0, |h| h.revision());
+                let known = KnownPeer {
+                    revision: held,
+                    role: hello.role,
+                    have: None,
+                };
+                self.peers.insert(peer, known);
+                self.tell_download(peer);
                 self.status.send_modify(|s| {
                     s.peers = self.peers.len();
                     s.peers_seen += 1;
@@ -213,6 +249,30 @@ impl Subscriber {
                     let _ = d.changes.try_send(PeerChange::Down(peer));
                 }
             }
+            PeerEvent::Have {
+                peer,
+                revision,
+                bitfield,
+            } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.have = Some((revision, bitfield.clone()));
+                }
+                if let Some(d) = &self.download {
+                    let change = PeerChange::Have {
+                        peer,
+                        revision,
+                        bitfield,
+                    };
+                    let _ = d.changes.try_send(change);
+                }
+            }
+            PeerEvent::Complete { peer, revision } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.revision = p.revision.max(revision);
+                }
+                self.tell_download(peer);
+            }
+            PeerEvent::Peers { .. } => {}
             PeerEvent::Incompatible { peer, ours, theirs } => {
                 if self.peers.is_empty() {
                     self.status.send_modify(|s| {
@@ -247,14 +307,10 @@ impl Subscriber {
             }
         };
         let rev = head.revision();
-        self.peers.insert(peer, rev);
         if rev < self.applied_revision() {
             Stats::add(&self.stats.heads_stale, 1);
             tracing::debug!(%peer, rev, "ignoring an older revision (replay or lagging peer)");
             return;
-        }
-        if let Some(d) = self.download.as_ref().filter(|d| rev >= d.revision) {
-            let _ = d.changes.try_send(PeerChange::Up(peer));
         }
         let best = self.best.as_ref().map_or(0, |b| b.revision());
         if rev <= best || self.failed.contains(&rev) {
@@ -267,6 +323,13 @@ impl Subscriber {
             head.signed().clone(),
         )));
         self.start_download(head);
+    }
+
+    /// Tell the download under way what we know of `peer`.
+    fn tell_download(&self, peer: PeerId) {
+        if let (Some(d), Some(p)) = (&self.download, self.peers.get(&peer)) {
+            let _ = d.changes.try_send(PeerChange::Up(peer, p.feed(d.revision)));
+        }
     }
 
     fn start_download(&mut self, head: VerifiedHead) {
@@ -282,8 +345,7 @@ impl Subscriber {
         let peers = self
             .peers
             .iter()
-            .filter(|(_, r)| **r >= head.revision())
-            .map(|(p, _)| *p)
+            .map(|(p, k)| (*p, k.feed(head.revision())))
             .collect();
         let cancel = self.cancel.child_token();
         let env = DownloadEnv {
@@ -300,6 +362,7 @@ impl Subscriber {
                 .as_ref()
                 .map(|a| a.manifest.clone())
                 .unwrap_or_default(),
+            content: self.content.clone(),
         };
         let feed = PeerFeed {
             peers,
@@ -326,6 +389,8 @@ impl Subscriber {
                 info!(revision = rev, "revision applied");
                 self.content.replace(applied.serve_index(&self.dir));
                 self.applied = Some(applied);
+                let notice = ControlMsg::Complete { revision: rev };
+                let _ = self.net.try_send(NetCommand::Broadcast(notice));
                 self.status.send_modify(|s| {
                     s.revision = Some(rev);
                     s.progress = None;
@@ -371,6 +436,7 @@ struct DownloadEnv {
     fetch: FetchCtx,
     status: watch::Sender<Status>,
     old: Manifest,
+    content: Content,
 }
 
 #[derive(Default)]
@@ -398,14 +464,20 @@ impl MemorySink {
 struct StagingSink {
     area: Arc<StagingArea>,
     positions: Arc<ChunkPositions>,
+    content: Content,
 }
 
 impl ChunkSink for StagingSink {
     fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError> {
-        match self.positions.get(&hash) {
-            Some(places) => self.area.write_chunk(places, data),
-            None => Ok(()),
-        }
+        let Some(places) = self.positions.get(&hash) else {
+            return Ok(());
+        };
+        self.area.write_chunk(places, data)?;
+        let (file, off, len) = places[0];
+        // Verified and on disk: peers may fetch it from us while we download the rest.
+        self.content
+            .add_partial(hash, self.area.staged_path(&file), off, len);
+        Ok(())
     }
 }
 
@@ -462,8 +534,24 @@ async fn download(
     let sink = Arc::new(StagingSink {
         area: area.clone(),
         positions: positions.clone(),
+        content: env.content.clone(),
     });
-    fetch_all(&env.fetch, needed, &present, sink, &mut feed, &progress).await?;
+    for (hash, places) in positions.iter().filter(|(h, _)| present.contains(h)) {
+        let (file, off, len) = places[0];
+        env.content
+            .add_partial(*hash, area.staged_path(&file), off, len);
+    }
+    let mut avail = Availability::new(revision, positions.keys().copied());
+    fetch_all(
+        &env.fetch,
+        needed,
+        &present,
+        sink,
+        &mut feed,
+        Some(&mut avail),
+        &progress,
+    )
+    .await?;
     info!(
         revision,
         bytes = total - base,
@@ -533,6 +621,7 @@ async fn fetch_manifest(
         &none,
         mem.clone(),
         feed,
+        None,
         &quiet,
     )
     .await?;
@@ -547,7 +636,7 @@ async fn fetch_manifest(
         ));
     }
     let wanted = index.iter().map(|c| (c.hash, c.len)).collect();
-    fetch_all(&env.fetch, wanted, &none, mem.clone(), feed, &quiet).await?;
+    fetch_all(&env.fetch, wanted, &none, mem.clone(), feed, None, &quiet).await?;
     let mut bytes = Vec::with_capacity(body.manifest_size as usize);
     let mut blobs = vec![(body.manifest_index_hash, index_bytes)];
     let mut chunks: HashMap<ContentHash, Vec<u8>> = HashMap::new();

@@ -4,4 +4,8 @@
 
 mod picker;
 
-pub use picker::{Picker, PickerConfig};
+pub use picker::{Availability, Picker, PickerConfig};
+
+mod bucket;
+
+pub use bucket::TokenBucket;

@@ -18,8 +18,14 @@
 //! 2. Each side sends [`ControlMsg::Hello`] (node UUID, swarm ID, role, newest head it holds).
 //!    A hello for another swarm ends the session.
 //! 3. Then, in any order: [`ControlMsg::Head`] when a node learns a newer verified head
-//!    (announcement), [`ControlMsg::Heartbeat`] every `HEARTBEAT_INTERVAL`, and
-//!    [`ControlMsg::Goodbye`] before a graceful close. Silence for `PEER_TIMEOUT` means gone.
+//!    (announcement: each node forwards a head once, when it first learns it, so heads flood
+//!    the swarm and duplicates die out), [`ControlMsg::Peers`] (peer exchange, on connect and
+//!    when peers join), [`ControlMsg::Have`] (which chunks of the revision being downloaded the
+//!    sender holds, a bitfield, sent when it changes), [`ControlMsg::Complete`] when the sender
+//!    has applied a revision (a head announcement alone says nothing about what the sender
+//!    holds), [`ControlMsg::Heartbeat`] every
+//!    `HEARTBEAT_INTERVAL`, and [`ControlMsg::Goodbye`] before a graceful close. Silence for
+//!    `PEER_TIMEOUT` means gone.
 //!
 //! Messages are postcard-encoded enums: new variants are only appended, so slots never move.
 //!
@@ -56,6 +62,10 @@ pub const CONTROL_PROTOCOL: &str = "/treecast/control/1";
 pub const CHUNKS_PROTOCOL: &str = "/treecast/chunks/1";
 /// Longest goodbye reason kept.
 pub const MAX_REASON_LEN: usize = 256;
+/// Most peers in one peer-exchange message.
+pub const MAX_PEERS_PER_MSG: usize = 64;
+/// Most addresses kept per peer.
+pub const MAX_ADDRS_PER_PEER: usize = 8;
 
 /// Errors reading or writing the wire.
 #[derive(Debug, Error)]
@@ -97,16 +107,43 @@ pub struct Hello {
     pub node_id: Uuid,
     pub swarm_id: Uuid,
     pub role: Role,
+    /// Newest revision the sender holds completely.
     pub head: Option<SignedHead>,
+    /// Addresses the sender listens on (multiaddr bytes), at most `MAX_ADDRS_PER_PEER`.
+    pub addrs: Vec<Vec<u8>>,
+}
+
+/// A peer as told by peer exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// libp2p peer ID bytes.
+    pub peer_id: Vec<u8>,
+    /// Multiaddr bytes, at most `MAX_ADDRS_PER_PEER`.
+    pub addrs: Vec<Vec<u8>>,
 }
 
 /// Messages on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlMsg {
     Hello(Hello),
+    /// A newer verified head (announcement; flooded once per revision).
     Head(SignedHead),
     Heartbeat,
-    Goodbye { reason: String },
+    Goodbye {
+        reason: String,
+    },
+    /// Peer exchange: peers the sender is connected to, at most `MAX_PEERS_PER_MSG`.
+    Peers(Vec<PeerInfo>),
+    /// Availability while downloading `revision`: bit i set = the sender holds chunk i of the
+    /// revision's chunk order (the sorted, de-duplicated chunk hashes of its files).
+    Have {
+        revision: u64,
+        bitfield: Vec<u8>,
+    },
+    /// Completion notice: the sender now holds `revision` completely (flooded once).
+    Complete {
+        revision: u64,
+    },
 }
 
 /// One chunk request.
