@@ -19,7 +19,7 @@ use crate::config::{
     MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
 };
 use crate::store::StoreError;
-use crate::swarm::{Picker, PickerConfig};
+use crate::swarm::{Picker, PickerConfig, SeedPolicy};
 use crate::tree::ContentHash;
 use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
@@ -35,6 +35,8 @@ pub(crate) struct ServerCtx {
     pub corrupt: bool,
     /// Global upload limit, shared by every chunk stream.
     pub upload: Option<Arc<tokio::sync::Mutex<crate::swarm::TokenBucket>>>,
+    /// The publisher's seeding policy (None on subscribers).
+    pub seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
 }
 
 /// Answer chunk requests on one stream until it closes.
@@ -67,10 +69,18 @@ where
         let req: ChunkRequest = wire::decode(&frame)?;
         let content = ctx.content.clone();
         let hash = req.hash;
-        let mut data = tokio::task::spawn_blocking(move || content.read(&hash))
-            .await
-            .ok()
-            .flatten();
+        let refuse = ctx.seed.as_ref().is_some_and(|seed| {
+            let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+            !seed.should_serve(&ctx.peer, hash, Instant::now())
+        });
+        let mut data = if refuse {
+            None
+        } else {
+            tokio::task::spawn_blocking(move || content.read(&hash))
+                .await
+                .ok()
+                .flatten()
+        };
         if ctx.corrupt {
             if let Some(d) = data.as_mut().filter(|d| !d.is_empty()) {
                 d[0] ^= 0xff;
@@ -209,6 +219,8 @@ pub(crate) struct FetchCtx {
     pub net: mpsc::Sender<NetCommand>,
     pub stats: Arc<Stats>,
     pub cancel: CancellationToken,
+    /// This node's own tie-breaking salt for the picker.
+    pub salt: u64,
 }
 
 /// Measured download rate of one peer.
@@ -244,7 +256,10 @@ pub(crate) async fn fetch_all(
 ) -> Result<(), FetchError> {
     let config = PickerConfig {
         default_in_flight: DEFAULT_IN_FLIGHT,
+        seed_in_flight: 4,
         stall_timeout: CHUNK_TIMEOUT,
+        lack_retry: Duration::from_secs(1),
+        local_salt: ctx.salt,
     };
     let picker = Picker::new(config, wanted.iter().map(|w| w.0), present);
     if picker.is_done() {
@@ -409,7 +424,7 @@ impl Fetch<'_> {
             }
             LaneEvent::NotFound { lane, hash } => {
                 self.assigned.remove(&hash);
-                self.picker.on_not_found(&lane.0, hash);
+                self.picker.on_not_found(&lane.0, hash, Instant::now());
             }
             LaneEvent::Bad { lane, reason } => {
                 Stats::add(&self.ctx.stats.bad_chunks, 1);

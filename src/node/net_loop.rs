@@ -24,7 +24,7 @@ use crate::config::{
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetError};
-use crate::swarm::TokenBucket;
+use crate::swarm::{SeedPolicy, TokenBucket};
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
     MAX_PEERS_PER_MSG,
@@ -111,6 +111,10 @@ impl PeerRecord {
     }
 }
 
+/// How long the publisher holds back a chunk it just sent from other subscribers, who should
+/// get it from the first receiver instead.
+const SEED_HOLD: Duration = Duration::from_secs(2);
+
 /// Most peers remembered in the table (offline ones are forgotten first).
 const MAX_KNOWN_PEERS: usize = 1024;
 
@@ -140,6 +144,7 @@ struct NetLoop {
     table: HashMap<PeerId, PeerRecord>,
     max_peers: usize,
     upload: Option<Arc<tokio::sync::Mutex<TokenBucket>>>,
+    seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
     bootstrap: Vec<Multiaddr>,
     redial_backoff: Duration,
     next_redial: tokio::time::Instant,
@@ -165,6 +170,7 @@ pub(crate) async fn start(
     let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
     let mut local = local;
     local.addrs = listen_addrs.clone();
+    let is_publisher = local.role == Role::Publisher;
     for addr in &config.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap address");
@@ -195,6 +201,7 @@ pub(crate) async fn start(
             let bucket = TokenBucket::new(rate, rate.min(1 << 20), std::time::Instant::now());
             Arc::new(tokio::sync::Mutex::new(bucket))
         }),
+        seed: (is_publisher).then(|| Arc::new(std::sync::Mutex::new(SeedPolicy::new(SEED_HOLD)))),
         bootstrap: config.bootstrap.clone(),
         redial_backoff: REDIAL_MIN,
         next_redial: tokio::time::Instant::now() + REDIAL_MIN,
@@ -640,6 +647,7 @@ impl NetLoop {
             net: self.self_tx.clone(),
             corrupt: self.corrupt,
             upload: self.upload.clone(),
+            seed: self.seed.clone(),
         };
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {

@@ -88,6 +88,7 @@ struct Subscriber {
     peers: HashMap<PeerId, KnownPeer>,
     download: Option<Download>,
     cancel: CancellationToken,
+    salt: u64,
 }
 
 pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
@@ -149,6 +150,11 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         peers: HashMap::new(),
         download: None,
         cancel: started.cancel.child_token(),
+        salt: {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&ContentHash::of(&started.peer_id.to_bytes()).0[..8]);
+            u64::from_le_bytes(b)
+        },
     };
     let mut tasks = started.tasks;
     tasks.spawn(engine.run(started.events, config.connect_timeout));
@@ -355,6 +361,7 @@ impl Subscriber {
                 net: self.net.clone(),
                 stats: self.stats.clone(),
                 cancel: cancel.clone(),
+                salt: self.salt,
             },
             status: self.status.clone(),
             old: self

@@ -7,5 +7,7 @@ mod picker;
 pub use picker::{Availability, Picker, PickerConfig};
 
 mod bucket;
+mod seed;
 
 pub use bucket::TokenBucket;
+pub use seed::SeedPolicy;

@@ -23,8 +23,16 @@ use crate::tree::ContentHash;
 pub struct PickerConfig {
     /// Requests outstanding per peer until a measured limit is set.
     pub default_in_flight: usize,
+    /// Requests outstanding to a last-resort seed until a measured limit is set: small, so
+    /// that chunks asked of the seed are still rare when it gets to them.
+    pub seed_in_flight: usize,
     /// A request older than this is taken back and given to someone else.
     pub stall_timeout: Duration,
+    /// A peer that said it lacks a chunk is asked for it again after this long.
+    pub lack_retry: Duration,
+    /// Mixed into tie-breaking, so that different downloaders pick different chunks (each
+    /// node passes something of its own, such as a hash of its peer ID).
+    pub local_salt: u64,
 }
 
 /// What a peer can serve.
@@ -53,7 +61,7 @@ pub struct Picker<P> {
     requested: HashMap<ContentHash, (P, Instant)>,
     verified: HashSet<ContentHash>,
     peers: HashMap<P, PeerState>,
-    lacks: HashSet<(P, ContentHash)>,
+    lacks: HashMap<(P, ContentHash), Instant>,
     /// Per chunk, how many peers (not last-resort) list it; peers with `All` count in
     /// `all_holders` instead.
     holder_counts: HashMap<ContentHash, usize>,
@@ -84,7 +92,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             requested: HashMap::new(),
             verified,
             peers: HashMap::new(),
-            lacks: HashSet::new(),
+            lacks: HashMap::new(),
             holder_counts: HashMap::new(),
             all_holders: 0,
             lack_counts: HashMap::new(),
@@ -115,8 +123,12 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             self.count(&old_have, old_last, false);
         }
         self.count(&have, last_resort, true);
-        let salt = salt_of(&peer);
-        let default = self.config.default_in_flight;
+        let salt = salt_of(&peer) ^ self.config.local_salt;
+        let default = if last_resort {
+            self.config.seed_in_flight
+        } else {
+            self.config.default_in_flight
+        };
         let state = self.peers.entry(peer).or_insert(PeerState {
             have: Availability::All,
             last_resort,
@@ -173,7 +185,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         let hash = self
             .missing
             .iter()
-            .filter(|h| self.has(peer, h) && !self.lacks.contains(&(peer.clone(), **h)))
+            .filter(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), **h)))
             .map(|h| (self.holders(h), h))
             .filter(|(holders, _)| !last_resort || *holders == 0)
             .min_by_key(|(holders, h)| (*holders, mix(h, salt)))
@@ -195,14 +207,31 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         self.verified.insert(hash);
     }
 
-    /// `peer` does not have `hash` after all: give it to someone else, and stop counting it
-    /// as a holder.
-    pub fn on_not_found(&mut self, peer: &P, hash: ContentHash) {
+    /// `peer` does not have `hash` (or will not send it now): give it to someone else, and
+    /// stop counting it as a holder until `lack_retry` has passed.
+    pub fn on_not_found(&mut self, peer: &P, hash: ContentHash, now: Instant) {
         let counted = self.peers.get(peer).is_some_and(|s| !s.last_resort) && self.has(peer, &hash);
-        if self.lacks.insert((peer.clone(), hash)) && counted {
+        if self.lacks.insert((peer.clone(), hash), now).is_none() && counted {
             *self.lack_counts.entry(hash).or_default() += 1;
         }
         self.take_back(peer, hash);
+    }
+
+    fn forget_lacks(&mut self, now: Instant) {
+        let retry = self.config.lack_retry;
+        let expired: Vec<(P, ContentHash)> = self
+            .lacks
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= retry)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.lacks.remove(&key);
+            let counted = self.peers.get(&key.0).is_some_and(|s| !s.last_resort);
+            if let (true, Some(c)) = (counted, self.lack_counts.get_mut(&key.1)) {
+                *c = c.saturating_sub(1);
+            }
+        }
     }
 
     /// The request for `hash` from `peer` failed (stream error).
@@ -223,7 +252,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         }
         let lacked: Vec<ContentHash> = self
             .lacks
-            .iter()
+            .keys()
             .filter(|(p, _)| p == peer)
             .map(|(_, h)| *h)
             .collect();
@@ -237,11 +266,13 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                 }
             }
         }
-        self.lacks.retain(|(p, _)| p != peer);
+        self.lacks.retain(|(p, _), _| p != peer);
     }
 
-    /// Take back requests older than the stall timeout; returns them with their peer.
+    /// Take back requests older than the stall timeout (returned with their peer), and let
+    /// peers be asked again for chunks they lacked `lack_retry` ago.
     pub fn poll_stalled(&mut self, now: Instant) -> Vec<(P, ContentHash)> {
+        self.forget_lacks(now);
         let stalled: Vec<_> = self
             .requested
             .iter()
@@ -315,7 +346,10 @@ mod tests {
     fn cfg() -> PickerConfig {
         PickerConfig {
             default_in_flight: 2,
+            seed_in_flight: 2,
             stall_timeout: Duration::from_secs(10),
+            lack_retry: Duration::from_secs(3),
+            local_salt: 0,
         }
     }
 
@@ -393,7 +427,7 @@ mod tests {
         p.set_peer(1, Availability::All, false);
         assert_eq!(p.next_for(&0, t0), None, "peer 1 claims it");
         assert_eq!(p.next_for(&1, t0), Some(h(0)));
-        p.on_not_found(&1, h(0));
+        p.on_not_found(&1, h(0), t0);
         assert_eq!(
             p.next_for(&0, t0),
             Some(h(0)),
@@ -426,6 +460,23 @@ mod tests {
     }
 
     #[test]
+    fn different_downloaders_ask_the_same_seed_for_different_chunks() {
+        let t0 = Instant::now();
+        let firsts: HashSet<_> = (1..=4u64)
+            .map(|local| {
+                let config = PickerConfig {
+                    local_salt: local.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ..cfg()
+                };
+                let mut p: Picker<u8> = Picker::new(config, (0..64).map(h), &HashSet::new());
+                p.set_peer(0, Availability::All, true);
+                p.next_for(&0, t0).unwrap()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 4);
+    }
+
+    #[test]
     fn stalled_request_is_reissued_elsewhere() {
         let t0 = Instant::now();
         let mut p: Picker<u8> = Picker::new(cfg(), [h(0)], &HashSet::new());
@@ -453,10 +504,12 @@ mod tests {
         p.set_peer(1, Availability::All, false);
         p.set_peer(2, Availability::All, false);
         let x = p.next_for(&1, t0).unwrap();
-        p.on_not_found(&1, x);
+        p.on_not_found(&1, x, t0);
         let y = p.next_for(&1, t0).unwrap();
         assert_ne!(x, y, "peer 1 is not asked again for what it lacks");
         assert_eq!(p.next_for(&1, t0), None);
+        p.poll_stalled(t0 + Duration::from_secs(1));
+        assert_eq!(p.next_for(&1, t0), None, "still lacking after 1s");
         p.on_peer_gone(&1);
         assert_eq!(p.in_flight(&1), 0);
         let mut got = vec![p.next_for(&2, t0).unwrap(), p.next_for(&2, t0).unwrap()];

@@ -1,0 +1,180 @@
+//! Swarming on loopback: subscribers feed each other so the publisher uploads about one copy,
+//! a new revision mid-download, and peers leaving gracefully or vanishing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use treecast::Node;
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_subscribers_complete_while_the_capped_publisher_sends_under_two_copies() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let size = 48 * MIB;
+    write(&src, "data.bin", &noise(size as usize, 11));
+    write(&src, "small/a.txt", b"a");
+    let mut cfg = config(&src);
+    cfg.max_upload = Some(16 * MIB);
+    let p = Node::publish(cfg, test_key()).await.unwrap();
+
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        subs.push(subscriber(&lab.dir(&format!("s{i}")), p.ticket()).await);
+    }
+    for s in &subs {
+        synced(s, 1).await;
+    }
+    for i in 0..6 {
+        assert_same_tree(&src, &lab.tmp.path().join(format!("s{i}")));
+    }
+    let sent = p.stats().chunk_bytes_sent;
+    let copies = sent as f64 / size as f64;
+    let from_peers: u64 = subs.iter().map(|s| s.stats().chunk_bytes_sent).sum();
+    eprintln!("publisher sent {copies:.2} copies; subscribers sent each other {from_peers} bytes");
+    assert!(
+        copies < 2.0,
+        "publisher sent {copies:.2} copies of the tree"
+    );
+    assert!(from_peers > size, "subscribers traded data with each other");
+    // Peer exchange connected subscribers that only knew the publisher.
+    let table = subs[0].peers().await.unwrap();
+    assert!(table.iter().filter(|p| p.online).count() >= 3, "{table:#?}");
+    for s in subs {
+        s.shutdown().await;
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_published_mid_download_wins_without_refetching_shared_chunks() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let size = 64 * MIB;
+    write(&src, "data.bin", &noise(size as usize, 12));
+    let mut cfg = config(&src);
+    cfg.max_upload = Some(32 * MIB);
+    let p = Node::publish(cfg, test_key()).await.unwrap();
+    let a = subscriber(&lab.dir("a"), p.ticket()).await;
+    let b = subscriber(&lab.dir("b"), p.ticket()).await;
+    for s in [&a, &b] {
+        s.wait_for(WAIT, "half of revision 1", |st| {
+            st.progress.is_some_and(|(d, t)| t > 0 && d * 2 >= t)
+        })
+        .await
+        .unwrap();
+    }
+    // Revision 2 changes the tail of the file and adds a small one.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("data.bin"))
+            .unwrap();
+        f.write_all_at(&[1, 2, 3], size - 100).unwrap();
+    }
+    write(&src, "new.txt", b"revision 2");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    for s in [&a, &b] {
+        synced(s, 2).await;
+        let (rev, report) = s.verify().await.unwrap();
+        assert_eq!(rev, 2);
+        assert!(report.ok(), "{:?}", report.problems);
+    }
+    assert_same_tree(&src, &lab.tmp.path().join("a"));
+    assert_same_tree(&src, &lab.tmp.path().join("b"));
+    // Shared chunks were kept across the retarget: together the two fetched well under two
+    // copies of the shared data twice over.
+    let fetched: u64 = [&a, &b].iter().map(|s| s.stats().chunk_bytes_fetched).sum();
+    assert!(
+        fetched < 2 * size + 4 * MIB,
+        "fetched {fetched} bytes for two mirrors of a {size}-byte tree"
+    );
+    for n in [a, b, p] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_leave_or_vanish_are_marked_offline_and_the_rest_complete() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let size = 64 * MIB;
+    write(&src, "data.bin", &noise(size as usize, 13));
+    let mut cfg = config(&src);
+    cfg.max_upload = Some(24 * MIB);
+    let p = Node::publish(cfg, test_key()).await.unwrap();
+
+    // One subscriber runs as a separate process, so it can be killed outright.
+    let killed_dir = lab.dir("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .args(["subscribe", &p.ticket().to_string()])
+        .arg(&killed_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let leaver = subscriber(&lab.dir("leaver"), p.ticket()).await;
+    let stayer = subscriber(&lab.dir("stayer"), p.ticket()).await;
+    let leaver_id = leaver.peer_id().to_string();
+
+    // Wait until the stayer sees both others, then the transfer is under way.
+    let mut killed_id = String::new();
+    for _ in 0..600 {
+        let table = stayer.peers().await.unwrap();
+        let online: Vec<_> = table.iter().filter(|r| r.online).collect();
+        if let Some(k) = online
+            .iter()
+            .find(|r| r.peer != leaver_id && r.role.as_deref() == Some("subscriber"))
+        {
+            if online.iter().any(|r| r.peer == leaver_id) {
+                killed_id = k.peer.clone();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !killed_id.is_empty(),
+        "the stayer never saw both other subscribers"
+    );
+    stayer
+        .wait_for(WAIT, "a quarter of the tree", |st| {
+            st.progress.is_some_and(|(d, t)| t > 0 && d * 4 >= t)
+        })
+        .await
+        .unwrap();
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    leaver.shutdown().await;
+
+    synced(&stayer, 1).await;
+    assert_same_tree(&src, &lab.tmp.path().join("stayer"));
+    let mut table = Vec::new();
+    for _ in 0..1200 {
+        table = stayer.peers().await.unwrap();
+        let offline = |id: &str| table.iter().any(|r| r.peer == id && !r.online);
+        if offline(&leaver_id) && offline(&killed_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = |id: &str| table.iter().find(|r| r.peer == id).map(|r| r.online);
+    assert_eq!(
+        state(&leaver_id),
+        Some(false),
+        "leaver still online: {table:#?}"
+    );
+    assert_eq!(
+        state(&killed_id),
+        Some(false),
+        "killed peer still online: {table:#?}"
+    );
+    stayer.shutdown().await;
+    p.shutdown().await;
+}
