@@ -249,24 +249,52 @@ async fn wait_listening(
 ) -> Result<Vec<Multiaddr>, NodeError> {
     let mut addrs = Vec::new();
     let mut listeners = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    while listeners.len() < wanted {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // One listener on 0.0.0.0 reports an address per interface: once every listener has
+    // reported one, keep collecting briefly for the rest.
+    let mut settle: Option<tokio::time::Instant> = None;
+    loop {
+        let until = settle.unwrap_or(deadline);
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     listeners.insert(listener_id);
                     addrs.push(address);
+                    if listeners.len() >= wanted && settle.is_none() {
+                        settle = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                    }
                 }
                 SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
                     return Err(NodeError::Refused(format!("listening failed: {error}")));
                 }
                 _ => {}
             },
-            _ = &mut deadline => return Err(NodeError::Timeout("listening".into())),
+            _ = tokio::time::sleep_until(until) => {
+                if settle.is_some() {
+                    return Ok(public_first(addrs));
+                }
+                return Err(NodeError::Timeout("listening".into()));
+            }
         }
     }
-    Ok(addrs)
+}
+
+/// Order addresses for others to dial: drop loopback ones when there is anything else (they
+/// only reach the dialer itself), and keep the rest in a stable order.
+fn public_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let is_loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    if addrs.iter().any(|a| !is_loopback(a)) {
+        addrs.retain(|a| !is_loopback(a));
+    }
+    addrs.sort_by_key(|a| a.to_string());
+    addrs.dedup();
+    addrs
 }
 
 impl NetLoop {
