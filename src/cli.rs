@@ -24,6 +24,46 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Network flags shared by `publish` and `subscribe`.
+#[derive(Debug, clap::Args)]
+pub struct NetArgs {
+    /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "TREECAST_LISTEN",
+        default_value = "0.0.0.0:0",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+    /// Peer to dial at start (IP:PORT or multiaddr). Repeatable.
+    #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Most chunk bytes per second to upload, e.g. 500K, 20M (default: unlimited).
+    #[arg(long, env = "TREECAST_MAX_UPLOAD", value_parser = parse_rate)]
+    pub max_upload: Option<u64>,
+    /// Most peers to keep sessions with; peer exchange dials up to this many.
+    #[arg(long, env = "TREECAST_MAX_PEERS", default_value_t = 32)]
+    pub max_peers: usize,
+}
+
+/// Parse a byte rate: a number with an optional K, M or G suffix (powers of 1000).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1_000),
+        Some('M') => (&s[..s.len() - 1], 1_000_000),
+        Some('G') => (&s[..s.len() - 1], 1_000_000_000),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 500K or 20M"))?;
+    if n.is_nan() || n <= 0.0 {
+        return Err("a rate must be positive".into());
+    }
+    Ok((n * mult as f64) as u64)
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -31,17 +71,8 @@ pub enum Command {
     Publish {
         /// The directory to publish.
         dir: PathBuf,
-        /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
-        #[arg(
-            long,
-            env = "TREECAST_LISTEN",
-            default_value = "0.0.0.0:0",
-            value_delimiter = ','
-        )]
-        listen: Vec<String>,
-        /// Peer to dial at start (IP:PORT or multiaddr). Repeatable.
-        #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
-        bootstrap: Vec<String>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Publisher key file (32-byte ed25519 secret, mode 0600); created if missing.
         /// Default: DIR/.treecast/publisher.key.
         #[arg(long, env = "TREECAST_KEY")]
@@ -59,17 +90,8 @@ pub enum Command {
         ticket: String,
         /// The mirror directory (created if missing).
         dir: PathBuf,
-        /// Address to listen on: IP:PORT (UDP) or a multiaddr. Port 0 picks a free port.
-        #[arg(
-            long,
-            env = "TREECAST_LISTEN",
-            default_value = "0.0.0.0:0",
-            value_delimiter = ','
-        )]
-        listen: Vec<String>,
-        /// Peer to dial at start, besides the ticket's addresses. Repeatable.
-        #[arg(long, env = "TREECAST_BOOTSTRAP", value_delimiter = ',')]
-        bootstrap: Vec<String>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Exit 0 as soon as DIR equals the newest revision learned; non-zero if that fails.
         #[arg(long, env = "TREECAST_ONCE")]
         once: bool,
@@ -106,13 +128,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Publish {
             dir,
-            listen,
-            bootstrap,
+            net,
             key,
             rescan_secs,
             no_watch,
         } => {
-            let mut config = node_config(&dir, &listen, &bootstrap)?;
+            let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
             config.watch = !no_watch;
             let key_path = key.unwrap_or_else(|| config.state_dir().join("publisher.key"));
@@ -123,14 +144,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Subscribe {
             ticket,
             dir,
-            listen,
-            bootstrap,
+            net,
             once,
             connect_timeout,
             json,
         } => {
             let ticket: Ticket = ticket.parse().context("reading the ticket")?;
-            let mut config = node_config(&dir, &listen, &bootstrap)?;
+            let mut config = node_config(&dir, &net)?;
             config.connect_timeout = Duration::from_secs(connect_timeout);
             subscribe(config, ticket, once, json).await
         }
@@ -145,15 +165,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn node_config(
-    dir: &std::path::Path,
-    listen: &[String],
-    bootstrap: &[String],
-) -> Result<NodeConfig> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(dir);
-    config.listen = parse_addrs(listen)?;
-    config.bootstrap = parse_addrs(bootstrap)?;
+    config.listen = parse_addrs(&net.listen)?;
+    config.bootstrap = parse_addrs(&net.bootstrap)?;
+    config.max_upload = net.max_upload;
+    config.max_peers = net.max_peers;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(config)
 }
 
@@ -283,4 +301,34 @@ fn verify(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("500K"), Ok(500_000));
+        assert_eq!(parse_rate("2m"), Ok(2_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("123"), Ok(123));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        Cli::try_parse_from([
+            "treecast",
+            "publish",
+            "d",
+            "--max-upload",
+            "20M",
+            "--max-peers",
+            "8",
+        ])
+        .unwrap();
+        assert!(Cli::try_parse_from(["treecast", "publish", "d", "--max-upload", "x"]).is_err());
+    }
 }
