@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
-use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, ping, Multiaddr, PeerId, Swarm};
 use thiserror::Error;
 
 use crate::config::{IDLE_CONNECTION_TIMEOUT, QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
@@ -31,7 +31,19 @@ pub enum NetError {
 pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub streams: streams::Behaviour,
+}
+
+/// Kademlia protocol name: our own DHT, not the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/treecast/kad/1";
+
+/// The DHT key under which the nodes of a swarm provide: BLAKE3("treecast/swarm/v1" ‖ uuid).
+pub fn swarm_key(swarm_id: &uuid::Uuid) -> kad::RecordKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"treecast/swarm/v1");
+    h.update(swarm_id.as_bytes());
+    kad::RecordKey::new(h.finalize().as_bytes())
 }
 
 /// Build the swarm on QUIC with explicit flow-control windows.
@@ -50,6 +62,17 @@ pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                 key.public(),
             )),
             ping: ping::Behaviour::default(),
+            kad: {
+                let peer = key.public().to_peer_id();
+                let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                cfg.set_query_timeout(std::time::Duration::from_secs(30));
+                let mut kad =
+                    kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
+                // Without AutoNAT yet, a node cannot learn it is reachable, and a client-mode
+                // DHT finds nothing: every node serves the DHT for now.
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            },
             streams: streams::Behaviour::new(vec![
                 StreamProtocol::new(CONTROL_PROTOCOL),
                 StreamProtocol::new(CHUNKS_PROTOCOL),

@@ -12,7 +12,7 @@ use super::LocalInfo;
 use crate::config::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CONTROL_FRAME, PEER_TIMEOUT};
 use crate::trust::SignedHead;
 use crate::wire::{
-    self, ControlMsg, Hello, PeerInfo, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN,
+    self, ControlMsg, Hello, PeerInfo, Role, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN,
 };
 
 /// What sessions tell the engine.
@@ -130,7 +130,11 @@ where
         None => return Ok(()),
     };
     if theirs.swarm_id != ctx.local.swarm_id {
-        warn!(%peer, theirs = %theirs.swarm_id, "peer is in another swarm");
+        if theirs.role == Role::DhtNode || ctx.local.role == Role::DhtNode {
+            debug!(%peer, "DHT node: no swarm session");
+        } else {
+            warn!(%peer, theirs = %theirs.swarm_id, "peer is in another swarm");
+        }
         return Ok(());
     }
     let up = PeerEvent::Up {

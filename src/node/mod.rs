@@ -82,6 +82,7 @@ pub struct Stats {
     pub heads_stale: AtomicU64,
     pub files_hashed: AtomicU64,
     pub hostile_frames: AtomicU64,
+    pub dht_lookups: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -98,6 +99,7 @@ pub struct StatsSnapshot {
     pub heads_stale: u64,
     pub files_hashed: u64,
     pub hostile_frames: u64,
+    pub dht_lookups: u64,
 }
 
 impl Stats {
@@ -120,6 +122,7 @@ impl Stats {
             heads_stale: r(&self.heads_stale),
             files_hashed: r(&self.files_hashed),
             hostile_frames: r(&self.hostile_frames),
+            dht_lookups: r(&self.dht_lookups),
         }
     }
 }
@@ -160,6 +163,63 @@ impl Node {
     /// Start mirroring the swarm named by `ticket` into `config.dir`.
     pub async fn subscribe(config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
         subscriber::start(config, ticket).await
+    }
+
+    /// Start a node that serves the DHT without joining a swarm (a bootstrap host). Its node
+    /// key lives in `config.dir`.
+    pub async fn dht_node(config: NodeConfig) -> Result<DhtNodeHandle, NodeError> {
+        let state = config.state_dir();
+        std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+        let key = crate::trust::load_or_create_node_key(&state.join("node.key"))?;
+        let local = LocalInfo {
+            node_id: uuid::Uuid::new_v4(),
+            swarm_id: uuid::Uuid::nil(),
+            role: Role::DhtNode,
+            addrs: Vec::new(),
+        };
+        let stats = Arc::new(Stats::default());
+        let started =
+            net_loop::start(&config, key, local, serve::Content::default(), stats).await?;
+        let mut tasks = started.tasks;
+        let mut events = started.events;
+        tasks.spawn(async move { while events.recv().await.is_some() {} });
+        Ok(DhtNodeHandle {
+            cancel: started.cancel,
+            tasks,
+            peer_id: started.peer_id,
+            listen_addrs: started.listen_addrs,
+        })
+    }
+}
+
+/// Handle to a DHT-only node.
+pub struct DhtNodeHandle {
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl DhtNodeHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses this node listens on, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Stop and wait for the tasks.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for DhtNodeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

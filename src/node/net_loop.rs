@@ -148,7 +148,17 @@ struct NetLoop {
     bootstrap: Vec<Multiaddr>,
     redial_backoff: Duration,
     next_redial: tokio::time::Instant,
+    /// The swarm's DHT key (None for a DHT-only node).
+    swarm_key: Option<libp2p::kad::RecordKey>,
+    next_dht: tokio::time::Instant,
+    provided_at: Option<Instant>,
 }
+
+/// DHT lookups while no swarm peer is connected, and between refreshes otherwise.
+const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(2);
+const DHT_REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How often a node announces itself as a provider of its swarm's key.
+const PROVIDE_EVERY: Duration = Duration::from_secs(300);
 
 /// First and longest wait between redials of bootstrap peers while no peer is connected.
 const REDIAL_MIN: Duration = Duration::from_secs(2);
@@ -171,6 +181,7 @@ pub(crate) async fn start(
     let mut local = local;
     local.addrs = listen_addrs.clone();
     let is_publisher = local.role == Role::Publisher;
+    let swarm_id = local.swarm_id;
     for addr in &config.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap address");
@@ -205,6 +216,9 @@ pub(crate) async fn start(
         bootstrap: config.bootstrap.clone(),
         redial_backoff: REDIAL_MIN,
         next_redial: tokio::time::Instant::now() + REDIAL_MIN,
+        swarm_key: (!swarm_id.is_nil()).then(|| crate::net::swarm_key(&swarm_id)),
+        next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
+        provided_at: None,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(net.run());
@@ -311,6 +325,7 @@ impl NetLoop {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(self.next_redial) => self.redial(),
+                _ = tokio::time::sleep_until(self.next_dht) => self.dht_tick(),
             }
         }
         self.shutdown().await;
@@ -536,9 +551,77 @@ impl NetLoop {
         rows
     }
 
+    /// Provide the swarm's key now and then; while no swarm peer is connected, look for
+    /// providers.
+    fn dht_tick(&mut self) {
+        let now = tokio::time::Instant::now();
+        let Some(key) = self.swarm_key.clone() else {
+            self.next_dht = now + DHT_REFRESH_EVERY;
+            return;
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let routable = kad.kbuckets().any(|b| b.num_entries() > 0);
+        if routable
+            && self
+                .provided_at
+                .is_none_or(|t| t.elapsed() >= PROVIDE_EVERY)
+        {
+            match kad.start_providing(key.clone()) {
+                Ok(_) => self.provided_at = Some(Instant::now()),
+                Err(e) => warn!(error = %e, "cannot provide the swarm key"),
+            }
+        }
+        if routable && self.sessions.is_empty() {
+            debug!("looking for swarm peers in the DHT");
+            Stats::add(&self.stats.dht_lookups, 1);
+            kad.get_providers(key);
+        }
+        self.next_dht = now
+            + if self.sessions.is_empty() {
+                DHT_LOOKUP_EVERY
+            } else {
+                DHT_REFRESH_EVERY
+            };
+    }
+
+    fn on_kad_event(&mut self, ev: libp2p::kad::Event) {
+        use libp2p::kad::{Event, GetProvidersOk, QueryResult};
+        match ev {
+            Event::OutboundQueryProgressed {
+                result:
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
+                ..
+            } => {
+                let me = *self.swarm.local_peer_id();
+                for peer in providers {
+                    let skip = peer == me
+                        || self.swarm.is_connected(&peer)
+                        || self.is_banned(&peer)
+                        || self.sessions.len() >= self.max_peers;
+                    if skip {
+                        continue;
+                    }
+                    info!(%peer, "found a swarm peer in the DHT");
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, error = %e, "dial failed");
+                    }
+                }
+            }
+            Event::RoutingUpdated {
+                is_new_peer: true, ..
+            } if self.provided_at.is_none() => {
+                // First DHT contact: provide and look up right away.
+                self.next_dht = tokio::time::Instant::now();
+            }
+            _ => {}
+        }
+    }
+
     /// With no live session, dial the bootstrap peers again, backing off up to `REDIAL_MAX`.
     fn redial(&mut self) {
-        if !self.sessions.is_empty() || self.bootstrap.is_empty() {
+        let connected = self.swarm.network_info().num_peers() > 0;
+        if !self.sessions.is_empty() || connected || self.bootstrap.is_empty() {
             self.redial_backoff = REDIAL_MIN;
             self.next_redial = tokio::time::Instant::now() + REDIAL_MIN;
             return;
@@ -608,6 +691,14 @@ impl NetLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 info!(peer = ?peer_id, error = %error, "could not connect");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) => {
+                for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
                 peer,

@@ -156,6 +156,13 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
             u64::from_le_bytes(b)
         },
     };
+    let own_ticket = Ticket {
+        addrs: started.listen_addrs.clone(),
+        ..ticket.clone()
+    };
+    let ticket_path = state.join("ticket");
+    std::fs::write(&ticket_path, format!("{own_ticket}\n"))
+        .map_err(crate::store::io_err(&ticket_path))?;
     let mut tasks = started.tasks;
     tasks.spawn(engine.run(started.events, config.connect_timeout));
     Ok(NodeHandle {

@@ -99,6 +99,8 @@ impl WireError {
 pub enum Role {
     Publisher,
     Subscriber,
+    /// Serves the DHT (and, later, relays) without joining a swarm.
+    DhtNode,
 }
 
 /// First message after the handshake.
