@@ -86,8 +86,12 @@ pub enum Command {
     },
     /// Keep DIR an exact, read-only mirror of the newest revision of the swarm in TICKET.
     Subscribe {
-        /// The ticket printed by `treecast publish`.
+        /// The ticket printed by `treecast publish` or `treecast ticket`, or a bare swarm ID
+        /// (then --publisher-key is required).
         ticket: String,
+        /// The publisher's public key (hex), to pin when TICKET is a bare swarm ID.
+        #[arg(long, env = "TREECAST_PUBLISHER_KEY")]
+        publisher_key: Option<String>,
         /// The mirror directory (created if missing).
         dir: PathBuf,
         #[command(flatten)]
@@ -101,6 +105,23 @@ pub enum Command {
         /// Print the final status as JSON on stdout (with --once).
         #[arg(long)]
         json: bool,
+    },
+    /// Print the ticket of a published or mirrored DIR.
+    Ticket {
+        /// A published or mirrored directory.
+        dir: PathBuf,
+        /// Leave out dial addresses: swarm ID and publisher key only (peers are then found
+        /// through the DHT).
+        #[arg(long)]
+        no_addrs: bool,
+    },
+    /// Serve the DHT without joining a swarm: a bootstrap host for others. Prints its addresses.
+    DhtNode {
+        /// Directory for the node's key.
+        #[arg(long, env = "TREECAST_DHT_STATE", default_value = ".treecast-dht")]
+        state: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Rehash DIR against the revision it holds; exit 0 only if it matches exactly.
     Verify {
@@ -143,18 +164,49 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Subscribe {
             ticket,
+            publisher_key,
             dir,
             net,
             once,
             connect_timeout,
             json,
         } => {
-            let ticket: Ticket = ticket.parse().context("reading the ticket")?;
+            let ticket = read_ticket(&ticket, publisher_key.as_deref())?;
             let mut config = node_config(&dir, &net)?;
             config.connect_timeout = Duration::from_secs(connect_timeout);
             subscribe(config, ticket, once, json).await
         }
         Command::Verify { dir, json } => verify(&dir, json),
+        Command::Ticket { dir, no_addrs } => {
+            let path = dir.join(crate::config::STATE_DIR).join("ticket");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no ticket at {} (has DIR been published or subscribed?)",
+                    path.display()
+                )
+            })?;
+            let ticket: Ticket = text.parse().context("reading the stored ticket")?;
+            let ticket = if no_addrs {
+                ticket.without_addrs()
+            } else {
+                ticket
+            };
+            println!("{ticket}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DhtNode { state, net } => {
+            let config = node_config(&state, &net)?;
+            let node = Node::dht_node(config).await?;
+            for addr in node.listen_addrs() {
+                println!("{addr}");
+            }
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { out } => {
             let key = PublisherKey::generate();
             key.save_new(&out)?;
@@ -180,6 +232,23 @@ fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| parse_addr(s.trim()).map_err(Into::into))
         .collect()
+}
+
+/// A ticket, or a bare swarm ID with the publisher key given separately.
+fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
+    let Ok(swarm_id) = text.trim().parse::<uuid::Uuid>() else {
+        return text.parse().context("reading the ticket");
+    };
+    let Some(key) = publisher_key else {
+        bail!("{swarm_id} is a bare swarm ID: pass the publisher's key with --publisher-key");
+    };
+    let publisher =
+        crate::trust::PublisherPublicKey::from_hex(key).context("reading --publisher-key")?;
+    Ok(Ticket {
+        swarm_id,
+        publisher,
+        addrs: Vec::new(),
+    })
 }
 
 async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
@@ -315,6 +384,16 @@ mod tests {
         assert_eq!(parse_rate("123"), Ok(123));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn bare_swarm_id_needs_a_publisher_key() {
+        let key = crate::trust::PublisherKey::generate().public();
+        let id = uuid::Uuid::new_v4();
+        assert!(read_ticket(&id.to_string(), None).is_err());
+        let t = read_ticket(&id.to_string(), Some(&key.to_string())).unwrap();
+        assert_eq!((t.swarm_id, t.publisher, t.addrs.len()), (id, key, 0));
+        assert!(read_ticket(&id.to_string(), Some("nothex")).is_err());
     }
 
     #[test]
