@@ -46,3 +46,84 @@ async fn subscribers_with_only_the_swarm_id_find_the_swarm_through_the_dht() {
     }
     dht.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_subscriber_catches_up_without_bootstrap_and_bad_head_records_are_refused() {
+    use treecast::trust::{HeadBody, SignedHead};
+    let lab = Lab::new();
+    let dht = Node::dht_node(config(&lab.dir("dht"))).await.unwrap();
+    let src = lab.dir("publisher");
+    write(&src, "f.txt", b"one");
+    let mut pcfg = config(&src);
+    pcfg.bootstrap = dht.listen_addrs().to_vec();
+    let p = Node::publish(pcfg, test_key()).await.unwrap();
+    let bare = p.ticket().without_addrs();
+    let sub_dir = lab.dir("sub");
+    let mut scfg = config(&sub_dir);
+    scfg.bootstrap = dht.listen_addrs().to_vec();
+    let s = Node::subscribe(scfg, bare.clone()).await.unwrap();
+    synced(&s, 1).await;
+    let mut old_head = None;
+    for _ in 0..200 {
+        old_head = p.dht_head().await.unwrap().filter(|h| h.body.revision == 1);
+        if old_head.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let old_head = old_head.expect("revision 1 reached the DHT");
+    s.shutdown().await;
+
+    // Two revisions while the subscriber is offline.
+    write(&src, "f.txt", b"two");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    write(&src, "f.txt", b"three");
+    assert_eq!(p.rescan().await.unwrap(), Some(3));
+
+    // Restart with no bootstrap at all: the saved peer table and the DHT are enough.
+    let s = Node::subscribe(config(&sub_dir), bare.clone())
+        .await
+        .unwrap();
+    synced(&s, 3).await;
+    assert_eq!(std::fs::read(sub_dir.join("f.txt")).unwrap(), b"three");
+
+    // Forged and stale head records are refused by the DHT nodes that would store them.
+    let key = treecast::net::head_key(&bare.swarm_id, &bare.publisher.to_bytes());
+    let forged = SignedHead::sign(
+        HeadBody {
+            revision: 99,
+            ..old_head.body.clone()
+        },
+        &other_key(),
+    );
+    let mut claimed = forged.signed().clone();
+    claimed.body.signer = bare.publisher.to_bytes(); // claims the real key, wrong signature
+    let rejected_before = p.stats().heads_rejected;
+    for value in [
+        forged.signed().encode(),
+        claimed.encode(),
+        old_head.encode(),
+    ] {
+        s.danger_put_record(key.to_vec(), value).await.unwrap();
+    }
+    eventually(WAIT, "the publisher to refuse all three records", || {
+        p.stats().heads_rejected >= rejected_before + 3
+    })
+    .await;
+    let mut fcfg = config(&lab.dir("fresh"));
+    fcfg.bootstrap = dht.listen_addrs().to_vec();
+    let fresh = Node::subscribe(fcfg, bare.clone()).await.unwrap();
+    let mut found = None;
+    for _ in 0..200 {
+        found = fresh.dht_head().await.unwrap();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.map(|h| h.body.revision), Some(3));
+    for n in [fresh, s, p] {
+        n.shutdown().await;
+    }
+    dht.shutdown().await;
+}

@@ -35,6 +35,43 @@ pub struct Behaviour {
     pub streams: streams::Behaviour,
 }
 
+/// The DHT key of a swarm's newest signed head: BLAKE3("treecast/head/v1" ‖ uuid ‖ publisher
+/// key). It names the key, so any DHT node can check a record without knowing the swarm.
+pub fn head_key(swarm_id: &uuid::Uuid, publisher: &[u8; 32]) -> kad::RecordKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"treecast/head/v1");
+    h.update(swarm_id.as_bytes());
+    h.update(publisher);
+    kad::RecordKey::new(h.finalize().as_bytes())
+}
+
+/// Check a head record offered for storage: its key must be the head key of the swarm and
+/// signer it names, its signature must verify, and it must be newer than `existing`.
+pub fn validate_head_record(
+    record: &kad::Record,
+    existing: Option<&kad::Record>,
+) -> Result<crate::trust::SignedHead, String> {
+    let head = crate::trust::SignedHead::decode(&record.value).map_err(|e| e.to_string())?;
+    let body = head.body.clone();
+    if head_key(&body.swarm_id, &body.signer) != record.key {
+        return Err("record key does not match the head's swarm and signer".into());
+    }
+    let signer =
+        crate::trust::PublisherPublicKey::from_bytes(body.signer).map_err(|e| e.to_string())?;
+    head.clone()
+        .verify(&signer, body.swarm_id)
+        .map_err(|e| e.to_string())?;
+    if let Some(old) = existing.and_then(|r| crate::trust::SignedHead::decode(&r.value).ok()) {
+        if old.body.revision >= body.revision {
+            return Err(format!(
+                "revision {} is not newer than the stored {}",
+                body.revision, old.body.revision
+            ));
+        }
+    }
+    Ok(head)
+}
+
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/treecast/kad/1";
 
@@ -66,6 +103,8 @@ pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                 let peer = key.public().to_peer_id();
                 let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
                 cfg.set_query_timeout(std::time::Duration::from_secs(30));
+                // Head records are validated before they are stored (validate_head_record).
+                cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
                 let mut kad =
                     kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
                 // Without AutoNAT yet, a node cannot learn it is reachable, and a client-mode

@@ -176,6 +176,7 @@ impl Node {
             swarm_id: uuid::Uuid::nil(),
             role: Role::DhtNode,
             addrs: Vec::new(),
+            publisher: None,
         };
         let stats = Arc::new(Stats::default());
         let started =
@@ -340,6 +341,25 @@ impl NodeHandle {
             .map_err(|e| NodeError::Refused(e.to_string()))
     }
 
+    /// Store a raw record in the DHT, unchecked. Exists so tests can try to plant forged or
+    /// stale head records.
+    pub async fn danger_put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
+        self.net
+            .send(NetCommand::DangerPutRecord { key, value })
+            .await
+            .map_err(|_| NodeError::Closed)
+    }
+
+    /// Look up this swarm's head record in the DHT; the newest valid one found, if any.
+    pub async fn dht_head(&self) -> Result<Option<crate::trust::SignedHead>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::GetHead(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.await.map_err(|_| NodeError::Closed)
+    }
+
     /// Peers this node has banned and still remembers.
     pub async fn banned_peers(&self) -> Result<Vec<PeerId>, NodeError> {
         let (reply, rx) = oneshot::channel();
@@ -391,6 +411,8 @@ pub(crate) struct LocalInfo {
     pub role: Role,
     /// Addresses we listen on, told to peers in the hello (filled in once listening).
     pub addrs: Vec<Multiaddr>,
+    /// The swarm's publisher key, naming its head record in the DHT.
+    pub publisher: Option<[u8; 32]>,
 }
 
 /// The revision a node holds: its verified head, manifest and manifest blobs.

@@ -56,6 +56,14 @@ pub(crate) enum NetCommand {
     Disconnect(PeerId),
     Banned(oneshot::Sender<Vec<PeerId>>),
     PeerTable(oneshot::Sender<Vec<PeerSummary>>),
+    /// Store the head in the DHT.
+    PutHead(crate::trust::SignedHead),
+    /// Look up the swarm's head record.
+    GetHead(oneshot::Sender<Option<crate::trust::SignedHead>>),
+    DangerPutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     #[doc(hidden)]
     Peer(PeerEvent),
     #[doc(hidden)]
@@ -150,9 +158,24 @@ struct NetLoop {
     next_redial: tokio::time::Instant,
     /// The swarm's DHT key (None for a DHT-only node).
     swarm_key: Option<libp2p::kad::RecordKey>,
+    head_key: Option<libp2p::kad::RecordKey>,
     next_dht: tokio::time::Instant,
     provided_at: Option<Instant>,
+    /// Head lookups under way: who asked (None: our own periodic lookup) and the best found.
+    head_queries: HashMap<libp2p::kad::QueryId, HeadQuery>,
+    peers_file: std::path::PathBuf,
+    next_save: tokio::time::Instant,
 }
+
+struct HeadQuery {
+    reply: Option<oneshot::Sender<Option<crate::trust::SignedHead>>>,
+    best: Option<crate::trust::SignedHead>,
+}
+
+/// How often the peer table is saved for the next start.
+const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
+/// Most peers saved.
+const MAX_SAVED_PEERS: usize = 64;
 
 /// DHT lookups while no swarm peer is connected, and between refreshes otherwise.
 const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(2);
@@ -182,6 +205,8 @@ pub(crate) async fn start(
     local.addrs = listen_addrs.clone();
     let is_publisher = local.role == Role::Publisher;
     let swarm_id = local.swarm_id;
+    let publisher = local.publisher;
+    dial_saved_peers(&mut swarm, &config.state_dir().join("peers"));
     for addr in &config.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap address");
@@ -217,6 +242,10 @@ pub(crate) async fn start(
         redial_backoff: REDIAL_MIN,
         next_redial: tokio::time::Instant::now() + REDIAL_MIN,
         swarm_key: (!swarm_id.is_nil()).then(|| crate::net::swarm_key(&swarm_id)),
+        head_key: publisher.map(|k| crate::net::head_key(&swarm_id, &k)),
+        head_queries: HashMap::new(),
+        peers_file: config.state_dir().join("peers"),
+        next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
         provided_at: None,
     };
@@ -254,6 +283,30 @@ async fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), No
                 .into());
             }
         }
+    }
+}
+
+/// Dial the peers saved by the last run, and seed the DHT routing table with them.
+fn dial_saved_peers(swarm: &mut Swarm<Behaviour>, path: &std::path::Path) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let Ok(list) = postcard::from_bytes::<Vec<PeerInfo>>(&bytes) else {
+        warn!(path = %path.display(), "saved peer table is unreadable; ignoring it");
+        return;
+    };
+    for info in list.into_iter().take(MAX_SAVED_PEERS) {
+        let Ok(peer) = PeerId::from_bytes(&info.peer_id) else {
+            continue;
+        };
+        let addrs = parse_addrs(&info.addrs);
+        for a in &addrs {
+            swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        let _ = swarm.dial(opts);
     }
 }
 
@@ -326,12 +379,17 @@ impl NetLoop {
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(self.next_redial) => self.redial(),
                 _ = tokio::time::sleep_until(self.next_dht) => self.dht_tick(),
+                _ = tokio::time::sleep_until(self.next_save) => {
+                    self.save_peers();
+                    self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
+                }
             }
         }
         self.shutdown().await;
     }
 
     async fn shutdown(mut self) {
+        self.save_peers();
         for s in self.sessions.values() {
             s.cancel.cancel();
         }
@@ -395,6 +453,41 @@ impl NetLoop {
                 let _ = reply.send(self.peer_table());
             }
             NetCommand::Peer(_) => unreachable!("handled in run"),
+            NetCommand::PutHead(head) => {
+                let Some(key) = self.head_key.clone() else {
+                    return;
+                };
+                let record = libp2p::kad::Record::new(key, head.encode());
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, libp2p::kad::Quorum::One)
+                {
+                    warn!(error = %e, "cannot store the head in the DHT");
+                }
+            }
+            NetCommand::GetHead(reply) => match self.head_key.clone() {
+                Some(key) => {
+                    let id = self.swarm.behaviour_mut().kad.get_record(key);
+                    let query = HeadQuery {
+                        reply: Some(reply),
+                        best: None,
+                    };
+                    self.head_queries.insert(id, query);
+                }
+                None => {
+                    let _ = reply.send(None);
+                }
+            },
+            NetCommand::DangerPutRecord { key, value } => {
+                let record = libp2p::kad::Record::new(key, value);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, libp2p::kad::Quorum::One);
+            }
             NetCommand::ControlStream { peer, stream, ours } => {
                 self.register_session(peer, stream, ours)
             }
@@ -570,11 +663,26 @@ impl NetLoop {
                 Ok(_) => self.provided_at = Some(Instant::now()),
                 Err(e) => warn!(error = %e, "cannot provide the swarm key"),
             }
+            // Keep the newest head we hold in the DHT too (records are self-certifying).
+            if let (Some(head_key), Some(head)) =
+                (self.head_key.clone(), self.content.current().head.clone())
+            {
+                let record = libp2p::kad::Record::new(head_key, head.encode());
+                let _ = kad.put_record(record, libp2p::kad::Quorum::One);
+            }
         }
         if routable && self.sessions.is_empty() {
             debug!("looking for swarm peers in the DHT");
             Stats::add(&self.stats.dht_lookups, 1);
             kad.get_providers(key);
+        }
+        if let (true, Some(head_key)) = (routable, self.head_key.clone()) {
+            let id = kad.get_record(head_key);
+            let query = HeadQuery {
+                reply: None,
+                best: None,
+            };
+            self.head_queries.insert(id, query);
         }
         self.next_dht = now
             + if self.sessions.is_empty() {
@@ -608,6 +716,22 @@ impl NetLoop {
                     }
                 }
             }
+            Event::InboundRequest {
+                request:
+                    libp2p::kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_put_record(source, record),
+            Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                let QueryResult::GetRecord(result) = result else {
+                    return;
+                };
+                self.on_head_record(id, result, step.last);
+            }
             Event::RoutingUpdated {
                 is_new_peer: true, ..
             } if self.provided_at.is_none() => {
@@ -615,6 +739,97 @@ impl NetLoop {
                 self.next_dht = tokio::time::Instant::now();
             }
             _ => {}
+        }
+    }
+
+    /// A peer asks us to store a record: only valid, newer head records are kept.
+    fn on_put_record(&mut self, source: PeerId, record: libp2p::kad::Record) {
+        use libp2p::kad::store::RecordStore;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let existing = kad.store_mut().get(&record.key).map(|r| r.into_owned());
+        match crate::net::validate_head_record(&record, existing.as_ref()) {
+            Ok(head) => {
+                debug!(%source, revision = head.body.revision, "stored a head record");
+                if let Err(e) = kad.store_mut().put(record) {
+                    warn!(error = %e, "DHT store full");
+                }
+            }
+            Err(reason) => {
+                Stats::add(&self.stats.heads_rejected, 1);
+                info!(%source, %reason, "refused a head record");
+            }
+        }
+    }
+
+    /// A head record arrived from a lookup: keep the newest valid one, tell the engine.
+    fn on_head_record(
+        &mut self,
+        id: libp2p::kad::QueryId,
+        result: libp2p::kad::GetRecordResult,
+        last: bool,
+    ) {
+        let Some(query) = self.head_queries.get_mut(&id) else {
+            return;
+        };
+        if let Ok(libp2p::kad::GetRecordOk::FoundRecord(found)) = result {
+            let valid = crate::net::validate_head_record(&found.record, None);
+            match (valid, found.peer) {
+                (Ok(head), peer) => {
+                    let newer = query
+                        .best
+                        .as_ref()
+                        .is_none_or(|b| b.body.revision < head.body.revision);
+                    if newer {
+                        query.best = Some(head.clone());
+                        if let (Some(peer), None) = (peer, &query.reply) {
+                            let _ = self.events.try_send(PeerEvent::Head { peer, head });
+                        }
+                    }
+                }
+                (Err(reason), peer) => {
+                    info!(?peer, %reason, "ignoring an invalid head record from the DHT");
+                }
+            }
+        }
+        if last {
+            if let Some(q) = self.head_queries.remove(&id) {
+                if let Some(reply) = q.reply {
+                    let _ = reply.send(q.best);
+                }
+            }
+        }
+    }
+
+    /// Save known peers with addresses, online ones first, for the next start.
+    fn save_peers(&self) {
+        let mut rows: Vec<(&PeerId, &PeerRecord)> = self
+            .table
+            .iter()
+            .filter(|(_, r)| !r.addrs.is_empty())
+            .collect();
+        rows.sort_by_key(|(_, r)| (!r.online, std::cmp::Reverse(r.last_seen)));
+        let list: Vec<PeerInfo> = rows
+            .into_iter()
+            .take(MAX_SAVED_PEERS)
+            .map(|(p, r)| PeerInfo {
+                peer_id: p.to_bytes(),
+                addrs: r
+                    .addrs
+                    .iter()
+                    .take(MAX_ADDRS_PER_PEER)
+                    .map(|a| a.to_vec())
+                    .collect(),
+            })
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        let tmp = self.peers_file.with_extension("tmp");
+        let bytes = postcard::to_stdvec(&list).expect("peer list encodes");
+        let saved =
+            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.peers_file));
+        if let Err(e) = saved {
+            debug!(error = %e, "cannot save the peer table");
         }
     }
 

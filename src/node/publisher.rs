@@ -82,6 +82,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         swarm_id,
         role: Role::Publisher,
         addrs: Vec::new(),
+        publisher: Some(key.public().to_bytes()),
     };
     let started = net_loop::start(&config, node_key, local, content, stats.clone()).await?;
     engine.net = Some(started.net.clone());
@@ -255,6 +256,12 @@ impl Publisher {
             blobs,
         ));
         if let Some(net) = &self.net {
+            if net
+                .try_send(NetCommand::PutHead(head.signed().clone()))
+                .is_err()
+            {
+                warn!("network busy: head not stored in the DHT this time");
+            }
             let announce = [
                 ControlMsg::Head(head.signed().clone()),
                 ControlMsg::Complete { revision },

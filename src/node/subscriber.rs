@@ -133,6 +133,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         swarm_id: ticket.swarm_id,
         role: Role::Subscriber,
         addrs: Vec::new(),
+        publisher: Some(ticket.publisher.to_bytes()),
     };
     let started = net_loop::start(&config, node_key, local, content.clone(), stats.clone()).await?;
     let engine = Subscriber {
