@@ -44,6 +44,9 @@ pub struct NetArgs {
     /// Most peers to keep sessions with; peer exchange dials up to this many.
     #[arg(long, env = "TREECAST_MAX_PEERS", default_value_t = 32)]
     pub max_peers: usize,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long, env = "TREECAST_NO_MDNS")]
+    pub no_mdns: bool,
 }
 
 /// Parse a byte rate: a number with an optional K, M or G suffix (powers of 1000).
@@ -223,6 +226,7 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.bootstrap = parse_addrs(&net.bootstrap)?;
     config.max_upload = net.max_upload;
     config.max_peers = net.max_peers;
+    config.mdns = !net.no_mdns;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(config)
 }

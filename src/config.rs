@@ -93,6 +93,8 @@ pub struct NodeConfig {
     pub max_upload: Option<u64>,
     /// Most peers to hold sessions with (peer exchange dials up to this many).
     pub max_peers: usize,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -112,6 +114,7 @@ impl NodeConfig {
             swarm_id: None,
             max_upload: None,
             max_peers: 32,
+            mdns: true,
             protocol_version: crate::wire::PROTOCOL_VERSION,
             danger_corrupt_served_chunks: false,
         }

@@ -14,7 +14,8 @@ export NETLAB_PREFIX=${NETLAB_PREFIX:-tc$$-}
 
 lab_cleanup() {
   "$NETLAB" down >/dev/null 2>&1 || true
-  [ -n "${LAB_WORK:-}" ] && rm -rf "$LAB_WORK"
+  if [ -n "${LAB_WORK:-}" ]; then rm -rf "$LAB_WORK"; fi
+  LAB_WORK=""
 }
 
 tx_bytes() { "$NETLAB" exec "$1" -- cat /sys/class/net/eth0/statistics/tx_bytes; }

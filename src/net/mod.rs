@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
-use libp2p::{identify, kad, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
 use thiserror::Error;
 
 use crate::config::{IDLE_CONNECTION_TIMEOUT, QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
@@ -32,6 +33,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub streams: streams::Behaviour,
 }
 
@@ -83,8 +85,8 @@ pub fn swarm_key(swarm_id: &uuid::Uuid) -> kad::RecordKey {
     kad::RecordKey::new(h.finalize().as_bytes())
 }
 
-/// Build the swarm on QUIC with explicit flow-control windows.
-pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+/// Build the swarm on QUIC with explicit flow-control windows; `mdns` turns on LAN discovery.
+pub fn build_swarm(key: Keypair, mdns: bool) -> Result<Swarm<Behaviour>, NetError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_quic_config(|mut c| {
@@ -112,6 +114,18 @@ pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                 kad.set_mode(Some(kad::Mode::Server));
                 kad
             },
+            mdns: Toggle::from(
+                mdns.then(|| {
+                    let cfg = mdns::Config {
+                        query_interval: std::time::Duration::from_secs(30),
+                        ..Default::default()
+                    };
+                    mdns::tokio::Behaviour::new(cfg, key.public().to_peer_id())
+                        .map_err(|e| tracing::warn!(error = %e, "mDNS unavailable"))
+                        .ok()
+                })
+                .flatten(),
+            ),
             streams: streams::Behaviour::new(vec![
                 StreamProtocol::new(CONTROL_PROTOCOL),
                 StreamProtocol::new(CHUNKS_PROTOCOL),

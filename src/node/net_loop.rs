@@ -31,10 +31,12 @@ use crate::wire::{
 };
 
 fn parse_addrs(raw: &[Vec<u8>]) -> Vec<Multiaddr> {
-    raw.iter()
+    let addrs = raw
+        .iter()
         .take(MAX_ADDRS_PER_PEER)
         .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-        .collect()
+        .collect();
+    public_first(addrs)
 }
 
 /// Grace period for goodbyes and in-flight replies at shutdown.
@@ -195,12 +197,12 @@ pub(crate) async fn start(
     content: Content,
     stats: Arc<Stats>,
 ) -> Result<Started, NodeError> {
-    let mut swarm = build_swarm(key)?;
+    let mut swarm = build_swarm(key, config.mdns)?;
     let peer_id = *swarm.local_peer_id();
     for addr in &config.listen {
         listen(&mut swarm, addr).await?;
     }
-    let listen_addrs = wait_listening(&mut swarm, config.listen.len()).await?;
+    let (listen_addrs, early_events) = wait_listening(&mut swarm, config.listen.len()).await?;
     let mut local = local;
     local.addrs = listen_addrs.clone();
     let is_publisher = local.role == Role::Publisher;
@@ -250,7 +252,7 @@ pub(crate) async fn start(
         provided_at: None,
     };
     let mut tasks = JoinSet::new();
-    tasks.spawn(net.run());
+    tasks.spawn(net.run(early_events));
     Ok(Started {
         net: cmd_tx,
         events: ev_rx,
@@ -310,10 +312,13 @@ fn dial_saved_peers(swarm: &mut Swarm<Behaviour>, path: &std::path::Path) {
     }
 }
 
+/// Wait until every listener has reported its addresses. Other events that arrive meanwhile
+/// (a fast peer may already connect and open streams) are returned to be handled in order.
 async fn wait_listening(
     swarm: &mut Swarm<Behaviour>,
     wanted: usize,
-) -> Result<Vec<Multiaddr>, NodeError> {
+) -> Result<(Vec<Multiaddr>, Vec<SwarmEvent<BehaviourEvent>>), NodeError> {
+    let mut early = Vec::new();
     let mut addrs = Vec::new();
     let mut listeners = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -334,11 +339,11 @@ async fn wait_listening(
                 SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
                     return Err(NodeError::Refused(format!("listening failed: {error}")));
                 }
-                _ => {}
+                other => early.push(other),
             },
             _ = tokio::time::sleep_until(until) => {
                 if settle.is_some() {
-                    return Ok(public_first(addrs));
+                    return Ok((public_first(addrs), early));
                 }
                 return Err(NodeError::Timeout("listening".into()));
             }
@@ -365,7 +370,10 @@ fn public_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
 }
 
 impl NetLoop {
-    async fn run(mut self) {
+    async fn run(mut self, early_events: Vec<SwarmEvent<BehaviourEvent>>) {
+        for ev in early_events {
+            self.on_swarm_event(ev);
+        }
         loop {
             tokio::select! {
                 biased;
@@ -742,6 +750,34 @@ impl NetLoop {
         }
     }
 
+    /// Peers on the LAN: add them to the DHT and dial them while we have room.
+    fn on_mdns(&mut self, list: Vec<(PeerId, Multiaddr)>) {
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in list {
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        let list = by_peer
+            .into_iter()
+            .flat_map(|(p, addrs)| public_first(addrs).into_iter().map(move |a| (p, a)));
+        for (peer, addr) in list {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            let skip = self.swarm.is_connected(&peer)
+                || self.is_banned(&peer)
+                || self.sessions.len() >= self.max_peers;
+            if skip {
+                continue;
+            }
+            info!(%peer, %addr, "found a peer on the local network (mDNS)");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+    }
+
     /// A peer asks us to store a record: only valid, newer head records are kept.
     fn on_put_record(&mut self, source: PeerId, record: libp2p::kad::Record) {
         use libp2p::kad::store::RecordStore;
@@ -908,10 +944,14 @@ impl NetLoop {
                 info!(peer = ?peer_id, error = %error, "could not connect");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
+                self.on_mdns(list)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(
                 libp2p::identify::Event::Received { peer_id, info, .. },
             )) => {
-                for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                let addrs = public_first(info.listen_addrs);
+                for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
