@@ -127,3 +127,37 @@ async fn offline_subscriber_catches_up_without_bootstrap_and_bad_head_records_ar
     }
     dht.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_without_any_bootstrap_source_or_without_providers() {
+    let lab = Lab::new();
+    let lonely = treecast::Ticket {
+        swarm_id: uuid::Uuid::new_v4(),
+        publisher: test_key().public(),
+        addrs: Vec::new(),
+    };
+    // No addresses, no --bootstrap, no saved peers, no mDNS: refused at once.
+    let err = Node::subscribe(config(&lab.dir("nothing")), lonely.clone())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("no way to find peers"), "{err}");
+
+    // A DHT that answers but knows no peer of the swarm: a clear error after the wait.
+    let dht = Node::dht_node(config(&lab.dir("dht"))).await.unwrap();
+    let mut cfg = config(&lab.dir("waiting"));
+    cfg.bootstrap = dht.listen_addrs().to_vec();
+    cfg.connect_timeout = std::time::Duration::from_secs(3);
+    let s = Node::subscribe(cfg, lonely).await.unwrap();
+    let st = s
+        .wait_for(WAIT, "an error", |st| st.error.is_some())
+        .await
+        .unwrap();
+    let msg = st.error.unwrap();
+    assert!(
+        msg.contains("the DHT answered") && msg.contains("found no peer"),
+        "{msg}"
+    );
+    s.shutdown().await;
+    dht.shutdown().await;
+}

@@ -162,6 +162,7 @@ struct NetLoop {
     swarm_key: Option<libp2p::kad::RecordKey>,
     head_key: Option<libp2p::kad::RecordKey>,
     next_dht: tokio::time::Instant,
+    lookup_backoff: Duration,
     provided_at: Option<Instant>,
     /// Head lookups under way: who asked (None: our own periodic lookup) and the best found.
     head_queries: HashMap<libp2p::kad::QueryId, HeadQuery>,
@@ -181,6 +182,8 @@ const MAX_SAVED_PEERS: usize = 64;
 
 /// DHT lookups while no swarm peer is connected, and between refreshes otherwise.
 const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(2);
+/// Longest wait between lookups while no peer is found (the lookups back off to this).
+const DHT_LOOKUP_MAX: Duration = Duration::from_secs(60);
 const DHT_REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often a node announces itself as a provider of its swarm's key.
 const PROVIDE_EVERY: Duration = Duration::from_secs(300);
@@ -249,6 +252,7 @@ pub(crate) async fn start(
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
+        lookup_backoff: DHT_LOOKUP_EVERY,
         provided_at: None,
     };
     let mut tasks = JoinSet::new();
@@ -679,8 +683,19 @@ impl NetLoop {
                 let _ = kad.put_record(record, libp2p::kad::Quorum::One);
             }
         }
-        if routable && self.sessions.is_empty() {
-            debug!("looking for swarm peers in the DHT");
+        let lonely = routable && self.sessions.is_empty();
+        if lonely {
+            let n = self
+                .stats
+                .dht_lookups
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 && n.is_power_of_two() {
+                info!(
+                    lookups = n,
+                    retry_in = ?self.lookup_backoff,
+                    "no peer of this swarm found in the DHT yet; still looking"
+                );
+            }
             Stats::add(&self.stats.dht_lookups, 1);
             kad.get_providers(key);
         }
@@ -692,12 +707,15 @@ impl NetLoop {
             };
             self.head_queries.insert(id, query);
         }
-        self.next_dht = now
-            + if self.sessions.is_empty() {
-                DHT_LOOKUP_EVERY
-            } else {
-                DHT_REFRESH_EVERY
-            };
+        if self.sessions.is_empty() {
+            self.next_dht = now + self.lookup_backoff;
+            if lonely {
+                self.lookup_backoff = (self.lookup_backoff * 2).min(DHT_LOOKUP_MAX);
+            }
+        } else {
+            self.lookup_backoff = DHT_LOOKUP_EVERY;
+            self.next_dht = now + DHT_REFRESH_EVERY;
+        }
     }
 
     fn on_kad_event(&mut self, ev: libp2p::kad::Event) {

@@ -113,6 +113,14 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
             ticket.publisher
         )));
     }
+    let saved_peers = state.join("peers").exists();
+    if ticket.addrs.is_empty() && config.bootstrap.is_empty() && !saved_peers && !config.mdns {
+        return Err(NodeError::Refused(
+            "no way to find peers: the ticket has no addresses, there is no --bootstrap, no \
+             peer table saved from an earlier run, and mDNS is off"
+                .into(),
+        ));
+    }
     db.set_identity(ticket.swarm_id, ticket.publisher.to_bytes())?;
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
     let stats = Arc::new(Stats::default());
@@ -205,7 +213,13 @@ impl Subscriber {
                 _ = tick.tick() => {
                     let seen = self.status.borrow().peers_seen;
                     if seen == 0 && began.elapsed() > connect_timeout {
-                        let msg = format!("no peer reachable after {}s", connect_timeout.as_secs());
+                        let secs = connect_timeout.as_secs();
+                        let lookups = self.stats.snapshot().dht_lookups;
+                        let msg = if lookups > 0 {
+                            format!("no peer reachable after {secs}s: the DHT answered, but {lookups} lookups found no peer of swarm {}", self.swarm_id)
+                        } else {
+                            format!("no peer reachable after {secs}s")
+                        };
                         self.status.send_if_modified(|s| {
                             let changed = s.error.as_deref() != Some(msg.as_str());
                             s.error = Some(msg.clone());
