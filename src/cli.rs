@@ -13,7 +13,7 @@ use libp2p::Multiaddr;
 
 use crate::config::NodeConfig;
 use crate::net::parse_addr;
-use crate::node::{Node, NodeHandle, Status};
+use crate::node::{Node, Status};
 use crate::trust::{PublisherKey, Ticket};
 
 /// Publish a directory tree to many subscribers over a peer-to-peer QUIC swarm.
@@ -203,10 +203,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             for addr in node.listen_addrs() {
                 println!("{addr}");
             }
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
-            tracing::info!("shutting down");
+            ctrl_c().await?;
             node.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -261,16 +258,18 @@ async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
     for addr in node.listen_addrs() {
         tracing::info!(%addr, "listening");
     }
-    wait_for_ctrl_c(node).await
+    ctrl_c().await?;
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
+/// Wait for Ctrl-C, then say we are shutting down.
+async fn ctrl_c() -> Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
-    node.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -> Result<ExitCode> {
