@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     // The demo narrates on stdout; its nodes only log warnings unless RUST_LOG says otherwise.
     let default_filter = match cli.command {
         treecast::cli::Command::Demo { .. } => "warn",
-        _ => "info,libp2p=warn",
+        _ => "info,libp2p=warn,libp2p_kad=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
