@@ -283,11 +283,7 @@ impl NodeHandle {
             .publisher
             .as_ref()
             .ok_or(NodeError::Refused("only a publisher rescans".into()))?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(PublisherCommand::Rescan(reply))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)?
+        request(tx, PublisherCommand::Rescan).await?
     }
 
     /// Publisher: sign and publish an arbitrary manifest encoding, bypassing the scanner.
@@ -297,11 +293,11 @@ impl NodeHandle {
             .publisher
             .as_ref()
             .ok_or(NodeError::Refused("only a publisher publishes".into()))?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(PublisherCommand::DangerPublish { manifest, reply })
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)?
+        request(tx, |reply| PublisherCommand::DangerPublish {
+            manifest,
+            reply,
+        })
+        .await?
     }
 
     /// Rehash this node's tree against the revision it holds.
@@ -327,18 +323,13 @@ impl NodeHandle {
         peer: PeerId,
         protocol: &'static str,
     ) -> Result<Stream, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.net
-            .send(NetCommand::OpenStream {
-                peer,
-                protocol: StreamProtocol::new(protocol),
-                reply,
-            })
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await
-            .map_err(|_| NodeError::Closed)?
-            .map_err(|e| NodeError::Refused(e.to_string()))
+        let opened = request(&self.net, |reply| NetCommand::OpenStream {
+            peer,
+            protocol: StreamProtocol::new(protocol),
+            reply,
+        })
+        .await?;
+        opened.map_err(|e| NodeError::Refused(e.to_string()))
     }
 
     /// Store a raw record in the DHT, unchecked. Exists so tests can try to plant forged or
@@ -352,32 +343,17 @@ impl NodeHandle {
 
     /// Look up this swarm's head record in the DHT; the newest valid one found, if any.
     pub async fn dht_head(&self) -> Result<Option<crate::trust::SignedHead>, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.net
-            .send(NetCommand::GetHead(reply))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)
+        request(&self.net, NetCommand::GetHead).await
     }
 
     /// Peers this node has banned and still remembers.
     pub async fn banned_peers(&self) -> Result<Vec<PeerId>, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.net
-            .send(NetCommand::Banned(reply))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)
+        request(&self.net, NetCommand::Banned).await
     }
 
     /// The peer table: every peer this node has known, online or not.
     pub async fn peers(&self) -> Result<Vec<PeerSummary>, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.net
-            .send(NetCommand::PeerTable(reply))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)
+        request(&self.net, NetCommand::PeerTable).await
     }
 
     /// Say goodbye to peers, stop every task and wait for them.
@@ -385,6 +361,19 @@ impl NodeHandle {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Send a command carrying a reply channel and wait for the reply; a closed channel on either
+/// side means the node has shut down.
+async fn request<C, T>(
+    tx: &mpsc::Sender<C>,
+    command: impl FnOnce(oneshot::Sender<T>) -> C,
+) -> Result<T, NodeError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(command(reply))
+        .await
+        .map_err(|_| NodeError::Closed)?;
+    rx.await.map_err(|_| NodeError::Closed)
 }
 
 impl Drop for NodeHandle {
