@@ -39,7 +39,7 @@ swarm_case() {
   start=$(date +%s.%N)
   local pids=()
   for i in $(seq 2 $((n + 1))); do
-    ( "$NETLAB" exec "pub$i" -- "$BIN" subscribe "$ticket" "$LAB_WORK/sub$i" --once \
+    ( timeout 600 "$NETLAB" exec "pub$i" -- "$BIN" subscribe "$ticket" "$LAB_WORK/sub$i" --once \
         --listen 0.0.0.0:4433 --connect-timeout 60 2> "$LAB_WORK/sub$i.log" \
       && date +%s.%N > "$LAB_WORK/done$i" ) &
     pids+=($!)
