@@ -178,3 +178,45 @@ async fn peers_that_leave_or_vanish_are_marked_offline_and_the_rest_complete() {
     stayer.shutdown().await;
     p.shutdown().await;
 }
+
+/// Peer exchange makes subscribers that join together dial each other at the same moment; the
+/// tie-break then replaces one of the two sessions. The replaced session's end must not mark
+/// the peer offline while the live session carries on (it once left a subscriber with no
+/// peer to fetch from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_dial_each_other_at_once_stay_in_session() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"hello");
+    let p = Node::publish(config(&src), test_key()).await.unwrap();
+    let n = 5;
+    let mut subs = Vec::new();
+    for i in 0..n {
+        subs.push(subscriber(&lab.dir(&format!("s{i}")), p.ticket()).await);
+    }
+    for s in &subs {
+        synced(s, 1).await;
+    }
+    for (i, s) in subs.iter().enumerate() {
+        s.wait_for(
+            Duration::from_secs(30),
+            "a session with every other node",
+            |st| st.peers == n,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("s{i}: {e}"));
+    }
+    // Let any late end of a replaced session arrive, then look again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, s) in subs.iter().enumerate() {
+        let st = s.status().borrow().clone();
+        let table = s.peers().await.unwrap();
+        let online = table.iter().filter(|r| r.online).count();
+        assert_eq!(st.peers, n, "s{i}: engine sees {} peers", st.peers);
+        assert_eq!(online, n, "s{i}: peer table {table:#?}");
+    }
+    for s in subs {
+        s.shutdown().await;
+    }
+    p.shutdown().await;
+}

@@ -132,9 +132,26 @@ pub(crate) struct FeedPeer {
 }
 
 /// Peers that can serve the target, and changes to that set.
+///
+/// Joins and leaves come on their own unbounded queue so none is ever lost (one entry per
+/// session event, so their number is bounded by session churn); availability updates come on a
+/// bounded queue and may be dropped when it is full, since each one is a whole bitfield that
+/// the next one supersedes.
 pub(crate) struct PeerFeed {
     pub peers: HashMap<PeerId, FeedPeer>,
+    pub members: mpsc::UnboundedReceiver<PeerChange>,
     pub changes: mpsc::Receiver<PeerChange>,
+}
+
+impl PeerFeed {
+    /// The next change, joins and leaves first; `None` once the engine has gone.
+    async fn next_change(&mut self) -> Option<PeerChange> {
+        tokio::select! {
+            biased;
+            m = self.members.recv() => m,
+            c = self.changes.recv() => c,
+        }
+    }
 }
 
 /// A change to the set of peers to fetch from.
@@ -300,13 +317,14 @@ pub(crate) async fn fetch_all(
                     progress(done_bytes);
                 }
             }
-            change = feed.changes.recv() => match change {
+            change = feed.next_change() => match change {
                 Some(PeerChange::Up(peer, info)) => {
                     feed.peers.insert(peer, info.clone());
                     f.add_peer(peer, &info);
                 }
                 Some(PeerChange::Have { peer, revision, bitfield }) => {
-                    let entry = feed.peers.entry(peer).or_default();
+                    // Joins come first (see `PeerFeed`), so an unknown peer has left.
+                    let Some(entry) = feed.peers.get_mut(&peer) else { continue };
                     entry.have = Some((revision, bitfield));
                     let info = entry.clone();
                     f.add_peer(peer, &info);

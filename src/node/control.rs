@@ -18,8 +18,10 @@ use crate::wire::{
 /// What sessions tell the engine.
 #[derive(Debug)]
 pub(crate) enum PeerEvent {
+    /// `session` tells a live session from one the tie-break already replaced.
     Up {
         peer: PeerId,
+        session: u64,
         hello: Hello,
     },
     Head {
@@ -28,6 +30,7 @@ pub(crate) enum PeerEvent {
     },
     Down {
         peer: PeerId,
+        session: u64,
     },
     Incompatible {
         peer: PeerId,
@@ -139,6 +142,7 @@ where
     }
     let up = PeerEvent::Up {
         peer,
+        session: ctx.session,
         hello: theirs,
     };
     if ctx.net.send(NetCommand::Peer(up)).await.is_err() {
@@ -147,7 +151,10 @@ where
     let result = exchange(r, w, ctx).await;
     let _ = ctx
         .net
-        .send(NetCommand::Peer(PeerEvent::Down { peer }))
+        .send(NetCommand::Peer(PeerEvent::Down {
+            peer,
+            session: ctx.session,
+        }))
         .await;
     result
 }

@@ -168,6 +168,7 @@ struct NetLoop {
     head_queries: HashMap<libp2p::kad::QueryId, HeadQuery>,
     peers_file: std::path::PathBuf,
     next_save: tokio::time::Instant,
+    next_exchange: tokio::time::Instant,
 }
 
 struct HeadQuery {
@@ -176,6 +177,9 @@ struct HeadQuery {
 }
 
 /// How often the peer table is saved for the next start.
+/// How often every session is told again who else we are connected to, so a dial that
+/// failed once is retried and peers that joined elsewhere are learnt.
+const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// Most peers saved.
 const MAX_SAVED_PEERS: usize = 64;
@@ -251,6 +255,7 @@ pub(crate) async fn start(
         head_queries: HashMap::new(),
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
+        next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
         next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
         lookup_backoff: DHT_LOOKUP_EVERY,
         provided_at: None,
@@ -395,6 +400,10 @@ impl NetLoop {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
                 }
+                _ = tokio::time::sleep_until(self.next_exchange) => {
+                    self.exchange_all();
+                    self.next_exchange = tokio::time::Instant::now() + PEER_EXCHANGE_EVERY;
+                }
             }
         }
         self.shutdown().await;
@@ -514,8 +523,29 @@ impl NetLoop {
     /// Update the peer table from a session's event, run peer exchange, and pass the event on
     /// to the engine.
     async fn on_peer_event(&mut self, ev: PeerEvent) {
+        // When both sides dialled, the tie-break replaces one session with the other; the
+        // replaced one's Up or Down can arrive after the live one's Up and must not mark the
+        // peer online or offline. (A Down with no session left at all, e.g. after a ban, is
+        // real.)
+        let stale = match &ev {
+            PeerEvent::Up { peer, session, .. } => self
+                .sessions
+                .get(peer)
+                .is_none_or(|s| s.id != *session)
+                .then_some((peer, session)),
+            PeerEvent::Down { peer, session } => self
+                .sessions
+                .get(peer)
+                .is_some_and(|s| s.id != *session)
+                .then_some((peer, session)),
+            _ => None,
+        };
+        if let Some((peer, session)) = stale {
+            debug!(%peer, session, "up/down of a replaced session ignored");
+            return;
+        }
         match &ev {
-            PeerEvent::Up { peer, hello } => {
+            PeerEvent::Up { peer, hello, .. } => {
                 let addrs = parse_addrs(&hello.addrs);
                 let rec = self.record(*peer);
                 rec.online = true;
@@ -528,7 +558,7 @@ impl NetLoop {
                 }
                 self.exchange_peers(*peer);
             }
-            PeerEvent::Down { peer } => {
+            PeerEvent::Down { peer, .. } => {
                 let rec = self.record(*peer);
                 rec.online = false;
                 rec.last_seen = std::time::SystemTime::now();
@@ -599,6 +629,26 @@ impl NetLoop {
                 if *peer != newcomer {
                     let _ = s.out.try_send(ControlMsg::Peers(vec![info.clone()]));
                 }
+            }
+        }
+    }
+
+    /// Periodic peer exchange: each session gets the others we are connected to.
+    fn exchange_all(&mut self) {
+        let infos: Vec<(PeerId, PeerInfo)> = self
+            .sessions
+            .keys()
+            .filter_map(|p| Some((*p, self.info_of(p)?)))
+            .collect();
+        for (peer, s) in &self.sessions {
+            let others: Vec<PeerInfo> = infos
+                .iter()
+                .filter(|(p, _)| p != peer)
+                .map(|(_, i)| i.clone())
+                .take(MAX_PEERS_PER_MSG)
+                .collect();
+            if !others.is_empty() {
+                let _ = s.out.try_send(ControlMsg::Peers(others));
             }
         }
     }

@@ -159,14 +159,14 @@ impl Publisher {
 
     fn on_peer_event(&mut self, ev: PeerEvent) {
         match ev {
-            PeerEvent::Up { peer, hello } => {
+            PeerEvent::Up { peer, hello, .. } => {
                 info!(%peer, role = ?hello.role, "peer joined");
                 self.status.send_modify(|s| {
                     s.peers += 1;
                     s.peers_seen += 1;
                 });
             }
-            PeerEvent::Down { peer } => {
+            PeerEvent::Down { peer, .. } => {
                 info!(%peer, "peer left");
                 self.status
                     .send_modify(|s| s.peers = s.peers.saturating_sub(1));

@@ -49,6 +49,7 @@ impl From<FetchError> for DownloadError {
 struct Download {
     revision: u64,
     cancel: CancellationToken,
+    members: mpsc::UnboundedSender<PeerChange>,
     changes: mpsc::Sender<PeerChange>,
     task: JoinHandle<Result<Applied, DownloadError>>,
 }
@@ -237,7 +238,7 @@ impl Subscriber {
 
     async fn on_peer_event(&mut self, ev: PeerEvent) {
         match ev {
-            PeerEvent::Up { peer, hello } => {
+            PeerEvent::Up { peer, hello, .. } => {
                 info!(%peer, role = ?hello.role, "peer joined");
                 // The hello names the revision the peer holds completely; it is verified below
                 // before anything is fetched on its word.
@@ -269,12 +270,12 @@ impl Subscriber {
                 self.update_synced();
             }
             PeerEvent::Head { peer, head } => self.consider(peer, head).await,
-            PeerEvent::Down { peer } => {
+            PeerEvent::Down { peer, .. } => {
                 info!(%peer, "peer left");
                 self.peers.remove(&peer);
                 self.status.send_modify(|s| s.peers = self.peers.len());
                 if let Some(d) = &self.download {
-                    let _ = d.changes.try_send(PeerChange::Down(peer));
+                    let _ = d.members.send(PeerChange::Down(peer));
                 }
             }
             PeerEvent::Have {
@@ -282,9 +283,11 @@ impl Subscriber {
                 revision,
                 bitfield,
             } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.have = Some((revision, bitfield.clone()));
-                }
+                // Only from a peer in session: a late bitfield must not bring back one that left.
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                p.have = Some((revision, bitfield.clone()));
                 if let Some(d) = &self.download {
                     let change = PeerChange::Have {
                         peer,
@@ -356,7 +359,7 @@ impl Subscriber {
     /// Tell the download under way what we know of `peer`.
     fn tell_download(&self, peer: PeerId) {
         if let (Some(d), Some(p)) = (&self.download, self.peers.get(&peer)) {
-            let _ = d.changes.try_send(PeerChange::Up(peer, p.feed(d.revision)));
+            let _ = d.members.send(PeerChange::Up(peer, p.feed(d.revision)));
         }
     }
 
@@ -370,6 +373,7 @@ impl Subscriber {
             d.cancel.cancel();
         }
         let (changes_tx, changes_rx) = mpsc::channel(64);
+        let (members_tx, members_rx) = mpsc::unbounded_channel();
         let peers = self
             .peers
             .iter()
@@ -395,6 +399,7 @@ impl Subscriber {
         };
         let feed = PeerFeed {
             peers,
+            members: members_rx,
             changes: changes_rx,
         };
         let revision = head.revision();
@@ -403,6 +408,7 @@ impl Subscriber {
         self.download = Some(Download {
             revision,
             cancel,
+            members: members_tx,
             changes: changes_tx,
             task,
         });
