@@ -125,3 +125,6 @@ impl NodeConfig {
         self.dir.join(STATE_DIR)
     }
 }
+/// End game: once every missing chunk is requested, a request outstanding this long may also
+/// go to another peer that has the chunk.
+pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);

@@ -15,8 +15,8 @@ use super::net_loop::NetCommand;
 use super::serve::Content;
 use super::Stats;
 use crate::config::{
-    CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, HAVE_INTERVAL, MAX_CHUNK_FRAME,
-    MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
+    CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, ENDGAME_AFTER, HAVE_INTERVAL,
+    MAX_CHUNK_FRAME, MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
 };
 use crate::store::StoreError;
 use crate::swarm::{Picker, PickerConfig, SeedPolicy};
@@ -69,10 +69,14 @@ where
         let req: ChunkRequest = wire::decode(&frame)?;
         let content = ctx.content.clone();
         let hash = req.hash;
-        let refuse = ctx.seed.as_ref().is_some_and(|seed| {
-            let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-            !seed.should_serve(&ctx.peer, hash, Instant::now())
-        });
+        // Manifest blobs are exempt from the seeding policy: every subscriber needs them before
+        // it can fetch anything, and no subscriber serves them before it has applied them.
+        let metadata = ctx.content.is_manifest_blob(&hash);
+        let refuse = !metadata
+            && ctx.seed.as_ref().is_some_and(|seed| {
+                let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+                !seed.should_serve(&ctx.peer, hash, Instant::now())
+            });
         let mut data = if refuse {
             None
         } else {
@@ -251,7 +255,8 @@ struct Fetch<'a> {
     ctx: &'a FetchCtx,
     picker: Picker<PeerId>,
     lanes: HashMap<LaneKey, mpsc::Sender<ContentHash>>,
-    assigned: HashMap<ContentHash, LaneKey>,
+    /// The lane each request went to; a chunk may be out to two peers in the end game.
+    assigned: HashMap<(ContentHash, PeerId), LaneKey>,
     rates: HashMap<PeerId, Rate>,
     avail: Option<&'a mut Availability>,
     sink: Arc<dyn ChunkSink>,
@@ -276,6 +281,7 @@ pub(crate) async fn fetch_all(
         seed_in_flight: 4,
         stall_timeout: CHUNK_TIMEOUT,
         lack_retry: Duration::from_secs(1),
+        endgame_after: ENDGAME_AFTER,
         local_salt: ctx.salt,
     };
     let picker = Picker::new(config, wanted.iter().map(|w| w.0), present);
@@ -340,7 +346,7 @@ pub(crate) async fn fetch_all(
                 f.measure();
                 for (peer, hash) in f.picker.poll_stalled(Instant::now()) {
                     debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
-                    f.assigned.remove(&hash);
+                    f.assigned.remove(&(hash, peer));
                 }
             }
         }
@@ -390,7 +396,7 @@ impl Fetch<'_> {
     fn drop_peer(&mut self, peer: PeerId) {
         self.picker.on_peer_gone(&peer);
         self.lanes.retain(|(p, _), _| *p != peer);
-        self.assigned.retain(|_, (p, _)| *p != peer);
+        self.assigned.retain(|(_, p), _| *p != peer);
     }
 
     /// Hand out requests: each peer's picks go to its least busy lane.
@@ -404,7 +410,7 @@ impl Fetch<'_> {
                 };
                 match self.lanes.get(&lane).map(|tx| tx.try_send(hash)) {
                     Some(Ok(())) => {
-                        self.assigned.insert(hash, lane);
+                        self.assigned.insert((hash, peer), lane);
                     }
                     _ => {
                         self.picker.on_failed(&peer, hash);
@@ -431,7 +437,7 @@ impl Fetch<'_> {
     ) -> Result<Option<u64>, FetchError> {
         match ev {
             LaneEvent::Verified { lane, hash, len } => {
-                self.assigned.remove(&hash);
+                self.assigned.retain(|(h, _), _| *h != hash);
                 self.rates.entry(lane.0).or_default().bytes += len as u64;
                 let new = !self.picker.is_verified(&hash);
                 self.picker.on_verified(hash);
@@ -441,7 +447,7 @@ impl Fetch<'_> {
                 return Ok(new.then_some(len as u64));
             }
             LaneEvent::NotFound { lane, hash } => {
-                self.assigned.remove(&hash);
+                self.assigned.remove(&(hash, lane.0));
                 self.picker.on_not_found(&lane.0, hash, Instant::now());
             }
             LaneEvent::Bad { lane, reason } => {
@@ -459,10 +465,10 @@ impl Fetch<'_> {
                     .assigned
                     .iter()
                     .filter(|(_, l)| **l == lane)
-                    .map(|(h, _)| *h)
+                    .map(|((h, _), _)| *h)
                     .collect();
                 for h in lost {
-                    self.assigned.remove(&h);
+                    self.assigned.remove(&(h, lane.0));
                     self.picker.on_failed(&lane.0, h);
                 }
                 self.lanes.remove(&lane);

@@ -1,16 +1,23 @@
 //! The piece picker: what to request from whom.
 //!
 //! Invariant: every wanted chunk is in exactly one of `missing`, `requested(peer, since)` or
-//! `verified`. A peer never has more requests outstanding than its limit, is only asked for
+//! `verified`; an end-game second request (`second`) exists only for a chunk in `requested`,
+//! to another peer. A peer never has more requests outstanding than its limit, is only asked for
 //! chunks it says it has, and is never asked again for a chunk it said it lacks.
 //!
 //! Policy:
 //! - Rarest first: among the chunks a peer has, pick the one the fewest peers have; ties are
 //!   broken by a per-peer salt so that peers asked at once pick different chunks.
-//! - Last-resort seeds (the publisher) are only asked for chunks no other peer has, so that its
-//!   upload goes to chunks that are new to the swarm and subscribers trade the rest.
+//! - Last-resort seeds (the publisher) are only asked for chunks no other peer has while there
+//!   are any, so that its upload goes to chunks that are new to the swarm and subscribers trade
+//!   the rest. Once every chunk we miss has a holder, the seed is asked for the rarest ones
+//!   like any peer, so its upload does not sit idle in the end game.
 //! - Faster peers get more requests in flight (`set_limit`, from measured throughput).
-//! - A request older than `stall_timeout` is taken back and given to someone else (end game).
+//! - A request older than `stall_timeout` is taken back and given to someone else.
+//! - End game: once every missing chunk is requested, a peer with room is also asked for a
+//!   chunk that has been outstanding elsewhere for `endgame_after` (the oldest first, at most
+//!   one second request per chunk); whichever copy verifies first wins. This keeps the last
+//!   chunks from waiting on one slow peer while others sit idle.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -30,6 +37,8 @@ pub struct PickerConfig {
     pub stall_timeout: Duration,
     /// A peer that said it lacks a chunk is asked for it again after this long.
     pub lack_retry: Duration,
+    /// In the end game, a request outstanding this long may also be sent to another peer.
+    pub endgame_after: Duration,
     /// Mixed into tie-breaking, so that different downloaders pick different chunks (each
     /// node passes something of its own, such as a hash of its peer ID).
     pub local_salt: u64,
@@ -59,6 +68,7 @@ pub struct Picker<P> {
     config: PickerConfig,
     missing: HashSet<ContentHash>,
     requested: HashMap<ContentHash, (P, Instant)>,
+    second: HashMap<ContentHash, (P, Instant)>,
     verified: HashSet<ContentHash>,
     peers: HashMap<P, PeerState>,
     lacks: HashMap<(P, ContentHash), Instant>,
@@ -90,6 +100,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             config,
             missing,
             requested: HashMap::new(),
+            second: HashMap::new(),
             verified,
             peers: HashMap::new(),
             lacks: HashMap::new(),
@@ -182,16 +193,50 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             return None;
         }
         let (salt, last_resort) = (state.salt, state.last_resort);
+        let new_chunks_left = last_resort
+            && self
+                .missing
+                .iter()
+                .chain(self.requested.keys())
+                .any(|h| self.holders(h) == 0);
         let hash = self
             .missing
             .iter()
             .filter(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), **h)))
             .map(|h| (self.holders(h), h))
-            .filter(|(holders, _)| !last_resort || *holders == 0)
+            .filter(|(holders, _)| !new_chunks_left || *holders == 0)
             .min_by_key(|(holders, h)| (*holders, mix(h, salt)))
-            .map(|(_, h)| *h)?;
+            .map(|(_, h)| *h);
+        let Some(hash) = hash else {
+            return self.endgame_for(peer, now);
+        };
         self.missing.remove(&hash);
         self.requested.insert(hash, (peer.clone(), now));
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.in_flight += 1;
+        }
+        Some(hash)
+    }
+
+    /// End game: a second request for the oldest chunk outstanding elsewhere.
+    fn endgame_for(&mut self, peer: &P, now: Instant) -> Option<ContentHash> {
+        if !self.missing.is_empty() {
+            return None;
+        }
+        let after = self.config.endgame_after;
+        let hash = self
+            .requested
+            .iter()
+            .filter(|(h, (owner, since))| {
+                owner != peer
+                    && now.saturating_duration_since(*since) >= after
+                    && !self.second.contains_key(*h)
+                    && self.has(peer, h)
+                    && !self.lacks.contains_key(&(peer.clone(), **h))
+            })
+            .min_by_key(|(_, (_, since))| *since)
+            .map(|(h, _)| *h)?;
+        self.second.insert(hash, (peer.clone(), now));
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight += 1;
         }
@@ -201,6 +246,9 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     /// `hash` arrived (from anyone) and verified.
     pub fn on_verified(&mut self, hash: ContentHash) {
         if let Some((owner, _)) = self.requested.remove(&hash) {
+            self.release(&owner);
+        }
+        if let Some((owner, _)) = self.second.remove(&hash) {
             self.release(&owner);
         }
         self.missing.remove(&hash);
@@ -244,6 +292,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         let hashes: Vec<_> = self
             .requested
             .iter()
+            .chain(self.second.iter())
             .filter(|(_, (p, _))| p == peer)
             .map(|(h, _)| *h)
             .collect();
@@ -276,6 +325,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         let stalled: Vec<_> = self
             .requested
             .iter()
+            .chain(self.second.iter())
             .filter(|(_, (_, since))| now.duration_since(*since) >= self.config.stall_timeout)
             .map(|(h, (p, _))| (p.clone(), *h))
             .collect();
@@ -285,14 +335,28 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         stalled
     }
 
+    /// `peer`'s request for `hash` is over without the chunk: if another request for it is
+    /// still out, that one carries on; otherwise the chunk is missing again.
     fn take_back(&mut self, peer: &P, hash: ContentHash) {
+        if self.second.get(&hash).is_some_and(|(p, _)| p == peer) {
+            self.second.remove(&hash);
+            self.release(peer);
+            return;
+        }
         match self.requested.get(&hash) {
             Some((owner, _)) if owner == peer => {}
             _ => return,
         }
         self.requested.remove(&hash);
         self.release(peer);
-        self.missing.insert(hash);
+        match self.second.remove(&hash) {
+            Some(other) => {
+                self.requested.insert(hash, other);
+            }
+            None => {
+                self.missing.insert(hash);
+            }
+        }
     }
 
     fn release(&mut self, peer: &P) {
@@ -349,6 +413,7 @@ mod tests {
             seed_in_flight: 2,
             stall_timeout: Duration::from_secs(10),
             lack_retry: Duration::from_secs(3),
+            endgame_after: Duration::from_secs(1),
             local_salt: 0,
         }
     }
@@ -405,7 +470,29 @@ mod tests {
     }
 
     #[test]
-    fn last_resort_seed_only_serves_what_nobody_else_has() {
+    fn last_resort_seed_serves_what_nobody_else_has_first() {
+        let t0 = Instant::now();
+        let mut p: Picker<u8> = Picker::new(cfg(), (0..3).map(h), &HashSet::new());
+        p.set_peer(0, Availability::All, true);
+        p.set_peer(1, some(&[0, 1]), false);
+        p.set_peer(2, some(&[1]), false);
+        assert_eq!(p.next_for(&0, t0), Some(h(2)));
+        assert_eq!(
+            p.next_for(&0, t0),
+            None,
+            "while a chunk nobody has is on its way, 0 and 1 wait for the peers"
+        );
+        p.on_verified(h(2));
+        assert_eq!(
+            p.next_for(&0, t0),
+            Some(h(0)),
+            "every chunk has a holder now: the seed gets the rarest"
+        );
+        assert_eq!(p.next_for(&0, t0), Some(h(1)), "the most common comes last");
+    }
+
+    #[test]
+    fn last_resort_seed_serves_chunks_of_a_peer_that_left() {
         let t0 = Instant::now();
         let mut p: Picker<u8> = Picker::new(cfg(), (0..3).map(h), &HashSet::new());
         p.set_peer(0, Availability::All, true);
@@ -425,8 +512,8 @@ mod tests {
         let mut p: Picker<u8> = Picker::new(cfg(), [h(0)], &HashSet::new());
         p.set_peer(0, Availability::All, true);
         p.set_peer(1, Availability::All, false);
-        assert_eq!(p.next_for(&0, t0), None, "peer 1 claims it");
         assert_eq!(p.next_for(&1, t0), Some(h(0)));
+        assert_eq!(p.next_for(&0, t0), None, "asked of peer 1 already");
         p.on_not_found(&1, h(0), t0);
         assert_eq!(
             p.next_for(&0, t0),
@@ -474,6 +561,54 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts.len(), 4);
+    }
+
+    #[test]
+    fn end_game_asks_a_second_peer_for_the_oldest_outstanding_chunk() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(1500);
+        let mut p: Picker<u8> = Picker::new(cfg(), (0..3).map(h), &HashSet::new());
+        p.set_peer(1, Availability::All, false);
+        p.set_limit(&1, 4);
+        let first = p.next_for(&1, t0).unwrap();
+        let rest: Vec<_> = (0..2).map(|_| p.next_for(&1, later).unwrap()).collect();
+        p.set_peer(2, Availability::All, false);
+        assert_eq!(p.next_for(&2, t0), None, "nothing is old enough yet");
+        assert_eq!(p.next_for(&2, later), Some(first), "the oldest goes first");
+        assert_eq!(p.next_for(&2, later), None, "the others are not old enough");
+        assert_eq!(p.in_flight(&2), 1);
+        // The second copy wins: both requests are released.
+        p.on_verified(first);
+        assert_eq!((p.in_flight(&1), p.in_flight(&2)), (2, 0));
+        // A second request that fails leaves the first one running.
+        let far = later + Duration::from_secs(2);
+        let dup = p.next_for(&2, far).unwrap();
+        assert!(rest.contains(&dup));
+        p.on_not_found(&2, dup, far);
+        assert_eq!(p.in_flight(&2), 0);
+        assert!(!p.is_done());
+        // The first request failing hands the chunk to the second, not back to `missing`.
+        let other = *rest.iter().find(|h| **h != dup).unwrap();
+        assert_eq!(p.next_for(&2, far), Some(other));
+        p.on_failed(&1, other);
+        assert_eq!(p.in_flight(&2), 1, "the second request carries on");
+        p.on_peer_gone(&1);
+        assert_eq!(
+            p.next_for(&2, far),
+            None,
+            "peer 2 said it lacks the one left"
+        );
+        let retry = far + Duration::from_secs(4);
+        assert!(p.poll_stalled(retry).is_empty());
+        assert_eq!(
+            p.next_for(&2, retry),
+            Some(dup),
+            "peer 1's chunk is missing again"
+        );
+        p.on_verified(dup);
+        p.on_verified(other);
+        assert!(p.is_done());
+        assert_eq!(p.in_flight(&2), 0);
     }
 
     #[test]
