@@ -508,6 +508,7 @@ impl ChunkSink for StagingSink {
             return Ok(());
         };
         self.area.write_chunk(places, data)?;
+        self.content.remember(hash, data);
         let (file, off, len) = places[0];
         // Verified and on disk: peers may fetch it from us while we download the rest.
         self.content
