@@ -263,8 +263,19 @@ async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Wait for Ctrl-C, then say we are shutting down.
+/// Wait for Ctrl-C (SIGINT) or SIGTERM (what `kill` and systemd send), then say we are
+/// shutting down.
 async fn ctrl_c() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("waiting for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
@@ -276,6 +287,8 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
     let node = Node::subscribe(config, ticket).await?;
     let bar = progress_bar();
     let mut status = node.status();
+    let stop = ctrl_c();
+    tokio::pin!(stop);
     let result = loop {
         let s = status.borrow_and_update().clone();
         show_progress(&bar, &s);
@@ -287,10 +300,7 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { break Err(s) },
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down");
-                break Ok(s);
-            }
+            _ = &mut stop => break Ok(s),
         }
     };
     bar.finish_and_clear();

@@ -5,7 +5,10 @@
 #   SLOWEST_S   completion time of the slowest subscriber (s, from its start)
 #   PUB_TX      bytes the publisher host sent on its interface during the run
 #   TREE_BYTES  size of the published tree
-# It fails (returns non-zero) if any subscriber does not complete or verify.
+#   TIMES_S     every subscriber's completion time (s, sorted)
+#   $LAB_WORK/pub-tx  sampled every 2 s: "secs publisher-tx-bytes sub2-bytes-on-disk ..."
+# It fails (returns non-zero) if any subscriber does not complete or verify. KEEP=1 keeps the
+# logs and trees.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 NETLAB=${NETLAB:-$REPO/../shared/scripts/netlab}
@@ -14,7 +17,11 @@ export NETLAB_PREFIX=${NETLAB_PREFIX:-tc$$-}
 
 lab_cleanup() {
   "$NETLAB" down >/dev/null 2>&1 || true
-  if [ -n "${LAB_WORK:-}" ]; then rm -rf "$LAB_WORK"; fi
+  if [ -n "${LAB_WORK:-}" ] && [ "${KEEP:-0}" = 1 ]; then
+    echo "KEEP=1: logs and trees left in $LAB_WORK" >&2
+  elif [ -n "${LAB_WORK:-}" ]; then
+    rm -rf "$LAB_WORK"
+  fi
   LAB_WORK=""
 }
 
@@ -37,25 +44,56 @@ swarm_case() {
   ticket=$(cat "$LAB_WORK/ticket")
   tx0=$(tx_bytes pub1)
   start=$(date +%s.%N)
+  ( while sleep 2; do
+      line="$(echo "$(date +%s.%N) - $start" | bc -l) $(( $(tx_bytes pub1) - tx0 ))"
+      for i in $(seq 2 $((n + 1))); do
+        line="$line $(du -s -B1 "$LAB_WORK/sub$i" 2>/dev/null | cut -f1)"
+      done
+      echo "$line"
+    done > "$LAB_WORK/pub-tx" 2>/dev/null ) &
+  local sampler=$!
+  # Subscribers run as the daemons they are in use (no --once): one that has its copy keeps
+  # serving the others, as the lower bound assumes. A subscriber is done when it logs that it
+  # applied the revision.
   local pids=()
   for i in $(seq 2 $((n + 1))); do
-    ( timeout 600 "$NETLAB" exec "pub$i" -- "$BIN" subscribe "$ticket" "$LAB_WORK/sub$i" --once \
-        --listen 0.0.0.0:4433 --connect-timeout 60 2> "$LAB_WORK/sub$i.log" \
-      && date +%s.%N > "$LAB_WORK/done$i" ) &
+    timeout 600 "$NETLAB" exec "pub$i" -- "$BIN" subscribe "$ticket" "$LAB_WORK/sub$i" \
+      --listen 0.0.0.0:4433 --connect-timeout 60 2> "$LAB_WORK/sub$i.log" &
     pids+=($!)
   done
-  local failed=0
-  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  local deadline=$(( $(date +%s) + 600 )) left=$n
+  while [ "$left" -gt 0 ] && [ "$(date +%s)" -lt "$deadline" ]; do
+    left=0
+    for i in $(seq 2 $((n + 1))); do
+      [ -f "$LAB_WORK/done$i" ] && continue
+      if grep -q "revision applied" "$LAB_WORK/sub$i.log" 2>/dev/null; then
+        date +%s.%N > "$LAB_WORK/done$i"
+      else
+        left=$((left + 1))
+      fi
+    done
+    sleep 0.2
+  done
   PUB_TX=$(( $(tx_bytes pub1) - tx0 ))
+  kill "$sampler" 2>/dev/null || true
+  # Stop the subscribers the way a user does (SIGTERM: a clean shutdown), then check.
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  local failed=0
   SLOWEST_S=0
+  TIMES_S=""
   for i in $(seq 2 $((n + 1))); do
     if [ ! -f "$LAB_WORK/done$i" ]; then
       echo "subscriber on pub$i did not complete:"; tail -5 "$LAB_WORK/sub$i.log"; failed=1; continue
     fi
-    SLOWEST_S=$(echo "t=$(cat "$LAB_WORK/done$i") - $start; if (t > $SLOWEST_S) t else $SLOWEST_S" | bc -l)
+    local t
+    t=$(echo "$(cat "$LAB_WORK/done$i") - $start" | bc -l)
+    TIMES_S="$TIMES_S $(printf '%.1f' "$t")"
+    SLOWEST_S=$(echo "if ($t > $SLOWEST_S) $t else $SLOWEST_S" | bc -l)
     "$BIN" verify "$LAB_WORK/sub$i" > /dev/null || { echo "sub$i does not verify"; failed=1; }
     diff -r --exclude=.treecast "$LAB_WORK/pub" "$LAB_WORK/sub$i" > /dev/null \
       || { echo "sub$i differs from the publisher"; failed=1; }
   done
+  TIMES_S=$(echo "$TIMES_S" | tr ' ' '\n' | sed '/^$/d' | sort -n | tr '\n' ' ')
   return $failed
 }
