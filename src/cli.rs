@@ -86,6 +86,15 @@ pub enum Command {
         /// Do not watch DIR for changes; rely on periodic rescans.
         #[arg(long, env = "TREECAST_NO_WATCH")]
         no_watch: bool,
+        /// Never publish paths matching this gitignore-style pattern (repeatable; applied
+        /// after DIR/.treecastignore). Env: comma-separated.
+        #[arg(
+            long = "ignore",
+            value_name = "PATTERN",
+            env = "TREECAST_IGNORE",
+            value_delimiter = ','
+        )]
+        ignore: Vec<String>,
     },
     /// Keep DIR an exact, read-only mirror of the newest revision of the swarm in TICKET.
     Subscribe {
@@ -156,10 +165,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             key,
             rescan_secs,
             no_watch,
+            ignore,
         } => {
             let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
             config.watch = !no_watch;
+            config.ignore = ignore;
             let key_path = key.unwrap_or_else(|| config.state_dir().join("publisher.key"));
             let key = PublisherKey::load_or_create(&key_path)
                 .with_context(|| format!("publisher key {}", key_path.display()))?;

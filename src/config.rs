@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub max_peers: usize,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Publisher only: gitignore-style patterns never published, after `.treecastignore`.
+    pub ignore: Vec<String>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -115,6 +117,7 @@ impl NodeConfig {
             max_upload: None,
             max_peers: 32,
             mdns: true,
+            ignore: Vec::new(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
             danger_corrupt_served_chunks: false,
         }

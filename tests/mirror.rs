@@ -232,3 +232,51 @@ async fn subscriber_reconnects_after_the_publisher_restarts() {
     s.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_paths_are_never_published_or_received() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, ".treecastignore", b"*.tmp\nbuild/\n!keep.tmp\n");
+    write(&src, "docs/readme.md", b"readme");
+    write(&src, "docs/scratch.tmp", b"scratch");
+    write(&src, "keep.tmp", b"kept by negation");
+    write(&src, "build/out.bin", &noise(1 << 20, 3));
+    write(&src, "docs/secret.txt", b"secret");
+    let mut cfg = config(&src);
+    cfg.ignore = vec!["secret.txt".into()];
+    let p = treecast::Node::publish(cfg, test_key()).await.unwrap();
+    let s = subscriber(&lab.dir("s"), p.ticket()).await;
+    synced(&s, 1).await;
+
+    let mirror: Vec<String> = snapshot(&lab.tmp.path().join("s")).into_keys().collect();
+    assert_eq!(
+        mirror,
+        [".treecastignore", "docs", "docs/readme.md", "keep.tmp"],
+        "only what the rules let through"
+    );
+
+    // A new ignored file changes nothing; un-ignoring it in the file publishes it.
+    write(&src, "late.tmp", b"late");
+    assert_eq!(p.rescan().await.unwrap(), None, "ignored: no new revision");
+    write(&src, ".treecastignore", b"build/\n");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    synced(&s, 2).await;
+    let mirror = snapshot(&lab.tmp.path().join("s"));
+    assert!(mirror.contains_key("late.tmp") && mirror.contains_key("docs/scratch.tmp"));
+    assert!(!mirror.contains_key("build") && !mirror.contains_key("docs/secret.txt"));
+    s.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_ignore_file_stops_the_publisher_with_a_clear_error() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, ".treecastignore", b"ok.tmp\nbad[z-a]\n");
+    let err = match treecast::Node::publish(config(&src), test_key()).await {
+        Ok(_) => panic!("publisher started with a broken ignore file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(".treecastignore"), "{err}");
+}

@@ -15,7 +15,7 @@ use super::serve::{manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
 use crate::store::Db;
-use crate::tree::{scan, FileRecord, Manifest, RelPath};
+use crate::tree::{scan, FileRecord, IgnoreRules, Manifest, RelPath};
 use crate::trust::{load_or_create_node_key, HeadBody, PublisherKey, SignedHead, Ticket};
 use crate::wire::{ControlMsg, Role};
 
@@ -30,6 +30,8 @@ struct Publisher {
     status: watch::Sender<Status>,
     current: Option<(u64, Manifest)>,
     known: HashMap<RelPath, FileRecord>,
+    /// `--ignore` patterns, applied after `.treecastignore`.
+    ignore: Vec<String>,
 }
 
 pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeHandle, NodeError> {
@@ -56,6 +58,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     let (status, status_rx) = watch::channel(Status::default());
     let mut engine = Publisher {
         dir: config.dir.clone(),
+        ignore: config.ignore.clone(),
         db: db.clone(),
         key: key.clone(),
         swarm_id,
@@ -189,13 +192,18 @@ impl Publisher {
     async fn rescan(&mut self) -> Result<Option<u64>, NodeError> {
         let dir = self.dir.clone();
         let known = self.known.clone();
+        let extra = self.ignore.clone();
         let crate::tree::Scan {
             manifest,
             records,
             stats: scan_stats,
-        } = tokio::task::spawn_blocking(move || scan(&dir, &known))
-            .await
-            .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
+        } = tokio::task::spawn_blocking(move || {
+            // Read again on every scan, so edits to .treecastignore take effect.
+            let rules = IgnoreRules::load(&dir, &extra)?;
+            scan(&dir, &known, &rules)
+        })
+        .await
+        .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
         Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
         self.known = records.iter().cloned().collect();
         if self.current.as_ref().is_some_and(|(_, m)| *m == manifest) {

@@ -204,7 +204,10 @@ mod tests {
             assert!(c.get(h).is_some());
         }
         assert_eq!(c.bytes, CACHE_BYTES);
-        c.insert(ContentHash::of(b"huge"), Arc::from(vec![0u8; CACHE_BYTES + 1]));
+        c.insert(
+            ContentHash::of(b"huge"),
+            Arc::from(vec![0u8; CACHE_BYTES + 1]),
+        );
         assert_eq!(c.map.len(), 4, "an entry over the whole size is not kept");
     }
 

@@ -4,12 +4,14 @@
 
 mod chunk;
 mod hash;
+mod ignore;
 mod manifest;
 mod path;
 mod scan;
 
 pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
 pub use hash::ContentHash;
+pub use ignore::{IgnoreRules, IGNORE_FILE};
 pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
 pub use path::RelPath;
 pub use scan::{mtime_ns, scan, FileRecord, Scan, ScanStats};
@@ -21,6 +23,8 @@ use thiserror::Error;
 pub enum TreeError {
     #[error("bad path {path:?}: {reason}")]
     BadPath { path: String, reason: &'static str },
+    #[error("bad ignore rules in {0}")]
+    BadIgnore(String),
     #[error("manifest rejected: {0}")]
     BadManifest(String),
     #[error("reading {path}: {source}")]

@@ -13,7 +13,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{chunk_reader, ChunkRef, ContentHash, Entry, EntryKind, Manifest, RelPath, TreeError};
+use super::{
+    chunk_reader, ChunkRef, ContentHash, Entry, EntryKind, IgnoreRules, Manifest, RelPath,
+    TreeError,
+};
 use crate::config::STATE_DIR;
 
 /// What the file index remembers of one file.
@@ -59,8 +62,12 @@ pub struct Scan {
     pub stats: ScanStats,
 }
 
-/// Scan `root`. `known` is the file index from the last scan.
-pub fn scan(root: &Path, known: &HashMap<RelPath, FileRecord>) -> Result<Scan, TreeError> {
+/// Scan `root`, leaving out what `ignore` names. `known` is the file index from the last scan.
+pub fn scan(
+    root: &Path,
+    known: &HashMap<RelPath, FileRecord>,
+    ignore: &IgnoreRules,
+) -> Result<Scan, TreeError> {
     let mut stats = ScanStats::default();
     let mut entries = Vec::new();
     let mut records = Vec::new();
@@ -68,7 +75,16 @@ pub fn scan(root: &Path, known: &HashMap<RelPath, FileRecord>) -> Result<Scan, T
         .min_depth(1)
         .follow_links(false)
         .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
+        .filter_entry(|e| {
+            if e.depth() == 0 {
+                return true;
+            }
+            if e.depth() == 1 && e.file_name() == STATE_DIR {
+                return false;
+            }
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            !ignore.is_ignored(rel, e.file_type().is_dir())
+        });
     for item in walker {
         let item = item?;
         let rel = item
@@ -172,7 +188,7 @@ mod tests {
             manifest: m,
             records,
             stats,
-        } = scan(root, &HashMap::new()).unwrap();
+        } = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
         let paths: Vec<_> = m.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["a", "a/b", "a/b/file", "empty", "run.sh"]);
         assert_eq!(stats.skipped, 1);
@@ -181,7 +197,7 @@ mod tests {
         assert_eq!(exec, vec![("a/b/file", false), ("run.sh", true)]);
 
         let known: HashMap<_, _> = records.into_iter().collect();
-        let again = scan(root, &known).unwrap();
+        let again = scan(root, &known, &IgnoreRules::none()).unwrap();
         assert_eq!(again.manifest, m);
         assert_eq!(
             again.stats.files_hashed, 0,
