@@ -20,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let (input, output) = (args[1].clone(), args[2].clone());
     let size = std::fs::metadata(&input)?.len();
 
-    let mut server = build_swarm(libp2p::identity::Keypair::generate_ed25519(), false)?;
+    let mut server = build_swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        Default::default(),
+    )?;
     server.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
     let addr: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -58,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let mut client = build_swarm(libp2p::identity::Keypair::generate_ed25519(), false)?;
+    let mut client = build_swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        Default::default(),
+    )?;
     client.dial(addr)?;
     let peer = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {

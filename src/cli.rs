@@ -47,6 +47,16 @@ pub struct NetArgs {
     /// Do not look for peers on the local network (mDNS).
     #[arg(long, env = "TREECAST_NO_MDNS")]
     pub no_mdns: bool,
+    /// An address this node is reachable at from outside (public IP, port forward), as
+    /// IP:PORT or a multiaddr; repeatable.
+    #[arg(long, env = "TREECAST_EXTERNAL", value_delimiter = ',')]
+    pub external: Vec<String>,
+    /// Serve as a relay for peers behind NATs (on by default for `dht-node`).
+    #[arg(long, env = "TREECAST_RELAY")]
+    pub relay: bool,
+    /// As a relay: most MiB one relayed connection may carry.
+    #[arg(long, env = "TREECAST_RELAY_MAX_CIRCUIT_MIB", default_value_t = 1024)]
+    pub relay_max_circuit_mib: u64,
 }
 
 /// Parse a byte rate: a number with an optional K, M or G suffix (powers of 1000).
@@ -209,7 +219,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DhtNode { state, net } => {
-            let config = node_config(&state, &net)?;
+            let mut config = node_config(&state, &net)?;
+            config.relay_circuit_bytes = Some(net.relay_max_circuit_mib << 20);
             let node = Node::dht_node(config).await?;
             for addr in node.listen_addrs() {
                 println!("{addr}");
@@ -235,6 +246,8 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.max_upload = net.max_upload;
     config.max_peers = net.max_peers;
     config.mdns = !net.no_mdns;
+    config.external = parse_addrs(&net.external)?;
+    config.relay_circuit_bytes = net.relay.then_some(net.relay_max_circuit_mib << 20);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(config)
 }

@@ -97,6 +97,13 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Publisher only: gitignore-style patterns never published, after `.treecastignore`.
     pub ignore: Vec<String>,
+    /// Serve as a relay for nodes behind NATs; the value caps the bytes of one relayed
+    /// connection (None: not a relay).
+    pub relay_circuit_bytes: Option<u64>,
+    /// Addresses this node is known to be reachable at (a public IP, a port forward); told to
+    /// peers at once instead of waiting for AutoNAT. A relay needs one before it accepts
+    /// reservations.
+    pub external: Vec<Multiaddr>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -118,6 +125,8 @@ impl NodeConfig {
             max_peers: 32,
             mdns: true,
             ignore: Vec::new(),
+            relay_circuit_bytes: None,
+            external: Vec::new(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
             danger_corrupt_served_chunks: false,
         }
@@ -131,3 +140,7 @@ impl NodeConfig {
 /// End game: once every missing chunk is requested, a request outstanding this long may also
 /// go to another peer that has the chunk.
 pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);
+/// Default cap on the bytes one relayed connection may carry, on relays.
+pub const RELAY_CIRCUIT_BYTES: u64 = 1 << 30;
+/// Relays a node behind a NAT keeps reservations on.
+pub const MAX_RELAY_RESERVATIONS: usize = 2;

@@ -24,7 +24,9 @@ async fn subscribers_with_only_the_swarm_id_find_the_swarm_through_the_dht() {
     c1.bootstrap = dht.listen_addrs().to_vec();
     let first = Node::subscribe(c1, bare.clone()).await.unwrap();
     synced(&first, 1).await;
-    assert!(first.stats().dht_lookups >= 1);
+    // No address, no mDNS: one of the two found the other through the DHT (the publisher
+    // also looks for providers while it has no peer, and may be the first to find).
+    assert!(first.stats().dht_lookups + p.stats().dht_lookups >= 1);
     assert_same_tree(&src, &lab.tmp.path().join("first"));
 
     // 2. The publisher is gone; a second subscriber finds the first through the DHT.

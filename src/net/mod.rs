@@ -1,4 +1,11 @@
-//! The libp2p swarm: one QUIC endpoint carrying identify, ping and our own stream protocols.
+//! The libp2p swarm: one QUIC endpoint carrying identify, ping, kad, mDNS, AutoNAT, relay
+//! (client, and server where enabled), DCUtR and our own stream protocols.
+//!
+//! NAT traversal follows what was measured in the lab (reference/dcutr-netlab.md): the
+//! identify-observed address stays a *candidate* (DCUtR takes its hole-punch addresses only
+//! from candidates; AutoNAT and relay reservations confirm addresses), and relay servers get a
+//! confirmed external address at start (`--external`) so that the first reservations are not
+//! refused.
 //!
 //! Owns transport configuration and address parsing. Protocol logic lives in `node/`.
 
@@ -10,7 +17,9 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
-use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    autonat, dcutr, identify, kad, mdns, noise, ping, relay, yamux, Multiaddr, PeerId, Swarm,
+};
 use thiserror::Error;
 
 use crate::config::{IDLE_CONNECTION_TIMEOUT, QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
@@ -34,7 +43,29 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub autonat: autonat::Behaviour,
+    pub relay_client: relay::client::Behaviour,
+    pub relay: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
     pub streams: streams::Behaviour,
+}
+
+/// What a node's swarm offers besides the basics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwarmOptions {
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Serve as a relay (circuit v2) for nodes that cannot be reached directly; `Some` holds
+    /// the most bytes one relayed connection may carry.
+    pub relay_circuit_bytes: Option<u64>,
+}
+
+/// The relay protocol a peer lists in identify when it serves as a relay.
+pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+/// True if `addr` goes through a relay.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// The DHT key of a swarm's newest signed head: BLAKE3("treecast/head/v1" ‖ uuid ‖ publisher
@@ -85,17 +116,22 @@ pub fn swarm_key(swarm_id: &uuid::Uuid) -> kad::RecordKey {
     kad::RecordKey::new(h.finalize().as_bytes())
 }
 
-/// Build the swarm on QUIC with explicit flow-control windows; `mdns` turns on LAN discovery.
-pub fn build_swarm(key: Keypair, mdns: bool) -> Result<Swarm<Behaviour>, NetError> {
+/// Build the swarm on QUIC with explicit flow-control windows. Relayed connections run noise
+/// and yamux inside the relay circuit (a circuit is a plain stream to the relay).
+pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>, NetError> {
+    let mdns = opts.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_quic_config(|mut c| {
             c.max_stream_data = QUIC_STREAM_WINDOW;
             c.max_connection_data = QUIC_CONNECTION_WINDOW;
+            // Short enough to keep NAT mappings (about 30 s for UDP on many routers) alive.
             c.keep_alive_interval = std::time::Duration::from_secs(5);
             c
         })
-        .with_behaviour(|key| Behaviour {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_behaviour(|key, relay_client| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/treecast/id/1".into(),
                 key.public(),
@@ -126,6 +162,25 @@ pub fn build_swarm(key: Keypair, mdns: bool) -> Result<Swarm<Behaviour>, NetErro
                 })
                 .flatten(),
             ),
+            autonat: autonat::Behaviour::new(
+                key.public().to_peer_id(),
+                autonat::Config {
+                    // Private ranges count too: a LAN or a lab is as real as the internet.
+                    only_global_ips: false,
+                    boot_delay: std::time::Duration::from_secs(3),
+                    ..Default::default()
+                },
+            ),
+            relay_client,
+            relay: Toggle::from(opts.relay_circuit_bytes.map(|bytes| {
+                let cfg = relay::Config {
+                    max_circuit_bytes: bytes,
+                    max_circuit_duration: std::time::Duration::from_secs(3600),
+                    ..Default::default()
+                };
+                relay::Behaviour::new(key.public().to_peer_id(), cfg)
+            })),
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
             streams: streams::Behaviour::new(vec![
                 StreamProtocol::new(CONTROL_PROTOCOL),
                 StreamProtocol::new(CHUNKS_PROTOCOL),

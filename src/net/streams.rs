@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use futures::future::{ready, Ready};
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
-use libp2p::core::{transport::PortUse, Endpoint};
+use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint};
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
 };
@@ -66,7 +66,8 @@ impl fmt::Debug for OpenRequest {
 /// The behaviour.
 pub struct Behaviour {
     protocols: Vec<StreamProtocol>,
-    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Open connections per peer, and whether each goes through a relay.
+    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     events: VecDeque<ToSwarm<Event, OpenRequest>>,
 }
 
@@ -86,7 +87,11 @@ impl Behaviour {
         protocol: StreamProtocol,
         reply: oneshot::Sender<Result<Stream, OpenError>>,
     ) {
-        let Some(conn) = self.connections.get(&peer).and_then(|c| c.first()) else {
+        // Direct connections first: a relay carries our streams only when there is no other
+        // path.
+        let conns = self.connections.get(&peer);
+        let best = conns.and_then(|c| c.iter().find(|(_, relayed)| !relayed).or(c.first()));
+        let Some((conn, _)) = best else {
             let _ = reply.send(Err(OpenError::NotConnected));
             return;
         };
@@ -134,14 +139,23 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                let relayed = match e.endpoint {
+                    ConnectedPoint::Dialer { address, .. } => crate::net::is_relayed(address),
+                    ConnectedPoint::Listener {
+                        local_addr,
+                        send_back_addr,
+                    } => {
+                        crate::net::is_relayed(local_addr) || crate::net::is_relayed(send_back_addr)
+                    }
+                };
                 self.connections
                     .entry(e.peer_id)
                     .or_default()
-                    .push(e.connection_id);
+                    .push((e.connection_id, relayed));
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
-                    list.retain(|c| *c != e.connection_id);
+                    list.retain(|(c, _)| *c != e.connection_id);
                     if list.is_empty() {
                         self.connections.remove(&e.peer_id);
                     }

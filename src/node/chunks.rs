@@ -25,6 +25,8 @@ use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
+/// Most times the lanes to one peer are reopened in one fetch.
+const MAX_LANE_REOPENS: u32 = 8;
 
 /// What a chunk server needs.
 pub(crate) struct ServerCtx {
@@ -258,6 +260,8 @@ struct Fetch<'a> {
     /// The lane each request went to; a chunk may be out to two peers in the end game.
     assigned: HashMap<(ContentHash, PeerId), LaneKey>,
     rates: HashMap<PeerId, Rate>,
+    /// Lanes reopened per peer in this fetch.
+    reopens: HashMap<PeerId, u32>,
     avail: Option<&'a mut Availability>,
     sink: Arc<dyn ChunkSink>,
     events: mpsc::Sender<LaneEvent>,
@@ -295,6 +299,7 @@ pub(crate) async fn fetch_all(
         lanes: HashMap::new(),
         assigned: HashMap::new(),
         rates: HashMap::new(),
+        reopens: HashMap::new(),
         avail,
         sink,
         events: ev_tx,
@@ -374,23 +379,27 @@ impl Fetch<'_> {
 
     fn open_lanes(&mut self, peer: PeerId) {
         for l in 0..CHUNK_STREAMS_PER_PEER {
-            let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
-            self.lanes.insert((peer, l), tx);
-            let lane = Lane {
-                key: (peer, l),
-                net: self.ctx.net.clone(),
-                sink: self.sink.clone(),
-                events: self.events.clone(),
-                stats: self.ctx.stats.clone(),
-            };
-            let cancel = self.ctx.cancel.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = lane.run(rx) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            });
+            self.open_lane((peer, l));
         }
+    }
+
+    fn open_lane(&mut self, key: LaneKey) {
+        let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
+        self.lanes.insert(key, tx);
+        let lane = Lane {
+            key,
+            net: self.ctx.net.clone(),
+            sink: self.sink.clone(),
+            events: self.events.clone(),
+            stats: self.ctx.stats.clone(),
+        };
+        let cancel = self.ctx.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lane.run(rx) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
     }
 
     fn drop_peer(&mut self, peer: PeerId) {
@@ -471,7 +480,16 @@ impl Fetch<'_> {
                     self.assigned.remove(&(h, lane.0));
                     self.picker.on_failed(&lane.0, h);
                 }
-                self.lanes.remove(&lane);
+                // A lane whose connection closed while its peer is still in session (the
+                // session moved to another connection, e.g. from a relay to a direct path)
+                // is opened again, a bounded number of times.
+                let ours = self.lanes.remove(&lane).is_some();
+                let reopens = self.reopens.entry(lane.0).or_default();
+                if ours && feed.peers.contains_key(&lane.0) && *reopens < MAX_LANE_REOPENS {
+                    *reopens += 1;
+                    debug!(peer = %lane.0, "reopening a chunk lane");
+                    self.open_lane(lane);
+                }
             }
             LaneEvent::Failed(e) => return Err(e.into()),
         }

@@ -83,6 +83,9 @@ pub struct Stats {
     pub files_hashed: AtomicU64,
     pub hostile_frames: AtomicU64,
     pub dht_lookups: AtomicU64,
+    /// DCUtR hole punches that gave a direct connection, and ones that failed.
+    pub hole_punches_ok: AtomicU64,
+    pub hole_punches_failed: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -100,6 +103,8 @@ pub struct StatsSnapshot {
     pub files_hashed: u64,
     pub hostile_frames: u64,
     pub dht_lookups: u64,
+    pub hole_punches_ok: u64,
+    pub hole_punches_failed: u64,
 }
 
 impl Stats {
@@ -123,6 +128,8 @@ impl Stats {
             files_hashed: r(&self.files_hashed),
             hostile_frames: r(&self.hostile_frames),
             dht_lookups: r(&self.dht_lookups),
+            hole_punches_ok: r(&self.hole_punches_ok),
+            hole_punches_failed: r(&self.hole_punches_failed),
         }
     }
 }

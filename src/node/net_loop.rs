@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +24,7 @@ use crate::config::{
     NodeConfig, BAN_DURATION, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, STREAM_OPEN_TIMEOUT,
 };
 use crate::net::streams::{self, OpenError};
-use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetError};
+use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::swarm::{SeedPolicy, TokenBucket};
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
@@ -169,6 +170,22 @@ struct NetLoop {
     peers_file: std::path::PathBuf,
     next_save: tokio::time::Instant,
     next_exchange: tokio::time::Instant,
+    /// Open connections per peer, and whether each goes through a relay.
+    connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, bool)>>,
+    /// Peers whose relayed connection we closed for a direct one: reopen the session there.
+    reopen: std::collections::HashSet<PeerId>,
+    /// Relays we learnt of (identify lists the relay protocol), with the address we reach
+    /// them at, and the reservations we hold on them.
+    relays: HashMap<PeerId, Multiaddr>,
+    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
+    /// The address of the last direct connection we dialed to each peer.
+    dialed: HashMap<PeerId, Multiaddr>,
+    /// When we last dialed each peer ourselves (not the DHT).
+    our_dials: HashMap<PeerId, Instant>,
+    /// This node serves as a relay (then it is public and reserves nowhere).
+    relay_server: bool,
+    nat_status: libp2p::autonat::NatStatus,
+    next_reserve: tokio::time::Instant,
 }
 
 struct HeadQuery {
@@ -180,6 +197,8 @@ struct HeadQuery {
 /// How often every session is told again who else we are connected to, so a dial that
 /// failed once is retried and peers that joined elsewhere are learnt.
 const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
+/// How often a node behind a NAT retries relay reservations it does not hold.
+const RESERVE_RETRY: Duration = Duration::from_secs(10);
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// Most peers saved.
 const MAX_SAVED_PEERS: usize = 64;
@@ -204,14 +223,28 @@ pub(crate) async fn start(
     content: Content,
     stats: Arc<Stats>,
 ) -> Result<Started, NodeError> {
-    let mut swarm = build_swarm(key, config.mdns)?;
+    let opts = SwarmOptions {
+        mdns: config.mdns,
+        relay_circuit_bytes: config.relay_circuit_bytes,
+    };
+    let mut swarm = build_swarm(key, opts)?;
     let peer_id = *swarm.local_peer_id();
     for addr in &config.listen {
         listen(&mut swarm, addr).await?;
     }
     let (listen_addrs, early_events) = wait_listening(&mut swarm, config.listen.len()).await?;
+    for addr in &config.external {
+        swarm.add_external_address(addr.clone());
+    }
     let mut local = local;
-    local.addrs = listen_addrs.clone();
+    local.addrs = public_first(
+        config
+            .external
+            .iter()
+            .chain(listen_addrs.iter())
+            .cloned()
+            .collect(),
+    );
     let is_publisher = local.role == Role::Publisher;
     let swarm_id = local.swarm_id;
     let publisher = local.publisher;
@@ -256,6 +289,15 @@ pub(crate) async fn start(
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
+        connections: HashMap::new(),
+        reopen: Default::default(),
+        relays: HashMap::new(),
+        reservations: HashMap::new(),
+        dialed: HashMap::new(),
+        our_dials: HashMap::new(),
+        relay_server: config.relay_circuit_bytes.is_some(),
+        nat_status: libp2p::autonat::NatStatus::Unknown,
+        next_reserve: tokio::time::Instant::now() + RESERVE_RETRY,
         next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
         lookup_backoff: DHT_LOOKUP_EVERY,
         provided_at: None,
@@ -360,6 +402,17 @@ async fn wait_listening(
     }
 }
 
+/// The address of a circuit through `relay`, reached at `addr`.
+fn circuit_addr(addr: &Multiaddr, relay: PeerId) -> Multiaddr {
+    let mut circuit: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    circuit.push(Protocol::P2p(relay));
+    circuit.push(Protocol::P2pCircuit);
+    circuit
+}
+
 /// Order addresses for others to dial: drop loopback ones when there is anything else (they
 /// only reach the dialer itself), and keep the rest in a stable order.
 fn public_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
@@ -399,6 +452,10 @@ impl NetLoop {
                 _ = tokio::time::sleep_until(self.next_save) => {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
+                }
+                _ = tokio::time::sleep_until(self.next_reserve) => {
+                    self.reserve_relays();
+                    self.next_reserve = tokio::time::Instant::now() + RESERVE_RETRY;
                 }
                 _ = tokio::time::sleep_until(self.next_exchange) => {
                     self.exchange_all();
@@ -515,6 +572,13 @@ impl NetLoop {
             NetCommand::SessionEnded { peer, session } => {
                 if self.sessions.get(&peer).is_some_and(|s| s.id == session) {
                     self.sessions.remove(&peer);
+                }
+                if !self.sessions.contains_key(&peer)
+                    && self.reopen.remove(&peer)
+                    && self.swarm.is_connected(&peer)
+                {
+                    debug!(%peer, "reopening the session on the direct connection");
+                    self.open_control(peer);
                 }
             }
         }
@@ -653,6 +717,41 @@ impl NetLoop {
         }
     }
 
+    /// Dial `peer` at `addrs`, at what the DHT knows of it, and through every relay we know:
+    /// a peer behind a NAT is reachable only there (DCUtR then makes a direct connection if
+    /// the NATs allow it).
+    /// The DHT may be dialing the same peer at an address that cannot work (a LAN address
+    /// behind a NAT); ours goes ahead anyway, at most once per `REDIAL_MIN` per peer.
+    fn dial_peer(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        let now = Instant::now();
+        if self
+            .our_dials
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < REDIAL_MIN)
+        {
+            return;
+        }
+        if self.our_dials.len() > MAX_KNOWN_PEERS {
+            self.our_dials
+                .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_MIN);
+        }
+        self.our_dials.insert(peer, now);
+        addrs.extend(
+            self.relays
+                .iter()
+                .filter(|(relay, _)| **relay != peer)
+                .map(|(relay, addr)| circuit_addr(addr, *relay).with(Protocol::P2p(peer))),
+        );
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
     /// Peers told to us by peer exchange: remember them and dial while below `max_peers`.
     fn learn_peers(&mut self, list: Vec<PeerInfo>) {
         let me = *self.swarm.local_peer_id();
@@ -673,12 +772,7 @@ impl NetLoop {
                 continue;
             }
             debug!(%peer, "dialing a peer learned by peer exchange");
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                debug!(%peer, error = %e, "dial failed");
-            }
+            self.dial_peer(peer, addrs);
         }
     }
 
@@ -786,10 +880,27 @@ impl NetLoop {
                         continue;
                     }
                     info!(%peer, "found a swarm peer in the DHT");
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        debug!(%peer, error = %e, "dial failed");
-                    }
+                    self.dial_peer(peer, Vec::new());
+                }
+            }
+            Event::InboundRequest {
+                request:
+                    libp2p::kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                // Records are filtered (heads are validated before they are stored); provider
+                // records carry only a peer and its addresses, and the store bounds them.
+                use libp2p::kad::store::RecordStore;
+                debug!(provider = %record.provider, addrs = record.addresses.len(), "provider record");
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record)
+                {
+                    debug!(error = %e, "provider record not stored");
                 }
             }
             Event::InboundRequest {
@@ -995,19 +1106,93 @@ impl NetLoop {
                     let _ = self.swarm.close_connection(connection_id);
                     return;
                 }
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let relayed = match &endpoint {
+                    libp2p::core::ConnectedPoint::Dialer { address, .. } => is_relayed(address),
+                    libp2p::core::ConnectedPoint::Listener {
+                        local_addr,
+                        send_back_addr,
+                    } => is_relayed(local_addr) || is_relayed(send_back_addr),
+                };
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                let conns = self.connections.entry(peer_id).or_default();
+                conns.push((connection_id, relayed));
+                if !relayed {
+                    if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                        self.dialed.insert(peer_id, address.clone());
+                    }
+                    self.drop_relayed(peer_id);
+                }
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
                     self.open_control(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                debug!(peer = %peer_id, "disconnected");
-                self.inbound_chunk_streams.remove(&peer_id);
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(id, _)| *id != connection_id);
+                }
+                if num_established == 0 {
+                    debug!(peer = %peer_id, "disconnected");
+                    self.connections.remove(&peer_id);
+                    self.inbound_chunk_streams.remove(&peer_id);
+                }
             }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, relayed = is_relayed(&address), "reachable at");
+                let mut addrs = self.local.addrs.clone();
+                addrs.push(address);
+                self.local.addrs = public_first(addrs);
+                // Provide again, so that the DHT hands out the new address.
+                self.provided_at = None;
+                self.next_dht = tokio::time::Instant::now();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.local.addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let lost: Vec<PeerId> = self
+                    .reservations
+                    .iter()
+                    .filter(|(_, id)| **id == listener_id)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for relay in lost {
+                    info!(%relay, ?reason, "relay reservation ended; will retry");
+                    self.reservations.remove(&relay);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(
+                libp2p::autonat::Event::StatusChanged { old, new },
+            )) => {
+                info!(from = ?old, to = ?new, "reachability (AutoNAT)");
+                self.nat_status = new;
+                self.reserve_relays();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => match ev.result {
+                Ok(conn) => {
+                    info!(peer = %ev.remote_peer_id, ?conn, "hole punch: direct connection");
+                    Stats::add(&self.stats.hole_punches_ok, 1);
+                }
+                Err(e) => {
+                    info!(peer = %ev.remote_peer_id, error = %e, "hole punch failed: staying relayed");
+                    Stats::add(&self.stats.hole_punches_failed, 1);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 info!(peer = ?peer_id, error = %error, "could not connect");
             }
@@ -1020,7 +1205,21 @@ impl NetLoop {
             )) => {
                 let addrs = public_first(info.listen_addrs);
                 for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if !is_relayed(&addr) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                let hop = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == crate::net::RELAY_HOP_PROTOCOL);
+                if hop && !self.relays.contains_key(&peer_id) {
+                    let direct = self.direct_addr_of(&peer_id);
+                    if let Some(addr) = direct {
+                        debug!(relay = %peer_id, %addr, "peer serves as a relay");
+                        self.relays.insert(peer_id, addr);
+                        self.reserve_relays();
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
@@ -1038,6 +1237,57 @@ impl NetLoop {
                 stream,
             })) => self.on_inbound(peer, protocol, stream),
             _ => {}
+        }
+    }
+
+    /// The address of a direct connection we dialed to `peer`, if any.
+    fn direct_addr_of(&self, peer: &PeerId) -> Option<Multiaddr> {
+        self.dialed.get(peer).cloned()
+    }
+
+    /// Behind a NAT (or not known to be public), hold reservations on a few relays so that
+    /// peers can reach us through them; DCUtR then upgrades to a direct connection.
+    fn reserve_relays(&mut self) {
+        if self.relay_server || matches!(self.nat_status, libp2p::autonat::NatStatus::Public(_)) {
+            return;
+        }
+        let wanted = crate::config::MAX_RELAY_RESERVATIONS.saturating_sub(self.reservations.len());
+        let candidates: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(p, _)| !self.reservations.contains_key(*p) && self.swarm.is_connected(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .take(wanted)
+            .collect();
+        for (relay, addr) in candidates {
+            let circuit = circuit_addr(&addr, relay);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    debug!(%relay, %circuit, "asking for a relay reservation");
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => debug!(%relay, error = %e, "cannot ask for a relay reservation"),
+            }
+        }
+    }
+
+    /// A direct connection to `peer` exists: close relayed ones, so that sessions and chunk
+    /// streams move to the direct path (the session is reopened there).
+    fn drop_relayed(&mut self, peer: PeerId) {
+        let relayed: Vec<_> = self
+            .connections
+            .get(&peer)
+            .map(|c| c.iter().filter(|(_, r)| *r).map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        if relayed.is_empty() {
+            return;
+        }
+        info!(%peer, "direct connection up: closing the relayed one");
+        if self.sessions.contains_key(&peer) {
+            self.reopen.insert(peer);
+        }
+        for id in relayed {
+            self.swarm.close_connection(id);
         }
     }
 
