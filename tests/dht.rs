@@ -24,9 +24,8 @@ async fn subscribers_with_only_the_swarm_id_find_the_swarm_through_the_dht() {
     c1.bootstrap = dht.listen_addrs().to_vec();
     let first = Node::subscribe(c1, bare.clone()).await.unwrap();
     synced(&first, 1).await;
-    // No address, no mDNS: one of the two found the other through the DHT (the publisher
-    // also looks for providers while it has no peer, and may be the first to find).
-    assert!(first.stats().dht_lookups + p.stats().dht_lookups >= 1);
+    // No address, no mDNS: they met through the DHT (a provider lookup by either side, or
+    // the DHT's own routing, which connects them before any lookup when it is quick).
     assert_same_tree(&src, &lab.tmp.path().join("first"));
 
     // 2. The publisher is gone; a second subscriber finds the first through the DHT.
@@ -151,8 +150,11 @@ async fn clear_errors_without_any_bootstrap_source_or_without_providers() {
     cfg.bootstrap = dht.listen_addrs().to_vec();
     cfg.connect_timeout = std::time::Duration::from_secs(3);
     let s = Node::subscribe(cfg, lonely).await.unwrap();
+    // Until the first lookup has run the error is the plain one; then it names the DHT.
     let st = s
-        .wait_for(WAIT, "an error", |st| st.error.is_some())
+        .wait_for(WAIT, "an error naming the DHT", |st| {
+            st.error.as_deref().is_some_and(|e| e.contains("DHT"))
+        })
         .await
         .unwrap();
     let msg = st.error.unwrap();
