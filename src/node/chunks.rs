@@ -593,7 +593,14 @@ impl Lane {
                     tokio::time::timeout(CHUNK_TIMEOUT, wire::read_frame(&mut r, MAX_CHUNK_FRAME))
                         .await
                         .map_err(|_| WireError::Timeout("chunk reply"))??
-                        .ok_or(WireError::Decode("stream ended mid-request".into()))?;
+                        // A stream ending with requests outstanding is a closed connection
+                        // (a peer leaving, a relayed path replaced by a direct one), not abuse.
+                        .ok_or_else(|| {
+                            WireError::Io(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "stream ended with requests outstanding",
+                            ))
+                        })?;
                 if !self.on_reply(id, hash, frame).await {
                     return Ok(());
                 }
