@@ -723,19 +723,9 @@ impl NetLoop {
     /// The DHT may be dialing the same peer at an address that cannot work (a LAN address
     /// behind a NAT); ours goes ahead anyway, at most once per `REDIAL_MIN` per peer.
     fn dial_peer(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
-        let now = Instant::now();
-        if self
-            .our_dials
-            .get(&peer)
-            .is_some_and(|at| now.saturating_duration_since(*at) < REDIAL_MIN)
-        {
+        if !self.may_try(peer) {
             return;
         }
-        if self.our_dials.len() > MAX_KNOWN_PEERS {
-            self.our_dials
-                .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_MIN);
-        }
-        self.our_dials.insert(peer, now);
         addrs.extend(
             self.relays
                 .iter()
@@ -750,6 +740,25 @@ impl NetLoop {
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, error = %e, "dial failed");
         }
+    }
+
+    /// True (and noted) unless we dialed `peer` or opened a session to it in the last
+    /// `REDIAL_MIN`.
+    fn may_try(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        if self
+            .our_dials
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < REDIAL_MIN)
+        {
+            return false;
+        }
+        if self.our_dials.len() > MAX_KNOWN_PEERS {
+            self.our_dials
+                .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_MIN);
+        }
+        self.our_dials.insert(peer, now);
+        true
     }
 
     /// Peers told to us by peer exchange: remember them and dial while below `max_peers`.
@@ -768,7 +777,17 @@ impl NetLoop {
                 continue;
             }
             rec.addrs = addrs.clone();
-            if self.sessions.len() >= self.max_peers || self.swarm.is_connected(&peer) {
+            if self.sessions.len() >= self.max_peers {
+                continue;
+            }
+            if self.swarm.is_connected(&peer) {
+                // Connected but no session (opening it timed out, or it ended while the
+                // connection stayed): periodic peer exchange brings us here again, so this
+                // repairs it.
+                if !self.sessions.contains_key(&peer) && self.may_try(peer) {
+                    debug!(%peer, "connected without a session: opening one");
+                    self.open_control(peer);
+                }
                 continue;
             }
             debug!(%peer, "dialing a peer learned by peer exchange");
