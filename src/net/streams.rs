@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use futures::future::{ready, Ready};
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
-use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint};
+use libp2p::core::{transport::PortUse, Endpoint};
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
 };
@@ -102,6 +102,14 @@ impl Behaviour {
         });
     }
 
+    /// The relayed connections open to `peer`.
+    pub fn relayed_connections(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.connections
+            .get(peer)
+            .map(|c| c.iter().filter(|(_, r)| *r).map(|(id, _)| *id).collect())
+            .unwrap_or_default()
+    }
+
     fn handler(&self) -> Handler {
         Handler {
             protocols: self.protocols.clone(),
@@ -139,15 +147,7 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
-                let relayed = match e.endpoint {
-                    ConnectedPoint::Dialer { address, .. } => crate::net::is_relayed(address),
-                    ConnectedPoint::Listener {
-                        local_addr,
-                        send_back_addr,
-                    } => {
-                        crate::net::is_relayed(local_addr) || crate::net::is_relayed(send_back_addr)
-                    }
-                };
+                let relayed = crate::net::is_relayed_endpoint(e.endpoint);
                 self.connections
                     .entry(e.peer_id)
                     .or_default()

@@ -170,8 +170,6 @@ struct NetLoop {
     peers_file: std::path::PathBuf,
     next_save: tokio::time::Instant,
     next_exchange: tokio::time::Instant,
-    /// Open connections per peer, and whether each goes through a relay.
-    connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, bool)>>,
     /// Peers whose relayed connection we closed for a direct one: reopen the session there.
     reopen: std::collections::HashSet<PeerId>,
     /// Relays we learnt of (identify lists the relay protocol), with the address we reach
@@ -289,7 +287,6 @@ pub(crate) async fn start(
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
-        connections: HashMap::new(),
         reopen: Default::default(),
         relays: HashMap::new(),
         reservations: HashMap::new(),
@@ -1125,16 +1122,8 @@ impl NetLoop {
                     let _ = self.swarm.close_connection(connection_id);
                     return;
                 }
-                let relayed = match &endpoint {
-                    libp2p::core::ConnectedPoint::Dialer { address, .. } => is_relayed(address),
-                    libp2p::core::ConnectedPoint::Listener {
-                        local_addr,
-                        send_back_addr,
-                    } => is_relayed(local_addr) || is_relayed(send_back_addr),
-                };
+                let relayed = crate::net::is_relayed_endpoint(&endpoint);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
-                let conns = self.connections.entry(peer_id).or_default();
-                conns.push((connection_id, relayed));
                 if !relayed {
                     if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                         self.dialed.insert(peer_id, address.clone());
@@ -1147,18 +1136,11 @@ impl NetLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                connection_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if let Some(conns) = self.connections.get_mut(&peer_id) {
-                    conns.retain(|(id, _)| *id != connection_id);
-                }
-                if num_established == 0 {
-                    debug!(peer = %peer_id, "disconnected");
-                    self.connections.remove(&peer_id);
-                    self.inbound_chunk_streams.remove(&peer_id);
-                }
+                debug!(peer = %peer_id, "disconnected");
+                self.inbound_chunk_streams.remove(&peer_id);
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, relayed = is_relayed(&address), "reachable at");
@@ -1293,11 +1275,9 @@ impl NetLoop {
     /// A direct connection to `peer` exists: close relayed ones, so that sessions and chunk
     /// streams move to the direct path (the session is reopened there).
     fn drop_relayed(&mut self, peer: PeerId) {
-        let relayed: Vec<_> = self
-            .connections
-            .get(&peer)
-            .map(|c| c.iter().filter(|(_, r)| *r).map(|(id, _)| *id).collect())
-            .unwrap_or_default();
+        // The stream behaviour tracks connections (it has seen this one already: behaviours
+        // learn of a connection before the swarm reports it).
+        let relayed = self.swarm.behaviour().streams.relayed_connections(&peer);
         if relayed.is_empty() {
             return;
         }
