@@ -1,7 +1,7 @@
 //! The command line: clap definitions and what each command does.
 //!
-//! Every flag can also come from a `TREECAST_*` environment variable; a flag wins over the
-//! environment, which wins over the default.
+//! Every flag can also come from a `TREECAST_*` environment variable or the config file
+//! ([`crate::settings`]): flag > environment > file > built-in default.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +20,31 @@ use crate::trust::{PublisherKey, Ticket};
 #[derive(Debug, Parser)]
 #[command(name = "treecast", version, about)]
 pub struct Cli {
+    /// TOML config file (default: $XDG_CONFIG_HOME/treecast/config.toml, if it exists).
+    #[arg(long, global = true, env = "TREECAST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parse the process's command line with the config file's settings as defaults.
+pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os().collect())
+}
+
+/// Parse `args` (program name first) with the config file's settings as defaults.
+pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if let Some((path, explicit)) = crate::settings::locate(&args) {
+        if explicit || path.exists() {
+            cmd = crate::settings::apply_file(cmd, &path).map_err(|e| {
+                Cli::command().error(clap::error::ErrorKind::InvalidValue, e.to_string())
+            })?;
+        }
+    }
+    let matches = cmd.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// Network flags shared by `publish` and `subscribe`.
@@ -41,6 +64,12 @@ pub struct NetArgs {
     /// Most chunk bytes per second to upload, e.g. 500K, 20M (default: unlimited).
     #[arg(long, env = "TREECAST_MAX_UPLOAD", value_parser = parse_rate)]
     pub max_upload: Option<u64>,
+    /// Most chunk bytes per second to download, e.g. 2M (default: unlimited).
+    #[arg(long, env = "TREECAST_MAX_DOWNLOAD", value_parser = parse_rate)]
+    pub max_download: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
+    #[arg(long, env = "TREECAST_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Most peers to keep sessions with; peer exchange dials up to this many.
     #[arg(long, env = "TREECAST_MAX_PEERS", default_value_t = 32)]
     pub max_peers: usize,
@@ -145,6 +174,18 @@ pub enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// Show where the node running on DIR stands: revision, sync, reachability, peers.
+    Status {
+        /// The published or mirrored directory of a running node.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Print the report as JSON (one line; with --watch, one line per second).
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Rehash DIR against the revision it holds; exit 0 only if it matches exactly.
     Verify {
         /// A published or mirrored directory.
@@ -201,6 +242,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             subscribe(config, ticket, once, json).await
         }
         Command::Verify { dir, json } => verify(&dir, json),
+        Command::Status { dir, json, watch } => status(&dir, json, watch).await,
         Command::Ticket { dir, no_addrs } => {
             let path = dir.join(crate::config::STATE_DIR).join("ticket");
             let text = std::fs::read_to_string(&path).with_context(|| {
@@ -244,6 +286,8 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.listen = parse_addrs(&net.listen)?;
     config.bootstrap = parse_addrs(&net.bootstrap)?;
     config.max_upload = net.max_upload;
+    config.max_download = net.max_download;
+    config.metrics = net.metrics;
     config.max_peers = net.max_peers;
     config.mdns = !net.no_mdns;
     config.external = parse_addrs(&net.external)?;
@@ -376,6 +420,45 @@ fn show_progress(bar: &indicatif::ProgressBar, s: &Status) {
 
 fn status_json(s: &Status) -> String {
     serde_json::to_string(s).expect("status serialises")
+}
+
+async fn status(dir: &std::path::Path, json: bool, watch: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let once = || async {
+        let report = crate::node::report::query(dir).await?;
+        anyhow::Ok(if json {
+            serde_json::to_string(&report).expect("report serialises")
+        } else {
+            report.render()
+        })
+    };
+    if !watch {
+        println!("{}", once().await?.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let clear = !json && std::io::stdout().is_terminal();
+    let stop = ctrl_c();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            _ = tick.tick() => {}
+        }
+        let text = match once().await {
+            Ok(t) => t,
+            Err(e) if json => return Err(e),
+            Err(e) => format!("{e:#}\n(retrying every second; Ctrl-C to stop)"),
+        };
+        if clear {
+            // Home the cursor and clear the screen, then draw.
+            println!("\x1b[H\x1b[2J{}", text.trim_end());
+        } else {
+            println!("{}", text.trim_end());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
 }
 
 fn verify(dir: &std::path::Path, json: bool) -> Result<ExitCode> {

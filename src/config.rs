@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub protocol_version: u32,
     /// Most chunk bytes per second this node uploads (None: unlimited).
     pub max_upload: Option<u64>,
+    /// Most chunk bytes per second this node downloads (None: unlimited).
+    pub max_download: Option<u64>,
     /// Most peers to hold sessions with (peer exchange dials up to this many).
     pub max_peers: usize,
     /// Find peers on the local network with mDNS.
@@ -104,6 +106,8 @@ pub struct NodeConfig {
     /// peers at once instead of waiting for AutoNAT. A relay needs one before it accepts
     /// reservations.
     pub external: Vec<Multiaddr>,
+    /// Serve Prometheus metrics over HTTP here (port 0 picks a free port).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -122,12 +126,14 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(30),
             swarm_id: None,
             max_upload: None,
+            max_download: None,
             max_peers: 32,
             mdns: true,
             ignore: Vec::new(),
             relay_circuit_bytes: None,
             external: Vec::new(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
+            metrics: None,
             danger_corrupt_served_chunks: false,
         }
     }

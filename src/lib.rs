@@ -12,6 +12,7 @@
 //! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour.
 //! - [`node`]: the event loop, control sessions, chunk streams, the publisher and subscriber
 //!   engines, and the [`node::NodeHandle`] that the CLI and tests drive.
+//! - [`settings`]: the TOML config file, folded into the command line's defaults.
 //! - [`cli`]: the command line (`main.rs` only parses, sets up tracing and runs it).
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod net;
 pub mod node;
+pub mod settings;
 pub mod store;
 pub mod swarm;
 pub mod tree;

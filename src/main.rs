@@ -1,9 +1,10 @@
 //! The `treecast` binary: parse the command line, set up tracing, run, map errors to exit codes.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = treecast::cli::Cli::parse();
+    let cli = match treecast::cli::parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The demo narrates on stdout; its nodes only log warnings unless RUST_LOG says otherwise.
     let default_filter = match cli.command {
         treecast::cli::Command::Demo { .. } => "warn",

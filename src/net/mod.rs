@@ -94,26 +94,41 @@ pub fn head_key(swarm_id: &uuid::Uuid, publisher: &[u8; 32]) -> kad::RecordKey {
 pub fn validate_head_record(
     record: &kad::Record,
     existing: Option<&kad::Record>,
-) -> Result<crate::trust::SignedHead, String> {
-    let head = crate::trust::SignedHead::decode(&record.value).map_err(|e| e.to_string())?;
+) -> Result<crate::trust::SignedHead, HeadRecordError> {
+    let invalid = |e: String| HeadRecordError::Invalid(e);
+    let head =
+        crate::trust::SignedHead::decode(&record.value).map_err(|e| invalid(e.to_string()))?;
     let body = head.body.clone();
     if head_key(&body.swarm_id, &body.signer) != record.key {
-        return Err("record key does not match the head's swarm and signer".into());
+        return Err(invalid(
+            "record key does not match the head's swarm and signer".into(),
+        ));
     }
-    let signer =
-        crate::trust::PublisherPublicKey::from_bytes(body.signer).map_err(|e| e.to_string())?;
+    let signer = crate::trust::PublisherPublicKey::from_bytes(body.signer)
+        .map_err(|e| invalid(e.to_string()))?;
     head.clone()
         .verify(&signer, body.swarm_id)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| invalid(e.to_string()))?;
     if let Some(old) = existing.and_then(|r| crate::trust::SignedHead::decode(&r.value).ok()) {
         if old.body.revision >= body.revision {
-            return Err(format!(
-                "revision {} is not newer than the stored {}",
-                body.revision, old.body.revision
-            ));
+            return Err(HeadRecordError::NotNewer {
+                revision: body.revision,
+                stored: old.body.revision,
+            });
         }
     }
     Ok(head)
+}
+
+/// Why a head record was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadRecordError {
+    /// Forged, damaged or misfiled: counts against the sender.
+    #[error("{0}")]
+    Invalid(String),
+    /// Validly signed but not newer than the record held (republished or old): harmless.
+    #[error("revision {revision} is not newer than the stored {stored}")]
+    NotNewer { revision: u64, stored: u64 },
 }
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.

@@ -66,8 +66,8 @@ impl fmt::Debug for OpenRequest {
 /// The behaviour.
 pub struct Behaviour {
     protocols: Vec<StreamProtocol>,
-    /// Open connections per peer, and whether each goes through a relay.
-    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Open connections per peer, whether each goes through a relay, and its remote address.
+    connections: HashMap<PeerId, Vec<(ConnectionId, bool, Multiaddr)>>,
     events: VecDeque<ToSwarm<Event, OpenRequest>>,
 }
 
@@ -90,8 +90,8 @@ impl Behaviour {
         // Direct connections first: a relay carries our streams only when there is no other
         // path.
         let conns = self.connections.get(&peer);
-        let best = conns.and_then(|c| c.iter().find(|(_, relayed)| !relayed).or(c.first()));
-        let Some((conn, _)) = best else {
+        let best = conns.and_then(|c| c.iter().find(|(_, relayed, _)| !relayed).or(c.first()));
+        let Some((conn, _, _)) = best else {
             let _ = reply.send(Err(OpenError::NotConnected));
             return;
         };
@@ -106,8 +106,21 @@ impl Behaviour {
     pub fn relayed_connections(&self, peer: &PeerId) -> Vec<ConnectionId> {
         self.connections
             .get(peer)
-            .map(|c| c.iter().filter(|(_, r)| *r).map(|(id, _)| *id).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, r, _)| *r)
+                    .map(|(id, _, _)| *id)
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// The connection our streams to `peer` use (a direct one if there is one): whether it is
+    /// relayed, and its remote address. None when not connected.
+    pub fn link(&self, peer: &PeerId) -> Option<(bool, &Multiaddr)> {
+        let conns = self.connections.get(peer)?;
+        let best = conns.iter().find(|(_, r, _)| !r).or(conns.first())?;
+        Some((best.1, &best.2))
     }
 
     fn handler(&self) -> Handler {
@@ -148,14 +161,15 @@ impl NetworkBehaviour for Behaviour {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 let relayed = crate::net::is_relayed_endpoint(e.endpoint);
-                self.connections
-                    .entry(e.peer_id)
-                    .or_default()
-                    .push((e.connection_id, relayed));
+                self.connections.entry(e.peer_id).or_default().push((
+                    e.connection_id,
+                    relayed,
+                    e.endpoint.get_remote_address().clone(),
+                ));
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
-                    list.retain(|(c, _)| *c != e.connection_id);
+                    list.retain(|(c, _, _)| *c != e.connection_id);
                     if list.is_empty() {
                         self.connections.remove(&e.peer_id);
                     }

@@ -36,7 +36,7 @@ pub(crate) struct ServerCtx {
     pub net: mpsc::Sender<NetCommand>,
     pub corrupt: bool,
     /// Global upload limit, shared by every chunk stream.
-    pub upload: Option<Arc<tokio::sync::Mutex<crate::swarm::TokenBucket>>>,
+    pub upload: Option<Limiter>,
     /// The publisher's seeding policy (None on subscribers).
     pub seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
 }
@@ -93,15 +93,12 @@ where
             }
         }
         if let (Some(d), Some(bucket)) = (&data, &ctx.upload) {
-            let wait = bucket
-                .lock()
-                .await
-                .take(d.len() as u64, std::time::Instant::now());
-            tokio::time::sleep(wait).await;
+            pace(bucket, d.len()).await;
         }
         if let Some(d) = &data {
             Stats::add(&ctx.stats.chunks_sent, 1);
             Stats::add(&ctx.stats.chunk_bytes_sent, d.len() as u64);
+            ctx.stats.traffic.sent(ctx.peer, d.len() as u64);
         }
         let reply = wire::encode_reply(req.id, data.as_deref());
         tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame(w, &reply))
@@ -109,6 +106,24 @@ where
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
     }
     Ok(())
+}
+
+/// A global bandwidth limit, shared by every chunk stream it applies to.
+pub(crate) type Limiter = Arc<tokio::sync::Mutex<crate::swarm::TokenBucket>>;
+
+/// A limiter allowing `rate` bytes per second. The burst is small (an eighth of a second,
+/// at most 256 KiB) so that measured rates follow the limit closely; a chunk larger than the
+/// burst is paced by the debt it leaves.
+pub(crate) fn limiter(rate: u64) -> Limiter {
+    let burst = (rate / 8).clamp(1, 256 * 1024);
+    let bucket = crate::swarm::TokenBucket::new(rate, burst, Instant::now());
+    Arc::new(tokio::sync::Mutex::new(bucket))
+}
+
+/// Wait until `n` bytes may pass `limit`.
+async fn pace(limit: &Limiter, n: usize) {
+    let wait = limit.lock().await.take(n as u64, Instant::now());
+    tokio::time::sleep(wait).await;
 }
 
 /// Where verified chunks go.
@@ -244,6 +259,8 @@ pub(crate) struct FetchCtx {
     pub cancel: CancellationToken,
     /// This node's own tie-breaking salt for the picker.
     pub salt: u64,
+    /// Global download limit on chunk replies.
+    pub download: Option<Limiter>,
 }
 
 /// Measured download rate of one peer.
@@ -392,6 +409,7 @@ impl Fetch<'_> {
             sink: self.sink.clone(),
             events: self.events.clone(),
             stats: self.ctx.stats.clone(),
+            download: self.ctx.download.clone(),
         };
         let cancel = self.ctx.cancel.clone();
         tokio::spawn(async move {
@@ -534,6 +552,7 @@ struct Lane {
     sink: Arc<dyn ChunkSink>,
     events: mpsc::Sender<LaneEvent>,
     stats: Arc<Stats>,
+    download: Option<Limiter>,
 }
 
 impl Lane {
@@ -601,6 +620,10 @@ impl Lane {
                                 "stream ended with requests outstanding",
                             ))
                         })?;
+                // Holding the next read back slows the sender through QUIC flow control.
+                if let Some(limit) = &self.download {
+                    pace(limit, frame.len()).await;
+                }
                 if !self.on_reply(id, hash, frame).await {
                     return Ok(());
                 }
@@ -654,6 +677,7 @@ impl Lane {
             Ok(Ok(Some(len))) => {
                 Stats::add(&self.stats.chunks_fetched, 1);
                 Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
+                self.stats.traffic.received(lane.0, len as u64);
                 let _ = self
                     .events
                     .send(LaneEvent::Verified { lane, hash, len })

@@ -7,10 +7,13 @@
 
 mod chunks;
 mod control;
+mod metrics;
 mod net_loop;
 mod publisher;
+pub mod report;
 mod serve;
 mod subscriber;
+mod traffic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,10 +89,12 @@ pub struct Stats {
     /// DCUtR hole punches that gave a direct connection, and ones that failed.
     pub hole_punches_ok: AtomicU64,
     pub hole_punches_failed: AtomicU64,
+    /// Chunk bytes per peer and source, and rates.
+    pub traffic: traffic::Traffic,
 }
 
 /// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub chunks_sent: u64,
     pub chunk_bytes_sent: u64,
@@ -156,6 +161,8 @@ pub struct NodeHandle {
     ticket: Ticket,
     db: Arc<crate::store::Db>,
     dir: std::path::PathBuf,
+    reporter: report::Reporter,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Entry points.
@@ -363,6 +370,16 @@ impl NodeHandle {
         request(&self.net, NetCommand::PeerTable).await
     }
 
+    /// Everything `treecast status` shows about this node.
+    pub async fn report(&self) -> Result<report::StatusReport, NodeError> {
+        self.reporter.report().await
+    }
+
+    /// Where Prometheus metrics are served (with `NodeConfig::metrics`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Say goodbye to peers, stop every task and wait for them.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -397,6 +414,24 @@ pub(crate) struct Started {
     pub listen_addrs: Vec<Multiaddr>,
     pub cancel: CancellationToken,
     pub tasks: tokio::task::JoinSet<()>,
+}
+
+/// Start what every publisher and subscriber runs beside its engine: the control socket,
+/// rate sampling, and metrics when asked for. Returns the metrics address.
+pub(crate) async fn start_services(
+    config: &NodeConfig,
+    reporter: &report::Reporter,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) -> Result<Option<std::net::SocketAddr>, NodeError> {
+    let mut addr = None;
+    if let Some(want) = config.metrics {
+        let listener = metrics::bind(want).await?;
+        addr = listener.local_addr().ok();
+        metrics::spawn(tasks, listener, reporter.clone(), cancel.child_token());
+    }
+    report::spawn(tasks, reporter.clone(), cancel.child_token());
+    Ok(addr)
 }
 
 /// What a node says about itself in hellos.

@@ -25,7 +25,7 @@ use crate::config::{
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
-use crate::swarm::{SeedPolicy, TokenBucket};
+use crate::swarm::SeedPolicy;
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
     MAX_PEERS_PER_MSG,
@@ -59,6 +59,8 @@ pub(crate) enum NetCommand {
     Disconnect(PeerId),
     Banned(oneshot::Sender<Vec<PeerId>>),
     PeerTable(oneshot::Sender<Vec<PeerSummary>>),
+    /// Peer table, reachability and addresses for `status`.
+    Report(oneshot::Sender<NetReport>),
     /// Store the head in the DHT.
     PutHead(crate::trust::SignedHead),
     /// Look up the swarm's head record.
@@ -95,6 +97,20 @@ pub struct PeerSummary {
     pub banned: bool,
     pub last_seen_unix_ms: u64,
     pub rtt_ms: Option<f64>,
+    /// The connection chunk streams use, when connected: its remote address and whether it
+    /// goes through a relay.
+    pub address: Option<String>,
+    pub relayed: Option<bool>,
+}
+
+/// What the net loop reports for `status`.
+#[derive(Debug, Clone)]
+pub(crate) struct NetReport {
+    pub peers: Vec<PeerSummary>,
+    /// public, nated, relayed or unknown.
+    pub reachability: &'static str,
+    /// Addresses told to peers (listen, external, relayed).
+    pub addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +170,7 @@ struct NetLoop {
     next_session: u64,
     table: HashMap<PeerId, PeerRecord>,
     max_peers: usize,
-    upload: Option<Arc<tokio::sync::Mutex<TokenBucket>>>,
+    upload: Option<super::chunks::Limiter>,
     seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
     bootstrap: Vec<Multiaddr>,
     redial_backoff: Duration,
@@ -273,10 +289,7 @@ pub(crate) async fn start(
         next_session: 0,
         table: HashMap::new(),
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
-        upload: config.max_upload.map(|rate| {
-            let bucket = TokenBucket::new(rate, rate.min(1 << 20), std::time::Instant::now());
-            Arc::new(tokio::sync::Mutex::new(bucket))
-        }),
+        upload: config.max_upload.map(super::chunks::limiter),
         seed: (is_publisher).then(|| Arc::new(std::sync::Mutex::new(SeedPolicy::new(SEED_HOLD)))),
         bootstrap: config.bootstrap.clone(),
         redial_backoff: REDIAL_MIN,
@@ -527,6 +540,13 @@ impl NetLoop {
             NetCommand::PeerTable(reply) => {
                 let _ = reply.send(self.peer_table());
             }
+            NetCommand::Report(reply) => {
+                let _ = reply.send(NetReport {
+                    peers: self.peer_table(),
+                    reachability: self.reachability(),
+                    addrs: self.local.addrs.iter().map(|a| a.to_string()).collect(),
+                });
+            }
             NetCommand::Peer(_) => unreachable!("handled in run"),
             NetCommand::PutHead(head) => {
                 let Some(key) = self.head_key.clone() else {
@@ -607,6 +627,8 @@ impl NetLoop {
         }
         match &ev {
             PeerEvent::Up { peer, hello, .. } => {
+                let publisher = hello.role == Role::Publisher;
+                self.stats.traffic.set_link(*peer, None, Some(publisher));
                 let addrs = parse_addrs(&hello.addrs);
                 let rec = self.record(*peer);
                 rec.online = true;
@@ -794,6 +816,8 @@ impl NetLoop {
 
     fn peer_table(&self) -> Vec<PeerSummary> {
         let now = Instant::now();
+        let streams = &self.swarm.behaviour().streams;
+        let link = |p: &PeerId| streams.link(p);
         let mut rows: Vec<PeerSummary> = self
             .table
             .iter()
@@ -810,6 +834,8 @@ impl NetLoop {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 rtt_ms: r.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                address: link(peer).map(|(_, a)| a.to_string()),
+                relayed: link(peer).map(|(r, _)| r),
             })
             .collect();
         rows.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -985,6 +1011,10 @@ impl NetLoop {
                     warn!(error = %e, "DHT store full");
                 }
             }
+            Err(reason @ crate::net::HeadRecordError::NotNewer { .. }) => {
+                Stats::add(&self.stats.heads_stale, 1);
+                debug!(%source, %reason, "head record not stored");
+            }
             Err(reason) => {
                 Stats::add(&self.stats.heads_rejected, 1);
                 info!(%source, %reason, "refused a head record");
@@ -1133,6 +1163,7 @@ impl NetLoop {
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
                     self.open_control(peer_id);
                 }
+                self.note_link(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1142,6 +1173,7 @@ impl NetLoop {
                 debug!(peer = %peer_id, "disconnected");
                 self.inbound_chunk_streams.remove(&peer_id);
             }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => self.note_link(peer_id),
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, relayed = is_relayed(&address), "reachable at");
                 let mut addrs = self.local.addrs.clone();
@@ -1274,6 +1306,29 @@ impl NetLoop {
 
     /// A direct connection to `peer` exists: close relayed ones, so that sessions and chunk
     /// streams move to the direct path (the session is reopened there).
+    /// Tell the byte accounting whether `peer`'s streams now go through a relay.
+    fn note_link(&self, peer: PeerId) {
+        if let Some((relayed, _)) = self.swarm.behaviour().streams.link(&peer) {
+            self.stats.traffic.set_link(peer, Some(relayed), None);
+        }
+    }
+
+    /// How others reach this node: public (a relay, an external address, or AutoNAT says
+    /// so), relayed (behind a NAT with a relay reservation), nated, or unknown.
+    fn reachability(&self) -> &'static str {
+        use libp2p::autonat::NatStatus;
+        let external = self.swarm.external_addresses().any(|a| !is_relayed(a));
+        if self.relay_server || external || matches!(self.nat_status, NatStatus::Public(_)) {
+            "public"
+        } else if !self.reservations.is_empty() {
+            "relayed"
+        } else if matches!(self.nat_status, NatStatus::Private) {
+            "nated"
+        } else {
+            "unknown"
+        }
+    }
+
     fn drop_relayed(&mut self, peer: PeerId) {
         // The stream behaviour tracks connections (it has seen this one already: behaviours
         // learn of a connection before the swarm reports it).

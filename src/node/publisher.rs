@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use super::control::PeerEvent;
 use super::net_loop::{self, NetCommand};
+use super::report::Reporter;
 use super::serve::{manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
@@ -101,6 +102,18 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     let mut tasks = started.tasks;
     let cancel = started.cancel;
     let dir = config.dir.clone();
+    let reporter = Reporter {
+        role: Role::Publisher,
+        dir: dir.clone(),
+        swarm_id,
+        peer_id: started.peer_id,
+        publisher: key.public(),
+        net: started.net.clone(),
+        status: status_rx.clone(),
+        stats: stats.clone(),
+        started: std::time::Instant::now(),
+    };
+    let metrics_addr = super::start_services(&config, &reporter, &mut tasks, &cancel).await?;
     tasks.spawn(engine.run(started.events, cmd_rx, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
@@ -114,6 +127,8 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         ticket,
         db,
         dir,
+        reporter,
+        metrics_addr,
     })
 }
 

@@ -90,6 +90,8 @@ struct Subscriber {
     download: Option<Download>,
     cancel: CancellationToken,
     salt: u64,
+    /// `--max-download`, shared by every download.
+    download_limit: Option<super::chunks::Limiter>,
 }
 
 pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
@@ -165,6 +167,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
             b.copy_from_slice(&ContentHash::of(&started.peer_id.to_bytes()).0[..8]);
             u64::from_le_bytes(b)
         },
+        download_limit: config.max_download.map(super::chunks::limiter),
     };
     let own_ticket = Ticket {
         addrs: started.listen_addrs.clone(),
@@ -174,6 +177,19 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     std::fs::write(&ticket_path, format!("{own_ticket}\n"))
         .map_err(crate::store::io_err(&ticket_path))?;
     let mut tasks = started.tasks;
+    let reporter = super::report::Reporter {
+        role: Role::Subscriber,
+        dir: config.dir.clone(),
+        swarm_id: ticket.swarm_id,
+        peer_id: started.peer_id,
+        publisher: ticket.publisher,
+        net: started.net.clone(),
+        status: status_rx.clone(),
+        stats: stats.clone(),
+        started: std::time::Instant::now(),
+    };
+    let metrics_addr =
+        super::start_services(&config, &reporter, &mut tasks, &started.cancel).await?;
     tasks.spawn(engine.run(started.events, config.connect_timeout));
     Ok(NodeHandle {
         net: started.net,
@@ -187,6 +203,8 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         ticket,
         db,
         dir: config.dir,
+        reporter,
+        metrics_addr,
     })
 }
 
@@ -388,6 +406,7 @@ impl Subscriber {
                 stats: self.stats.clone(),
                 cancel: cancel.clone(),
                 salt: self.salt,
+                download: self.download_limit.clone(),
             },
             status: self.status.clone(),
             old: self

@@ -1,0 +1,256 @@
+//! Prometheus metrics over HTTP (`--metrics ADDR`): `GET /metrics` renders the node's status
+//! report in the Prometheus text format.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::report::{Reporter, StatusReport};
+use super::NodeError;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Bind the metrics listener (at start, so a bad address is a clear start-up error).
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Refused(format!("cannot serve metrics on {addr}: {e}")))
+}
+
+/// Answer scrapes until `cancel`.
+pub(crate) fn spawn(
+    tasks: &mut tokio::task::JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    reporter: Reporter,
+    cancel: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
+    }
+    tasks.spawn(async move {
+        loop {
+            let (conn, _) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "metrics accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let reporter = reporter.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let reporter = reporter.clone();
+                    async move { Ok::<_, Infallible>(respond(req, &reporter).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(conn);
+                let serve = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                tokio::select! {
+                    r = serve => if let Err(e) = r { debug!(error = %e, "metrics connection") },
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    });
+}
+
+async fn respond<B>(req: Request<B>, reporter: &Reporter) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(code)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid response")
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "treecast serves /metrics only\n".into(),
+        );
+    }
+    match reporter.report().await {
+        Ok(report) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&report),
+        ),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// The Prometheus text exposition of `r`.
+pub fn render(r: &StatusReport) -> String {
+    let mut reg = Registry::with_prefix("treecast");
+    let bytes = Family::<Labels, Counter>::default();
+    for (source, b) in &r.traffic.by_source {
+        for (direction, n) in [("up", b.up), ("down", b.down)] {
+            bytes
+                .get_or_create(&vec![
+                    ("direction", direction.to_string()),
+                    ("source", source.clone()),
+                ])
+                .inc_by(n);
+        }
+    }
+    reg.register(
+        "chunk_bytes",
+        "Chunk bytes moved, by direction (up, down) and source (publisher, peer, relay)",
+        bytes,
+    );
+    let c = &r.counters;
+    counter(
+        &mut reg,
+        "chunks_verified",
+        "Chunks fetched and verified against their BLAKE3 hash",
+        c.chunks_fetched,
+    );
+    counter(
+        &mut reg,
+        "chunks_failed",
+        "Chunks that failed verification (the sender was banned)",
+        c.bad_chunks,
+    );
+    counter(
+        &mut reg,
+        "chunks_sent",
+        "Chunks served to peers",
+        c.chunks_sent,
+    );
+    counter(
+        &mut reg,
+        "chunks_local",
+        "Chunks copied from files already on disk instead of fetched",
+        c.chunks_local,
+    );
+    counter(
+        &mut reg,
+        "heads_rejected",
+        "Heads refused: bad signature, wrong key or swarm",
+        c.heads_rejected,
+    );
+    counter(
+        &mut reg,
+        "peers_banned",
+        "Peers banned for hostile behaviour",
+        c.peers_banned,
+    );
+    counter(
+        &mut reg,
+        "hostile_frames",
+        "Malformed or oversize frames received",
+        c.hostile_frames,
+    );
+    counter(
+        &mut reg,
+        "dht_lookups",
+        "DHT lookups for the swarm's providers and head",
+        c.dht_lookups,
+    );
+    let punches = Family::<Labels, Counter>::default();
+    punches
+        .get_or_create(&vec![("result", "ok".to_string())])
+        .inc_by(c.hole_punches_ok);
+    punches
+        .get_or_create(&vec![("result", "failed".to_string())])
+        .inc_by(c.hole_punches_failed);
+    reg.register(
+        "hole_punches",
+        "DCUtR hole punch attempts by result",
+        punches,
+    );
+    let peers = Family::<Labels, Gauge>::default();
+    for state in ["online", "offline", "banned"] {
+        let n = r
+            .peers
+            .iter()
+            .filter(|p| match state {
+                "banned" => p.banned,
+                "online" => p.online && !p.banned,
+                _ => !p.online && !p.banned,
+            })
+            .count();
+        peers
+            .get_or_create(&vec![("state", state.to_string())])
+            .set(n as i64);
+    }
+    reg.register("peers", "Known peers by state", peers);
+    gauge(
+        &mut reg,
+        "revision_held",
+        "Revision this node holds (-1: none)",
+        r.revision.map_or(-1, |v| v as i64),
+    );
+    gauge(
+        &mut reg,
+        "revision_newest_known",
+        "Newest verified revision heard of (-1: none)",
+        r.newest_known.map_or(-1, |v| v as i64),
+    );
+    gauge(
+        &mut reg,
+        "synced",
+        "1 when the tree equals the newest revision known",
+        r.synced as i64,
+    );
+    if let Some(s) = &r.sync {
+        gauge(
+            &mut reg,
+            "sync_bytes_done",
+            "Bytes verified of the download under way",
+            s.bytes_done as i64,
+        );
+        gauge(
+            &mut reg,
+            "sync_bytes_total",
+            "Bytes of the download under way",
+            s.bytes_total as i64,
+        );
+    }
+    if let Some(ro) = &r.rollout {
+        let rollout = Family::<Labels, Gauge>::default();
+        rollout
+            .get_or_create(&vec![("state", "holding".to_string())])
+            .set(ro.holding as i64);
+        rollout
+            .get_or_create(&vec![("state", "behind".to_string())])
+            .set(ro.behind.len() as i64);
+        reg.register(
+            "rollout_subscribers",
+            "Publisher: online subscribers holding the current revision, and behind it",
+            rollout,
+        );
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String");
+    out
+}
