@@ -353,13 +353,13 @@ async fn ctrl_c() -> Result<()> {
 
 async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -> Result<ExitCode> {
     let node = Node::subscribe(config, ticket).await?;
-    let bar = progress_bar();
+    let mut bar = Progress::new();
     let mut status = node.status();
     let stop = ctrl_c();
     tokio::pin!(stop);
     let result = loop {
         let s = status.borrow_and_update().clone();
-        show_progress(&bar, &s);
+        bar.show(&s);
         if once && s.synced {
             break Ok(s);
         }
@@ -371,7 +371,7 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
             _ = &mut stop => break Ok(s),
         }
     };
-    bar.finish_and_clear();
+    bar.finish();
     node.shutdown().await;
     match result {
         Ok(s) => {
@@ -398,23 +398,70 @@ fn node_idle(s: &Status) -> bool {
     s.progress.is_none()
 }
 
-fn progress_bar() -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
+/// Download progress: a bar when stderr is a terminal, a plain line every 10 s otherwise
+/// (logs, journald, CI).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Option<std::time::Instant>,
 }
 
-fn show_progress(bar: &indicatif::ProgressBar, s: &Status) {
-    if let Some((done, total)) = s.progress {
-        bar.set_length(total);
-        bar.set_position(done);
-        bar.set_message(format!("revision {}", s.newest_known.unwrap_or(0)));
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            last_line: None,
+        }
+    }
+
+    fn show(&mut self, s: &Status) {
+        let Some((done, total)) = s.progress else {
+            return;
+        };
+        let revision = s.newest_known.unwrap_or(0);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(format!("revision {revision}"));
+            }
+            None => {
+                let due = self
+                    .last_line
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                if due || done == total {
+                    self.last_line = Some(std::time::Instant::now());
+                    let human = crate::node::report::human_bytes;
+                    eprintln!(
+                        "revision {revision}: {} of {} verified ({:.0}%)",
+                        human(done as f64),
+                        human(total as f64),
+                        if total == 0 {
+                            100.0
+                        } else {
+                            done as f64 * 100.0 / total as f64
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

@@ -1410,10 +1410,14 @@ impl NetLoop {
         let opener = if ours { local_peer } else { peer };
         if let Some(existing) = self.sessions.get(&peer) {
             // Both sides dialled: keep the stream opened by the smaller peer ID, on both ends.
+            // A second stream from the same opener means that side restarted or lost the
+            // session (a crashed node reconnecting before its old connection timed out here):
+            // the new one replaces the old.
             let winner = local_peer.min(peer);
-            if existing.opener == winner || opener != winner {
+            if existing.opener != opener && existing.opener == winner {
                 return;
             }
+            debug!(%peer, restarted = existing.opener == opener, "control session replaced");
             existing.cancel.cancel();
         }
         if self.sessions.len() >= self.max_peers {
