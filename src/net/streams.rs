@@ -46,6 +46,8 @@ pub enum Event {
     /// A peer opened one of our protocols.
     Inbound {
         peer: PeerId,
+        /// The connection the stream arrived on.
+        connection: ConnectionId,
         protocol: StreamProtocol,
         stream: Stream,
     },
@@ -182,13 +184,14 @@ impl NetworkBehaviour for Behaviour {
     fn on_connection_handler_event(
         &mut self,
         peer: PeerId,
-        _: ConnectionId,
+        connection: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
         let (protocol, stream) = event;
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Inbound {
                 peer,
+                connection,
                 protocol,
                 stream,
             }));

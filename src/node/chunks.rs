@@ -25,8 +25,10 @@ use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
-/// Most times the lanes to one peer are reopened in one fetch.
+/// Lanes to one peer reopened at once within `REOPEN_WINDOW`; more wait `REOPEN_DELAY`.
 const MAX_LANE_REOPENS: u32 = 8;
+const REOPEN_WINDOW: Duration = Duration::from_secs(10);
+const REOPEN_DELAY: Duration = Duration::from_secs(3);
 
 /// What a chunk server needs.
 pub(crate) struct ServerCtx {
@@ -277,8 +279,11 @@ struct Fetch<'a> {
     /// The lane each request went to; a chunk may be out to two peers in the end game.
     assigned: HashMap<(ContentHash, PeerId), LaneKey>,
     rates: HashMap<PeerId, Rate>,
-    /// Lanes reopened per peer in this fetch.
-    reopens: HashMap<PeerId, u32>,
+    /// Lanes reopened per peer since the instant given.
+    reopens: HashMap<PeerId, (u32, Instant)>,
+    /// Lanes to reopen later (a peer whose lanes keep closing is retried, never given up
+    /// while it is in the feed).
+    reopen_later: Vec<(Instant, LaneKey)>,
     avail: Option<&'a mut Availability>,
     sink: Arc<dyn ChunkSink>,
     events: mpsc::Sender<LaneEvent>,
@@ -317,6 +322,7 @@ pub(crate) async fn fetch_all(
         assigned: HashMap::new(),
         rates: HashMap::new(),
         reopens: HashMap::new(),
+        reopen_later: Vec::new(),
         avail,
         sink,
         events: ev_tx,
@@ -366,6 +372,7 @@ pub(crate) async fn fetch_all(
             _ = have_tick.tick() => f.announce(),
             _ = tick.tick() => {
                 f.measure();
+                f.reopen_due(feed);
                 for (peer, hash) in f.picker.poll_stalled(Instant::now()) {
                     debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
                     f.assigned.remove(&(hash, peer));
@@ -502,16 +509,38 @@ impl Fetch<'_> {
                 // session moved to another connection, e.g. from a relay to a direct path)
                 // is opened again, a bounded number of times.
                 let ours = self.lanes.remove(&lane).is_some();
-                let reopens = self.reopens.entry(lane.0).or_default();
-                if ours && feed.peers.contains_key(&lane.0) && *reopens < MAX_LANE_REOPENS {
-                    *reopens += 1;
-                    debug!(peer = %lane.0, "reopening a chunk lane");
-                    self.open_lane(lane);
+                if ours && feed.peers.contains_key(&lane.0) {
+                    let now = Instant::now();
+                    let (count, since) = self.reopens.entry(lane.0).or_insert((0, now));
+                    if now.duration_since(*since) > REOPEN_WINDOW {
+                        (*count, *since) = (0, now);
+                    }
+                    if *count < MAX_LANE_REOPENS {
+                        *count += 1;
+                        debug!(peer = %lane.0, "reopening a chunk lane");
+                        self.open_lane(lane);
+                    } else {
+                        debug!(peer = %lane.0, "chunk lanes keep closing: retrying later");
+                        self.reopen_later.push((now + REOPEN_DELAY, lane));
+                    }
                 }
             }
             LaneEvent::Failed(e) => return Err(e.into()),
         }
         Ok(None)
+    }
+
+    /// Reopen lanes whose retry time has come, if their peer is still in the feed.
+    fn reopen_due(&mut self, feed: &PeerFeed) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.reopen_later.drain(..).partition(|(at, _)| *at <= now);
+        self.reopen_later = later;
+        for (_, lane) in due {
+            if feed.peers.contains_key(&lane.0) && !self.lanes.contains_key(&lane) {
+                self.open_lane(lane);
+            }
+        }
     }
 
     /// Update each peer's request limit from its measured rate: enough requests to cover

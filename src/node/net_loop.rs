@@ -165,7 +165,7 @@ struct NetLoop {
     cancel: CancellationToken,
     sessions: HashMap<PeerId, Session>,
     banned: HashMap<PeerId, Instant>,
-    inbound_chunk_streams: HashMap<PeerId, Arc<AtomicUsize>>,
+    inbound_chunk_streams: HashMap<(PeerId, libp2p::swarm::ConnectionId), Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
     next_session: u64,
     table: HashMap<PeerId, PeerRecord>,
@@ -1167,13 +1167,21 @@ impl NetLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established: 0,
                 ..
             } => {
                 debug!(peer = %peer_id, "disconnected");
-                self.inbound_chunk_streams.remove(&peer_id);
+                self.inbound_chunk_streams.remove(&(peer_id, connection_id));
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => self.note_link(peer_id),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                self.inbound_chunk_streams.remove(&(peer_id, connection_id));
+                self.note_link(peer_id);
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, relayed = is_relayed(&address), "reachable at");
                 let mut addrs = self.local.addrs.clone();
@@ -1266,9 +1274,10 @@ impl NetLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
                 peer,
+                connection,
                 protocol,
                 stream,
-            })) => self.on_inbound(peer, protocol, stream),
+            })) => self.on_inbound(peer, connection, protocol, stream),
             _ => {}
         }
     }
@@ -1370,7 +1379,13 @@ impl NetLoop {
         });
     }
 
-    fn on_inbound(&mut self, peer: PeerId, protocol: StreamProtocol, stream: Stream) {
+    fn on_inbound(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        protocol: StreamProtocol,
+        stream: Stream,
+    ) {
         if self.is_banned(&peer) {
             return;
         }
@@ -1380,7 +1395,13 @@ impl NetLoop {
         if protocol.as_ref() != CHUNKS_PROTOCOL {
             return;
         }
-        let count = self.inbound_chunk_streams.entry(peer).or_default().clone();
+        // Counted per connection: streams of a connection that died without closing (a
+        // crashed peer) must not block the peer's next connection until they time out.
+        let count = self
+            .inbound_chunk_streams
+            .entry((peer, connection))
+            .or_default()
+            .clone();
         if count.load(Ordering::Relaxed) >= MAX_INBOUND_CHUNK_STREAMS {
             warn!(%peer, "too many chunk streams from one peer: refusing another");
             return;
