@@ -89,6 +89,8 @@ pub struct Stats {
     /// DCUtR hole punches that gave a direct connection, and ones that failed.
     pub hole_punches_ok: AtomicU64,
     pub hole_punches_failed: AtomicU64,
+    /// Local changes found in a subscriber's mirror (edited, deleted, added paths).
+    pub local_changes: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -110,6 +112,7 @@ pub struct StatsSnapshot {
     pub dht_lookups: u64,
     pub hole_punches_ok: u64,
     pub hole_punches_failed: u64,
+    pub local_changes: u64,
 }
 
 impl Stats {
@@ -135,6 +138,7 @@ impl Stats {
             dht_lookups: r(&self.dht_lookups),
             hole_punches_ok: r(&self.hole_punches_ok),
             hole_punches_failed: r(&self.hole_punches_failed),
+            local_changes: r(&self.local_changes),
         }
     }
 }

@@ -22,6 +22,7 @@ use super::serve::Content;
 use super::{load_applied, Applied, LocalInfo, NodeError, NodeHandle, Stats, Status};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
+use crate::store::{local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
 use crate::trust::{load_or_create_node_key, PublisherPublicKey, SignedHead, Ticket, VerifiedHead};
 use crate::wire::{ControlMsg, Role};
@@ -92,7 +93,15 @@ struct Subscriber {
     salt: u64,
     /// `--max-download`, shared by every download.
     download_limit: Option<super::chunks::Limiter>,
+    /// The look for local changes under way, and the number of downloads finished when it
+    /// began (a result is stale if one finished since).
+    local_check: Option<(tokio::task::JoinHandle<LocalChanges>, u64)>,
+    next_local_check: Instant,
+    downloads_done: u64,
 }
+
+/// How often a running subscriber looks for local changes in its mirror.
+const LOCAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
     let state = config.state_dir();
@@ -168,6 +177,9 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
             u64::from_le_bytes(b)
         },
         download_limit: config.max_download.map(super::chunks::limiter),
+        local_check: None,
+        next_local_check: Instant::now(),
+        downloads_done: 0,
     };
     let own_ticket = Ticket {
         addrs: started.listen_addrs.clone(),
@@ -227,9 +239,20 @@ impl Subscriber {
                 res = async { (&mut self.download.as_mut().expect("guarded").task).await },
                     if self.download.is_some() => {
                     self.download = None;
+                    self.downloads_done += 1;
                     self.on_download_done(res);
                 }
+                res = async { (&mut self.local_check.as_mut().expect("guarded").0).await },
+                    if self.local_check.is_some() => {
+                    let (_, began_at) = self.local_check.take().expect("guarded");
+                    if let Ok(changes) = res {
+                        if began_at == self.downloads_done && self.download.is_none() {
+                            self.on_local_changes(changes).await;
+                        }
+                    }
+                }
                 _ = tick.tick() => {
+                    self.maybe_check_local();
                     let seen = self.status.borrow().peers_seen;
                     if seen == 0 && began.elapsed() > connect_timeout {
                         let secs = connect_timeout.as_secs();
@@ -372,6 +395,68 @@ impl Subscriber {
             head.signed().clone(),
         )));
         self.start_download(head);
+    }
+
+    /// Start a look for local changes when one is due and nothing else touches the mirror.
+    fn maybe_check_local(&mut self) {
+        let Some(applied) = &self.applied else {
+            return;
+        };
+        if self.download.is_some() || self.local_check.is_some() {
+            return;
+        }
+        if Instant::now() < self.next_local_check {
+            return;
+        }
+        self.next_local_check = Instant::now() + LOCAL_CHECK_EVERY;
+        let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let index = db.file_index().unwrap_or_default();
+            local_changes(&dir, &index, &manifest)
+        });
+        self.local_check = Some((task, self.downloads_done));
+    }
+
+    /// The mirror was changed locally: warn, move added files aside, and repair it by applying
+    /// the held revision again (edited files are moved aside as it is applied).
+    async fn on_local_changes(&mut self, changes: LocalChanges) {
+        let Some(applied) = &self.applied else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let show = |v: &[String]| {
+            let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if v.len() > 5 {
+                s.push_str(&format!(" and {} more", v.len() - 5));
+            }
+            s
+        };
+        warn!(
+            edited = %show(&changes.edited),
+            deleted = %show(&changes.deleted),
+            added = %show(&changes.added),
+            "the mirror is read-only: local changes found; moving edits and additions to .treecast/conflicts/ and repairing from peers"
+        );
+        Stats::add(&self.stats.local_changes, changes.count() as u64);
+        let conflicts = self.dir.join(crate::config::STATE_DIR).join("conflicts");
+        let (dir, added) = (self.dir.clone(), changes.added.clone());
+        let moved = tokio::task::spawn_blocking(move || {
+            for rel in &added {
+                if let Err(e) = crate::store::move_to_conflicts(&dir, rel, &conflicts) {
+                    error!(path = %rel, error = %e, "could not move a local addition aside");
+                }
+            }
+        })
+        .await;
+        if moved.is_err() {
+            return;
+        }
+        if !changes.edited.is_empty() || !changes.deleted.is_empty() {
+            let head = applied.head.clone();
+            self.start_download(head);
+        }
     }
 
     /// Tell the download under way what we know of `peer`.

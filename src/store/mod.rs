@@ -5,10 +5,12 @@
 
 mod apply;
 mod db;
+mod local;
 mod staging;
 
-pub use apply::{apply_revision, verify_tree, ApplyStats, VerifyReport};
+pub use apply::{apply_revision, move_to_conflicts, verify_tree, ApplyStats, VerifyReport};
 pub use db::{Db, StoredState};
+pub use local::{local_changes, LocalChanges};
 pub use staging::{ChunkPositions, StagingArea};
 
 use thiserror::Error;

@@ -1,0 +1,97 @@
+//! Local changes in a mirror: files a user edited, deleted or added since treecast wrote it.
+//!
+//! A mirror is read-only. The subscriber looks for changes at start and every few seconds
+//! while it runs; edited and added files are moved to `.treecast/conflicts/` and the mirror is
+//! repaired from peers (see the subscriber engine).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::tree::{chunk_reader, FileRecord, Manifest, RelPath};
+
+/// What differs between a mirror and the revision it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalChanges {
+    /// Files of the revision whose content changed (or that became something else).
+    pub edited: Vec<String>,
+    /// Files and directories of the revision that are gone.
+    pub deleted: Vec<String>,
+    /// Paths the revision does not have (outside `.treecast/`): top-most only.
+    pub added: Vec<String>,
+}
+
+impl LocalChanges {
+    pub fn is_empty(&self) -> bool {
+        self.edited.is_empty() && self.deleted.is_empty() && self.added.is_empty()
+    }
+
+    pub fn count(&self) -> usize {
+        self.edited.len() + self.deleted.len() + self.added.len()
+    }
+}
+
+/// Compare `root` with `manifest`. Files whose size, mtime and inode match their `index`
+/// record are taken as unchanged; others are rehashed, so a touched but unchanged file is not
+/// an edit.
+pub fn local_changes(
+    root: &Path,
+    index: &HashMap<RelPath, FileRecord>,
+    manifest: &Manifest,
+) -> LocalChanges {
+    let mut changes = LocalChanges::default();
+    let mut known: HashSet<&str> = HashSet::new();
+    for entry in manifest.entries() {
+        known.insert(entry.path.as_str());
+        let full = entry.path.under(root);
+        let meta = match std::fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(_) => {
+                changes.deleted.push(entry.path.to_string());
+                continue;
+            }
+        };
+        match &entry.kind {
+            crate::tree::EntryKind::Dir => {
+                if !meta.is_dir() {
+                    changes.edited.push(entry.path.to_string());
+                }
+            }
+            crate::tree::EntryKind::File { hash, .. } => {
+                if !meta.is_file() {
+                    changes.edited.push(entry.path.to_string());
+                    continue;
+                }
+                if index.get(&entry.path).is_some_and(|r| r.unchanged(&meta)) {
+                    continue;
+                }
+                let same = std::fs::File::open(&full)
+                    .ok()
+                    .and_then(|f| chunk_reader(std::io::BufReader::new(f)).ok())
+                    .is_some_and(|c| c.hash == *hash);
+                if !same {
+                    changes.edited.push(entry.path.to_string());
+                }
+            }
+        }
+    }
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == crate::config::STATE_DIR));
+    let mut it = walker;
+    while let Some(next) = it.next() {
+        let Ok(e) = next else { continue };
+        let Ok(rel) = e.path().strip_prefix(root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy();
+        if !known.contains(rel.as_ref()) {
+            changes.added.push(rel.into_owned());
+            if e.file_type().is_dir() {
+                it.skip_current_dir();
+            }
+        }
+    }
+    changes
+}
