@@ -321,9 +321,11 @@ async fn answer(conn: tokio::net::UnixStream, reporter: &Reporter) -> std::io::R
     let reply = match line.trim() {
         "status" => match reporter.report().await {
             Ok(report) => serde_json::to_string(&report).expect("report serialises"),
-            Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+            Err(e) => serde_json::json!({ "control_error": e.to_string() }).to_string(),
         },
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+        other => {
+            serde_json::json!({ "control_error": format!("unknown request {other:?}") }).to_string()
+        }
     };
     w.write_all(reply.as_bytes()).await?;
     w.write_all(b"\n").await?;
@@ -362,7 +364,7 @@ pub async fn query(dir: &Path) -> Result<StatusReport, NodeError> {
     .map_err(|_| NodeError::Timeout("the node did not answer on its control socket".into()))?
     .map_err(io)?;
     if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&reply) {
-        if let Some(e) = m.get("error").and_then(|e| e.as_str()) {
+        if let Some(e) = m.get("control_error").and_then(|e| e.as_str()) {
             return Err(NodeError::Refused(format!("the node says: {e}")));
         }
     }

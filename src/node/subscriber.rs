@@ -98,7 +98,14 @@ struct Subscriber {
     local_check: Option<(tokio::task::JoinHandle<LocalChanges>, u64)>,
     next_local_check: Instant,
     downloads_done: u64,
+    /// After a local storage error: when to try the download again, and the next wait.
+    store_retry_at: Option<Instant>,
+    store_backoff: std::time::Duration,
 }
+
+/// First and longest wait before retrying a download that failed on local storage.
+const STORE_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often a running subscriber looks for local changes in its mirror.
 const LOCAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -180,6 +187,8 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         local_check: None,
         next_local_check: Instant::now(),
         downloads_done: 0,
+        store_retry_at: None,
+        store_backoff: STORE_RETRY_MIN,
     };
     let own_ticket = Ticket {
         addrs: started.listen_addrs.clone(),
@@ -252,6 +261,7 @@ impl Subscriber {
                     }
                 }
                 _ = tick.tick() => {
+                    self.maybe_retry_store();
                     self.maybe_check_local();
                     let seen = self.status.borrow().peers_seen;
                     if seen == 0 && began.elapsed() > connect_timeout {
@@ -397,6 +407,23 @@ impl Subscriber {
         self.start_download(head);
     }
 
+    /// Retry a download that stopped on a local storage error, once its wait is over.
+    fn maybe_retry_store(&mut self) {
+        if self.download.is_some() || self.store_retry_at.is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        self.store_retry_at = None;
+        let target = self
+            .best
+            .clone()
+            .filter(|b| b.revision() > self.applied_revision())
+            .or_else(|| self.applied.as_ref().map(|a| a.head.clone()));
+        if let Some(head) = target {
+            info!(revision = head.revision(), "retrying the download");
+            self.start_download(head);
+        }
+    }
+
     /// Start a look for local changes when one is due and nothing else touches the mirror.
     fn maybe_check_local(&mut self) {
         let Some(applied) = &self.applied else {
@@ -526,6 +553,7 @@ impl Subscriber {
             Ok(Ok(applied)) => {
                 let rev = applied.head.revision();
                 info!(revision = rev, "revision applied");
+                self.store_backoff = STORE_RETRY_MIN;
                 self.content.replace(applied.serve_index(&self.dir));
                 self.applied = Some(applied);
                 let notice = ControlMsg::Complete { revision: rev };
@@ -537,6 +565,17 @@ impl Subscriber {
                 });
             }
             Ok(Err(DownloadError::Cancelled)) => {}
+            Ok(Err(DownloadError::Store(e))) => {
+                // Local trouble (disk full, permissions): nothing was applied, verified chunks
+                // stay staged; try again later rather than give the revision up.
+                let wait = self.store_backoff;
+                self.store_backoff = (wait * 2).min(STORE_RETRY_MAX);
+                error!(error = %e, retry_in = ?wait, "cannot write the new revision to disk; the mirror is unchanged");
+                self.store_retry_at = Some(Instant::now() + wait);
+                let msg = format!("cannot write to disk: {e} (retrying)");
+                self.status.send_modify(|s| s.error = Some(msg));
+                return;
+            }
             Ok(Err(e)) => {
                 error!(error = %e, "download failed");
                 if let Some(best) = &self.best {
