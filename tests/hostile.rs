@@ -295,3 +295,65 @@ fn a_mistyped_ticket_is_a_clear_error() {
         "nothing written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_rotted_on_a_subscribers_disk_are_never_served() {
+    use std::os::unix::fs::FileExt;
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "data.bin", &noise(8 << 20, 61));
+    write(&src, "small.txt", b"small");
+    let p = publisher(&src).await;
+    let a_dir = lab.dir("a");
+    let a = subscriber(&a_dir, p.ticket()).await;
+    synced(&a, 1).await;
+
+    // Bit rot in A's copy: one byte flipped, size, mtime and inode unchanged, so nothing but a
+    // hash notices.
+    let rotted = a_dir.join("data.bin");
+    let mtime = std::fs::metadata(&rotted).unwrap().modified().unwrap();
+    std::fs::set_permissions(&rotted, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&rotted)
+        .unwrap();
+    let original = std::fs::read(src.join("data.bin")).unwrap()[3 << 20];
+    f.write_all_at(&[original ^ 0xff], 3 << 20).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    std::fs::set_permissions(&rotted, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+
+    // The publisher goes away; B can fetch only from A.
+    let ticket = p.ticket().without_addrs();
+    p.shutdown().await;
+    let b_dir = lab.dir("b");
+    let mut bcfg = config(&b_dir);
+    bcfg.bootstrap = a.listen_addrs().to_vec();
+    let b = Node::subscribe(bcfg, ticket).await.unwrap();
+    // B gets everything but the rotted chunk, which A refuses to serve (it fails A's check).
+    let st = b
+        .wait_for(WAIT, "all but one chunk", |s| {
+            s.progress
+                .is_some_and(|(done, total)| done > 0 && total - done <= 1 << 20)
+        })
+        .await
+        .unwrap();
+    assert!(!st.synced);
+    assert_eq!(b.stats().bad_chunks, 0, "A sent no damaged bytes");
+    assert!(b.banned_peers().await.unwrap().is_empty());
+    assert!(
+        !b_dir.join("data.bin").exists(),
+        "nothing incomplete under its final name"
+    );
+
+    // The publisher comes back: B completes with the right bytes.
+    let mut pcfg = config(&src);
+    pcfg.bootstrap = a.listen_addrs().to_vec();
+    let p = Node::publish(pcfg, test_key()).await.unwrap();
+    b.dial(p.listen_addrs()[0].clone()).await.unwrap();
+    synced(&b, 1).await;
+    assert_same_tree(&src, &b_dir);
+    for n in [b, a, p] {
+        n.shutdown().await;
+    }
+}
