@@ -134,6 +134,17 @@ pub enum Command {
             value_delimiter = ','
         )]
         ignore: Vec<String>,
+        /// Publish even if DIR looks lost: much smaller than the last revision, or older than
+        /// what the swarm holds (the next revision number still follows the swarm's).
+        #[arg(long, env = "TREECAST_FORCE")]
+        force: bool,
+        /// First rebuild DIR from the swarm (the newest revision signed by the key), then
+        /// publish: for a publisher that lost its files or its state.
+        #[arg(long)]
+        restore: bool,
+        /// The swarm to restore when DIR has no state left (with --restore).
+        #[arg(long, env = "TREECAST_SWARM_ID", value_name = "UUID")]
+        swarm_id: Option<uuid::Uuid>,
     },
     /// Keep DIR an exact, read-only mirror of the newest revision of the swarm in TICKET.
     Subscribe {
@@ -217,14 +228,35 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             rescan_secs,
             no_watch,
             ignore,
+            force,
+            restore,
+            swarm_id,
         } => {
             let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
             config.watch = !no_watch;
             config.ignore = ignore;
+            config.force = force;
+            config.swarm_id = swarm_id;
             let key_path = key.unwrap_or_else(|| config.state_dir().join("publisher.key"));
+            if restore && !key_path.exists() {
+                bail!(
+                    "--restore needs the publisher key that signed the swarm: {} does not exist \
+                     (pass --key, or `treecast key import`)",
+                    key_path.display()
+                );
+            }
             let key = PublisherKey::load_or_create(&key_path)
                 .with_context(|| format!("publisher key {}", key_path.display()))?;
+            if restore {
+                let revision = Node::restore(config.clone(), &key)
+                    .await
+                    .context("restoring from the swarm")?;
+                eprintln!(
+                    "restored {} to revision {revision} from the swarm",
+                    dir.display()
+                );
+            }
             publish(config, key).await
         }
         Command::Subscribe {

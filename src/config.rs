@@ -106,6 +106,9 @@ pub struct NodeConfig {
     /// peers at once instead of waiting for AutoNAT. A relay needs one before it accepts
     /// reservations.
     pub external: Vec<Multiaddr>,
+    /// Publisher only: publish at start even if the tree looks lost (much smaller than the
+    /// last revision, or the swarm holds a newer revision than this node's state).
+    pub force: bool,
     /// Serve Prometheus metrics over HTTP here (port 0 picks a free port).
     pub metrics: Option<std::net::SocketAddr>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
@@ -134,6 +137,7 @@ impl NodeConfig {
             external: Vec::new(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
             metrics: None,
+            force: false,
             danger_corrupt_served_chunks: false,
         }
     }

@@ -178,6 +178,13 @@ impl Node {
         publisher::start(config, key).await
     }
 
+    /// Rebuild a publisher's lost tree from the swarm (`treecast publish --restore`): mirror the
+    /// newest revision signed by `key` into `config.dir`, then make it writable. The swarm is
+    /// the one recorded in the tree's state, else `config.swarm_id`. Returns the revision.
+    pub async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u64, NodeError> {
+        publisher::restore(config, key).await
+    }
+
     /// Start mirroring the swarm named by `ticket` into `config.dir`.
     pub async fn subscribe(config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
         subscriber::start(config, ticket).await

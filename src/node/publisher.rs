@@ -33,7 +33,15 @@ struct Publisher {
     known: HashMap<RelPath, FileRecord>,
     /// `--ignore` patterns, applied after `.treecastignore`.
     ignore: Vec<String>,
+    /// The newest revision signed by our key that the swarm was heard to hold (DHT, peers).
+    swarm_newest: u64,
 }
+
+/// How long a starting publisher listens for the newest revision the swarm holds.
+const LEARN_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+/// At start, a tree with less than this share of the files or bytes of the revision it last
+/// published is taken for a publisher that lost its files.
+const MUCH_SMALLER: f64 = 0.5;
 
 pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeHandle, NodeError> {
     let state = config.state_dir();
@@ -69,6 +77,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         status,
         current: None,
         known: db.file_index()?,
+        swarm_newest: 0,
     };
     if let Some(applied) = load_applied(&db, &stored, &key.public(), swarm_id)? {
         let revision = applied.head.revision();
@@ -80,7 +89,6 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         });
         content.replace(applied.serve_index(&config.dir));
     }
-    engine.rescan().await?;
     let local = LocalInfo {
         node_id: uuid::Uuid::new_v4(),
         swarm_id,
@@ -90,6 +98,26 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     };
     let started = net_loop::start(&config, node_key, local, content, stats.clone()).await?;
     engine.net = Some(started.net.clone());
+    let mut events = started.events;
+    // Learn the newest revision the swarm holds before publishing the next one, so that
+    // revision numbers never go backwards or fork, and a publisher that lost its files or
+    // state notices before it publishes an empty tree over the swarm's.
+    let known_peers = !config.bootstrap.is_empty() || state.join("peers").exists();
+    if known_peers || config.mdns {
+        // With only mDNS to go on, a short look; with peers to dial, wait for one.
+        let window = if known_peers {
+            LEARN_WINDOW
+        } else {
+            LEARN_WINDOW / 5
+        };
+        engine.learn_swarm(&mut events, window, known_peers).await;
+    }
+    if let Err(e) = engine.first_scan(config.force).await {
+        started.cancel.cancel();
+        let mut tasks = started.tasks;
+        while tasks.join_next().await.is_some() {}
+        return Err(e);
+    }
     let ticket = Ticket {
         swarm_id,
         publisher: key.public(),
@@ -114,7 +142,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         started: std::time::Instant::now(),
     };
     let metrics_addr = super::start_services(&config, &reporter, &mut tasks, &cancel).await?;
-    tasks.spawn(engine.run(started.events, cmd_rx, config, cancel.clone()));
+    tasks.spawn(engine.run(events, cmd_rx, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
         publisher: Some(cmd_tx),
@@ -175,22 +203,109 @@ impl Publisher {
         }
     }
 
+    /// Listen for up to `window` for the newest revision signed by our key: a DHT lookup of
+    /// the head record, and the heads in peers' hellos. Ends early once the DHT has answered
+    /// and some peer was heard (or none is configured).
+    async fn learn_swarm(
+        &mut self,
+        events: &mut mpsc::Receiver<PeerEvent>,
+        window: std::time::Duration,
+        wait_for_peer: bool,
+    ) {
+        let net = self.net.clone().expect("net started");
+        let deadline = tokio::time::Instant::now() + window;
+        let lookup = super::request(&net, NetCommand::GetHead);
+        tokio::pin!(lookup);
+        let mut dht_done = false;
+        loop {
+            let heard = self.status.borrow().peers_seen > 0;
+            if dht_done && (heard || !wait_for_peer) {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                found = &mut lookup, if !dht_done => {
+                    dht_done = true;
+                    if let Ok(Some(head)) = found {
+                        self.note_head(&head);
+                    }
+                }
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_peer_event(ev),
+                    None => break,
+                },
+            }
+        }
+        if self.swarm_newest > 0 {
+            info!(revision = self.swarm_newest, "newest revision in the swarm");
+        }
+    }
+
+    /// A head from the swarm: if our key signed it, remember its revision.
+    fn note_head(&mut self, head: &SignedHead) {
+        if let Ok(h) = head.clone().verify(&self.key.public(), self.swarm_id) {
+            self.swarm_newest = self.swarm_newest.max(h.revision());
+        }
+    }
+
+    /// The scan at start, with the lost-publisher guard: refuse (unless `force`) when the swarm
+    /// holds a newer revision than this publisher's state, or when the tree is much smaller
+    /// than the revision it last published.
+    async fn first_scan(&mut self, force: bool) -> Result<(), NodeError> {
+        let local = self.current.as_ref().map_or(0, |(r, _)| *r);
+        let restore = format!(
+            "`treecast publish --restore {}` rebuilds the tree from the swarm first",
+            self.dir.display()
+        );
+        if self.swarm_newest > local && !force {
+            return Err(NodeError::Refused(format!(
+                "the swarm holds revision {} signed by this key, but {} is at {}: this publisher lost \
+                 its files or state. {restore}; --force publishes this tree as revision {}",
+                self.swarm_newest,
+                self.dir.display(),
+                if local == 0 { "no revision".to_string() } else { format!("revision {local}") },
+                self.swarm_newest + 1
+            )));
+        }
+        let scanned = self.scan_tree().await?;
+        if let (Some((rev, old)), false) = (&self.current, force) {
+            let (files, bytes) = (scanned.0.files().count(), scanned.0.total_bytes());
+            let (old_files, old_bytes) = (old.files().count(), old.total_bytes());
+            let smaller = |n: usize, o: usize| (n as f64) < (o as f64) * MUCH_SMALLER;
+            if scanned.0 != *old
+                && (smaller(files, old_files) || smaller(bytes as usize, old_bytes as usize))
+            {
+                return Err(NodeError::Refused(format!(
+                    "{} holds {files} files ({bytes} bytes), but revision {rev} has {old_files} files \
+                     ({old_bytes} bytes): refusing to publish a much smaller tree at start (lost \
+                     files?). {restore}; --force publishes it",
+                    self.dir.display()
+                )));
+            }
+        }
+        self.publish_scanned(scanned)?;
+        Ok(())
+    }
+
     fn on_peer_event(&mut self, ev: PeerEvent) {
         match ev {
             PeerEvent::Up { peer, hello, .. } => {
                 info!(%peer, role = ?hello.role, "peer joined");
+                if let Some(head) = &hello.head {
+                    self.note_head(head);
+                }
                 self.status.send_modify(|s| {
                     s.peers += 1;
                     s.peers_seen += 1;
                 });
             }
+            PeerEvent::Head { head, .. } => self.note_head(&head),
             PeerEvent::Down { peer, .. } => {
                 info!(%peer, "peer left");
                 self.status
                     .send_modify(|s| s.peers = s.peers.saturating_sub(1));
             }
-            PeerEvent::Head { .. }
-            | PeerEvent::Incompatible { .. }
+            PeerEvent::Incompatible { .. }
             | PeerEvent::Peers { .. }
             | PeerEvent::Have { .. }
             | PeerEvent::Complete { .. } => {}
@@ -205,6 +320,14 @@ impl Publisher {
 
     /// Scan the tree; publish a new revision if it changed.
     async fn rescan(&mut self) -> Result<Option<u64>, NodeError> {
+        let scanned = self.scan_tree().await?;
+        self.publish_scanned(scanned)
+    }
+
+    /// Scan the tree (hashing only files whose size, mtime or inode changed).
+    async fn scan_tree(
+        &mut self,
+    ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
         let dir = self.dir.clone();
         let known = self.known.clone();
         let extra = self.ignore.clone();
@@ -221,6 +344,18 @@ impl Publisher {
         .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
         Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
         self.known = records.iter().cloned().collect();
+        Ok((manifest, records, scan_stats))
+    }
+
+    /// Publish a scanned tree if it differs from the current revision.
+    fn publish_scanned(
+        &mut self,
+        (manifest, records, scan_stats): (
+            Manifest,
+            Vec<(RelPath, FileRecord)>,
+            crate::tree::ScanStats,
+        ),
+    ) -> Result<Option<u64>, NodeError> {
         if self.current.as_ref().is_some_and(|(_, m)| *m == manifest) {
             self.db.update_file_index(&records)?;
             return Ok(None);
@@ -253,7 +388,13 @@ impl Publisher {
         manifest: &Manifest,
         records: &[(RelPath, FileRecord)],
     ) -> Result<u64, NodeError> {
-        let revision = self.current.as_ref().map_or(1, |(r, _)| r + 1);
+        // Never below what the swarm holds: numbers only go up, whatever this node remembers.
+        let revision = self
+            .current
+            .as_ref()
+            .map_or(0, |(r, _)| *r)
+            .max(self.swarm_newest)
+            + 1;
         let (index_hash, blobs) = manifest_blobs(&bytes);
         let created_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -330,4 +471,77 @@ fn start_watcher(
             None
         }
     }
+}
+
+/// Rebuild a publisher's tree from the swarm: mirror the newest revision signed by `key` into
+/// `config.dir` (a subscriber run, which keeps anything in the way in `.treecast/conflicts/`),
+/// then make the files writable again. Returns the revision restored.
+pub(crate) async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u64, NodeError> {
+    let state = config.state_dir();
+    std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+    let stored = Db::open(&state.join("state.redb"))?.state()?;
+    if let Some(pin) = stored.pinned_key.filter(|p| *p != key.public().to_bytes()) {
+        return Err(NodeError::Refused(format!(
+            "{} belongs to publisher key {}, not {}",
+            config.dir.display(),
+            data_encoding::HEXLOWER.encode(&pin),
+            key.public()
+        )));
+    }
+    let swarm_id = stored.swarm_id.or(config.swarm_id).ok_or_else(|| {
+        NodeError::Refused(format!(
+            "{} has no treecast state left: name the swarm to restore with --swarm-id",
+            config.dir.display()
+        ))
+    })?;
+    let ticket = Ticket {
+        swarm_id,
+        publisher: key.public(),
+        addrs: Vec::new(),
+    };
+    let dir = config.dir.clone();
+    let timeout = config.connect_timeout + std::time::Duration::from_secs(3600);
+    let node = super::subscriber::start(config, ticket).await?;
+    let outcome = node
+        .wait_for(timeout, "the newest revision from the swarm", |s| {
+            (s.synced && s.revision.is_some()) || (s.error.is_some() && s.progress.is_none())
+        })
+        .await;
+    node.shutdown().await;
+    let status = outcome?;
+    let revision = match (status.revision, status.synced) {
+        (Some(r), true) => r,
+        _ => {
+            return Err(NodeError::Refused(format!(
+                "could not restore from the swarm: {}",
+                status.error.unwrap_or_else(|| "no revision found".into())
+            )))
+        }
+    };
+    // A mirror is read-only; a publisher's tree is the user's to edit.
+    tokio::task::spawn_blocking(move || make_writable(&dir))
+        .await
+        .map_err(|e| NodeError::Refused(format!("restore task failed: {e}")))??;
+    info!(revision, "tree restored from the swarm");
+    Ok(revision)
+}
+
+fn make_writable(dir: &std::path::Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let walker = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
+    for e in walker.flatten() {
+        if e.file_type().is_file() {
+            let meta = e
+                .metadata()
+                .map_err(|e| NodeError::Refused(e.to_string()))?;
+            let mode = meta.permissions().mode() | 0o200;
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(crate::store::io_err(e.path()))?;
+        }
+    }
+    Ok(())
 }

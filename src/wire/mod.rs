@@ -187,7 +187,15 @@ pub fn encode_reply(id: u32, data: Option<&[u8]>) -> Vec<u8> {
 
 /// Split a chunk reply frame body into its header and bytes.
 pub fn decode_reply(frame: &[u8]) -> Result<(ChunkReplyHeader, &[u8]), WireError> {
-    postcard::take_from_bytes(frame).map_err(|e| WireError::Decode(e.to_string()))
+    let (header, body): (ChunkReplyHeader, &[u8]) =
+        postcard::take_from_bytes(frame).map_err(|e| WireError::Decode(e.to_string()))?;
+    if !header.found && !body.is_empty() {
+        return Err(WireError::Decode(format!(
+            "a not-found reply carrying {} bytes",
+            body.len()
+        )));
+    }
+    Ok((header, body))
 }
 
 #[cfg(test)]
@@ -203,6 +211,13 @@ mod tests {
         let empty = encode_reply(3, None);
         let (h, data) = decode_reply(&empty).unwrap();
         assert!(!h.found && data.is_empty());
+    }
+
+    /// Found by `scripts/fuzz` (target chunk_msgs): a not-found reply with bytes after it was
+    /// accepted and the bytes silently ignored.
+    #[test]
+    fn a_not_found_reply_with_a_body_is_malformed() {
+        assert!(decode_reply(&[0x00, 0x00, 0x60]).is_err());
     }
 
     #[test]
