@@ -210,12 +210,116 @@ pub enum Command {
         /// Where to write the key; refuses to overwrite.
         out: PathBuf,
     },
+    /// Move a publisher key between machines, encrypted with a passphrase.
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
     /// Run a self-contained local demo: a publisher and two subscribers on loopback.
     Demo {
         /// Size of the largest sample file, in MiB.
         #[arg(long, default_value_t = 64)]
         size_mib: u64,
     },
+}
+
+/// `treecast key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Encrypt the publisher key KEY (e.g. DIR/.treecast/publisher.key) into OUT, a text file
+    /// safe to copy; asks for a passphrase (Argon2id + ChaCha20-Poly1305).
+    Export {
+        key: PathBuf,
+        out: PathBuf,
+        /// Read the passphrase from this file's first line instead of asking (or set
+        /// TREECAST_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Decrypt an exported key FILE into the key file OUT (mode 0600) and print its public key.
+    Import {
+        file: PathBuf,
+        out: PathBuf,
+        /// Read the passphrase from this file's first line instead of asking (or set
+        /// TREECAST_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+/// The passphrase: from `file`, else `TREECAST_PASSPHRASE`, else asked on the terminal
+/// (twice when `confirm`).
+fn passphrase(file: Option<&std::path::Path>, confirm: bool) -> Result<String> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the passphrase from {}", f.display()))?;
+        return Ok(text.lines().next().unwrap_or("").to_string());
+    }
+    if let Ok(p) = std::env::var("TREECAST_PASSPHRASE") {
+        return Ok(p);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no passphrase: use --passphrase-file or TREECAST_PASSPHRASE when not on a terminal");
+    }
+    let first = rpassword::prompt_password("passphrase: ").context("reading the passphrase")?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ").context("reading the passphrase")?;
+        if again != first {
+            bail!("the two passphrases differ");
+        }
+    }
+    Ok(first)
+}
+
+fn key_command(action: KeyCommand) -> Result<ExitCode> {
+    match action {
+        KeyCommand::Export {
+            key,
+            out,
+            passphrase_file,
+        } => {
+            let k = PublisherKey::load(&key)?;
+            let pass = passphrase(passphrase_file.as_deref(), true)?;
+            let text = crate::trust::export_key(&k, &pass)?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "exported publisher key {} to {}",
+                crate::node::report::fingerprint(&k.public()),
+                out.display()
+            );
+            println!("{}", k.public());
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Import {
+            file,
+            out,
+            passphrase_file,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let pass = passphrase(passphrase_file.as_deref(), false)?;
+            let k = crate::trust::import_key(&text, &pass)
+                .with_context(|| format!("importing {}", file.display()))?;
+            k.save_new(&out)?;
+            eprintln!(
+                "imported publisher key {} into {}",
+                crate::node::report::fingerprint(&k.public()),
+                out.display()
+            );
+            println!("{}", k.public());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Run a parsed command line.
@@ -310,6 +414,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { size_mib } => crate::demo::run(size_mib).await,
+        Command::Key { action } => key_command(action),
     }
 }
 

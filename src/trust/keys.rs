@@ -65,7 +65,7 @@ impl PublisherKey {
         Ok(Self::from_secret(secret))
     }
 
-    fn secret(&self) -> [u8; 32] {
+    pub(crate) fn secret(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         out.copy_from_slice(self.0.secret().as_ref());
         out

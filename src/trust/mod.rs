@@ -8,6 +8,8 @@ mod keys;
 mod ticket;
 
 pub use head::{HeadBody, SignedHead, VerifiedHead};
+mod export;
+pub use export::{export_key, import_key, KeyFileError, MIN_PASSPHRASE};
 pub use keys::{load_or_create_node_key, PublisherKey, PublisherPublicKey};
 pub use ticket::Ticket;
 
