@@ -45,6 +45,10 @@ pub const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
 /// Peers we hold control sessions with at once.
 pub const MAX_PEERS: usize = 64;
 
+/// Control messages a peer may send per second on average, and in one burst; more is a flood
+/// (an honest peer sends a few per second: availability every 250 ms, heartbeats, heads).
+pub const CONTROL_MSGS_PER_SEC: u64 = 50;
+pub const CONTROL_MSGS_BURST: u64 = 200;
 /// Time allowed for the version handshake and hello exchange.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one chunk reply once it was requested.

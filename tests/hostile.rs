@@ -357,3 +357,55 @@ async fn bytes_rotted_on_a_subscribers_disk_are_never_served() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_control_messages_is_banned_and_the_publisher_keeps_serving() {
+    use treecast::wire::{self, ControlMsg, Hello, Role, CONTROL_PROTOCOL, PROTOCOL_VERSION};
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
+    synced(&attacker, 1).await;
+
+    // A control session of its own (it replaces the attacker node's), then a flood.
+    let mut stream = attacker
+        .danger_open_stream(p.peer_id(), CONTROL_PROTOCOL)
+        .await
+        .unwrap();
+    wire::write_handshake(&mut stream, PROTOCOL_VERSION)
+        .await
+        .unwrap();
+    let hello = Hello {
+        node_id: uuid::Uuid::new_v4(),
+        swarm_id: p.ticket().swarm_id,
+        role: Role::Subscriber,
+        head: None,
+        addrs: Vec::new(),
+    };
+    wire::write_frame(&mut stream, &wire::encode(&ControlMsg::Hello(hello)))
+        .await
+        .unwrap();
+    let beat = wire::encode(&ControlMsg::Heartbeat);
+    for _ in 0..5000 {
+        if wire::write_frame(&mut stream, &beat).await.is_err() {
+            break; // the publisher hung up on us
+        }
+    }
+    eventually(WAIT, "the publisher to ban the flooder", || {
+        p.stats().peers_banned >= 1
+    })
+    .await;
+    assert!(p
+        .banned_peers()
+        .await
+        .unwrap()
+        .contains(&attacker.peer_id()));
+
+    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
+    synced(&honest, 1).await;
+    assert_same_tree(&src, &lab.tmp.path().join("honest"));
+    for n in [honest, attacker, p] {
+        n.shutdown().await;
+    }
+}

@@ -9,7 +9,10 @@ use tracing::{debug, error, info, warn};
 use super::net_loop::NetCommand;
 use super::serve::Content;
 use super::LocalInfo;
-use crate::config::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CONTROL_FRAME, PEER_TIMEOUT};
+use crate::config::{
+    CONTROL_MSGS_BURST, CONTROL_MSGS_PER_SEC, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL,
+    MAX_CONTROL_FRAME, PEER_TIMEOUT,
+};
 use crate::trust::SignedHead;
 use crate::wire::{
     self, ControlMsg, Hello, PeerInfo, Role, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN,
@@ -171,11 +174,21 @@ where
         async move { events.send(NetCommand::Peer(ev)).await.is_ok() }
     };
     let reader = async {
+        let mut budget = crate::swarm::TokenBucket::new(
+            CONTROL_MSGS_PER_SEC,
+            CONTROL_MSGS_BURST,
+            std::time::Instant::now(),
+        );
         loop {
             let msg = match tokio::time::timeout(PEER_TIMEOUT, recv(r)).await {
                 Err(_) => return Err(WireError::Timeout("peer silent past heartbeat timeout")),
                 Ok(m) => m?,
             };
+            if !budget.take(1, std::time::Instant::now()).is_zero() {
+                return Err(WireError::Flood(
+                    "control messages far faster than any honest peer sends",
+                ));
+            }
             match msg {
                 None => return Ok(()),
                 Some(ControlMsg::Head(head)) => {

@@ -82,6 +82,8 @@ pub enum WireError {
     VersionMismatch { ours: u32, theirs: u32 },
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("flooding: {0}")]
+    Flood(&'static str),
 }
 
 impl WireError {
@@ -89,7 +91,10 @@ impl WireError {
     pub fn is_hostile(&self) -> bool {
         matches!(
             self,
-            WireError::FrameTooLarge { .. } | WireError::Decode(_) | WireError::BadMagic
+            WireError::FrameTooLarge { .. }
+                | WireError::Decode(_)
+                | WireError::BadMagic
+                | WireError::Flood(_)
         )
     }
 }
