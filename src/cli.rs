@@ -142,9 +142,32 @@ pub enum Command {
         /// publish: for a publisher that lost its files or its state.
         #[arg(long)]
         restore: bool,
-        /// The swarm to restore when DIR has no state left (with --restore).
+        /// The swarm to restore when DIR has no state left (with --restore), or to take over.
         #[arg(long, env = "TREECAST_SWARM_ID", value_name = "UUID")]
         swarm_id: Option<uuid::Uuid>,
+        /// Handover records (from `treecast handover`) that make this key the swarm's
+        /// publisher: for a new publisher taking a swarm over.
+        #[arg(long, env = "TREECAST_SUCCESSION", value_name = "FILE")]
+        succession: Option<PathBuf>,
+    },
+    /// Hand a published swarm over to a new publisher key. Run on the stopped old publisher;
+    /// give the file it writes to the new publisher (`publish --succession FILE`).
+    /// Subscribers follow the new key from then on and refuse heads signed by the old one.
+    Handover {
+        /// The published directory.
+        dir: PathBuf,
+        /// The new publisher's public key (hex, as `keygen` prints it).
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        to: String,
+        /// The first revision the new key signs (default: the next one).
+        #[arg(long, value_name = "R")]
+        from_revision: Option<u64>,
+        /// The current publisher key file (default: DIR/.treecast/publisher.key).
+        #[arg(long, env = "TREECAST_KEY")]
+        key: Option<PathBuf>,
+        /// Where to write the handover records (default: DIR/.treecast/handover.tcs).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Keep DIR an exact, read-only mirror of the newest revision of the swarm in TICKET.
     Subscribe {
@@ -335,6 +358,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             force,
             restore,
             swarm_id,
+            succession,
         } => {
             let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
@@ -342,6 +366,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             config.ignore = ignore;
             config.force = force;
             config.swarm_id = swarm_id;
+            if let Some(file) = succession {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                config.succession = crate::trust::Succession::from_text(&text)
+                    .with_context(|| format!("reading handover records from {}", file.display()))?;
+            }
             let key_path = key.unwrap_or_else(|| config.state_dir().join("publisher.key"));
             if restore && !key_path.exists() {
                 bail!(
@@ -415,6 +445,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { size_mib } => crate::demo::run(size_mib).await,
         Command::Key { action } => key_command(action),
+        Command::Handover {
+            dir,
+            to,
+            from_revision,
+            key,
+            out,
+        } => {
+            let to = crate::trust::PublisherPublicKey::from_hex(&to).context("reading --to")?;
+            let key_path =
+                key.unwrap_or_else(|| dir.join(crate::config::STATE_DIR).join("publisher.key"));
+            let key = PublisherKey::load(&key_path)?;
+            let chain = Node::handover(&dir, &key, to, from_revision)?;
+            let out =
+                out.unwrap_or_else(|| dir.join(crate::config::STATE_DIR).join("handover.tcs"));
+            let text = format!(
+                "# treecast handover records: give this file to the new publisher\n{}",
+                crate::trust::Succession::to_text(&chain)
+            );
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            let from = chain.last().map_or(0, |l| l.body.from_revision);
+            eprintln!(
+                "handed over to {} from revision {from}; this key no longer publishes {}.\n\
+                 On the new publisher: treecast publish DIR --key NEW.key --succession {} --swarm-id {} [--restore]",
+                crate::node::report::fingerprint(&to),
+                dir.display(),
+                out.display(),
+                chain.last().map(|l| l.body.swarm_id.to_string()).unwrap_or_default()
+            );
+            println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -113,6 +113,9 @@ pub struct NodeConfig {
     /// Publisher only: publish at start even if the tree looks lost (much smaller than the
     /// last revision, or the swarm holds a newer revision than this node's state).
     pub force: bool,
+    /// Handover records leading from the swarm's first key to this node's publisher key (a new
+    /// publisher taking over), or to follow before any head is seen.
+    pub succession: Vec<crate::trust::Succession>,
     /// Serve Prometheus metrics over HTTP here (port 0 picks a free port).
     pub metrics: Option<std::net::SocketAddr>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
@@ -142,6 +145,7 @@ impl NodeConfig {
             protocol_version: crate::wire::PROTOCOL_VERSION,
             metrics: None,
             force: false,
+            succession: Vec::new(),
             danger_corrupt_served_chunks: false,
         }
     }

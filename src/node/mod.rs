@@ -185,6 +185,18 @@ impl Node {
         publisher::restore(config, key).await
     }
 
+    /// Hand the swarm of the (stopped) publisher tree at `dir` over to the key `to` from
+    /// `from_revision` (default: the next revision). Returns the handover records the new
+    /// publisher needs (`NodeConfig::succession`, `--succession`).
+    pub fn handover(
+        dir: &std::path::Path,
+        key: &PublisherKey,
+        to: crate::trust::PublisherPublicKey,
+        from_revision: Option<u64>,
+    ) -> Result<Vec<crate::trust::Succession>, NodeError> {
+        publisher::handover(dir, key, to, from_revision)
+    }
+
     /// Start mirroring the swarm named by `ticket` into `config.dir`.
     pub async fn subscribe(config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
         subscriber::start(config, ticket).await
@@ -480,13 +492,13 @@ impl Applied {
 pub(crate) fn load_applied(
     db: &crate::store::Db,
     stored: &crate::store::StoredState,
-    pin: &crate::trust::PublisherPublicKey,
+    lineage: &crate::trust::Lineage,
     swarm_id: uuid::Uuid,
 ) -> Result<Option<Applied>, NodeError> {
     let Some(bytes) = &stored.head else {
         return Ok(None);
     };
-    let head = crate::trust::VerifiedHead::from_stored(bytes, pin, swarm_id)?;
+    let head = lineage.verify(crate::trust::SignedHead::decode(bytes)?, swarm_id)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("stored revision: {what}"));
     let body = head.body();
     let index_bytes = db
@@ -512,6 +524,27 @@ pub(crate) fn load_applied(
         manifest,
         blobs,
     }))
+}
+
+/// Open the state database of the tree at `dir`, saying so clearly when a node holds it.
+pub(crate) fn open_db(dir: &std::path::Path) -> Result<crate::store::Db, NodeError> {
+    let db_path = dir.join(crate::config::STATE_DIR).join("state.redb");
+    if !db_path.exists() {
+        return Err(NodeError::Refused(format!(
+            "{} has no treecast state (no {})",
+            dir.display(),
+            db_path.display()
+        )));
+    }
+    crate::store::Db::open(&db_path).map_err(|e| match e {
+        StoreError::Db(e) if matches!(*e, redb::Error::DatabaseAlreadyOpen) => {
+            NodeError::Refused(format!(
+                "a treecast node is running on {}: its state database is locked (stop it first)",
+                dir.display()
+            ))
+        }
+        other => other.into(),
+    })
 }
 
 /// Rehash `dir` against the revision its state database says it holds.
@@ -547,7 +580,9 @@ fn verify_with(
         ));
     };
     let pin = crate::trust::PublisherPublicKey::from_bytes(pin)?;
-    let applied = load_applied(db, &stored, &pin, swarm)?
+    let mut lineage = crate::trust::Lineage::new(pin);
+    lineage.extend(&stored.lineage, swarm);
+    let applied = load_applied(db, &stored, &lineage, swarm)?
         .ok_or_else(|| NodeError::Refused("no revision has been applied yet".into()))?;
     let report = crate::store::verify_tree(dir, &applied.manifest)?;
     Ok((applied.head.revision(), report))

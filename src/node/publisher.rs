@@ -17,7 +17,10 @@ use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, St
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
 use crate::store::Db;
 use crate::tree::{scan, FileRecord, IgnoreRules, Manifest, RelPath};
-use crate::trust::{load_or_create_node_key, HeadBody, PublisherKey, SignedHead, Ticket};
+use crate::trust::{
+    load_or_create_node_key, HeadBody, Lineage, PublisherKey, PublisherPublicKey, SignedHead,
+    Succession, Ticket,
+};
 use crate::wire::{ControlMsg, Role};
 
 struct Publisher {
@@ -33,8 +36,41 @@ struct Publisher {
     known: HashMap<RelPath, FileRecord>,
     /// `--ignore` patterns, applied after `.treecastignore`.
     ignore: Vec<String>,
-    /// The newest revision signed by our key that the swarm was heard to hold (DHT, peers).
+    /// The newest revision of this swarm that the swarm was heard to hold (DHT, peers).
     swarm_newest: u64,
+    /// The swarm's keys: this publisher's key must be the current one.
+    lineage: Lineage,
+}
+
+/// Refuse to publish with a key that is not the swarm's current one.
+fn check_signer(
+    lineage: &Lineage,
+    key: &PublisherKey,
+    dir: &std::path::Path,
+) -> Result<(), NodeError> {
+    let fp = super::report::fingerprint;
+    if lineage.current() == key.public() {
+        return Ok(());
+    }
+    Err(NodeError::Refused(
+        if lineage.is_earlier_key(&key.public().to_bytes()) {
+            format!(
+                "{} was handed over to key {} from revision {}: key {} no longer publishes it",
+                dir.display(),
+                fp(&lineage.current()),
+                lineage.since(),
+                fp(&key.public())
+            )
+        } else {
+            format!(
+                "{} is published by key {}; refusing to publish it with key {} (a new publisher \
+             needs the handover records from the current one: --succession FILE)",
+                dir.display(),
+                fp(&lineage.current()),
+                fp(&key.public())
+            )
+        },
+    ))
 }
 
 /// How long a starting publisher listens for the newest revision the swarm holds.
@@ -48,19 +84,28 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
     let db = Arc::new(Db::open(&state.join("state.redb"))?);
     let stored = db.state()?;
-    if let Some(pin) = stored.pinned_key.filter(|p| *p != key.public().to_bytes()) {
-        return Err(NodeError::Refused(format!(
-            "{} was published with key {}; refusing to publish it with key {}",
-            config.dir.display(),
-            data_encoding::HEXLOWER.encode(&pin),
-            key.public()
-        )));
-    }
     let swarm_id = stored
         .swarm_id
         .or(config.swarm_id)
         .unwrap_or_else(uuid::Uuid::new_v4);
-    db.set_identity(swarm_id, key.public().to_bytes())?;
+    // Who signs this swarm: the tree's pinned key (or, for a new publisher taking over, the
+    // first key of its handover records, or this key), then every handover since.
+    let root = stored
+        .pinned_key
+        .and_then(|p| PublisherPublicKey::from_bytes(p).ok())
+        .or_else(|| {
+            config
+                .succession
+                .first()
+                .and_then(|l| PublisherPublicKey::from_bytes(l.body.from).ok())
+        })
+        .unwrap_or_else(|| key.public());
+    let mut lineage = Lineage::new(root);
+    lineage.extend(&stored.lineage, swarm_id);
+    lineage.extend(&config.succession, swarm_id);
+    check_signer(&lineage, &key, &config.dir)?;
+    db.set_identity(swarm_id, root.to_bytes())?;
+    db.set_lineage(lineage.links())?;
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
     let stats = Arc::new(Stats::default());
     let content = Content::default();
@@ -78,8 +123,9 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         current: None,
         known: db.file_index()?,
         swarm_newest: 0,
+        lineage: lineage.clone(),
     };
-    if let Some(applied) = load_applied(&db, &stored, &key.public(), swarm_id)? {
+    if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id)? {
         let revision = applied.head.revision();
         engine.current = Some((revision, applied.manifest.clone()));
         engine.status.send_modify(|s| {
@@ -94,7 +140,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         swarm_id,
         role: Role::Publisher,
         addrs: Vec::new(),
-        publisher: Some(key.public().to_bytes()),
+        publisher: Some(root.to_bytes()),
     };
     let started = net_loop::start(&config, node_key, local, content, stats.clone()).await?;
     engine.net = Some(started.net.clone());
@@ -120,7 +166,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     }
     let ticket = Ticket {
         swarm_id,
-        publisher: key.public(),
+        publisher: root,
         addrs: started.listen_addrs.clone(),
     };
     let ticket_path = state.join("ticket");
@@ -135,7 +181,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         dir: dir.clone(),
         swarm_id,
         peer_id: started.peer_id,
-        publisher: key.public(),
+        publisher: root,
         net: started.net.clone(),
         status: status_rx.clone(),
         stats: stats.clone(),
@@ -243,7 +289,10 @@ impl Publisher {
 
     /// A head from the swarm: if our key signed it, remember its revision.
     fn note_head(&mut self, head: &SignedHead) {
-        if let Ok(h) = head.clone().verify(&self.key.public(), self.swarm_id) {
+        if self.lineage.extend(&head.succession, self.swarm_id) {
+            let _ = self.db.set_lineage(self.lineage.links());
+        }
+        if let Ok(h) = self.lineage.verify(head.clone(), self.swarm_id) {
             self.swarm_newest = self.swarm_newest.max(h.revision());
         }
     }
@@ -252,6 +301,8 @@ impl Publisher {
     /// holds a newer revision than this publisher's state, or when the tree is much smaller
     /// than the revision it last published.
     async fn first_scan(&mut self, force: bool) -> Result<(), NodeError> {
+        // The swarm may know of a handover away from this key.
+        check_signer(&self.lineage, &self.key, &self.dir)?;
         let local = self.current.as_ref().map_or(0, |(r, _)| *r);
         let restore = format!(
             "`treecast publish --restore {}` rebuilds the tree from the swarm first",
@@ -410,7 +461,8 @@ impl Publisher {
                 signer: [0; 32],
             },
             &self.key,
-        );
+        )
+        .with_succession(self.lineage.links().to_vec());
         self.db
             .commit_revision(&head.signed().encode(), records, &blobs)?;
         self.content.replace(ServeIndex::build(
@@ -480,23 +532,29 @@ pub(crate) async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u6
     let state = config.state_dir();
     std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
     let stored = Db::open(&state.join("state.redb"))?.state()?;
-    if let Some(pin) = stored.pinned_key.filter(|p| *p != key.public().to_bytes()) {
-        return Err(NodeError::Refused(format!(
-            "{} belongs to publisher key {}, not {}",
-            config.dir.display(),
-            data_encoding::HEXLOWER.encode(&pin),
-            key.public()
-        )));
-    }
     let swarm_id = stored.swarm_id.or(config.swarm_id).ok_or_else(|| {
         NodeError::Refused(format!(
             "{} has no treecast state left: name the swarm to restore with --swarm-id",
             config.dir.display()
         ))
     })?;
+    let root = stored
+        .pinned_key
+        .and_then(|p| PublisherPublicKey::from_bytes(p).ok())
+        .or_else(|| {
+            config
+                .succession
+                .first()
+                .and_then(|l| PublisherPublicKey::from_bytes(l.body.from).ok())
+        })
+        .unwrap_or_else(|| key.public());
+    let mut lineage = Lineage::new(root);
+    lineage.extend(&stored.lineage, swarm_id);
+    lineage.extend(&config.succession, swarm_id);
+    check_signer(&lineage, key, &config.dir)?;
     let ticket = Ticket {
         swarm_id,
-        publisher: key.public(),
+        publisher: root,
         addrs: Vec::new(),
     };
     let dir = config.dir.clone();
@@ -544,4 +602,50 @@ fn make_writable(dir: &std::path::Path) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// Hand the swarm of the tree at `dir` over from `key` to `to`, effective at `from_revision`
+/// (default: the revision after the one held). The node must not be running. Returns the
+/// handover records from the swarm's first key, for the new publisher (`--succession`).
+pub(crate) fn handover(
+    dir: &std::path::Path,
+    key: &PublisherKey,
+    to: PublisherPublicKey,
+    from_revision: Option<u64>,
+) -> Result<Vec<Succession>, NodeError> {
+    let db = super::open_db(dir)?;
+    let stored = db.state()?;
+    let (Some(swarm_id), Some(lineage)) = (stored.swarm_id, db.lineage(&stored)) else {
+        return Err(NodeError::Refused(format!(
+            "{} has never been published",
+            dir.display()
+        )));
+    };
+    check_signer(&lineage, key, dir)?;
+    if to == key.public() {
+        return Err(NodeError::Refused("handing over to the same key".into()));
+    }
+    let held = match &stored.head {
+        Some(bytes) => lineage
+            .verify(SignedHead::decode(bytes)?, swarm_id)?
+            .revision(),
+        None => 0,
+    };
+    let from = from_revision.unwrap_or(held + 1);
+    if from <= held {
+        return Err(NodeError::Refused(format!(
+            "--from-revision must be after revision {held}, which key {} already published",
+            super::report::fingerprint(&key.public())
+        )));
+    }
+    let mut lineage = lineage;
+    let link = Succession::sign(key, swarm_id, to, from);
+    if !lineage.extend(std::slice::from_ref(&link), swarm_id) {
+        return Err(NodeError::Refused(
+            "the handover record does not continue this swarm's lineage".into(),
+        ));
+    }
+    db.set_lineage(lineage.links())?;
+    info!(to = %to, from_revision = from, "handed over");
+    Ok(lineage.links().to_vec())
 }

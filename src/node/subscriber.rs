@@ -24,7 +24,7 @@ use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
 use crate::store::{local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
-use crate::trust::{load_or_create_node_key, PublisherPublicKey, SignedHead, Ticket, VerifiedHead};
+use crate::trust::{load_or_create_node_key, Lineage, SignedHead, Ticket, VerifiedHead};
 use crate::wire::{ControlMsg, Role};
 
 /// Why a download did not produce a revision.
@@ -78,7 +78,8 @@ impl KnownPeer {
 struct Subscriber {
     dir: PathBuf,
     db: Arc<Db>,
-    pin: PublisherPublicKey,
+    /// The pinned key and the handovers followed since.
+    lineage: Lineage,
     swarm_id: uuid::Uuid,
     content: Content,
     stats: Arc<Stats>,
@@ -144,7 +145,12 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
     let stats = Arc::new(Stats::default());
     let content = Content::default();
-    let applied = load_applied(&db, &stored, &ticket.publisher, ticket.swarm_id)?;
+    let mut lineage = Lineage::new(ticket.publisher);
+    lineage.extend(&stored.lineage, ticket.swarm_id);
+    if lineage.extend(&config.succession, ticket.swarm_id) {
+        db.set_lineage(lineage.links())?;
+    }
+    let applied = load_applied(&db, &stored, &lineage, ticket.swarm_id)?;
     if let Some(a) = &applied {
         content.replace(a.serve_index(&config.dir));
     }
@@ -166,7 +172,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     let engine = Subscriber {
         dir: config.dir.clone(),
         db: db.clone(),
-        pin: ticket.publisher,
+        lineage,
         swarm_id: ticket.swarm_id,
         content,
         stats: stats.clone(),
@@ -296,7 +302,7 @@ impl Subscriber {
                 let held = hello
                     .head
                     .clone()
-                    .and_then(|h| h.verify(&self.pin, self.swarm_id).ok())
+                    .and_then(|h| self.lineage.verify(h, self.swarm_id).ok())
                     .map_or(0, |h| h.revision());
                 let known = KnownPeer {
                     revision: held,
@@ -373,8 +379,26 @@ impl Subscriber {
 
     /// A head arrived from `peer`: verify it, and retarget if it is the newest.
     async fn consider(&mut self, peer: PeerId, head: SignedHead) {
-        let head = match head.verify(&self.pin, self.swarm_id) {
+        if self.lineage.extend(&head.succession, self.swarm_id) {
+            info!(
+                to = %super::report::fingerprint(&self.lineage.current()),
+                from_revision = self.lineage.since(),
+                "the publisher handed this swarm over to a new key: following it"
+            );
+            if let Err(e) = self.db.set_lineage(self.lineage.links()) {
+                error!(error = %e, "could not record the handover");
+            }
+        }
+        let signer = head.body.signer;
+        let head = match self.lineage.verify(head, self.swarm_id) {
             Ok(h) => h,
+            Err(e) if self.lineage.is_earlier_key(&signer) => {
+                // Signed by a key this swarm was handed over from: outdated, not forged (a
+                // lagging peer, or the old publisher). Not applied.
+                Stats::add(&self.stats.heads_stale, 1);
+                tracing::debug!(%peer, error = %e, "ignoring a head signed by a former publisher key");
+                return;
+            }
             Err(e) => {
                 warn!(%peer, error = %e, "rejected a head: not signed by the pinned publisher key");
                 Stats::add(&self.stats.heads_rejected, 1);

@@ -16,6 +16,7 @@ const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const KEY_SWARM: &str = "swarm_id";
 const KEY_PIN: &str = "publisher_key";
 const KEY_HEAD: &str = "head";
+const KEY_LINEAGE: &str = "succession";
 
 /// Handle to the state database.
 pub struct Db(redb::Database);
@@ -27,6 +28,8 @@ pub struct StoredState {
     pub pinned_key: Option<[u8; 32]>,
     /// Encoded signed head of the applied revision.
     pub head: Option<Vec<u8>>,
+    /// Handovers followed from the pinned key (see `trust::Lineage`).
+    pub lineage: Vec<crate::trust::Succession>,
 }
 
 impl Db {
@@ -61,10 +64,16 @@ impl Db {
             ),
             None => None,
         };
+        let lineage = match get(KEY_LINEAGE)? {
+            Some(b) => postcard::from_bytes(&b)
+                .map_err(|e| StoreError::Corrupt(format!("succession records: {e}")))?,
+            None => Vec::new(),
+        };
         Ok(StoredState {
             swarm_id,
             pinned_key,
             head: get(KEY_HEAD)?,
+            lineage,
         })
     }
 
@@ -78,6 +87,28 @@ impl Db {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Record the handovers followed from the pinned key.
+    pub fn set_lineage(&self, links: &[crate::trust::Succession]) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(links).expect("succession encodes");
+        let txn = self.0.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_LINEAGE, &bytes[..])?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The lineage recorded for this tree: its pin and the handovers followed (re-verified).
+    pub fn lineage(&self, stored: &StoredState) -> Option<crate::trust::Lineage> {
+        let pin = crate::trust::PublisherPublicKey::from_bytes(stored.pinned_key?).ok()?;
+        let mut lineage = crate::trust::Lineage::new(pin);
+        if let Some(swarm) = stored.swarm_id {
+            lineage.extend(&stored.lineage, swarm);
+        }
+        Some(lineage)
     }
 
     /// The file index.

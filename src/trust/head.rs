@@ -27,6 +27,9 @@ pub struct HeadBody {
 pub struct SignedHead {
     pub body: HeadBody,
     pub signature: Vec<u8>,
+    /// The handovers from the swarm's first key to the signer (not signed by the head: each
+    /// record carries the outgoing key's signature). Empty unless the swarm was handed over.
+    pub succession: Vec<super::Succession>,
 }
 
 /// A head whose signature and swarm were checked against the pinned key.
@@ -46,7 +49,11 @@ impl SignedHead {
     pub fn sign(mut body: HeadBody, key: &PublisherKey) -> VerifiedHead {
         body.signer = key.public().to_bytes();
         let signature = key.sign(&body.signing_bytes()).to_vec();
-        VerifiedHead(SignedHead { body, signature })
+        VerifiedHead(SignedHead {
+            body,
+            signature,
+            succession: Vec::new(),
+        })
     }
 
     /// Check signer, signature and swarm.
@@ -92,6 +99,12 @@ impl VerifiedHead {
 
     pub fn revision(&self) -> u64 {
         self.0.body.revision
+    }
+
+    /// Attach the handover records that lead from the swarm's first key to this head's signer.
+    pub fn with_succession(mut self, chain: Vec<super::Succession>) -> Self {
+        self.0.succession = chain;
+        self
     }
 
     /// The signed form, for sending to peers.

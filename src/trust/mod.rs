@@ -9,8 +9,10 @@ mod ticket;
 
 pub use head::{HeadBody, SignedHead, VerifiedHead};
 mod export;
+mod succession;
 pub use export::{export_key, import_key, KeyFileError, MIN_PASSPHRASE};
 pub use keys::{load_or_create_node_key, PublisherKey, PublisherPublicKey};
+pub use succession::{Lineage, Succession, SuccessionBody, MAX_LINKS};
 pub use ticket::Ticket;
 
 use thiserror::Error;
@@ -46,4 +48,6 @@ pub enum TrustError {
     },
     #[error("head could not be decoded: {0}")]
     HeadDecode(String),
+    #[error("handover: {0}")]
+    Succession(String),
 }

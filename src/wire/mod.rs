@@ -53,7 +53,7 @@ use crate::tree::ContentHash;
 use crate::trust::SignedHead;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Magic bytes at the start of every control stream.
 pub const MAGIC: &[u8; 8] = b"treecast";
 /// Protocol name of the control stream.
