@@ -518,8 +518,14 @@ fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
     })
 }
 
-async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
-    let node = Node::publish(config, key).await?;
+async fn publish(mut config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
+    let progress = std::sync::Arc::new(crate::tree::ScanProgress::default());
+    config.scan_progress = Some(progress.clone());
+    let shown = tokio::spawn(show_scan(progress, config.dir.display().to_string()));
+    let started = Node::publish(config, key).await;
+    shown.abort();
+    let _ = shown.await;
+    let node = started?;
     println!("{}", node.ticket());
     for addr in node.listen_addrs() {
         tracing::info!(%addr, "listening");
@@ -527,6 +533,43 @@ async fn publish(config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {
     ctrl_c().await?;
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Show the first scan's progress until aborted: a spinner with files and bytes hashed when
+/// stderr is a terminal, a plain line every 10 s otherwise.
+async fn show_scan(progress: std::sync::Arc<crate::tree::ScanProgress>, dir: String) {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering::Relaxed;
+    let human = crate::node::report::human_bytes;
+    let line = |p: &crate::tree::ScanProgress| {
+        format!(
+            "scanning {dir}: {} files, {} hashed",
+            p.files.load(Relaxed),
+            human(p.bytes_hashed.load(Relaxed) as f64)
+        )
+    };
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        struct Clear(indicatif::ProgressBar);
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                self.0.finish_and_clear();
+            }
+        }
+        let bar = Clear(bar);
+        loop {
+            bar.0.set_message(line(&progress));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            eprintln!("{}", line(&progress));
+        }
+    }
 }
 
 /// Wait for Ctrl-C (SIGINT) or SIGTERM (what `kill` and systemd send), then say we are

@@ -116,6 +116,8 @@ pub struct NodeConfig {
     /// Handover records leading from the swarm's first key to this node's publisher key (a new
     /// publisher taking over), or to follow before any head is seen.
     pub succession: Vec<crate::trust::Succession>,
+    /// Publisher only: told how far each scan got (for a progress bar).
+    pub scan_progress: Option<std::sync::Arc<crate::tree::ScanProgress>>,
     /// Serve Prometheus metrics over HTTP here (port 0 picks a free port).
     pub metrics: Option<std::net::SocketAddr>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
@@ -145,6 +147,7 @@ impl NodeConfig {
             protocol_version: crate::wire::PROTOCOL_VERSION,
             metrics: None,
             force: false,
+            scan_progress: None,
             succession: Vec::new(),
             danger_corrupt_served_chunks: false,
         }

@@ -16,7 +16,7 @@ use super::serve::{manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
 use crate::store::Db;
-use crate::tree::{scan, FileRecord, IgnoreRules, Manifest, RelPath};
+use crate::tree::{FileRecord, IgnoreRules, Manifest, RelPath};
 use crate::trust::{
     load_or_create_node_key, HeadBody, Lineage, PublisherKey, PublisherPublicKey, SignedHead,
     Succession, Ticket,
@@ -40,6 +40,7 @@ struct Publisher {
     swarm_newest: u64,
     /// The swarm's keys: this publisher's key must be the current one.
     lineage: Lineage,
+    scan_progress: Option<Arc<crate::tree::ScanProgress>>,
 }
 
 /// Refuse to publish with a key that is not the swarm's current one.
@@ -124,6 +125,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         known: db.file_index()?,
         swarm_newest: 0,
         lineage: lineage.clone(),
+        scan_progress: config.scan_progress.clone(),
     };
     if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id)? {
         let revision = applied.head.revision();
@@ -382,6 +384,7 @@ impl Publisher {
         let dir = self.dir.clone();
         let known = self.known.clone();
         let extra = self.ignore.clone();
+        let progress = self.scan_progress.clone();
         let crate::tree::Scan {
             manifest,
             records,
@@ -389,7 +392,7 @@ impl Publisher {
         } = tokio::task::spawn_blocking(move || {
             // Read again on every scan, so edits to .treecastignore take effect.
             let rules = IgnoreRules::load(&dir, &extra)?;
-            scan(&dir, &known, &rules)
+            crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())
         })
         .await
         .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;

@@ -14,7 +14,7 @@ pub use hash::ContentHash;
 pub use ignore::{IgnoreRules, IGNORE_FILE};
 pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
 pub use path::RelPath;
-pub use scan::{mtime_ns, scan, FileRecord, Scan, ScanStats};
+pub use scan::{mtime_ns, scan, scan_with_progress, FileRecord, Scan, ScanProgress, ScanStats};
 
 use thiserror::Error;
 

@@ -62,11 +62,45 @@ pub struct Scan {
     pub stats: ScanStats,
 }
 
+/// A scan's progress as it runs, for progress bars: files seen and bytes hashed so far.
+#[derive(Debug, Default)]
+pub struct ScanProgress {
+    pub files: std::sync::atomic::AtomicU64,
+    pub bytes_hashed: std::sync::atomic::AtomicU64,
+}
+
+/// Counts bytes read into a [`ScanProgress`].
+struct Counting<'a, R> {
+    inner: R,
+    progress: Option<&'a ScanProgress>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(p) = self.progress {
+            p.bytes_hashed
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
 /// Scan `root`, leaving out what `ignore` names. `known` is the file index from the last scan.
 pub fn scan(
     root: &Path,
     known: &HashMap<RelPath, FileRecord>,
     ignore: &IgnoreRules,
+) -> Result<Scan, TreeError> {
+    scan_with_progress(root, known, ignore, None)
+}
+
+/// [`scan`], telling `progress` how far it got.
+pub fn scan_with_progress(
+    root: &Path,
+    known: &HashMap<RelPath, FileRecord>,
+    ignore: &IgnoreRules,
+    progress: Option<&ScanProgress>,
 ) -> Result<Scan, TreeError> {
     let mut stats = ScanStats::default();
     let mut entries = Vec::new();
@@ -107,7 +141,10 @@ pub fn scan(
                 kind: EntryKind::Dir,
             });
         } else if ft.is_file() {
-            let record = scan_file(item.path(), known.get(&path), &mut stats)?;
+            let record = scan_file(item.path(), known.get(&path), &mut stats, progress)?;
+            if let Some(p) = progress {
+                p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             entries.push(Entry {
                 path: path.clone(),
                 kind: EntryKind::File {
@@ -134,6 +171,7 @@ fn scan_file(
     path: &Path,
     known: Option<&FileRecord>,
     stats: &mut ScanStats,
+    progress: Option<&ScanProgress>,
 ) -> Result<FileRecord, TreeError> {
     let io = |source| TreeError::Io {
         path: path.to_owned(),
@@ -150,7 +188,11 @@ fn scan_file(
         });
     }
     let file = File::open(path).map_err(io)?;
-    let chunked = chunk_reader(BufReader::with_capacity(1 << 20, file)).map_err(io)?;
+    let counted = Counting {
+        inner: file,
+        progress,
+    };
+    let chunked = chunk_reader(BufReader::with_capacity(1 << 20, counted)).map_err(io)?;
     stats.files_hashed += 1;
     stats.bytes_hashed += chunked.size;
     // Re-read metadata after hashing: if the file changed meanwhile, the next scan sees it.
