@@ -199,12 +199,7 @@ async fn a_peer_sending_bad_chunks_is_dropped_and_chunks_come_from_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_serving() {
-    let lab = Lab::new();
-    let src = lab.dir("publisher");
-    write(&src, "a.txt", b"a");
-    let p = publisher(&src).await;
-    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
-    synced(&attacker, 1).await;
+    let (lab, src, p, attacker) = attack_setup().await;
 
     let mut stream = attacker
         .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
@@ -226,18 +221,7 @@ async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_servin
         p.stats().hostile_frames >= 1
     })
     .await;
-    assert!(p
-        .banned_peers()
-        .await
-        .unwrap()
-        .contains(&attacker.peer_id()));
-
-    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
-    synced(&honest, 1).await;
-    assert_same_tree(&src, &lab.tmp.path().join("honest"));
-    for n in [honest, attacker, p] {
-        n.shutdown().await;
-    }
+    banned_and_still_serving(lab, &src, p, attacker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,12 +343,7 @@ async fn bytes_rotted_on_a_subscribers_disk_are_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_flooding_control_messages_is_banned_and_the_publisher_keeps_serving() {
     use treecast::wire::{self, ControlMsg, Hello, Role, CONTROL_PROTOCOL, PROTOCOL_VERSION};
-    let lab = Lab::new();
-    let src = lab.dir("publisher");
-    write(&src, "a.txt", b"a");
-    let p = publisher(&src).await;
-    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
-    synced(&attacker, 1).await;
+    let (lab, src, p, attacker) = attack_setup().await;
 
     // A control session of its own (it replaces the attacker node's), then a flood.
     let mut stream = attacker
@@ -394,15 +373,40 @@ async fn a_peer_flooding_control_messages_is_banned_and_the_publisher_keeps_serv
         p.stats().peers_banned >= 1
     })
     .await;
+    banned_and_still_serving(lab, &src, p, attacker).await;
+}
+
+/// A publisher with one file, and a subscriber that synced from it and will now attack it.
+async fn attack_setup() -> (
+    Lab,
+    std::path::PathBuf,
+    treecast::NodeHandle,
+    treecast::NodeHandle,
+) {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
+    synced(&attacker, 1).await;
+    (lab, src, p, attacker)
+}
+
+/// The publisher banned the attacker and still serves an honest subscriber.
+async fn banned_and_still_serving(
+    lab: Lab,
+    src: &std::path::Path,
+    p: treecast::NodeHandle,
+    attacker: treecast::NodeHandle,
+) {
     assert!(p
         .banned_peers()
         .await
         .unwrap()
         .contains(&attacker.peer_id()));
-
     let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
     synced(&honest, 1).await;
-    assert_same_tree(&src, &lab.tmp.path().join("honest"));
+    assert_same_tree(src, &lab.tmp.path().join("honest"));
     for n in [honest, attacker, p] {
         n.shutdown().await;
     }

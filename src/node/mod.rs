@@ -549,23 +549,7 @@ pub(crate) fn open_db(dir: &std::path::Path) -> Result<crate::store::Db, NodeErr
 
 /// Rehash `dir` against the revision its state database says it holds.
 pub fn verify_dir(dir: &std::path::Path) -> Result<(u64, crate::store::VerifyReport), NodeError> {
-    let db_path = dir.join(crate::config::STATE_DIR).join("state.redb");
-    if !db_path.exists() {
-        return Err(NodeError::Refused(format!(
-            "{} has no treecast state (no {})",
-            dir.display(),
-            db_path.display()
-        )));
-    }
-    let db = crate::store::Db::open(&db_path).map_err(|e| match e {
-        StoreError::Db(e) if matches!(*e, redb::Error::DatabaseAlreadyOpen) => {
-            NodeError::Refused(format!(
-                "a treecast node is running on {}: its state database is locked",
-                dir.display()
-            ))
-        }
-        other => other.into(),
-    })?;
+    let db = open_db(dir)?;
     verify_with(&db, dir)
 }
 

@@ -43,6 +43,32 @@ struct Publisher {
     scan_progress: Option<Arc<crate::tree::ScanProgress>>,
 }
 
+/// Who signs this swarm: the tree's pinned key (or, for a new publisher taking over, the first
+/// key of its handover records, or `key`), then every handover since. Refused unless `key` is
+/// the current one.
+fn lineage_for(
+    stored: &crate::store::StoredState,
+    config: &NodeConfig,
+    key: &PublisherKey,
+    swarm_id: uuid::Uuid,
+) -> Result<Lineage, NodeError> {
+    let root = stored
+        .pinned_key
+        .and_then(|p| PublisherPublicKey::from_bytes(p).ok())
+        .or_else(|| {
+            config
+                .succession
+                .first()
+                .and_then(|l| PublisherPublicKey::from_bytes(l.body.from).ok())
+        })
+        .unwrap_or_else(|| key.public());
+    let mut lineage = Lineage::new(root);
+    lineage.extend(&stored.lineage, swarm_id);
+    lineage.extend(&config.succession, swarm_id);
+    check_signer(&lineage, key, &config.dir)?;
+    Ok(lineage)
+}
+
 /// Refuse to publish with a key that is not the swarm's current one.
 fn check_signer(
     lineage: &Lineage,
@@ -89,22 +115,8 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         .swarm_id
         .or(config.swarm_id)
         .unwrap_or_else(uuid::Uuid::new_v4);
-    // Who signs this swarm: the tree's pinned key (or, for a new publisher taking over, the
-    // first key of its handover records, or this key), then every handover since.
-    let root = stored
-        .pinned_key
-        .and_then(|p| PublisherPublicKey::from_bytes(p).ok())
-        .or_else(|| {
-            config
-                .succession
-                .first()
-                .and_then(|l| PublisherPublicKey::from_bytes(l.body.from).ok())
-        })
-        .unwrap_or_else(|| key.public());
-    let mut lineage = Lineage::new(root);
-    lineage.extend(&stored.lineage, swarm_id);
-    lineage.extend(&config.succession, swarm_id);
-    check_signer(&lineage, &key, &config.dir)?;
+    let lineage = lineage_for(&stored, &config, &key, swarm_id)?;
+    let root = lineage.pin();
     db.set_identity(swarm_id, root.to_bytes())?;
     db.set_lineage(lineage.links())?;
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
@@ -541,20 +553,7 @@ pub(crate) async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u6
             config.dir.display()
         ))
     })?;
-    let root = stored
-        .pinned_key
-        .and_then(|p| PublisherPublicKey::from_bytes(p).ok())
-        .or_else(|| {
-            config
-                .succession
-                .first()
-                .and_then(|l| PublisherPublicKey::from_bytes(l.body.from).ok())
-        })
-        .unwrap_or_else(|| key.public());
-    let mut lineage = Lineage::new(root);
-    lineage.extend(&stored.lineage, swarm_id);
-    lineage.extend(&config.succession, swarm_id);
-    check_signer(&lineage, key, &config.dir)?;
+    let root = lineage_for(&stored, &config, key, swarm_id)?.pin();
     let ticket = Ticket {
         swarm_id,
         publisher: root,
