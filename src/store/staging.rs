@@ -226,13 +226,49 @@ fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> Vec<ContentHash> {
     let mut off = 0u64;
     let mut buf = Vec::new();
     for c in chunks {
-        buf.resize(c.len as usize, 0);
-        if file.read_exact_at(&mut buf, off).is_ok() && c.hash.matches(&buf) {
-            out.push(c.hash);
+        let end = off + c.len as u64;
+        // A chunk that lies wholly in a hole of the sparse staged file was never written:
+        // skip reading and hashing it, so a restart costs what was fetched, not the file size.
+        let written = match next_data(file, off) {
+            Data::At(start) => start < end,
+            Data::None => false,
+            Data::Unknown => true,
+        };
+        if written {
+            buf.resize(c.len as usize, 0);
+            if file.read_exact_at(&mut buf, off).is_ok() && c.hash.matches(&buf) {
+                out.push(c.hash);
+            }
         }
-        off += c.len as u64;
+        off = end;
     }
     out
+}
+
+enum Data {
+    /// The first byte of data at or after the offset.
+    At(u64),
+    /// Nothing but holes from the offset to the end.
+    None,
+    /// The file system cannot say.
+    Unknown,
+}
+
+fn next_data(file: &File, off: u64) -> Data {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(off) else {
+        return Data::Unknown;
+    };
+    // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which
+    // positional reads (read_exact_at) do not use.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if r >= 0 {
+        return Data::At(r as u64);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENXIO) => Data::None,
+        _ => Data::Unknown,
+    }
 }
 
 #[cfg(test)]
