@@ -48,8 +48,14 @@ fn assert_kept_in_conflicts(mirror: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_made_while_running_are_moved_aside_and_the_mirror_repaired() {
+/// A publisher of the sample tree and a subscriber whose mirror holds it.
+async fn synced_mirror() -> (
+    Lab,
+    std::path::PathBuf,
+    treecast::NodeHandle,
+    std::path::PathBuf,
+    treecast::NodeHandle,
+) {
     let lab = Lab::new();
     let src = lab.dir("publisher");
     sample_tree(&src);
@@ -57,6 +63,12 @@ async fn changes_made_while_running_are_moved_aside_and_the_mirror_repaired() {
     let mirror = lab.dir("mirror");
     let s = subscriber(&mirror, p.ticket()).await;
     synced(&s, 1).await;
+    (lab, src, p, mirror, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_running_are_moved_aside_and_the_mirror_repaired() {
+    let (_lab, src, p, mirror, s) = synced_mirror().await;
 
     change_locally(&mirror);
     eventually(WAIT, "the local changes to be found", || {
@@ -83,13 +95,7 @@ async fn changes_made_while_running_are_moved_aside_and_the_mirror_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_stopped_are_found_at_start_with_a_warning() {
-    let lab = Lab::new();
-    let src = lab.dir("publisher");
-    sample_tree(&src);
-    let p = publisher(&src).await;
-    let mirror = lab.dir("mirror");
-    let s = subscriber(&mirror, p.ticket()).await;
-    synced(&s, 1).await;
+    let (lab, src, p, mirror, s) = synced_mirror().await;
     s.shutdown().await;
 
     change_locally(&mirror);
