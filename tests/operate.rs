@@ -242,6 +242,19 @@ async fn measured_download_rate(s: &treecast::NodeHandle) -> f64 {
     (d1 - d0) as f64 / (t1 - t0).as_secs_f64()
 }
 
+/// The subscriber's measured download rate is within 15% of `limit`.
+async fn assert_rate_near_limit(s: &treecast::NodeHandle, limit: f64, what: &str) {
+    let rate = measured_download_rate(s).await;
+    eprintln!(
+        "{what} limit {limit} B/s: measured {rate:.0} B/s ({:.2}x)",
+        rate / limit
+    );
+    assert!(
+        (rate - limit).abs() <= 0.15 * limit,
+        "rate {rate:.0} B/s is not within 15% of the {limit} B/s {what} limit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_limit_holds_the_rate_near_two_megabytes_per_second() {
     let lab = Lab::new();
@@ -252,15 +265,7 @@ async fn download_limit_holds_the_rate_near_two_megabytes_per_second() {
     let limit = 2_000_000.0;
     cfg.max_download = Some(limit as u64);
     let s = Node::subscribe(cfg, p.ticket().clone()).await.unwrap();
-    let rate = measured_download_rate(&s).await;
-    eprintln!(
-        "download limit {limit} B/s: measured {rate:.0} B/s ({:.2}x)",
-        rate / limit
-    );
-    assert!(
-        (rate - limit).abs() <= 0.15 * limit,
-        "rate {rate:.0} B/s is not within 15% of the {limit} B/s limit"
-    );
+    assert_rate_near_limit(&s, limit, "download").await;
     synced(&s, 1).await;
     assert_same_tree(&src, &lab.tmp.path().join("s1"));
     s.shutdown().await;
@@ -277,15 +282,7 @@ async fn upload_limit_holds_the_publishers_rate_near_two_megabytes_per_second() 
     cfg.max_upload = Some(limit as u64);
     let p = Node::publish(cfg, test_key()).await.unwrap();
     let s = subscriber(&lab.dir("s1"), p.ticket()).await;
-    let rate = measured_download_rate(&s).await;
-    eprintln!(
-        "upload limit {limit} B/s: measured {rate:.0} B/s ({:.2}x)",
-        rate / limit
-    );
-    assert!(
-        (rate - limit).abs() <= 0.15 * limit,
-        "rate {rate:.0} B/s is not within 15% of the {limit} B/s limit"
-    );
+    assert_rate_near_limit(&s, limit, "upload").await;
     synced(&s, 1).await;
     s.shutdown().await;
     p.shutdown().await;

@@ -558,14 +558,11 @@ fn verify_with(
     dir: &std::path::Path,
 ) -> Result<(u64, crate::store::VerifyReport), NodeError> {
     let stored = db.state()?;
-    let (Some(swarm), Some(pin)) = (stored.swarm_id, stored.pinned_key) else {
+    let Some((swarm, lineage)) = stored.lineage() else {
         return Err(NodeError::Refused(
             "no swarm recorded in the state database".into(),
         ));
     };
-    let pin = crate::trust::PublisherPublicKey::from_bytes(pin)?;
-    let mut lineage = crate::trust::Lineage::new(pin);
-    lineage.extend(&stored.lineage, swarm);
     let applied = load_applied(db, &stored, &lineage, swarm)?
         .ok_or_else(|| NodeError::Refused("no revision has been applied yet".into()))?;
     let report = crate::store::verify_tree(dir, &applied.manifest)?;

@@ -617,7 +617,7 @@ pub(crate) fn handover(
 ) -> Result<Vec<Succession>, NodeError> {
     let db = super::open_db(dir)?;
     let stored = db.state()?;
-    let (Some(swarm_id), Some(lineage)) = (stored.swarm_id, db.lineage(&stored)) else {
+    let Some((swarm_id, lineage)) = stored.lineage() else {
         return Err(NodeError::Refused(format!(
             "{} has never been published",
             dir.display()

@@ -142,11 +142,6 @@ impl Traffic {
         }
     }
 
-    /// Whether `peer`'s connection goes through a relay, as last told.
-    pub fn is_relayed(&self, peer: &PeerId) -> Option<bool> {
-        self.lock().links.get(peer).map(|l| l.relayed)
-    }
-
     /// Take a sample for the rates; call about once a second.
     pub fn sample(&self, now: Instant) {
         let mut inner = self.lock();

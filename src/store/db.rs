@@ -32,6 +32,18 @@ pub struct StoredState {
     pub lineage: Vec<crate::trust::Succession>,
 }
 
+impl StoredState {
+    /// The lineage recorded for this tree: its pin and the handovers followed (re-verified).
+    /// None before a swarm and pin are recorded.
+    pub fn lineage(&self) -> Option<(uuid::Uuid, crate::trust::Lineage)> {
+        let swarm = self.swarm_id?;
+        let pin = crate::trust::PublisherPublicKey::from_bytes(self.pinned_key?).ok()?;
+        let mut lineage = crate::trust::Lineage::new(pin);
+        lineage.extend(&self.lineage, swarm);
+        Some((swarm, lineage))
+    }
+}
+
 impl Db {
     /// Open or create the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -99,16 +111,6 @@ impl Db {
         }
         txn.commit()?;
         Ok(())
-    }
-
-    /// The lineage recorded for this tree: its pin and the handovers followed (re-verified).
-    pub fn lineage(&self, stored: &StoredState) -> Option<crate::trust::Lineage> {
-        let pin = crate::trust::PublisherPublicKey::from_bytes(stored.pinned_key?).ok()?;
-        let mut lineage = crate::trust::Lineage::new(pin);
-        if let Some(swarm) = stored.swarm_id {
-            lineage.extend(&stored.lineage, swarm);
-        }
-        Some(lineage)
     }
 
     /// The file index.
