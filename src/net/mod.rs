@@ -158,10 +158,13 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Build(e.to_string()))?
         .with_behaviour(|key, relay_client| Behaviour {
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/treecast/id/1".into(),
-                key.public(),
-            )),
+            // No address cache in identify: it would hand every address a peer listens on,
+            // loopback included, to each dial of that peer. A dial to another host's
+            // 127.0.0.1:PORT reaches ourselves, and that wrong peer ID fails the whole dial,
+            // relayed addresses too. The net loop gives kad the addresses worth dialing.
+            identify: identify::Behaviour::new(
+                identify::Config::new("/treecast/id/1".into(), key.public()).with_cache_size(0),
+            ),
             ping: ping::Behaviour::default(),
             kad: {
                 let peer = key.public().to_peer_id();

@@ -1,7 +1,8 @@
 //! One control session per peer: handshake, hello, then heads, heartbeats and goodbye.
 
+use crate::net::streams::Stream;
 use futures::AsyncReadExt;
-use libp2p::{PeerId, Stream};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};

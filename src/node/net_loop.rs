@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::net::streams::Stream;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -1159,6 +1160,14 @@ impl NetLoop {
                         self.dialed.insert(peer_id, address.clone());
                     }
                     self.drop_relayed(peer_id);
+                    // Back in touch with a relay we lost (its connection timed out when our
+                    // NAT mapping changed, say): ask for a reservation now, not at the next
+                    // retry tick.
+                    if self.relays.contains_key(&peer_id)
+                        && !self.reservations.contains_key(&peer_id)
+                    {
+                        self.reserve_relays();
+                    }
                 }
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
                     self.open_control(peer_id);
