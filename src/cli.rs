@@ -76,6 +76,10 @@ pub struct NetArgs {
     /// Do not look for peers on the local network (mDNS).
     #[arg(long, env = "TREECAST_NO_MDNS")]
     pub no_mdns: bool,
+    /// Do not ask the router (UPnP IGD) to forward our port. UPnP is used only when listening
+    /// on a non-loopback address.
+    #[arg(long, env = "TREECAST_NO_UPNP")]
+    pub no_upnp: bool,
     /// An address this node is reachable at from outside (public IP, port forward), as
     /// IP:PORT or a multiaddr; repeatable.
     #[arg(long, env = "TREECAST_EXTERNAL", value_delimiter = ',')]
@@ -479,6 +483,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// True if `addr` is on a loopback interface: no router to ask for a port forward.
+fn is_loopback(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(dir);
     config.listen = parse_addrs(&net.listen)?;
@@ -488,6 +501,7 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.metrics = net.metrics;
     config.max_peers = net.max_peers;
     config.mdns = !net.no_mdns;
+    config.upnp = !net.no_upnp && config.listen.iter().any(|a| !is_loopback(a));
     config.external = parse_addrs(&net.external)?;
     config.relay_circuit_bytes = net.relay.then_some(net.relay_max_circuit_mib << 20);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub max_peers: usize,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Ask a UPnP gateway on the LAN to forward our port (the CLI turns it on when listening
+    /// on a non-loopback address).
+    pub upnp: bool,
     /// Publisher only: gitignore-style patterns never published, after `.treecastignore`.
     pub ignore: Vec<String>,
     /// Serve as a relay for nodes behind NATs; the value caps the bytes of one relayed
@@ -141,6 +144,7 @@ impl NodeConfig {
             max_download: None,
             max_peers: 32,
             mdns: true,
+            upnp: false,
             ignore: Vec::new(),
             relay_circuit_bytes: None,
             external: Vec::new(),

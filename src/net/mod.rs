@@ -47,6 +47,7 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
     pub streams: streams::Behaviour,
 }
 
@@ -58,6 +59,9 @@ pub struct SwarmOptions {
     /// Serve as a relay (circuit v2) for nodes that cannot be reached directly; `Some` holds
     /// the most bytes one relayed connection may carry.
     pub relay_circuit_bytes: Option<u64>,
+    /// Ask a UPnP gateway (a home router) to forward our port. The search multicasts on the
+    /// LAN at start, so it is off unless asked for.
+    pub upnp: bool,
 }
 
 /// The relay protocol a peer lists in identify when it serves as a relay.
@@ -179,6 +183,7 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
                 kad.set_mode(Some(kad::Mode::Server));
                 kad
             },
+            upnp: Toggle::from(opts.upnp.then(libp2p::upnp::tokio::Behaviour::default)),
             mdns: Toggle::from(
                 mdns.then(|| {
                     let cfg = mdns::Config {

@@ -240,6 +240,7 @@ pub(crate) async fn start(
 ) -> Result<Started, NodeError> {
     let opts = SwarmOptions {
         mdns: config.mdns,
+        upnp: config.upnp,
         relay_circuit_bytes: config.relay_circuit_bytes,
     };
     let mut swarm = build_swarm(key, opts)?;
@@ -1225,6 +1226,21 @@ impl NetLoop {
                 info!(from = ?old, to = ?new, "reachability (AutoNAT)");
                 self.nat_status = new;
                 self.reserve_relays();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => {
+                use libp2p::upnp::Event;
+                match ev {
+                    Event::NewExternalAddr { external_addr, .. } => {
+                        info!(address = %external_addr, "UPnP: the router forwards our port")
+                    }
+                    Event::ExpiredExternalAddr { external_addr, .. } => {
+                        info!(address = %external_addr, "UPnP: port forward expired")
+                    }
+                    Event::GatewayNotFound => debug!("UPnP: no gateway on the LAN"),
+                    Event::NonRoutableGateway => {
+                        debug!("UPnP: the gateway is itself behind a NAT; not used")
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => match ev.result {
                 Ok(conn) => {
