@@ -60,11 +60,17 @@ pub async fn run(size_mib: u64) -> Result<ExitCode> {
     sample_tree(&pub_dir, size_mib)?;
 
     let key = PublisherKey::load_or_create(&pub_dir.join(".treecast/publisher.key"))?;
-    let publisher = Node::publish(NodeConfig::new(&pub_dir), key).await?;
+    // Everything runs on loopback and the ticket carries the publisher's address: no LAN
+    // discovery (mDNS would multicast on every interface).
+    let local = |dir: &std::path::Path| NodeConfig {
+        mdns: false,
+        ..NodeConfig::new(dir)
+    };
+    let publisher = Node::publish(local(&pub_dir), key).await?;
     println!("2. publisher is up; ticket:\n   {}", publisher.ticket());
 
-    let a = Node::subscribe(NodeConfig::new(&sub_a), publisher.ticket().clone()).await?;
-    let b = Node::subscribe(NodeConfig::new(&sub_b), publisher.ticket().clone()).await?;
+    let a = Node::subscribe(local(&sub_a), publisher.ticket().clone()).await?;
+    let b = Node::subscribe(local(&sub_b), publisher.ticket().clone()).await?;
     println!("3. two subscribers are fetching revision 1");
     let started = Instant::now();
     follow(&[("mirror-a", &a), ("mirror-b", &b)], 1).await?;

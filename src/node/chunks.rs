@@ -103,8 +103,9 @@ where
             Stats::add(&ctx.stats.chunk_bytes_sent, d.len() as u64);
             ctx.stats.traffic.sent(ctx.peer, d.len() as u64);
         }
-        let reply = wire::encode_reply(req.id, data.as_deref());
-        tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame(w, &reply))
+        let header = wire::encode_reply_header(req.id, data.is_some());
+        let body = data.as_deref().unwrap_or_default();
+        tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &[&header, body]))
             .await
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
     }
@@ -637,24 +638,30 @@ impl Lane {
             Ok::<(), WireError>(())
         };
         let reader = async {
+            // One buffer for every reply on this lane: no fresh memory to fault in per chunk.
+            let mut frame = Vec::new();
             while let Some((id, hash)) = exp_rx.recv().await {
-                let frame =
-                    tokio::time::timeout(CHUNK_TIMEOUT, wire::read_frame(&mut r, MAX_CHUNK_FRAME))
-                        .await
-                        .map_err(|_| WireError::Timeout("chunk reply"))??
-                        // A stream ending with requests outstanding is a closed connection
-                        // (a peer leaving, a relayed path replaced by a direct one), not abuse.
-                        .ok_or_else(|| {
-                            WireError::Io(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "stream ended with requests outstanding",
-                            ))
-                        })?;
+                let more = tokio::time::timeout(
+                    CHUNK_TIMEOUT,
+                    wire::read_frame_into(&mut r, MAX_CHUNK_FRAME, &mut frame),
+                )
+                .await
+                .map_err(|_| WireError::Timeout("chunk reply"))??;
+                if !more {
+                    // A stream ending with requests outstanding is a closed connection (a peer
+                    // leaving, a relayed path replaced by a direct one), not abuse.
+                    return Err(WireError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "stream ended with requests outstanding",
+                    )));
+                }
                 // Holding the next read back slows the sender through QUIC flow control.
                 if let Some(limit) = &self.download {
                     pace(limit, frame.len()).await;
                 }
-                if !self.on_reply(id, hash, frame).await {
+                let (keep_going, buf) = self.on_reply(id, hash, std::mem::take(&mut frame)).await;
+                frame = buf;
+                if !keep_going {
                     return Ok(());
                 }
             }
@@ -678,33 +685,37 @@ impl Lane {
         result
     }
 
-    /// Handle one reply; false ends the lane.
-    async fn on_reply(&self, id: u32, hash: ContentHash, frame: Vec<u8>) -> bool {
+    /// Handle one reply; false ends the lane. The frame's buffer comes back for the next one.
+    async fn on_reply(&self, id: u32, hash: ContentHash, frame: Vec<u8>) -> (bool, Vec<u8>) {
         let lane = self.key;
         let (header, _) = match wire::decode_reply(&frame) {
             Ok(x) => x,
-            Err(e) => return self.bad(e.to_string()).await,
+            Err(e) => return (self.bad(e.to_string()).await, frame),
         };
         if header.id != id {
-            return self
-                .bad(format!("reply {} to request {id}", header.id))
-                .await;
+            let reason = format!("reply {} to request {id}", header.id);
+            return (self.bad(reason).await, frame);
         }
         if !header.found {
             let _ = self.events.send(LaneEvent::NotFound { lane, hash }).await;
-            return true;
+            return (true, frame);
         }
         let sink = self.sink.clone();
-        let verdict = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             let (_, data) = wire::decode_reply(&frame).expect("decoded above");
-            if !hash.matches(data) {
-                return Ok(None);
-            }
-            sink.accept(hash, data).map(|()| Some(data.len()))
+            let verdict = if hash.matches(data) {
+                sink.accept(hash, data).map(|()| Some(data.len()))
+            } else {
+                Ok(None)
+            };
+            (verdict, frame)
         })
         .await;
-        match verdict {
-            Ok(Ok(Some(len))) => {
+        let Ok((verdict, frame)) = joined else {
+            return (false, Vec::new());
+        };
+        let keep_going = match verdict {
+            Ok(Some(len)) => {
                 Stats::add(&self.stats.chunks_fetched, 1);
                 Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
                 self.stats.traffic.received(lane.0, len as u64);
@@ -714,17 +725,17 @@ impl Lane {
                     .await;
                 true
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 warn!(peer = %lane.0, %hash, "chunk failed verification: dropping the peer");
                 self.bad(format!("chunk {hash} does not match its hash"))
                     .await
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let _ = self.events.send(LaneEvent::Failed(e)).await;
                 false
             }
-            Err(_) => false,
-        }
+        };
+        (keep_going, frame)
     }
 
     async fn bad(&self, reason: String) -> bool {

@@ -248,7 +248,16 @@ pub(crate) async fn start(
     for addr in &config.listen {
         listen(&mut swarm, addr).await?;
     }
-    let (listen_addrs, early_events) = wait_listening(&mut swarm, config.listen.len()).await?;
+    // Only a listener on an unspecified address (0.0.0.0, ::) reports several addresses.
+    let unspecified = config.listen.iter().any(|a| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        })
+    });
+    let (listen_addrs, early_events) =
+        wait_listening(&mut swarm, config.listen.len(), unspecified).await?;
     for addr in &config.external {
         swarm.add_external_address(addr.clone());
     }
@@ -380,13 +389,19 @@ fn dial_saved_peers(swarm: &mut Swarm<Behaviour>, path: &std::path::Path) {
 async fn wait_listening(
     swarm: &mut Swarm<Behaviour>,
     wanted: usize,
+    unspecified: bool,
 ) -> Result<(Vec<Multiaddr>, Vec<SwarmEvent<BehaviourEvent>>), NodeError> {
     let mut early = Vec::new();
     let mut addrs = Vec::new();
     let mut listeners = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // One listener on 0.0.0.0 reports an address per interface: once every listener has
-    // reported one, keep collecting briefly for the rest.
+    // reported one, keep collecting briefly for the rest (not at all without such a listener).
+    let settle_for = if unspecified {
+        Duration::from_millis(200)
+    } else {
+        Duration::ZERO
+    };
     let mut settle: Option<tokio::time::Instant> = None;
     loop {
         let until = settle.unwrap_or(deadline);
@@ -396,7 +411,7 @@ async fn wait_listening(
                     listeners.insert(listener_id);
                     addrs.push(address);
                     if listeners.len() >= wanted && settle.is_none() {
-                        settle = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                        settle = Some(tokio::time::Instant::now() + settle_for);
                     }
                 }
                 SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {

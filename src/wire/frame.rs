@@ -24,14 +24,50 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(buf))
 }
 
+/// Like [`read_frame`], into `buf` (its old contents go): a reader that keeps one buffer
+/// does not allocate, and fault in, fresh memory for every frame. False at a clean end of
+/// stream.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<bool, WireError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).await?;
+    Ok(true)
+}
+
 /// Write one frame and flush it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Result<(), WireError> {
-    let len = u32::try_from(body.len()).map_err(|_| WireError::FrameTooLarge {
-        len: body.len(),
+    write_frame_parts(w, &[body]).await
+}
+
+/// Write one frame whose body is `parts` one after the other, and flush it: a chunk reply's
+/// header and bytes go out without first being copied into one buffer.
+pub async fn write_frame_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &[&[u8]],
+) -> Result<(), WireError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total).map_err(|_| WireError::FrameTooLarge {
+        len: total,
         max: u32::MAX as usize,
     })?;
     w.write_all(&len.to_le_bytes()).await?;
-    w.write_all(body).await?;
+    for part in parts {
+        w.write_all(part).await?;
+    }
     w.flush().await?;
     Ok(())
 }

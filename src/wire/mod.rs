@@ -43,7 +43,9 @@
 
 mod frame;
 
-pub use frame::{read_frame, read_handshake, write_frame, write_handshake};
+pub use frame::{
+    read_frame, read_frame_into, read_handshake, write_frame, write_frame_parts, write_handshake,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -179,15 +181,16 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
 
 /// Encode a chunk reply frame body.
 pub fn encode_reply(id: u32, data: Option<&[u8]>) -> Vec<u8> {
-    let header = ChunkReplyHeader {
-        id,
-        found: data.is_some(),
-    };
-    let mut out = encode(&header);
+    let mut out = encode_reply_header(id, data.is_some());
     if let Some(d) = data {
         out.extend_from_slice(d);
     }
     out
+}
+
+/// The header of a chunk reply frame; the chunk's bytes follow it (see `write_frame_parts`).
+pub fn encode_reply_header(id: u32, found: bool) -> Vec<u8> {
+    encode(&ChunkReplyHeader { id, found })
 }
 
 /// Split a chunk reply frame body into its header and bytes.
