@@ -9,19 +9,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Vec<u8>>, WireError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(WireError::FrameTooLarge { len, max });
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(buf))
+    let mut buf = Vec::new();
+    Ok(read_frame_into(r, max, &mut buf).await?.then_some(buf))
 }
 
 /// Like [`read_frame`], into `buf` (its old contents go): a reader that keeps one buffer
