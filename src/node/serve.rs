@@ -2,7 +2,7 @@
 //! current revision lives on disk. Swapped whole when a revision is published or applied.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -127,9 +127,14 @@ impl Content {
 }
 
 fn read_checked(path: &std::path::Path, off: u64, len: u32, hash: &ContentHash) -> Option<Vec<u8>> {
-    let file = std::fs::File::open(path).ok()?;
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, off).ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
+    file.seek(SeekFrom::Start(off)).ok()?;
+    // Read into spare capacity: the buffer is not zeroed first.
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(u64::from(len)).read_to_end(&mut buf).ok()?;
+    if buf.len() != len as usize {
+        return None;
+    }
     if !hash.matches(&buf) {
         tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
         return None;

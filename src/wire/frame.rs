@@ -13,7 +13,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(read_frame_into(r, max, &mut buf).await?.then_some(buf))
 }
 
-/// Like [`read_frame`], into `buf` (its old contents go): a reader that keeps one buffer
+/// Like [`read_frame`], into `buf` (its old contents are overwritten): a reader that keeps one buffer
 /// does not allocate, and fault in, fresh memory for every frame. False at a clean end of
 /// stream.
 pub async fn read_frame_into<R: AsyncRead + Unpin>(
@@ -31,7 +31,7 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
     if len > max {
         return Err(WireError::FrameTooLarge { len, max });
     }
-    buf.clear();
+    // The read overwrites every byte: only growth beyond the last frame is zeroed.
     buf.resize(len, 0);
     r.read_exact(buf).await?;
     Ok(true)
