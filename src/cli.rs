@@ -483,15 +483,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// True if `addr` is on a loopback interface: no router to ask for a port forward.
-fn is_loopback(addr: &libp2p::Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
-        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
-}
-
 fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(dir);
     config.listen = parse_addrs(&net.listen)?;
@@ -501,7 +492,9 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.metrics = net.metrics;
     config.max_peers = net.max_peers;
     config.mdns = !net.no_mdns;
-    config.upnp = !net.no_upnp && config.listen.iter().any(|a| !is_loopback(a));
+    // A loopback listener has no router to ask for a port forward.
+    let loopback = |a: &libp2p::Multiaddr| crate::net::ip_of(a).is_some_and(|ip| ip.is_loopback());
+    config.upnp = !net.no_upnp && config.listen.iter().any(|a| !loopback(a));
     config.external = parse_addrs(&net.external)?;
     config.relay_circuit_bytes = net.relay.then_some(net.relay_max_circuit_mib << 20);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

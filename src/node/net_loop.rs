@@ -249,13 +249,10 @@ pub(crate) async fn start(
         listen(&mut swarm, addr).await?;
     }
     // Only a listener on an unspecified address (0.0.0.0, ::) reports several addresses.
-    let unspecified = config.listen.iter().any(|a| {
-        a.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_unspecified(),
-            Protocol::Ip6(ip) => ip.is_unspecified(),
-            _ => false,
-        })
-    });
+    let unspecified = config
+        .listen
+        .iter()
+        .any(|a| crate::net::ip_of(a).is_some_and(|ip| ip.is_unspecified()));
     let (listen_addrs, early_events) =
         wait_listening(&mut swarm, config.listen.len(), unspecified).await?;
     for addr in &config.external {
@@ -443,13 +440,7 @@ fn circuit_addr(addr: &Multiaddr, relay: PeerId) -> Multiaddr {
 /// Order addresses for others to dial: drop loopback ones when there is anything else (they
 /// only reach the dialer itself), and keep the rest in a stable order.
 fn public_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    let is_loopback = |a: &Multiaddr| {
-        a.iter().any(|p| match p {
-            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
-            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
-            _ => false,
-        })
-    };
+    let is_loopback = |a: &Multiaddr| crate::net::ip_of(a).is_some_and(|ip| ip.is_loopback());
     if addrs.iter().any(|a| !is_loopback(a)) {
         addrs.retain(|a| !is_loopback(a));
     }

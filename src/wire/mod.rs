@@ -179,15 +179,6 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))
 }
 
-/// Encode a chunk reply frame body.
-pub fn encode_reply(id: u32, data: Option<&[u8]>) -> Vec<u8> {
-    let mut out = encode_reply_header(id, data.is_some());
-    if let Some(d) = data {
-        out.extend_from_slice(d);
-    }
-    out
-}
-
 /// The header of a chunk reply frame; the chunk's bytes follow it (see `write_frame_parts`).
 pub fn encode_reply_header(id: u32, found: bool) -> Vec<u8> {
     encode(&ChunkReplyHeader { id, found })
@@ -212,13 +203,28 @@ mod tests {
 
     #[test]
     fn reply_round_trips() {
-        let body = encode_reply(9, Some(b"abc"));
-        let (h, data) = decode_reply(&body).unwrap();
-        assert_eq!(h, ChunkReplyHeader { id: 9, found: true });
-        assert_eq!(data, b"abc");
-        let empty = encode_reply(3, None);
-        let (h, data) = decode_reply(&empty).unwrap();
-        assert!(!h.found && data.is_empty());
+        // As a server sends them: header and bytes written as the parts of one frame.
+        futures::executor::block_on(async {
+            let mut wire = Vec::new();
+            let found = encode_reply_header(9, true);
+            write_frame_parts(&mut wire, &[&found, b"abc"])
+                .await
+                .unwrap();
+            let missing = encode_reply_header(3, false);
+            write_frame_parts(&mut wire, &[&missing, b""])
+                .await
+                .unwrap();
+            let mut r = &wire[..];
+            let mut frame = Vec::new();
+            assert!(read_frame_into(&mut r, 64, &mut frame).await.unwrap());
+            let (h, data) = decode_reply(&frame).unwrap();
+            assert_eq!(h, ChunkReplyHeader { id: 9, found: true });
+            assert_eq!(data, b"abc");
+            assert!(read_frame_into(&mut r, 64, &mut frame).await.unwrap());
+            let (h, data) = decode_reply(&frame).unwrap();
+            assert!(!h.found && data.is_empty());
+            assert!(!read_frame_into(&mut r, 64, &mut frame).await.unwrap());
+        });
     }
 
     /// Found by `scripts/fuzz` (target chunk_msgs): a not-found reply with bytes after it was
