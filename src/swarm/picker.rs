@@ -7,7 +7,9 @@
 //!
 //! Policy:
 //! - Rarest first: among the chunks a peer has, pick the one the fewest peers have; ties are
-//!   broken by a per-peer salt so that peers asked at once pick different chunks.
+//!   broken by this node's salt, so that different downloaders pick different chunks. Missing
+//!   chunks are kept in that order, so a pick looks at the rarest first and usually stops at
+//!   the first one instead of scanning them all.
 //! - Last-resort seeds (the publisher) are only asked for chunks no other peer has while there
 //!   are any, so that its upload goes to chunks that are new to the swarm and subscribers trade
 //!   the rest. Once every chunk we miss has a holder, the seed is asked for the rarest ones
@@ -19,8 +21,8 @@
 //!   one second request per chunk); whichever copy verifies first wins. This keeps the last
 //!   chunks from waiting on one slow peer while others sit idle.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::tree::ContentHash;
@@ -59,15 +61,23 @@ struct PeerState {
     last_resort: bool,
     limit: usize,
     in_flight: usize,
-    salt: u64,
 }
+
+/// A chunk's place in the pick order: (listed holders minus those that said they lack it,
+/// tie-breaking salt, hash). Peers holding everything add the same to every chunk, so they do
+/// not change the order and are left out.
+type Rank = (i64, u64, ContentHash);
 
 /// Decides what to request from whom. `P` is the peer identifier.
 #[derive(Debug)]
 pub struct Picker<P> {
     config: PickerConfig,
     missing: HashSet<ContentHash>,
+    /// `missing` in pick order.
+    queue: BTreeSet<Rank>,
     requested: HashMap<ContentHash, (P, Instant)>,
+    /// `requested` in pick order (to tell whether any chunk in flight has no holder).
+    requested_queue: BTreeSet<Rank>,
     second: HashMap<ContentHash, (P, Instant)>,
     verified: HashSet<ContentHash>,
     peers: HashMap<P, PeerState>,
@@ -96,10 +106,16 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                 missing.insert(h);
             }
         }
+        let queue = missing
+            .iter()
+            .map(|h| (0, mix(h, config.local_salt), *h))
+            .collect();
         Picker {
             config,
             missing,
+            queue,
             requested: HashMap::new(),
+            requested_queue: BTreeSet::new(),
             second: HashMap::new(),
             verified,
             peers: HashMap::new(),
@@ -119,8 +135,10 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             Availability::All => self.all_holders = self.all_holders.saturating_sub(1),
             Availability::Some(set) => {
                 for h in set {
-                    let c = self.holder_counts.entry(*h).or_default();
-                    *c = if add { *c + 1 } else { c.saturating_sub(1) };
+                    self.rekey(h, |p| {
+                        let c = p.holder_counts.entry(*h).or_default();
+                        *c = if add { *c + 1 } else { c.saturating_sub(1) };
+                    });
                 }
             }
         }
@@ -134,7 +152,6 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             self.count(&old_have, old_last, false);
         }
         self.count(&have, last_resort, true);
-        let salt = salt_of(&peer) ^ self.config.local_salt;
         let default = if last_resort {
             self.config.seed_in_flight
         } else {
@@ -145,7 +162,6 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             last_resort,
             limit: default,
             in_flight: 0,
-            salt,
         });
         state.have = have;
         state.last_resort = last_resort;
@@ -159,7 +175,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         let last_resort = state.last_resort;
         if let Availability::Some(set) = &mut state.have {
             if set.insert(hash) && !last_resort {
-                *self.holder_counts.entry(hash).or_default() += 1;
+                self.rekey(&hash, |p| *p.holder_counts.entry(hash).or_default() += 1);
             }
         }
     }
@@ -179,10 +195,54 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         }
     }
 
-    /// How many peers other than last-resort seeds have `hash`.
-    fn holders(&self, hash: &ContentHash) -> usize {
-        let listed = self.holder_counts.get(hash).copied().unwrap_or(0) + self.all_holders;
-        listed.saturating_sub(self.lack_counts.get(hash).copied().unwrap_or(0))
+    fn rank(&self, hash: &ContentHash) -> Rank {
+        let listed = self.holder_counts.get(hash).copied().unwrap_or(0) as i64;
+        let lacked = self.lack_counts.get(hash).copied().unwrap_or(0) as i64;
+        (listed - lacked, mix(hash, self.config.local_salt), *hash)
+    }
+
+    /// True if no peer other than a last-resort seed has the chunk ranked `rank`.
+    fn unheld(&self, rank: &Rank) -> bool {
+        rank.0 + self.all_holders as i64 <= 0
+    }
+
+    /// Change counts that rank `hash`, keeping the ordered sets in order.
+    fn rekey(&mut self, hash: &ContentHash, change: impl FnOnce(&mut Self)) {
+        let old = self.rank(hash);
+        change(self);
+        let new = self.rank(hash);
+        if old != new {
+            if self.queue.remove(&old) {
+                self.queue.insert(new);
+            }
+            if self.requested_queue.remove(&old) {
+                self.requested_queue.insert(new);
+            }
+        }
+    }
+
+    fn add_missing(&mut self, hash: ContentHash) {
+        if self.missing.insert(hash) {
+            self.queue.insert(self.rank(&hash));
+        }
+    }
+
+    fn remove_missing(&mut self, hash: &ContentHash) {
+        if self.missing.remove(hash) {
+            self.queue.remove(&self.rank(hash));
+        }
+    }
+
+    fn add_requested(&mut self, hash: ContentHash, by: (P, Instant)) {
+        if self.requested.insert(hash, by).is_none() {
+            self.requested_queue.insert(self.rank(&hash));
+        }
+    }
+
+    fn remove_requested(&mut self, hash: &ContentHash) -> Option<(P, Instant)> {
+        let by = self.requested.remove(hash)?;
+        self.requested_queue.remove(&self.rank(hash));
+        Some(by)
     }
 
     /// The next chunk to request from `peer`, or `None` if it is at its limit or has nothing
@@ -192,26 +252,21 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         if state.in_flight >= state.limit {
             return None;
         }
-        let (salt, last_resort) = (state.salt, state.last_resort);
-        let new_chunks_left = last_resort
-            && self
-                .missing
-                .iter()
-                .chain(self.requested.keys())
-                .any(|h| self.holders(h) == 0);
+        // The rarest chunks come first in both queues.
+        let new_chunks_left = state.last_resort
+            && (self.queue.first().is_some_and(|r| self.unheld(r))
+                || self.requested_queue.first().is_some_and(|r| self.unheld(r)));
         let hash = self
-            .missing
+            .queue
             .iter()
-            .filter(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), **h)))
-            .map(|h| (self.holders(h), h))
-            .filter(|(holders, _)| !new_chunks_left || *holders == 0)
-            .min_by_key(|(holders, h)| (*holders, mix(h, salt)))
-            .map(|(_, h)| *h);
+            .take_while(|r| !new_chunks_left || self.unheld(r))
+            .map(|r| r.2)
+            .find(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), *h)));
         let Some(hash) = hash else {
             return self.endgame_for(peer, now);
         };
-        self.missing.remove(&hash);
-        self.requested.insert(hash, (peer.clone(), now));
+        self.remove_missing(&hash);
+        self.add_requested(hash, (peer.clone(), now));
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight += 1;
         }
@@ -245,13 +300,13 @@ impl<P: Clone + Eq + Hash> Picker<P> {
 
     /// `hash` arrived (from anyone) and verified.
     pub fn on_verified(&mut self, hash: ContentHash) {
-        if let Some((owner, _)) = self.requested.remove(&hash) {
+        if let Some((owner, _)) = self.remove_requested(&hash) {
             self.release(&owner);
         }
         if let Some((owner, _)) = self.second.remove(&hash) {
             self.release(&owner);
         }
-        self.missing.remove(&hash);
+        self.remove_missing(&hash);
         self.verified.insert(hash);
     }
 
@@ -260,7 +315,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     pub fn on_not_found(&mut self, peer: &P, hash: ContentHash, now: Instant) {
         let counted = self.peers.get(peer).is_some_and(|s| !s.last_resort) && self.has(peer, &hash);
         if self.lacks.insert((peer.clone(), hash), now).is_none() && counted {
-            *self.lack_counts.entry(hash).or_default() += 1;
+            self.rekey(&hash, |p| *p.lack_counts.entry(hash).or_default() += 1);
         }
         self.take_back(peer, hash);
     }
@@ -276,8 +331,12 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         for key in expired {
             self.lacks.remove(&key);
             let counted = self.peers.get(&key.0).is_some_and(|s| !s.last_resort);
-            if let (true, Some(c)) = (counted, self.lack_counts.get_mut(&key.1)) {
-                *c = c.saturating_sub(1);
+            if counted {
+                self.rekey(&key.1, |p| {
+                    if let Some(c) = p.lack_counts.get_mut(&key.1) {
+                        *c = c.saturating_sub(1);
+                    }
+                });
             }
         }
     }
@@ -309,9 +368,11 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             self.count(&state.have, state.last_resort, false);
             if !state.last_resort {
                 for h in &lacked {
-                    if let Some(c) = self.lack_counts.get_mut(h) {
-                        *c = c.saturating_sub(1);
-                    }
+                    self.rekey(h, |p| {
+                        if let Some(c) = p.lack_counts.get_mut(h) {
+                            *c = c.saturating_sub(1);
+                        }
+                    });
                 }
             }
         }
@@ -347,15 +408,11 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             Some((owner, _)) if owner == peer => {}
             _ => return,
         }
-        self.requested.remove(&hash);
+        self.remove_requested(&hash);
         self.release(peer);
         match self.second.remove(&hash) {
-            Some(other) => {
-                self.requested.insert(hash, other);
-            }
-            None => {
-                self.missing.insert(hash);
-            }
+            Some(other) => self.add_requested(hash, other),
+            None => self.add_missing(hash),
         }
     }
 
@@ -385,12 +442,6 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     pub fn in_flight(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.in_flight)
     }
-}
-
-fn salt_of<P: Hash>(peer: &P) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    peer.hash(&mut h);
-    h.finish()
 }
 
 fn mix(hash: &ContentHash, salt: u64) -> u64 {
@@ -443,6 +494,79 @@ mod tests {
         }
         assert!(p.is_done());
         assert_eq!(p.progress(), (5, 5));
+    }
+
+    /// The ordered queues hold exactly the missing and requested chunks, at their current rank.
+    fn assert_queues_match(p: &Picker<u8>) {
+        let want: BTreeSet<Rank> = p.missing.iter().map(|h| p.rank(h)).collect();
+        assert_eq!(p.queue, want, "queue follows missing");
+        let want: BTreeSet<Rank> = p.requested.keys().map(|h| p.rank(h)).collect();
+        assert_eq!(p.requested_queue, want, "requested_queue follows requested");
+    }
+
+    #[test]
+    fn pick_order_stays_in_step_with_holder_changes() {
+        let t0 = Instant::now();
+        let mut p: Picker<u8> = Picker::new(cfg(), (0..40).map(h), &HashSet::new());
+        p.set_peer(0, Availability::All, true);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for step in 0..2000u32 {
+            let now = t0 + Duration::from_millis(u64::from(step) * 10);
+            let peer = next(5) as u8;
+            let chunk = h(next(40) as u8);
+            match next(7) {
+                0 => p.peer_has(&peer, chunk),
+                1 => p.set_peer(peer, some(&[next(40) as u8, next(40) as u8]), peer == 0),
+                2 => p.on_not_found(&peer, chunk, now),
+                3 => p.on_peer_gone(&peer),
+                4 => {
+                    p.poll_stalled(now);
+                }
+                5 => {
+                    // The pick is the lowest-ranked chunk this peer may be asked for, as a
+                    // scan of every missing chunk finds it.
+                    let eligible: Vec<Rank> = p
+                        .missing
+                        .iter()
+                        .filter(|x| p.has(&peer, x) && !p.lacks.contains_key(&(peer, **x)))
+                        .map(|x| p.rank(x))
+                        .collect();
+                    let mut best = eligible.iter().min().copied();
+                    // The seed takes only chunks nobody else has while there are any.
+                    let seed_waits = peer == 0
+                        && p.missing
+                            .iter()
+                            .chain(p.requested.keys())
+                            .any(|x| p.unheld(&p.rank(x)));
+                    if seed_waits {
+                        best = best.filter(|r| p.unheld(r));
+                    }
+                    let full = p.in_flight(&peer) >= 2;
+                    match p.next_for(&peer, now) {
+                        Some(x) => match best {
+                            Some(b) => assert_eq!(x, b.2, "step {step}"),
+                            None => assert!(p.second.contains_key(&x), "step {step}: end game"),
+                        },
+                        None => assert!(
+                            best.is_none() || full || !p.peers.contains_key(&peer),
+                            "step {step}: nothing picked though {best:?} was eligible"
+                        ),
+                    }
+                }
+                _ => {
+                    if let Some(x) = p.requested.keys().next().copied() {
+                        p.on_verified(x);
+                    }
+                }
+            }
+            assert_queues_match(&p);
+        }
     }
 
     #[test]
