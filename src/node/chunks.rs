@@ -82,18 +82,22 @@ where
                 let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
                 !seed.should_serve(&ctx.peer, hash, Instant::now())
             });
-        let mut data = if refuse {
-            None
-        } else {
-            tokio::task::spawn_blocking(move || content.read(&hash))
-                .await
-                .ok()
-                .flatten()
+        let mut data = match refuse {
+            true => None,
+            false => match content.read_now(&hash) {
+                Ok(data) => data,
+                Err(_would_block) => tokio::task::spawn_blocking(move || content.read(&hash))
+                    .await
+                    .ok()
+                    .flatten(),
+            },
         };
         if ctx.corrupt {
-            if let Some(d) = data.as_mut().filter(|d| !d.is_empty()) {
-                d[0] ^= 0xff;
-            }
+            data = data.filter(|d| !d.is_empty()).map(|d| {
+                let mut bad = d.to_vec();
+                bad[0] ^= 0xff;
+                bytes::Bytes::from(bad)
+            });
         }
         if let (Some(d), Some(bucket)) = (&data, &ctx.upload) {
             pace(bucket, d.len()).await;
@@ -133,7 +137,7 @@ async fn pace(limit: &Limiter, n: usize) {
 /// Where verified chunks go.
 pub(crate) trait ChunkSink: Send + Sync + 'static {
     /// Store `data`, already verified against `hash`. Blocking.
-    fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError>;
+    fn accept(&self, hash: ContentHash, data: bytes::Bytes) -> Result<(), StoreError>;
 }
 
 /// Why a fetch stopped.
@@ -703,12 +707,16 @@ impl Lane {
         let sink = self.sink.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let (_, data) = wire::decode_reply(&frame).expect("decoded above");
-            let verdict = if hash.matches(data) {
-                sink.accept(hash, data).map(|()| Some(data.len()))
-            } else {
-                Ok(None)
-            };
-            (verdict, frame)
+            let start = frame.len() - data.len();
+            if !hash.matches(data) {
+                return (Ok(None), frame);
+            }
+            // The verified bytes go to the sink as they are, not copied (it may keep them to
+            // serve); the lane reads its next reply into fresh memory instead.
+            let len = data.len();
+            let data = bytes::Bytes::from(frame).slice(start..);
+            let verdict = sink.accept(hash, data).map(|()| Some(len));
+            (verdict, Vec::with_capacity(len + start))
         })
         .await;
         let Ok((verdict, frame)) = joined else {

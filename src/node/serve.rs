@@ -6,6 +6,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
+
 use crate::tree::{chunk_bytes, ChunkRef, ContentHash, Manifest, RelPath};
 use crate::trust::SignedHead;
 
@@ -38,17 +40,17 @@ pub(crate) struct Content {
 /// it from disk and hash it again.
 #[derive(Default)]
 struct ChunkCache {
-    map: HashMap<ContentHash, Arc<[u8]>>,
+    map: HashMap<ContentHash, Bytes>,
     order: VecDeque<ContentHash>,
     bytes: usize,
 }
 
 impl ChunkCache {
-    fn get(&self, hash: &ContentHash) -> Option<Arc<[u8]>> {
+    fn get(&self, hash: &ContentHash) -> Option<Bytes> {
         self.map.get(hash).cloned()
     }
 
-    fn insert(&mut self, hash: ContentHash, data: Arc<[u8]>) {
+    fn insert(&mut self, hash: ContentHash, data: Bytes) {
         if data.len() > CACHE_BYTES || self.map.contains_key(&hash) {
             return;
         }
@@ -93,23 +95,36 @@ impl Content {
         self.current().blobs.contains_key(hash)
     }
 
-    /// `data` of `hash` was just verified: keep it in memory for the peers about to ask.
-    pub fn remember(&self, hash: ContentHash, data: &[u8]) {
+    /// `data` of `hash` was just verified: keep it in memory for the peers about to ask. The
+    /// bytes are shared, not copied.
+    pub fn remember(&self, hash: ContentHash, data: Bytes) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(hash, Arc::from(data));
+        cache.insert(hash, data);
     }
 
     /// The bytes of `hash`, checked, from memory, the held revision or staging. Blocking.
-    pub fn read(&self, hash: &ContentHash) -> Option<Vec<u8>> {
+    pub fn read(&self, hash: &ContentHash) -> Option<Bytes> {
+        self.read_with(hash, Io::Block).unwrap_or_default()
+    }
+
+    /// Like [`Content::read`], but only if that needs no disk I/O: bytes in memory or in the
+    /// page cache come back at once (a chunk read and hashed in well under a millisecond), and
+    /// `Err(WouldBlock)` says to call `read` on a blocking thread instead. Serving a chunk that
+    /// is in the page cache, the usual case, then costs no hand-off to another thread and back.
+    pub fn read_now(&self, hash: &ContentHash) -> Result<Option<Bytes>, WouldBlock> {
+        self.read_with(hash, Io::NoWait)
+    }
+
+    fn read_with(&self, hash: &ContentHash, io: Io) -> Result<Option<Bytes>, WouldBlock> {
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(hash);
         if let Some(data) = cached {
-            return Some(data.to_vec());
+            return Ok(Some(data));
         }
-        let data = match self.current().read(hash) {
+        let data = match self.current().read(hash, io)? {
             Some(data) => data,
             None => {
                 let place = self
@@ -117,29 +132,92 @@ impl Content {
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(hash)
-                    .cloned()?;
-                read_checked(&place.0, place.1, place.2, hash)?
+                    .cloned();
+                let Some(place) = place else {
+                    return Ok(None);
+                };
+                match read_checked(&place.0, place.1, place.2, hash, io)? {
+                    Some(data) => data,
+                    None => return Ok(None),
+                }
             }
         };
-        self.remember(*hash, &data);
-        Some(data)
+        self.remember(*hash, data.clone());
+        Ok(Some(data))
     }
 }
 
-fn read_checked(path: &std::path::Path, off: u64, len: u32, hash: &ContentHash) -> Option<Vec<u8>> {
-    let mut file = std::fs::File::open(path).ok()?;
-    file.seek(SeekFrom::Start(off)).ok()?;
+/// Whether a read may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    Block,
+    NoWait,
+}
+
+/// A read that would have had to wait for the disk (see [`Content::read_now`]).
+#[derive(Debug, Default)]
+pub(crate) struct WouldBlock;
+
+fn read_checked(
+    path: &std::path::Path,
+    off: u64,
+    len: u32,
+    hash: &ContentHash,
+    io: Io,
+) -> Result<Option<Bytes>, WouldBlock> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
     // Read into spare capacity: the buffer is not zeroed first.
     let mut buf = Vec::with_capacity(len as usize);
-    file.take(u64::from(len)).read_to_end(&mut buf).ok()?;
+    match io {
+        Io::NoWait => {
+            if !read_cached_at(&file, &mut buf, len as usize, off) {
+                return Err(WouldBlock);
+            }
+        }
+        Io::Block => {
+            let read = file
+                .seek(SeekFrom::Start(off))
+                .and_then(|_| file.take(u64::from(len)).read_to_end(&mut buf));
+            if read.is_err() {
+                return Ok(None);
+            }
+        }
+    }
     if buf.len() != len as usize {
-        return None;
+        return Ok(None);
     }
     if !hash.matches(&buf) {
         tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
-        return None;
+        return Ok(None);
     }
-    Some(buf)
+    Ok(Some(Bytes::from(buf)))
+}
+
+/// Read `len` bytes at `off` into `buf`'s spare capacity only if all of them are in the page
+/// cache (`preadv2` with `RWF_NOWAIT`). False if any would need the disk, the file is
+/// shorter, or the kernel cannot tell: the caller then reads on a blocking thread.
+fn read_cached_at(file: &std::fs::File, buf: &mut Vec<u8>, len: usize, off: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(off) else {
+        return false;
+    };
+    buf.reserve(len);
+    let iov = libc::iovec {
+        iov_base: buf.spare_capacity_mut().as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: the iovec covers `len` bytes of `buf`'s spare capacity, which stays allocated
+    // and unaliased for the call; the kernel writes at most `len` bytes there and returns how
+    // many, and only those are marked initialised.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n < 0 || n as usize != len {
+        return false;
+    }
+    // SAFETY: the kernel initialised the first `n` (= len) bytes of the spare capacity.
+    unsafe { buf.set_len(len) };
+    true
 }
 
 /// Split encoded manifest bytes into blobs: its chunks plus the chunk index. Returns the index
@@ -182,13 +260,15 @@ impl ServeIndex {
         }
     }
 
-    /// The bytes of `hash`, read from disk and checked, or `None`. Blocking.
-    pub fn read(&self, hash: &ContentHash) -> Option<Vec<u8>> {
+    /// The bytes of `hash`, read from disk and checked, or `None`.
+    fn read(&self, hash: &ContentHash, io: Io) -> Result<Option<Bytes>, WouldBlock> {
         if let Some(b) = self.blobs.get(hash) {
-            return Some(b.clone());
+            return Ok(Some(Bytes::copy_from_slice(b)));
         }
-        let (path, off, len) = self.chunks.get(hash)?;
-        read_checked(&path.under(&self.root), *off, *len, hash)
+        let Some((path, off, len)) = self.chunks.get(hash) else {
+            return Ok(None);
+        };
+        read_checked(&path.under(&self.root), *off, *len, hash, io)
     }
 }
 
@@ -199,7 +279,7 @@ mod tests {
     #[test]
     fn cache_drops_the_oldest_past_its_size() {
         let mut c = ChunkCache::default();
-        let big = |b: u8| Arc::<[u8]>::from(vec![b; CACHE_BYTES / 4]);
+        let big = |b: u8| Bytes::from(vec![b; CACHE_BYTES / 4]);
         let hashes: Vec<_> = (0..5u8).map(|i| ContentHash::of(&[i])).collect();
         for (i, h) in hashes.iter().enumerate() {
             c.insert(*h, big(i as u8));
@@ -211,7 +291,7 @@ mod tests {
         assert_eq!(c.bytes, CACHE_BYTES);
         c.insert(
             ContentHash::of(b"huge"),
-            Arc::from(vec![0u8; CACHE_BYTES + 1]),
+            Bytes::from(vec![0u8; CACHE_BYTES + 1]),
         );
         assert_eq!(c.map.len(), 4, "an entry over the whole size is not kept");
     }
@@ -234,7 +314,30 @@ mod tests {
         content.add_partial(other, path, 6, 4);
         assert_eq!(content.read(&other), None);
         let fresh = ContentHash::of(b"fresh");
-        content.remember(fresh, b"fresh");
+        content.remember(fresh, Bytes::from_static(b"fresh"));
         assert_eq!(content.read(&fresh).as_deref(), Some(&b"fresh"[..]));
+    }
+
+    #[test]
+    fn a_read_that_needs_no_disk_checks_the_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged");
+        // Just written, so in the page cache: read at once, without a blocking thread.
+        std::fs::write(&path, b"0123456789").unwrap();
+        let content = Content::default();
+        let good = ContentHash::of(b"2345");
+        content.add_partial(good, path.clone(), 2, 4);
+        let read = content.read_now(&good).expect("in the page cache");
+        assert_eq!(read.as_deref(), Some(&b"2345"[..]));
+        // Damaged and never read before: refused, as a blocking read refuses it.
+        let other = ContentHash::of(b"6789");
+        std::fs::write(&path, b"012345xxxx").unwrap();
+        content.add_partial(other, path.clone(), 6, 4);
+        assert!(matches!(content.read_now(&other), Ok(None)));
+        // Past the end of the file: not a chunk we can serve.
+        let short = ContentHash::of(b"89ab");
+        content.add_partial(short, path, 8, 4);
+        assert!(content.read(&short).is_none());
+        assert!(!matches!(content.read_now(&short), Ok(Some(_))));
     }
 }

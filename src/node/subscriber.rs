@@ -642,14 +642,14 @@ struct DownloadEnv {
 }
 
 #[derive(Default)]
-struct MemorySink(Mutex<HashMap<ContentHash, Vec<u8>>>);
+struct MemorySink(Mutex<HashMap<ContentHash, bytes::Bytes>>);
 
 impl ChunkSink for MemorySink {
-    fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError> {
+    fn accept(&self, hash: ContentHash, data: bytes::Bytes) -> Result<(), StoreError> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, data.to_vec());
+            .insert(hash, data);
         Ok(())
     }
 }
@@ -660,6 +660,7 @@ impl MemorySink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(hash)
+            .map(Vec::from)
     }
 }
 
@@ -670,11 +671,11 @@ struct StagingSink {
 }
 
 impl ChunkSink for StagingSink {
-    fn accept(&self, hash: ContentHash, data: &[u8]) -> Result<(), StoreError> {
+    fn accept(&self, hash: ContentHash, data: bytes::Bytes) -> Result<(), StoreError> {
         let Some(places) = self.positions.get(&hash) else {
             return Ok(());
         };
-        self.area.write_chunk(places, data)?;
+        self.area.write_chunk(places, &data)?;
         self.content.remember(hash, data);
         let (file, off, len) = places[0];
         // Verified and on disk: peers may fetch it from us while we download the rest.
