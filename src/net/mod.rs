@@ -10,6 +10,7 @@
 //! Owns transport configuration and address parsing. Protocol logic lives in `node/`.
 
 pub mod streams;
+pub mod udp;
 
 use std::net::SocketAddr;
 

@@ -255,6 +255,7 @@ pub(crate) async fn start(
         .any(|a| crate::net::ip_of(a).is_some_and(|ip| ip.is_unspecified()));
     let (listen_addrs, early_events) =
         wait_listening(&mut swarm, config.listen.len(), unspecified).await?;
+    grow_socket_buffers(&listen_addrs);
     for addr in &config.external {
         swarm.add_external_address(addr.clone());
     }
@@ -422,6 +423,32 @@ async fn wait_listening(
                 }
                 return Err(NodeError::Timeout("listening".into()));
             }
+        }
+    }
+}
+
+/// Give the QUIC sockets behind `addrs` larger kernel buffers (see [`crate::net::udp`]).
+fn grow_socket_buffers(addrs: &[Multiaddr]) {
+    let ports: Vec<u16> = addrs
+        .iter()
+        .filter(|a| !crate::net::is_relayed(a))
+        .filter_map(|a| {
+            a.iter().find_map(|p| match p {
+                Protocol::Udp(port) => Some(port),
+                _ => None,
+            })
+        })
+        .collect();
+    for g in crate::net::udp::grow_buffers(&ports) {
+        if g.capped {
+            warn!(
+                port = g.port,
+                receive_buffer = g.recv,
+                "the system caps UDP buffers below what fast transfers need; raise \
+                 net.core.rmem_max and net.core.wmem_max (e.g. to 8388608) for full speed"
+            );
+        } else {
+            debug!(port = g.port, receive_buffer = g.recv, "UDP buffers raised");
         }
     }
 }
