@@ -24,6 +24,10 @@ use crate::swarm::{Picker, PickerConfig, SeedPolicy};
 use crate::tree::ContentHash;
 use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
+/// How often each peer's request limit follows its measured rate. Until the first measurement
+/// a peer has only its default limit (the publisher, 4 requests), so this is also how long a
+/// download runs at that limit.
+const RATE_INTERVAL: Duration = Duration::from_millis(250);
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
 /// Lanes to one peer reopened at once within `REOPEN_WINDOW`; more wait `REOPEN_DELAY`.
@@ -341,6 +345,9 @@ pub(crate) async fn fetch_all(
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut have_tick = tokio::time::interval(HAVE_INTERVAL);
+    let mut rate_tick = tokio::time::interval(RATE_INTERVAL);
+    rate_tick.tick().await;
+    let mut measured_at = Instant::now();
     let mut done_bytes: u64 = 0;
     loop {
         f.assign();
@@ -376,8 +383,12 @@ pub(crate) async fn fetch_all(
                 None => return Err(FetchError::Cancelled),
             },
             _ = have_tick.tick() => f.announce(),
+            _ = rate_tick.tick() => {
+                let now = Instant::now();
+                f.measure(now.duration_since(measured_at));
+                measured_at = now;
+            }
             _ = tick.tick() => {
-                f.measure();
                 f.reopen_due(feed);
                 for (peer, hash) in f.picker.poll_stalled(Instant::now()) {
                     debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
@@ -549,14 +560,17 @@ impl Fetch<'_> {
         }
     }
 
-    /// Update each peer's request limit from its measured rate: enough requests to cover
-    /// `TARGET_QUEUE` of transfer at that rate.
-    fn measure(&mut self) {
+    /// Update each peer's request limit from its rate over the `elapsed` since the last call:
+    /// enough requests to cover `TARGET_QUEUE` of transfer at that rate.
+    fn measure(&mut self, elapsed: Duration) {
         const TARGET_QUEUE: f64 = 0.5;
         const CHUNK: f64 = crate::config::CHUNK_AVG as f64;
+        let secs = elapsed.as_secs_f64().max(0.001);
         for (peer, rate) in &mut self.rates {
-            let now = std::mem::take(&mut rate.bytes) as f64;
-            let ewma = rate.ewma.map_or(now, |e| 0.7 * e + 0.3 * now);
+            let now = std::mem::take(&mut rate.bytes) as f64 / secs;
+            // Old rates keep 70% of their weight per second, however often this runs.
+            let keep = 0.7f64.powf(secs);
+            let ewma = rate.ewma.map_or(now, |e| keep * e + (1.0 - keep) * now);
             rate.ewma = Some(ewma);
             let limit = (ewma * TARGET_QUEUE / CHUNK).ceil() as usize;
             self.picker.set_limit(peer, limit.clamp(4, MAX_IN_FLIGHT));
