@@ -26,6 +26,9 @@ pub struct StagingArea {
     dir: PathBuf,
     files: HashMap<ContentHash, File>,
     unflushed: AtomicU64,
+    /// Files whose writeback to start, for a thread of their own: starting writeback can block
+    /// while the disk's queue is full, and chunk writes should not wait for that.
+    writeback: std::sync::mpsc::SyncSender<File>,
 }
 
 impl StagingArea {
@@ -49,10 +52,21 @@ impl StagingArea {
             }
         }
         let wanted_set: HashSet<_> = wanted.iter().map(|w| w.0).collect();
+        let (writeback, queue) = std::sync::mpsc::sync_channel::<File>(2);
+        std::thread::Builder::new()
+            .name("treecast-writeback".into())
+            .spawn(move || {
+                // Ends when the area, and with it the sender, is dropped.
+                while let Ok(file) = queue.recv() {
+                    start_writeback(&file);
+                }
+            })
+            .map_err(io_err(dir))?;
         let mut area = StagingArea {
             dir: dir.to_owned(),
             files: HashMap::new(),
             unflushed: AtomicU64::new(0),
+            writeback,
         };
         let mut present = HashSet::new();
         for (hash, size, chunks) in wanted {
@@ -179,7 +193,10 @@ impl StagingArea {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             if before + data.len() as u64 >= WRITEBACK_EVERY {
                 self.unflushed.store(0, Ordering::Relaxed);
-                start_writeback(f);
+                // If the queue is full, a writeback that covers this file is about to start.
+                if let Ok(file) = f.try_clone() {
+                    let _ = self.writeback.try_send(file);
+                }
             }
         }
         Ok(())
@@ -192,6 +209,9 @@ impl StagingArea {
             .files
             .get(hash)
             .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
+        // The disk writes what is still dirty while the file is hashed, so the fsync below has
+        // less to wait for.
+        start_writeback(f);
         // Mapped, not read: no copy out of the page cache; and hashed on every core, since
         // this runs once the transfer, which kept them busy, is over.
         let mut hasher = blake3::Hasher::new();
