@@ -1,77 +1,98 @@
-//! Baseline for `scripts/bench-transfer`: copy a file over one plain libp2p QUIC stream between
-//! two swarms on loopback (same transport settings as treecast, no chunking, no hashing), the
-//! receiver writing it to a file. Prints the throughput in MB/s.
+//! Baseline for `scripts/bench-transfer`: copy a file over one plain libp2p QUIC stream (same
+//! transport settings as treecast, no chunking, no hashing), the receiver writing it to a file.
+//! Prints the throughput in MB/s, from opening the stream until the receiver has written every
+//! byte and said so.
 //!
-//! Usage: `quic_copy FILE OUT`
+//! Usage:
+//! - `quic_copy FILE OUT`: sender and receiver in this one process, on one 2-thread runtime.
+//! - `quic_copy --recv OUT`: a receiver process; prints its address, copies one stream to OUT.
+//! - `quic_copy --send FILE ADDR`: a sender process, to a receiver at ADDR.
+//!
+//! The two-process form is how treecast runs (a publisher and a subscriber, each a process with
+//! treecast's runtime and socket buffers), so that is the figure treecast is compared with.
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol};
-use tokio::sync::oneshot;
-use treecast::net::{build_swarm, streams, BehaviourEvent};
+use libp2p::{Multiaddr, StreamProtocol, Swarm};
+use treecast::net::{build_swarm, streams, Behaviour, BehaviourEvent};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 3, "usage: quic_copy FILE OUT");
-    let (input, output) = (args[1].clone(), args[2].clone());
-    let size = std::fs::metadata(&input)?.len();
-
-    let mut server = build_swarm(
+fn swarm() -> anyhow::Result<Swarm<Behaviour>> {
+    Ok(build_swarm(
         libp2p::identity::Keypair::generate_ed25519(),
         Default::default(),
-    )?;
+    )?)
+}
+
+/// Listen on loopback and return the address; the socket gets the buffers treecast's get.
+async fn listen(server: &mut Swarm<Behaviour>) -> anyhow::Result<Multiaddr> {
     server.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
-    let addr: Multiaddr = loop {
+    loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
+            grow_buffers(&address);
+            return Ok(address);
+        }
+    }
+}
+
+fn grow_buffers(addr: &Multiaddr) {
+    let ports: Vec<u16> = addr
+        .iter()
+        .filter_map(|p| match p {
+            libp2p::multiaddr::Protocol::Udp(port) => Some(port),
+            _ => None,
+        })
+        .collect();
+    treecast::net::udp::grow_buffers(&ports);
+}
+
+/// Copy the first inbound stream to `out`, then answer with the byte count.
+async fn receive(mut server: Swarm<Behaviour>, out: String) -> anyhow::Result<()> {
+    let mut stream = loop {
+        if let SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
+            stream,
+            ..
+        })) = server.select_next_some().await
+        {
+            break stream;
         }
     };
-    let (done_tx, done_rx) = oneshot::channel::<u64>();
     tokio::spawn(async move {
-        let mut done = Some(done_tx);
         loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
-                mut stream,
-                ..
-            })) = server.select_next_some().await
-            {
-                let out = output.clone();
-                let tx = done.take();
-                tokio::spawn(async move {
-                    let mut file = std::fs::File::create(out).expect("create output");
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut total = 0u64;
-                    loop {
-                        let n = stream.read(&mut buf).await.expect("read");
-                        if n == 0 {
-                            break;
-                        }
-                        file.write_all(&buf[..n]).expect("write");
-                        total += n as u64;
-                    }
-                    if let Some(tx) = tx {
-                        let _ = tx.send(total);
-                    }
-                });
-            }
+            server.select_next_some().await;
         }
     });
+    let mut file = std::fs::File::create(out)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    stream.write_all(&total.to_le_bytes()).await?;
+    stream.close().await?;
+    Ok(())
+}
 
-    let mut client = build_swarm(
-        libp2p::identity::Keypair::generate_ed25519(),
-        Default::default(),
-    )?;
+/// Send `input` to `addr` and return MB/s once the receiver has confirmed every byte.
+async fn send(input: &str, addr: Multiaddr) -> anyhow::Result<f64> {
+    let size = std::fs::metadata(input)?.len();
+    // Like a treecast subscriber, the sender listens too, and dials from that socket.
+    let mut client = swarm()?;
+    listen(&mut client).await?;
     client.dial(addr)?;
     let peer = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
             break peer_id;
         }
     };
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
     client.behaviour_mut().streams.open_stream(
         peer,
         StreamProtocol::new(treecast::wire::CHUNKS_PROTOCOL),
@@ -84,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let mut stream = rx.await??;
-    let mut file = std::fs::File::open(&input)?;
+    let mut file = std::fs::File::open(input)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
@@ -94,9 +115,45 @@ async fn main() -> anyhow::Result<()> {
         stream.write_all(&buf[..n]).await?;
     }
     stream.close().await?;
-    let received = done_rx.await?;
+    let mut count = [0u8; 8];
+    stream.read_exact(&mut count).await?;
     let secs = started.elapsed().as_secs_f64();
+    let received = u64::from_le_bytes(count);
     anyhow::ensure!(received == size, "received {received} of {size} bytes");
-    println!("{:.1}", size as f64 / secs / 1e6);
-    Ok(())
+    Ok(size as f64 / secs / 1e6)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["--recv", out] => {
+            // Like a treecast node: a process with treecast's runtime.
+            treecast::cli::runtime()?.block_on(async {
+                let mut server = swarm()?;
+                let addr = listen(&mut server).await?;
+                println!("{addr}");
+                std::io::stdout().flush()?;
+                receive(server, out.to_string()).await
+            })
+        }
+        ["--send", input, addr] => treecast::cli::runtime()?.block_on(async {
+            println!("{:.1}", send(input, addr.parse()?).await?);
+            Ok(())
+        }),
+        [input, out] => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let mut server = swarm()?;
+                let addr = listen(&mut server).await?;
+                let receiver = tokio::spawn(receive(server, out.to_string()));
+                let rate = send(input, addr).await?;
+                receiver.await??;
+                println!("{rate:.1}");
+                Ok(())
+            }),
+        _ => anyhow::bail!("usage: quic_copy FILE OUT | --recv OUT | --send FILE ADDR"),
+    }
 }
