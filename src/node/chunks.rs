@@ -142,6 +142,11 @@ async fn pace(limit: &Limiter, n: usize) {
 pub(crate) trait ChunkSink: Send + Sync + 'static {
     /// Store `data`, already verified against `hash`. Blocking.
     fn accept(&self, hash: ContentHash, data: bytes::Bytes) -> Result<(), StoreError>;
+
+    /// Whether any peer in session may still ask us for chunks (one that does not hold the
+    /// target completely). A sink may keep verified chunks in memory for them, and need not
+    /// when there is none.
+    fn peers_may_ask(&self, _yes: bool) {}
 }
 
 /// Why a fetch stopped.
@@ -350,6 +355,7 @@ pub(crate) async fn fetch_all(
     let mut measured_at = Instant::now();
     let mut done_bytes: u64 = 0;
     loop {
+        f.tell_sink(feed);
         f.assign();
         if f.picker.is_done() {
             f.announce();
@@ -401,6 +407,12 @@ pub(crate) async fn fetch_all(
 
 impl Fetch<'_> {
     /// Tell the picker what `peer` has, opening lanes to it the first time.
+    /// Tell the sink whether any peer in `feed` may ask us for chunks.
+    fn tell_sink(&self, feed: &PeerFeed) {
+        self.sink
+            .peers_may_ask(feed.peers.values().any(|p| !p.complete));
+    }
+
     fn add_peer(&mut self, peer: PeerId, info: &FeedPeer) {
         let have = if info.complete {
             crate::swarm::Availability::All
@@ -725,12 +737,16 @@ impl Lane {
             if !hash.matches(data) {
                 return (Ok(None), frame);
             }
-            // The verified bytes go to the sink as they are, not copied (it may keep them to
-            // serve); the lane reads its next reply into fresh memory instead.
+            // The verified bytes go to the sink as they are, not copied. If it kept them (to
+            // serve), the lane reads its next reply into fresh memory; if not, into this again.
             let len = data.len();
-            let data = bytes::Bytes::from(frame).slice(start..);
-            let verdict = sink.accept(hash, data).map(|()| Some(len));
-            (verdict, Vec::with_capacity(len + start))
+            let whole = bytes::Bytes::from(frame);
+            let verdict = sink.accept(hash, whole.slice(start..)).map(|()| Some(len));
+            let frame = whole
+                .try_into_mut()
+                .map(Vec::from)
+                .unwrap_or_else(|_| Vec::with_capacity(len + start));
+            (verdict, frame)
         })
         .await;
         let Ok((verdict, frame)) = joined else {

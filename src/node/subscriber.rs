@@ -668,6 +668,8 @@ struct StagingSink {
     area: Arc<StagingArea>,
     positions: Arc<ChunkPositions>,
     content: Content,
+    /// Keep verified chunks in memory for peers about to ask (see `ChunkSink::peers_may_ask`).
+    remember: std::sync::atomic::AtomicBool,
 }
 
 impl ChunkSink for StagingSink {
@@ -676,12 +678,19 @@ impl ChunkSink for StagingSink {
             return Ok(());
         };
         self.area.write_chunk(places, &data)?;
-        self.content.remember(hash, data);
+        if self.remember.load(std::sync::atomic::Ordering::Relaxed) {
+            self.content.remember(hash, data);
+        }
         let (file, off, len) = places[0];
         // Verified and on disk: peers may fetch it from us while we download the rest.
         self.content
             .add_partial(hash, self.area.staged_path(&file), off, len);
         Ok(())
+    }
+
+    fn peers_may_ask(&self, yes: bool) {
+        self.remember
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -739,6 +748,7 @@ async fn download(
         area: area.clone(),
         positions: positions.clone(),
         content: env.content.clone(),
+        remember: true.into(),
     });
     for (hash, places) in positions.iter().filter(|(h, _)| present.contains(h)) {
         let (file, off, len) = places[0];
