@@ -27,7 +27,7 @@ use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 /// How often each peer's request limit follows its measured rate. Until the first measurement
 /// a peer has only its default limit (the publisher, 4 requests), so this is also how long a
 /// download runs at that limit.
-const RATE_INTERVAL: Duration = Duration::from_millis(250);
+const RATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
 /// Lanes to one peer reopened at once within `REOPEN_WINDOW`; more wait `REOPEN_DELAY`.
