@@ -439,17 +439,16 @@ fn grow_socket_buffers(addrs: &[Multiaddr]) {
             })
         })
         .collect();
-    for g in crate::net::udp::grow_buffers(&ports) {
-        if g.capped {
-            warn!(
-                port = g.port,
-                receive_buffer = g.recv,
-                "the system caps UDP buffers below what fast transfers need; raise \
-                 net.core.rmem_max and net.core.wmem_max (e.g. to 8388608) for full speed"
-            );
-        } else {
-            debug!(port = g.port, receive_buffer = g.recv, "UDP buffers raised");
-        }
+    let grown = crate::net::udp::grow_buffers(&ports);
+    for g in &grown {
+        debug!(port = g.port, receive_buffer = g.recv, "UDP buffers raised");
+    }
+    if let Some(g) = grown.iter().find(|g| g.capped) {
+        warn!(
+            receive_buffer = g.recv,
+            "the system caps UDP buffers below what fast transfers need; raise \
+             net.core.rmem_max and net.core.wmem_max (e.g. to 8388608) for full speed"
+        );
     }
 }
 

@@ -214,12 +214,16 @@ impl StagingArea {
         start_writeback(f);
         // Mapped, not read: no copy out of the page cache; and hashed on every core, since
         // this runs once the transfer, which kept them busy, is over.
+        let started = std::time::Instant::now();
         let mut hasher = blake3::Hasher::new();
         hasher.update_mmap_rayon(&path).map_err(io_err(&path))?;
         if ContentHash::from(hasher.finalize()) != *hash {
             return Err(StoreError::StagedMismatch(*hash));
         }
-        f.sync_all().map_err(io_err(&path))
+        let hashed = started.elapsed();
+        f.sync_all().map_err(io_err(&path))?;
+        tracing::debug!(file = %hash, ?hashed, synced = ?(started.elapsed() - hashed), "staged file finished");
+        Ok(())
     }
 }
 
