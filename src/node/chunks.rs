@@ -285,6 +285,8 @@ pub(crate) struct FetchCtx {
 struct Rate {
     bytes: u64,
     ewma: Option<f64>,
+    /// The request limit last set.
+    limit: Option<usize>,
 }
 
 struct Fetch<'a> {
@@ -584,8 +586,14 @@ impl Fetch<'_> {
             let keep = 0.7f64.powf(secs);
             let ewma = rate.ewma.map_or(now, |e| keep * e + (1.0 - keep) * now);
             rate.ewma = Some(ewma);
-            let limit = (ewma * TARGET_QUEUE / CHUNK).ceil() as usize;
-            self.picker.set_limit(peer, limit.clamp(4, MAX_IN_FLIGHT));
+            let target = ((ewma * TARGET_QUEUE / CHUNK).ceil() as usize).clamp(4, MAX_IN_FLIGHT);
+            // Up at most twofold per measurement (down at once): requests in flight when a node
+            // dies are lost, and a limit that grows with what the peer proved it delivers
+            // keeps that small for downloads cut short.
+            let now_limit = rate.limit.or_else(|| self.picker.limit(peer));
+            let limit = now_limit.map_or(target, |l| target.min(l * 2));
+            rate.limit = Some(limit);
+            self.picker.set_limit(peer, limit);
         }
     }
 

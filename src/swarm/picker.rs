@@ -438,6 +438,11 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         self.verified.contains(hash)
     }
 
+    /// How many requests `peer` may have outstanding.
+    pub fn limit(&self, peer: &P) -> Option<usize> {
+        self.peers.get(peer).map(|s| s.limit)
+    }
+
     /// Requests outstanding to `peer`.
     pub fn in_flight(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.in_flight)
