@@ -59,9 +59,17 @@ async fn receive(mut server: Swarm<Behaviour>, out: String) -> anyhow::Result<()
             break stream;
         }
     };
+    // The count written at the end must reach the sender before this process exits: wait for
+    // the sender to close the connection (it does once it has read the count).
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
+        let mut closed_tx = Some(closed_tx);
         loop {
-            server.select_next_some().await;
+            if let SwarmEvent::ConnectionClosed { .. } = server.select_next_some().await {
+                if let Some(tx) = closed_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
         }
     });
     let mut file = std::fs::File::create(out)?;
@@ -77,6 +85,7 @@ async fn receive(mut server: Swarm<Behaviour>, out: String) -> anyhow::Result<()
     }
     stream.write_all(&total.to_le_bytes()).await?;
     stream.close().await?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closed).await;
     Ok(())
 }
 
@@ -98,10 +107,21 @@ async fn send(input: &str, addr: Multiaddr) -> anyhow::Result<f64> {
         StreamProtocol::new(treecast::wire::CHUNKS_PROTOCOL),
         tx,
     );
-    tokio::spawn(async move {
-        loop {
-            client.select_next_some().await;
+    // Once the count is in, the connection is closed, which lets the receiver exit.
+    let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(async move {
+        tokio::select! {
+            _ = async { loop { client.select_next_some().await; } } => {}
+            _ = &mut finished => {}
         }
+        let _ = client.disconnect_peer_id(peer);
+        let closing = async {
+            while !matches!(
+                client.select_next_some().await,
+                SwarmEvent::ConnectionClosed { .. }
+            ) {}
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
     });
     let started = Instant::now();
     let mut stream = rx.await??;
@@ -118,6 +138,8 @@ async fn send(input: &str, addr: Multiaddr) -> anyhow::Result<f64> {
     let mut count = [0u8; 8];
     stream.read_exact(&mut count).await?;
     let secs = started.elapsed().as_secs_f64();
+    let _ = done.send(());
+    let _ = driver.await;
     let received = u64::from_le_bytes(count);
     anyhow::ensure!(received == size, "received {received} of {size} bytes");
     Ok(size as f64 / secs / 1e6)
