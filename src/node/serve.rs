@@ -296,14 +296,20 @@ mod tests {
         assert_eq!(c.map.len(), 4, "an entry over the whole size is not kept");
     }
 
-    #[test]
-    fn content_serves_remembered_chunks_and_checks_disk_reads() {
+    /// A staged file holding "0123456789", and content that knows chunk "2345" at offset 2.
+    fn staged() -> (tempfile::TempDir, std::path::PathBuf, Content, ContentHash) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("staged");
         std::fs::write(&path, b"0123456789").unwrap();
         let content = Content::default();
         let good = ContentHash::of(b"2345");
         content.add_partial(good, path.clone(), 2, 4);
+        (dir, path, content, good)
+    }
+
+    #[test]
+    fn content_serves_remembered_chunks_and_checks_disk_reads() {
+        let (_dir, path, content, good) = staged();
         assert_eq!(content.read(&good).as_deref(), Some(&b"2345"[..]));
         // Damaged on disk after it was read once: the verified copy in memory is served.
         std::fs::write(&path, b"01xxxx6789").unwrap();
@@ -320,13 +326,8 @@ mod tests {
 
     #[test]
     fn a_read_that_needs_no_disk_checks_the_bytes_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("staged");
         // Just written, so in the page cache: read at once, without a blocking thread.
-        std::fs::write(&path, b"0123456789").unwrap();
-        let content = Content::default();
-        let good = ContentHash::of(b"2345");
-        content.add_partial(good, path.clone(), 2, 4);
+        let (_dir, path, content, good) = staged();
         let read = content.read_now(&good).expect("in the page cache");
         assert_eq!(read.as_deref(), Some(&b"2345"[..]));
         // Damaged and never read before: refused, as a blocking read refuses it.
