@@ -31,21 +31,10 @@ async fn listen(server: &mut Swarm<Behaviour>) -> anyhow::Result<Multiaddr> {
     server.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
     loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            grow_buffers(&address);
+            treecast::net::udp::grow_for(std::slice::from_ref(&address));
             return Ok(address);
         }
     }
-}
-
-fn grow_buffers(addr: &Multiaddr) {
-    let ports: Vec<u16> = addr
-        .iter()
-        .filter_map(|p| match p {
-            libp2p::multiaddr::Protocol::Udp(port) => Some(port),
-            _ => None,
-        })
-        .collect();
-    treecast::net::udp::grow_buffers(&ports);
 }
 
 /// Copy the first inbound stream to `out`, then answer with the byte count.

@@ -9,6 +9,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
 use socket2::{SockRef, Type};
 
 /// The receive and send buffer asked for on each QUIC socket (the kernel doubles it for its
@@ -24,6 +26,22 @@ pub struct Grown {
     /// True if the system limit (`net.core.rmem_max`) kept it below [`UDP_BUFFER`] and we may
     /// not exceed that limit (`CAP_NET_ADMIN`).
     pub capped: bool,
+}
+
+/// Raise the buffers of the UDP sockets behind this process's listen addresses `addrs`
+/// (relayed ones have no socket of their own and are skipped).
+pub fn grow_for(addrs: &[Multiaddr]) -> Vec<Grown> {
+    let ports: Vec<u16> = addrs
+        .iter()
+        .filter(|a| !super::is_relayed(a))
+        .filter_map(|a| {
+            a.iter().find_map(|p| match p {
+                Protocol::Udp(port) => Some(port),
+                _ => None,
+            })
+        })
+        .collect();
+    grow_buffers(&ports)
 }
 
 /// Raise the receive and send buffers of this process's UDP sockets bound to one of `ports`.

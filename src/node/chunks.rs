@@ -285,8 +285,6 @@ pub(crate) struct FetchCtx {
 struct Rate {
     bytes: u64,
     ewma: Option<f64>,
-    /// The request limit last set.
-    limit: Option<usize>,
 }
 
 struct Fetch<'a> {
@@ -590,9 +588,10 @@ impl Fetch<'_> {
             // Up at most twofold per measurement (down at once): requests in flight when a node
             // dies are lost, and a limit that grows with what the peer proved it delivers
             // keeps that small for downloads cut short.
-            let now_limit = rate.limit.or_else(|| self.picker.limit(peer));
-            let limit = now_limit.map_or(target, |l| target.min(l * 2));
-            rate.limit = Some(limit);
+            let limit = self
+                .picker
+                .limit(peer)
+                .map_or(target, |l| target.min(l * 2));
             self.picker.set_limit(peer, limit);
         }
     }

@@ -429,17 +429,7 @@ async fn wait_listening(
 
 /// Give the QUIC sockets behind `addrs` larger kernel buffers (see [`crate::net::udp`]).
 fn grow_socket_buffers(addrs: &[Multiaddr]) {
-    let ports: Vec<u16> = addrs
-        .iter()
-        .filter(|a| !crate::net::is_relayed(a))
-        .filter_map(|a| {
-            a.iter().find_map(|p| match p {
-                Protocol::Udp(port) => Some(port),
-                _ => None,
-            })
-        })
-        .collect();
-    let grown = crate::net::udp::grow_buffers(&ports);
+    let grown = crate::net::udp::grow_for(addrs);
     for g in &grown {
         debug!(port = g.port, receive_buffer = g.recv, "UDP buffers raised");
     }

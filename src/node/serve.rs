@@ -155,7 +155,7 @@ enum Io {
 }
 
 /// A read that would have had to wait for the disk (see [`Content::read_now`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WouldBlock;
 
 fn read_checked(
