@@ -86,15 +86,16 @@ where
                 let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
                 !seed.should_serve(&ctx.peer, hash, Instant::now())
             });
-        let mut data = match refuse {
-            true => None,
-            false => match content.read_now(&hash) {
+        let mut data = if refuse {
+            None
+        } else {
+            match content.read_now(&hash) {
                 Ok(data) => data,
                 Err(_would_block) => tokio::task::spawn_blocking(move || content.read(&hash))
                     .await
                     .ok()
                     .flatten(),
-            },
+            }
         };
         if ctx.corrupt {
             data = data.filter(|d| !d.is_empty()).map(|d| {
@@ -406,13 +407,13 @@ pub(crate) async fn fetch_all(
 }
 
 impl Fetch<'_> {
-    /// Tell the picker what `peer` has, opening lanes to it the first time.
     /// Tell the sink whether any peer in `feed` may ask us for chunks.
     fn tell_sink(&self, feed: &PeerFeed) {
         self.sink
             .peers_may_ask(feed.peers.values().any(|p| !p.complete));
     }
 
+    /// Tell the picker what `peer` has, opening lanes to it the first time.
     fn add_peer(&mut self, peer: PeerId, info: &FeedPeer) {
         let have = if info.complete {
             crate::swarm::Availability::All

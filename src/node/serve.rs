@@ -2,7 +2,6 @@
 //! current revision lives on disk. Swapped whole when a revision is published or applied.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -17,7 +16,7 @@ pub(crate) struct ServeIndex {
     root: PathBuf,
     pub head: Option<SignedHead>,
     chunks: HashMap<ContentHash, (RelPath, u64, u32)>,
-    blobs: HashMap<ContentHash, Vec<u8>>,
+    blobs: HashMap<ContentHash, Bytes>,
 }
 
 /// Memory for recently served or fetched chunks, per node.
@@ -165,28 +164,16 @@ fn read_checked(
     hash: &ContentHash,
     io: Io,
 ) -> Result<Option<Bytes>, WouldBlock> {
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(file) = std::fs::File::open(path) else {
         return Ok(None);
     };
-    // Read into spare capacity: the buffer is not zeroed first.
-    let mut buf = Vec::with_capacity(len as usize);
-    match io {
-        Io::NoWait => {
-            if !read_cached_at(&file, &mut buf, len as usize, off) {
-                return Err(WouldBlock);
-            }
-        }
-        Io::Block => {
-            let read = file
-                .seek(SeekFrom::Start(off))
-                .and_then(|_| file.take(u64::from(len)).read_to_end(&mut buf));
-            if read.is_err() {
-                return Ok(None);
-            }
-        }
-    }
-    if buf.len() != len as usize {
-        return Ok(None);
+    let mut buf = Vec::new();
+    let (flags, short) = match io {
+        Io::Block => (0, Ok(None)),
+        Io::NoWait => (libc::RWF_NOWAIT, Err(WouldBlock)),
+    };
+    if !read_at(&file, &mut buf, len as usize, off, flags) {
+        return short;
     }
     if !hash.matches(&buf) {
         tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
@@ -195,29 +182,36 @@ fn read_checked(
     Ok(Some(Bytes::from(buf)))
 }
 
-/// Read `len` bytes at `off` into `buf`'s spare capacity only if all of them are in the page
-/// cache (`preadv2` with `RWF_NOWAIT`). False if any would need the disk, the file is
-/// shorter, or the kernel cannot tell: the caller then reads on a blocking thread.
-fn read_cached_at(file: &std::fs::File, buf: &mut Vec<u8>, len: usize, off: u64) -> bool {
+/// Read `len` bytes at `off` into `buf`'s spare capacity (not zeroed first) with `preadv2` and
+/// `flags`; true if all of them were read. With `RWF_NOWAIT` the kernel reads only what is in the page cache,
+/// so false also means some would need the disk (or the kernel cannot tell): the caller then
+/// reads on a blocking thread.
+fn read_at(file: &std::fs::File, buf: &mut Vec<u8>, len: usize, off: u64, flags: i32) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(off) = libc::off_t::try_from(off) else {
-        return false;
-    };
     buf.reserve(len);
-    let iov = libc::iovec {
-        iov_base: buf.spare_capacity_mut().as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    // SAFETY: the iovec covers `len` bytes of `buf`'s spare capacity, which stays allocated
-    // and unaliased for the call; the kernel writes at most `len` bytes there and returns how
-    // many, and only those are marked initialised.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n < 0 || n as usize != len {
-        return false;
+    let mut filled = 0;
+    while filled < len {
+        let Ok(at) = libc::off_t::try_from(off + filled as u64) else {
+            return false;
+        };
+        let iov = libc::iovec {
+            iov_base: buf.spare_capacity_mut()[filled..].as_mut_ptr().cast(),
+            iov_len: len - filled,
+        };
+        // SAFETY: the iovec covers the `len - filled` bytes of `buf`'s spare capacity past
+        // those already read, which stay allocated and unaliased for the call; the kernel
+        // writes at most that many bytes there and returns how many.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+        match n {
+            0 => break,
+            n if n > 0 => filled += n as usize,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
     }
-    // SAFETY: the kernel initialised the first `n` (= len) bytes of the spare capacity.
-    unsafe { buf.set_len(len) };
-    true
+    // SAFETY: the kernel initialised the first `filled` bytes of the spare capacity.
+    unsafe { buf.set_len(filled) };
+    filled == len
 }
 
 /// Split encoded manifest bytes into blobs: its chunks plus the chunk index. Returns the index
@@ -256,14 +250,17 @@ impl ServeIndex {
             root,
             head: Some(head),
             chunks,
-            blobs: blobs.into_iter().collect(),
+            blobs: blobs
+                .into_iter()
+                .map(|(h, b)| (h, Bytes::from(b)))
+                .collect(),
         }
     }
 
     /// The bytes of `hash`, read from disk and checked, or `None`.
     fn read(&self, hash: &ContentHash, io: Io) -> Result<Option<Bytes>, WouldBlock> {
         if let Some(b) = self.blobs.get(hash) {
-            return Ok(Some(Bytes::copy_from_slice(b)));
+            return Ok(Some(b.clone()));
         }
         let Some((path, off, len)) = self.chunks.get(hash) else {
             return Ok(None);

@@ -193,7 +193,8 @@ impl StagingArea {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             if before + data.len() as u64 >= WRITEBACK_EVERY {
                 self.unflushed.store(0, Ordering::Relaxed);
-                // If the queue is full, a writeback that covers this file is about to start.
+                // If the queue is full, writeback is behind anyway; `finish` starts this
+                // file's before its fsync.
                 if let Ok(file) = f.try_clone() {
                     let _ = self.writeback.try_send(file);
                 }
