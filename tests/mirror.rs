@@ -102,6 +102,11 @@ async fn edits_adds_renames_and_deletes_move_only_changed_data() {
     a.shutdown().await;
     b.shutdown().await;
     p.shutdown().await;
+    // Fetched, copied and kept files alike are indexed with the read checks they are served
+    // against.
+    for node in ["publisher", "a", "b"] {
+        assert_read_checks(&lab.tmp.path().join(node));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

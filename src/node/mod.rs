@@ -470,12 +470,14 @@ pub(crate) struct LocalInfo {
     pub publisher: Option<[u8; 32]>,
 }
 
-/// The revision a node holds: its verified head, manifest and manifest blobs.
+/// The revision a node holds: its verified head, manifest and manifest blobs, and the read
+/// checks of its files' chunks.
 #[derive(Clone)]
 pub(crate) struct Applied {
     pub head: crate::trust::VerifiedHead,
     pub manifest: crate::tree::Manifest,
     pub blobs: Vec<(crate::tree::ContentHash, Vec<u8>)>,
+    pub checks: std::sync::Arc<serve::FileChecks>,
 }
 
 impl Applied {
@@ -485,6 +487,7 @@ impl Applied {
             self.head.signed().clone(),
             &self.manifest,
             self.blobs.clone(),
+            &self.checks,
         )
     }
 }
@@ -520,10 +523,12 @@ pub(crate) fn load_applied(
         return Err(corrupt("manifest hash mismatch").into());
     }
     let manifest = crate::tree::Manifest::decode(&bytes).unwrap_or_default();
+    let checks = std::sync::Arc::new(serve::file_checks(db.file_index()?.values()));
     Ok(Some(Applied {
         head,
         manifest,
         blobs,
+        checks,
     }))
 }
 

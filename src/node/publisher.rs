@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use super::control::PeerEvent;
 use super::net_loop::{self, NetCommand};
 use super::report::Reporter;
-use super::serve::{manifest_blobs, Content, ServeIndex};
+use super::serve::{file_checks, manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
 use crate::store::Db;
@@ -485,6 +485,7 @@ impl Publisher {
             head.signed().clone(),
             manifest,
             blobs,
+            &file_checks(records.iter().map(|(_, r)| r)),
         ));
         if let Some(net) = &self.net {
             if net

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
-use crate::tree::{chunk_bytes, ChunkRef, ContentHash, Manifest, RelPath};
+use crate::tree::{chunk_bytes, read_check, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
 use crate::trust::SignedHead;
 
 /// Index of servable content for one revision.
@@ -15,15 +15,31 @@ use crate::trust::SignedHead;
 pub(crate) struct ServeIndex {
     root: PathBuf,
     pub head: Option<SignedHead>,
-    chunks: HashMap<ContentHash, (RelPath, u64, u32)>,
+    /// Where each chunk is: file, offset, length, and the read check it is served against.
+    chunks: HashMap<ContentHash, (RelPath, u64, u32, Option<u64>)>,
     blobs: HashMap<ContentHash, Bytes>,
 }
 
 /// Memory for recently served or fetched chunks, per node.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// Verified chunks of the revision being downloaded, in staging: hash to (file, offset, len).
-type Partial = HashMap<ContentHash, (PathBuf, u64, u32)>;
+/// Verified chunks of the revision being downloaded, in staging: hash to (file, offset, len,
+/// read check).
+type Partial = HashMap<ContentHash, (PathBuf, u64, u32, Option<u64>)>;
+
+/// The read checks of files, by file hash: what a disk read of their chunks is checked against
+/// before it is served (see [`read_check`]). A chunk of a file not here is checked against its
+/// BLAKE3 hash instead.
+pub(crate) type FileChecks = HashMap<ContentHash, Vec<u64>>;
+
+/// The read checks that `records` carry.
+pub(crate) fn file_checks<'a>(records: impl IntoIterator<Item = &'a FileRecord>) -> FileChecks {
+    records
+        .into_iter()
+        .filter(|r| !r.chunks.is_empty() && r.checks.len() == r.chunks.len())
+        .map(|r| (r.hash, r.checks.clone()))
+        .collect()
+}
 
 /// What this node serves, shared between the engine (writer) and chunk servers (readers): the
 /// index of the revision it holds, plus verified chunks of the one it is downloading.
@@ -81,12 +97,20 @@ impl Content {
             .clear();
     }
 
-    /// A chunk of the revision being downloaded is verified at `path`/`offset` in staging.
-    pub fn add_partial(&self, hash: ContentHash, path: PathBuf, offset: u64, len: u32) {
+    /// A chunk of the revision being downloaded is verified at `path`/`offset` in staging,
+    /// with read check `check` if known.
+    pub fn add_partial(
+        &self,
+        hash: ContentHash,
+        path: PathBuf,
+        offset: u64,
+        len: u32,
+        check: Option<u64>,
+    ) {
         self.partial
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, (path, offset, len));
+            .insert(hash, (path, offset, len, check));
     }
 
     /// True if `hash` is one of the held revision's manifest blobs.
@@ -107,7 +131,7 @@ impl Content {
     }
 
     /// Like [`Content::read`], but only if that needs no disk I/O: bytes in memory or in the
-    /// page cache come back at once (a chunk read and hashed in well under a millisecond), and
+    /// page cache come back at once (a chunk read and checked in well under a millisecond), and
     /// `Err(WouldBlock)` says to call `read` on a blocking thread instead. Serving a chunk that
     /// is in the page cache, the usual case, then costs no hand-off to another thread and back.
     pub fn read_now(&self, hash: &ContentHash) -> Result<Option<Bytes>, WouldBlock> {
@@ -135,7 +159,7 @@ impl Content {
                 let Some(place) = place else {
                     return Ok(None);
                 };
-                match read_checked(&place.0, place.1, place.2, hash, io)? {
+                match read_checked(&place.0, place.1, place.2, hash, place.3, io)? {
                     Some(data) => data,
                     None => return Ok(None),
                 }
@@ -157,11 +181,14 @@ enum Io {
 #[derive(Debug)]
 pub(crate) struct WouldBlock;
 
+/// Read `len` bytes at `off` in `path`, the chunk `hash`, and check them against `check` if
+/// known, else against `hash`.
 fn read_checked(
     path: &std::path::Path,
     off: u64,
     len: u32,
     hash: &ContentHash,
+    check: Option<u64>,
     io: Io,
 ) -> Result<Option<Bytes>, WouldBlock> {
     let Ok(file) = std::fs::File::open(path) else {
@@ -175,7 +202,11 @@ fn read_checked(
     if !read_at(&file, &mut buf, len as usize, off, flags) {
         return short;
     }
-    if !hash.matches(&buf) {
+    let same = match check {
+        Some(check) => read_check(&buf) == check,
+        None => hash.matches(&buf),
+    };
+    if !same {
         tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
         return Ok(None);
     }
@@ -235,14 +266,17 @@ impl ServeIndex {
         head: SignedHead,
         manifest: &Manifest,
         blobs: Vec<(ContentHash, Vec<u8>)>,
+        checks: &FileChecks,
     ) -> Self {
         let mut chunks = HashMap::new();
-        for (path, _, _, _, refs) in manifest.files() {
+        for (path, _, _, file, refs) in manifest.files() {
+            let file_checks = checks.get(&file).filter(|c| c.len() == refs.len());
             let mut off = 0u64;
-            for c in refs {
+            for (i, c) in refs.iter().enumerate() {
+                let check = file_checks.map(|checks| checks[i]);
                 chunks
                     .entry(c.hash)
-                    .or_insert_with(|| (path.clone(), off, c.len));
+                    .or_insert_with(|| (path.clone(), off, c.len, check));
                 off += c.len as u64;
             }
         }
@@ -262,10 +296,10 @@ impl ServeIndex {
         if let Some(b) = self.blobs.get(hash) {
             return Ok(Some(b.clone()));
         }
-        let Some((path, off, len)) = self.chunks.get(hash) else {
+        let Some((path, off, len, check)) = self.chunks.get(hash) else {
             return Ok(None);
         };
-        read_checked(&path.under(&self.root), *off, *len, hash, io)
+        read_checked(&path.under(&self.root), *off, *len, hash, *check, io)
     }
 }
 
@@ -300,7 +334,7 @@ mod tests {
         std::fs::write(&path, b"0123456789").unwrap();
         let content = Content::default();
         let good = ContentHash::of(b"2345");
-        content.add_partial(good, path.clone(), 2, 4);
+        content.add_partial(good, path.clone(), 2, 4, None);
         (dir, path, content, good)
     }
 
@@ -314,7 +348,7 @@ mod tests {
         // Never read before and damaged: refused.
         let other = ContentHash::of(b"6789");
         std::fs::write(&path, b"012345xxxx").unwrap();
-        content.add_partial(other, path, 6, 4);
+        content.add_partial(other, path, 6, 4, None);
         assert_eq!(content.read(&other), None);
         let fresh = ContentHash::of(b"fresh");
         content.remember(fresh, Bytes::from_static(b"fresh"));
@@ -330,12 +364,71 @@ mod tests {
         // Damaged and never read before: refused, as a blocking read refuses it.
         let other = ContentHash::of(b"6789");
         std::fs::write(&path, b"012345xxxx").unwrap();
-        content.add_partial(other, path.clone(), 6, 4);
+        content.add_partial(other, path.clone(), 6, 4, None);
         assert!(matches!(content.read_now(&other), Ok(None)));
         // Past the end of the file: not a chunk we can serve.
         let short = ContentHash::of(b"89ab");
-        content.add_partial(short, path, 8, 4);
+        content.add_partial(short, path, 8, 4, None);
         assert!(content.read(&short).is_none());
         assert!(!matches!(content.read_now(&short), Ok(Some(_))));
+    }
+
+    #[test]
+    fn disk_reads_with_a_read_check_are_checked_against_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+        let refs = [(b"01234".as_slice()), (b"56789".as_slice())].map(|d| ChunkRef {
+            hash: ContentHash::of(d),
+            len: 5,
+        });
+        let file = ContentHash::of(b"0123456789");
+        let manifest = Manifest::from_entries(vec![crate::tree::Entry {
+            path: RelPath::new("f").unwrap(),
+            kind: crate::tree::EntryKind::File {
+                size: 10,
+                executable: false,
+                hash: file,
+                chunks: refs.to_vec(),
+            },
+        }])
+        .unwrap();
+        let key = crate::trust::PublisherKey::generate();
+        let head = || {
+            let body = crate::trust::HeadBody {
+                swarm_id: uuid::Uuid::new_v4(),
+                revision: 1,
+                manifest_hash: ContentHash::of(b""),
+                manifest_size: 0,
+                manifest_index_hash: ContentHash::of(b""),
+                created_unix_ms: 0,
+                signer: [0; 32],
+            };
+            SignedHead::sign(body, &key).signed().clone()
+        };
+        // The second check is wrong for the bytes on disk, which match their BLAKE3 hash: the
+        // read check decides, so that chunk is refused and the first is served.
+        let checks = FileChecks::from([(file, vec![read_check(b"01234"), read_check(b"x")])]);
+        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &checks);
+        assert_eq!(
+            index.read(&refs[0].hash, Io::Block).unwrap().as_deref(),
+            Some(&b"01234"[..])
+        );
+        assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
+        // Without read checks, both are checked against their hashes.
+        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &FileChecks::new());
+        assert!(index.read(&refs[1].hash, Io::Block).unwrap().is_some());
+        // A file edited since it was indexed: refused either way.
+        std::fs::write(dir.path().join("f"), b"01234x6789").unwrap();
+        assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
+        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &checks);
+        assert!(index.read(&refs[0].hash, Io::Block).unwrap().is_some());
+        let index = ServeIndex::build(
+            dir.path().into(),
+            head(),
+            &manifest,
+            vec![],
+            &FileChecks::from([(file, refs.iter().map(|_| read_check(b"01234")).collect())]),
+        );
+        assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
     }
 }

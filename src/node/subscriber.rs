@@ -18,7 +18,7 @@ use super::chunks::{
 };
 use super::control::PeerEvent;
 use super::net_loop::{self, NetCommand};
-use super::serve::Content;
+use super::serve::{file_checks, Content};
 use super::{load_applied, Applied, LocalInfo, NodeError, NodeHandle, Stats, Status};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
@@ -677,14 +677,14 @@ impl ChunkSink for StagingSink {
         let Some(places) = self.positions.get(&hash) else {
             return Ok(());
         };
-        self.area.write_chunk(places, &data)?;
+        let check = self.area.write_chunk(&hash, places, &data)?;
         if self.remember.load(std::sync::atomic::Ordering::Relaxed) {
             self.content.remember(hash, data);
         }
         let (file, off, len) = places[0];
         // Verified and on disk: peers may fetch it from us while we download the rest.
         self.content
-            .add_partial(hash, self.area.staged_path(&file), off, len);
+            .add_partial(hash, self.area.staged_path(&file), off, len, Some(check));
         Ok(())
     }
 
@@ -720,7 +720,7 @@ async fn download(
     let root = env.dir.clone();
     let index = env.db.file_index()?;
     let new = manifest.clone();
-    let plan = blocking(move || Ok(plan(&root, &index, &new))).await?;
+    let (plan, index) = blocking(move || Ok((plan(&root, &index, &new), index))).await?;
     let staging_dir = env.dir.join(crate::config::STATE_DIR).join("staging");
     let wanted = plan.wanted.clone();
     let (area, positions, mut present) =
@@ -753,7 +753,7 @@ async fn download(
     for (hash, places) in positions.iter().filter(|(h, _)| present.contains(h)) {
         let (file, off, len) = places[0];
         env.content
-            .add_partial(*hash, area.staged_path(&file), off, len);
+            .add_partial(*hash, area.staged_path(&file), off, len, area.check_of(hash));
     }
     let mut avail = Availability::new(revision, positions.keys().copied());
     fetch_all(
@@ -788,9 +788,10 @@ async fn download(
     let edited = plan.edited;
     let conflicts = env.dir.join(crate::config::STATE_DIR).join("conflicts");
     let a = area.clone();
-    let (records, stats) =
+    let (mut records, stats) =
         blocking(move || apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts))
             .await?;
+    keep_checks(&mut records, &index);
     info!(
         revision,
         installed = stats.installed,
@@ -802,12 +803,23 @@ async fn download(
     let db = env.db.clone();
     let head_bytes = head.signed().encode();
     let stored_blobs = blobs.clone();
+    let checks = Arc::new(file_checks(records.iter().map(|(_, r)| r)));
     blocking(move || db.commit_revision(&head_bytes, &records, &stored_blobs)).await?;
     Ok(Applied {
         head,
         manifest,
         blobs,
+        checks,
     })
+}
+
+/// Give the records of files an apply kept as they were the read checks `old` has for them.
+fn keep_checks(records: &mut [(RelPath, FileRecord)], old: &HashMap<RelPath, FileRecord>) {
+    for (path, rec) in records.iter_mut().filter(|(_, r)| r.checks.is_empty()) {
+        if let Some(was) = old.get(path).filter(|was| was.hash == rec.hash) {
+            rec.checks = was.checks.clone();
+        }
+    }
 }
 
 async fn fetch_manifest(
@@ -968,7 +980,7 @@ fn copy_local(
         let mut buf = vec![0u8; *len as usize];
         if file.read_exact_at(&mut buf, *off).is_ok()
             && hash.matches(&buf)
-            && area.write_chunk(places, &buf).is_ok()
+            && area.write_chunk(hash, places, &buf).is_ok()
         {
             copied.push(*hash);
         }

@@ -23,7 +23,8 @@ pub struct ApplyStats {
 
 /// Install `new` over `old` in `root`. `unchanged` lists paths that already hold their new
 /// content; `edited` lists paths a user changed locally (moved aside, not overwritten).
-/// Returns the file index of the new revision.
+/// Returns the file index of the new revision; the records of `unchanged` files have no read
+/// checks (the caller has them in the old index).
 pub fn apply_revision(
     root: &Path,
     staging: &StagingArea,
@@ -62,7 +63,8 @@ pub fn apply_revision(
             } => {
                 let target = entry.path.under(root);
                 let mode = if *executable { 0o555 } else { 0o444 };
-                if unchanged.contains(&entry.path) {
+                let kept = unchanged.contains(&entry.path);
+                if kept {
                     set_mode(&target, mode)?;
                     stats.kept += 1;
                 } else {
@@ -95,6 +97,12 @@ pub fn apply_revision(
                         executable: *executable,
                         hash: *hash,
                         chunks: chunks.clone(),
+                        // A kept file's are in the old index, which the caller has.
+                        checks: if kept {
+                            Vec::new()
+                        } else {
+                            staging.file_checks(chunks)
+                        },
                     },
                 ));
             }

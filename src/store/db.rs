@@ -10,7 +10,11 @@ use super::StoreError;
 use crate::tree::{ContentHash, FileRecord, RelPath};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// The file index. Its records gained read checks in version 2: the index of an older
+/// treecast is dropped when the database opens, so each file is hashed once again (by content,
+/// never trusted by size and mtime alone).
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files.2");
+const OLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 
 const KEY_SWARM: &str = "swarm_id";
@@ -51,6 +55,7 @@ impl Db {
         let txn = db.begin_write()?;
         txn.open_table(META)?;
         txn.open_table(FILES)?;
+        txn.delete_table(OLD_FILES)?;
         txn.open_table(BLOBS)?;
         txn.commit()?;
         Ok(Db(db))
@@ -196,7 +201,11 @@ mod tests {
             inode: 3,
             executable: true,
             hash: ContentHash::of(b"x"),
-            chunks: vec![],
+            chunks: vec![crate::tree::ChunkRef {
+                hash: ContentHash::of(b"x"),
+                len: 1,
+            }],
+            checks: vec![crate::tree::read_check(b"x")],
         };
         let p = RelPath::new("a/b").unwrap();
         let blob = (ContentHash::of(b"blob"), b"blob".to_vec());
@@ -217,5 +226,28 @@ mod tests {
         db.commit_revision(b"head2", &[], &[]).unwrap();
         assert!(db.file_index().unwrap().is_empty());
         assert!(db.blob(&blob.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_index_of_the_old_format_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            // A record as version 1 wrote it: no read checks.
+            txn.open_table(OLD_FILES)
+                .unwrap()
+                .insert("a", &[1u8, 2, 3][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert!(db.file_index().unwrap().is_empty());
+        let txn = db.0.begin_read().unwrap();
+        assert!(
+            txn.open_table(OLD_FILES).is_err(),
+            "the old table is deleted"
+        );
     }
 }

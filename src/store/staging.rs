@@ -10,9 +10,10 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use super::{io_err, StoreError};
-use crate::tree::{ChunkRef, ContentHash};
+use crate::tree::{read_check, ChunkRef, ContentHash};
 
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places.
 pub type ChunkPositions = HashMap<ContentHash, Vec<(ContentHash, u64, u32)>>;
@@ -29,6 +30,8 @@ pub struct StagingArea {
     /// Files whose writeback to start, for a thread of their own: starting writeback can block
     /// while the disk's queue is full, and chunk writes should not wait for that.
     writeback: std::sync::mpsc::SyncSender<File>,
+    /// The [`read_check`] of every verified chunk staged, to index the files with.
+    checks: Mutex<HashMap<ContentHash, u64>>,
 }
 
 impl StagingArea {
@@ -67,13 +70,16 @@ impl StagingArea {
             files: HashMap::new(),
             unflushed: AtomicU64::new(0),
             writeback,
+            checks: Mutex::default(),
         };
         let mut present = HashSet::new();
         for (hash, size, chunks) in wanted {
             let existed = area.path_of(hash).exists();
             let file = area.create(hash, *size, chunks)?;
             if existed {
-                present.extend(valid_chunks(&file, chunks));
+                let valid = valid_chunks(&file, chunks);
+                present.extend(valid.keys());
+                area.checks_mut().extend(valid);
             }
             area.files.insert(*hash, file);
         }
@@ -169,18 +175,39 @@ impl StagingArea {
             if src.read_exact_at(&mut buf, at).is_err() || !c.hash.matches(&buf) {
                 continue;
             }
-            if self.write_chunk(places, &buf).is_ok() {
+            if self.write_chunk(&c.hash, places, &buf).is_ok() {
                 present.insert(c.hash);
             }
         }
     }
 
-    /// Write verified `data` to every place it belongs.
+    fn checks_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, u64>> {
+        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read check of a verified chunk staged here, if known.
+    pub fn check_of(&self, hash: &ContentHash) -> Option<u64> {
+        self.checks_mut().get(hash).copied()
+    }
+
+    /// The read checks of a file's `chunks`, all staged here; empty if one is not known.
+    pub fn file_checks(&self, chunks: &[ChunkRef]) -> Vec<u64> {
+        let checks = self.checks_mut();
+        chunks
+            .iter()
+            .map(|c| checks.get(&c.hash).copied())
+            .collect::<Option<Vec<u64>>>()
+            .unwrap_or_default()
+    }
+
+    /// Write `data`, verified against `hash`, to every place it belongs. Returns its read
+    /// check.
     pub fn write_chunk(
         &self,
+        hash: &ContentHash,
         places: &[(ContentHash, u64, u32)],
         data: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         for (file, off, _) in places {
             let f = self
                 .files
@@ -200,7 +227,9 @@ impl StagingArea {
                 }
             }
         }
-        Ok(())
+        let check = read_check(data);
+        self.checks_mut().insert(*hash, check);
+        Ok(check)
     }
 
     /// Verify a complete staged file against its hash and fsync it.
@@ -237,9 +266,9 @@ fn start_writeback(file: &File) {
     }
 }
 
-/// Chunks of `file` whose bytes match their hash.
-fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> Vec<ContentHash> {
-    let mut out = Vec::new();
+/// Chunks of `file` whose bytes match their hash, with their read checks.
+fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> HashMap<ContentHash, u64> {
+    let mut out = HashMap::new();
     let mut off = 0u64;
     let mut buf = Vec::new();
     for c in chunks {
@@ -254,7 +283,7 @@ fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> Vec<ContentHash> {
         if written {
             buf.resize(c.len as usize, 0);
             if file.read_exact_at(&mut buf, off).is_ok() && c.hash.matches(&buf) {
-                out.push(c.hash);
+                out.insert(c.hash, read_check(&buf));
             }
         }
         off = end;
@@ -312,11 +341,18 @@ mod tests {
             let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
             assert!(present.is_empty());
             let first = c.chunks[0];
-            area.write_chunk(&pos[&first.hash], &data[..first.len as usize])
+            area.write_chunk(&first.hash, &pos[&first.hash], &data[..first.len as usize])
                 .unwrap();
         }
-        let (_, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        let (area, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
         assert_eq!(present.len(), 1, "the one written chunk survives a restart");
+        assert_eq!(
+            area.check_of(&c.chunks[0].hash),
+            Some(c.checks[0]),
+            "and its read check is known again"
+        );
+        assert!(area.file_checks(&c.chunks).is_empty(), "not all known");
+        drop(area);
 
         // Retarget: a new file sharing all but the last chunk.
         let mut data2 = data.clone();
@@ -347,7 +383,9 @@ mod tests {
             area.finish(&c.hash),
             Err(StoreError::StagedMismatch(_))
         ));
-        area.write_chunk(&pos[&c.chunks[0].hash], &data).unwrap();
+        area.write_chunk(&c.chunks[0].hash, &pos[&c.chunks[0].hash], &data)
+            .unwrap();
         area.finish(&c.hash).unwrap();
+        assert_eq!(area.file_checks(&c.chunks), c.checks);
     }
 }

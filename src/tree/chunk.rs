@@ -1,10 +1,11 @@
-//! FastCDC chunking with BLAKE3 per chunk and per file.
+//! FastCDC chunking with BLAKE3 per chunk and per file (and a read check per chunk, see
+//! [`read_check`]).
 
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use super::ContentHash;
+use super::{read_check, ContentHash};
 use crate::config::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 
 /// One chunk of a file or blob: its hash and length. Offsets follow from the order.
@@ -20,12 +21,15 @@ pub struct ChunkedFile {
     pub hash: ContentHash,
     pub size: u64,
     pub chunks: Vec<ChunkRef>,
+    /// The [`read_check`] of each chunk, in the same order.
+    pub checks: Vec<u64>,
 }
 
 /// Chunk everything `reader` yields.
 pub fn chunk_reader(reader: impl Read) -> std::io::Result<ChunkedFile> {
     let mut file_hasher = blake3::Hasher::new();
     let mut chunks = Vec::new();
+    let mut checks = Vec::new();
     let mut size = 0u64;
     let cdc = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
     for chunk in cdc {
@@ -39,11 +43,13 @@ pub fn chunk_reader(reader: impl Read) -> std::io::Result<ChunkedFile> {
             hash: ContentHash::of(&chunk.data),
             len: chunk.data.len() as u32,
         });
+        checks.push(read_check(&chunk.data));
     }
     Ok(ChunkedFile {
         hash: file_hasher.finalize().into(),
         size,
         chunks,
+        checks,
     })
 }
 
@@ -91,8 +97,11 @@ mod tests {
     fn chunk_bounds_hold_and_blob_matches_stream() {
         let data = noise(5 << 20, 2);
         let streamed = chunk_reader(&data[..]).unwrap();
-        let blob: Vec<ChunkRef> = chunk_bytes(&data).into_iter().map(|(r, _)| r).collect();
+        let pieces = chunk_bytes(&data);
+        let blob: Vec<ChunkRef> = pieces.iter().map(|(r, _)| *r).collect();
         assert_eq!(streamed.chunks, blob);
+        let checks: Vec<u64> = pieces.iter().map(|(_, d)| read_check(d)).collect();
+        assert_eq!(streamed.checks, checks, "a read check per chunk, in order");
         let (last, rest) = blob.split_last().unwrap();
         assert!(rest
             .iter()

@@ -10,7 +10,7 @@ mod path;
 mod scan;
 
 pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
-pub use hash::ContentHash;
+pub use hash::{read_check, ContentHash};
 pub use ignore::{IgnoreRules, IGNORE_FILE};
 pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
 pub use path::RelPath;

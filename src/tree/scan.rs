@@ -28,6 +28,9 @@ pub struct FileRecord {
     pub executable: bool,
     pub hash: ContentHash,
     pub chunks: Vec<ChunkRef>,
+    /// The [`read_check`](super::read_check) of each chunk, in the same order; empty if not
+    /// known, and then reads of this file are checked against the chunk hashes instead.
+    pub checks: Vec<u64>,
 }
 
 impl FileRecord {
@@ -204,6 +207,7 @@ fn scan_file(
         executable,
         hash: chunked.hash,
         chunks: chunked.chunks,
+        checks: chunked.checks,
     })
 }
 

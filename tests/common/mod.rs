@@ -106,6 +106,27 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Assert that the file index of the tree at `root` (its node shut down) has a read check for
+/// every chunk of every file, each matching the bytes on disk.
+pub fn assert_read_checks(root: &Path) {
+    let db = treecast::store::Db::open(&root.join(".treecast/state.redb")).unwrap();
+    let index = db.file_index().unwrap();
+    assert!(!index.is_empty(), "{}: no file index", root.display());
+    for (path, rec) in index {
+        let data = std::fs::read(path.under(root)).unwrap();
+        let mut off = 0;
+        let checks: Vec<u64> = rec
+            .chunks
+            .iter()
+            .map(|c| {
+                off += c.len as usize;
+                treecast::tree::read_check(&data[off - c.len as usize..off])
+            })
+            .collect();
+        assert_eq!(rec.checks, checks, "{}: {path}", root.display());
+    }
+}
+
 /// Poll `cond` until it holds or `timeout` passes. For conditions that no event announces.
 pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
