@@ -415,7 +415,13 @@ mod tests {
         );
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
         // Without read checks, both are checked against their hashes.
-        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &FileChecks::new());
+        let index = ServeIndex::build(
+            dir.path().into(),
+            head(),
+            &manifest,
+            vec![],
+            &FileChecks::new(),
+        );
         assert!(index.read(&refs[1].hash, Io::Block).unwrap().is_some());
         // A file edited since it was indexed: refused either way.
         std::fs::write(dir.path().join("f"), b"01234x6789").unwrap();

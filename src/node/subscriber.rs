@@ -752,8 +752,13 @@ async fn download(
     });
     for (hash, places) in positions.iter().filter(|(h, _)| present.contains(h)) {
         let (file, off, len) = places[0];
-        env.content
-            .add_partial(*hash, area.staged_path(&file), off, len, area.check_of(hash));
+        env.content.add_partial(
+            *hash,
+            area.staged_path(&file),
+            off,
+            len,
+            area.check_of(hash),
+        );
     }
     let mut avail = Availability::new(revision, positions.keys().copied());
     fetch_all(
