@@ -253,6 +253,8 @@ enum LaneEvent {
         lane: LaneKey,
         hash: ContentHash,
         len: usize,
+        /// From sending the request to having the whole reply.
+        latency: Duration,
     },
     NotFound {
         lane: LaneKey,
@@ -281,11 +283,28 @@ pub(crate) struct FetchCtx {
     pub download: Option<Limiter>,
 }
 
-/// Measured download rate of one peer.
+/// Measured download rate of one peer, and its quickest reply since its lanes were opened.
 #[derive(Default)]
 struct Rate {
     bytes: u64,
     ewma: Option<f64>,
+    min_latency: Option<Duration>,
+}
+
+/// How many requests to keep in flight to a peer that delivers `rate` bytes per second and
+/// whose quickest reply took `min_latency`: enough for four times that latency at that rate
+/// (the path's round trip, with room for the rate to grow and for jitter), but at least 10 ms
+/// and at most 0.5 s of it, and 0.5 s while no reply has come. More than needed only queues
+/// chunks in buffers: on a fast, short link that costs both ends CPU (cold caches), and it is
+/// what a dying peer takes with it.
+fn in_flight_target(rate: f64, min_latency: Option<Duration>) -> usize {
+    const MIN_QUEUE: f64 = 0.01;
+    const MAX_QUEUE: f64 = 0.5;
+    const CHUNK: f64 = crate::config::CHUNK_AVG as f64;
+    let queue = min_latency.map_or(MAX_QUEUE, |l| {
+        (4.0 * l.as_secs_f64()).clamp(MIN_QUEUE, MAX_QUEUE)
+    });
+    ((rate * queue / CHUNK).ceil() as usize).clamp(4, MAX_IN_FLIGHT)
 }
 
 struct Fetch<'a> {
@@ -438,6 +457,9 @@ impl Fetch<'_> {
     }
 
     fn open_lane(&mut self, key: LaneKey) {
+        // A new stream may take a new path (a direct connection instead of a relay): learn
+        // the peer's latency again.
+        self.rates.entry(key.0).or_default().min_latency = None;
         let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
         self.lanes.insert(key, tx);
         let lane = Lane {
@@ -500,9 +522,16 @@ impl Fetch<'_> {
         feed: &mut PeerFeed,
     ) -> Result<Option<u64>, FetchError> {
         match ev {
-            LaneEvent::Verified { lane, hash, len } => {
+            LaneEvent::Verified {
+                lane,
+                hash,
+                len,
+                latency,
+            } => {
                 self.assigned.retain(|(h, _), _| *h != hash);
-                self.rates.entry(lane.0).or_default().bytes += len as u64;
+                let rate = self.rates.entry(lane.0).or_default();
+                rate.bytes += len as u64;
+                rate.min_latency = Some(rate.min_latency.map_or(latency, |m| m.min(latency)));
                 let new = !self.picker.is_verified(&hash);
                 self.picker.on_verified(hash);
                 if let Some(a) = self.avail.as_deref_mut() {
@@ -573,11 +602,9 @@ impl Fetch<'_> {
         }
     }
 
-    /// Update each peer's request limit from its rate over the `elapsed` since the last call:
-    /// enough requests to cover `TARGET_QUEUE` of transfer at that rate.
+    /// Update each peer's request limit from its rate over the `elapsed` since the last call
+    /// (see [`in_flight_target`]).
     fn measure(&mut self, elapsed: Duration) {
-        const TARGET_QUEUE: f64 = 0.5;
-        const CHUNK: f64 = crate::config::CHUNK_AVG as f64;
         let secs = elapsed.as_secs_f64().max(0.001);
         for (peer, rate) in &mut self.rates {
             let now = std::mem::take(&mut rate.bytes) as f64 / secs;
@@ -585,7 +612,7 @@ impl Fetch<'_> {
             let keep = 0.7f64.powf(secs);
             let ewma = rate.ewma.map_or(now, |e| keep * e + (1.0 - keep) * now);
             rate.ewma = Some(ewma);
-            let target = ((ewma * TARGET_QUEUE / CHUNK).ceil() as usize).clamp(4, MAX_IN_FLIGHT);
+            let target = in_flight_target(ewma, rate.min_latency);
             // Up at most twofold per measurement (down at once): requests in flight when a node
             // dies are lost, and a limit that grows with what the peer proved it delivers
             // keeps that small for downloads cut short.
@@ -663,12 +690,13 @@ impl Lane {
         mut requests: mpsc::Receiver<ContentHash>,
     ) -> Result<(), WireError> {
         let (mut r, mut w) = stream.split();
-        let (exp_tx, mut exp_rx) = mpsc::channel::<(u32, ContentHash)>(REQUESTS_PER_STREAM * 2);
+        let (exp_tx, mut exp_rx) =
+            mpsc::channel::<(u32, ContentHash, Instant)>(REQUESTS_PER_STREAM * 2);
         let writer = async move {
             let mut id = 0u32;
             while let Some(hash) = requests.recv().await {
                 id = id.wrapping_add(1);
-                if exp_tx.send((id, hash)).await.is_err() {
+                if exp_tx.send((id, hash, Instant::now())).await.is_err() {
                     break;
                 }
                 wire::write_frame(&mut w, &wire::encode(&ChunkRequest { id, hash })).await?;
@@ -678,13 +706,14 @@ impl Lane {
         let reader = async {
             // One buffer for every reply on this lane: no fresh memory to fault in per chunk.
             let mut frame = Vec::new();
-            while let Some((id, hash)) = exp_rx.recv().await {
+            while let Some((id, hash, sent)) = exp_rx.recv().await {
                 let more = tokio::time::timeout(
                     CHUNK_TIMEOUT,
                     wire::read_frame_into(&mut r, MAX_CHUNK_FRAME, &mut frame),
                 )
                 .await
                 .map_err(|_| WireError::Timeout("chunk reply"))??;
+                let latency = sent.elapsed();
                 if !more {
                     // A stream ending with requests outstanding is a closed connection (a peer
                     // leaving, a relayed path replaced by a direct one), not abuse.
@@ -697,7 +726,9 @@ impl Lane {
                 if let Some(limit) = &self.download {
                     pace(limit, frame.len()).await;
                 }
-                let (keep_going, buf) = self.on_reply(id, hash, std::mem::take(&mut frame)).await;
+                let (keep_going, buf) = self
+                    .on_reply(id, hash, latency, std::mem::take(&mut frame))
+                    .await;
                 frame = buf;
                 if !keep_going {
                     return Ok(());
@@ -724,7 +755,13 @@ impl Lane {
     }
 
     /// Handle one reply; false ends the lane. The frame's buffer comes back for the next one.
-    async fn on_reply(&self, id: u32, hash: ContentHash, frame: Vec<u8>) -> (bool, Vec<u8>) {
+    async fn on_reply(
+        &self,
+        id: u32,
+        hash: ContentHash,
+        latency: Duration,
+        frame: Vec<u8>,
+    ) -> (bool, Vec<u8>) {
         let lane = self.key;
         let (header, _) = match wire::decode_reply(&frame) {
             Ok(x) => x,
@@ -767,7 +804,12 @@ impl Lane {
                 self.stats.traffic.received(lane.0, len as u64);
                 let _ = self
                     .events
-                    .send(LaneEvent::Verified { lane, hash, len })
+                    .send(LaneEvent::Verified {
+                        lane,
+                        hash,
+                        len,
+                        latency,
+                    })
                     .await;
                 true
             }
@@ -793,5 +835,27 @@ impl Lane {
             })
             .await;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_in_flight_follow_rate_and_latency() {
+        let ms = Duration::from_millis;
+        let chunks = |bytes: f64| (bytes / crate::config::CHUNK_AVG as f64).ceil() as usize;
+        // No reply yet: half a second of the rate, as far as the cap allows.
+        assert_eq!(in_flight_target(10e6, None), chunks(5e6));
+        assert_eq!(in_flight_target(500e6, None), MAX_IN_FLIGHT);
+        // A long path: four round trips of data, enough to keep it full as the rate grows.
+        assert_eq!(in_flight_target(10e6, Some(ms(100))), chunks(4e6));
+        // A short, fast path (loopback, LAN): 10 ms of data, not half a second of it.
+        assert_eq!(in_flight_target(500e6, Some(ms(1))), chunks(5e6));
+        assert!(in_flight_target(500e6, Some(ms(1))) < MAX_IN_FLIGHT);
+        // A slow reply never asks for more than half a second; a trickle keeps a few.
+        assert_eq!(in_flight_target(10e6, Some(ms(900))), chunks(5e6));
+        assert_eq!(in_flight_target(1e3, Some(ms(5))), 4);
     }
 }
