@@ -36,7 +36,7 @@ pub(crate) type FileChecks = HashMap<ContentHash, Vec<u64>>;
 pub(crate) fn file_checks<'a>(records: impl IntoIterator<Item = &'a FileRecord>) -> FileChecks {
     records
         .into_iter()
-        .filter(|r| !r.chunks.is_empty() && r.checks.len() == r.chunks.len())
+        .filter(|r| !r.chunks.is_empty() && r.has_checks())
         .map(|r| (r.hash, r.checks.clone()))
         .collect()
 }

@@ -10,11 +10,7 @@ use super::StoreError;
 use crate::tree::{ContentHash, FileRecord, RelPath};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The file index. Its records gained read checks in version 2: the index of an older
-/// treecast is dropped when the database opens, so each file is hashed once again (by content,
-/// never trusted by size and mtime alone).
-const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files.2");
-const OLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 
 const KEY_SWARM: &str = "swarm_id";
@@ -55,7 +51,6 @@ impl Db {
         let txn = db.begin_write()?;
         txn.open_table(META)?;
         txn.open_table(FILES)?;
-        txn.delete_table(OLD_FILES)?;
         txn.open_table(BLOBS)?;
         txn.commit()?;
         Ok(Db(db))
@@ -126,9 +121,7 @@ impl Db {
         for item in files.iter()? {
             let (k, v) = item?;
             let path = RelPath::new(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let rec: FileRecord =
-                postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.insert(path, rec);
+            out.insert(path, decode_record(v.value())?);
         }
         Ok(out)
     }
@@ -184,6 +177,39 @@ impl Db {
     }
 }
 
+/// A file record as treecast wrote it before read checks.
+#[derive(serde::Deserialize)]
+struct FileRecordV1 {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    executable: bool,
+    hash: ContentHash,
+    chunks: Vec<crate::tree::ChunkRef>,
+}
+
+/// Decode a file record, also one written before read checks (it then has none: a publisher
+/// hashes that file again at its next scan, a subscriber checks its reads against the chunk
+/// hashes).
+fn decode_record(bytes: &[u8]) -> Result<FileRecord, StoreError> {
+    // A record of the old format ends where the new one's checks begin, so it never decodes
+    // as the new one.
+    if let Ok(rec) = postcard::from_bytes::<FileRecord>(bytes) {
+        return Ok(rec);
+    }
+    let old: FileRecordV1 =
+        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(FileRecord {
+        size: old.size,
+        mtime_ns: old.mtime_ns,
+        inode: old.inode,
+        executable: old.executable,
+        hash: old.hash,
+        chunks: old.chunks,
+        checks: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,25 +255,43 @@ mod tests {
     }
 
     #[test]
-    fn an_index_of_the_old_format_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            // A record as version 1 wrote it: no read checks.
-            txn.open_table(OLD_FILES)
-                .unwrap()
-                .insert("a", &[1u8, 2, 3][..])
-                .unwrap();
-            txn.commit().unwrap();
+    fn records_written_before_read_checks_still_decode() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            size: u64,
+            mtime_ns: i128,
+            inode: u64,
+            executable: bool,
+            hash: ContentHash,
+            chunks: Vec<crate::tree::ChunkRef>,
         }
-        let db = Db::open(&path).unwrap();
-        assert!(db.file_index().unwrap().is_empty());
-        let txn = db.0.begin_read().unwrap();
-        assert!(
-            txn.open_table(OLD_FILES).is_err(),
-            "the old table is deleted"
-        );
+        let chunks = vec![crate::tree::ChunkRef {
+            hash: ContentHash::of(b"x"),
+            len: 1,
+        }];
+        let old = postcard::to_stdvec(&V1 {
+            size: 1,
+            mtime_ns: -5,
+            inode: 7,
+            executable: true,
+            hash: ContentHash::of(b"x"),
+            chunks: chunks.clone(),
+        })
+        .unwrap();
+        let rec = decode_record(&old).unwrap();
+        assert_eq!((rec.size, rec.mtime_ns, rec.inode), (1, -5, 7));
+        assert!(rec.executable);
+        assert_eq!(rec.chunks, chunks);
+        assert!(rec.checks.is_empty());
+        let new = FileRecord {
+            checks: vec![9],
+            ..rec
+        };
+        let bytes = postcard::to_stdvec(&new).unwrap();
+        assert_eq!(decode_record(&bytes).unwrap(), new);
+        assert!(matches!(
+            decode_record(&bytes[..bytes.len() - 3]),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

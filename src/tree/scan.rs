@@ -38,6 +38,11 @@ impl FileRecord {
     pub fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
         self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.inode == meta.ino()
     }
+
+    /// True if the record has a read check for each of its chunks.
+    pub fn has_checks(&self) -> bool {
+        self.checks.len() == self.chunks.len()
+    }
 }
 
 /// Counters from one scan.
@@ -184,7 +189,8 @@ fn scan_file(
     stats.files += 1;
     stats.bytes += meta.len();
     let executable = meta.mode() & 0o111 != 0;
-    if let Some(rec) = known.filter(|r| r.unchanged(&meta)) {
+    // A record from before read checks is hashed again, once, to get them.
+    if let Some(rec) = known.filter(|r| r.unchanged(&meta) && r.has_checks()) {
         return Ok(FileRecord {
             executable,
             ..rec.clone()
@@ -249,5 +255,12 @@ mod tests {
             again.stats.files_hashed, 0,
             "unchanged files are not rehashed"
         );
+        // Indexed before read checks: hashed once more, to get them.
+        let mut old = known.clone();
+        old.values_mut().for_each(|r| r.checks.clear());
+        let upgraded = scan(root, &old, &IgnoreRules::none()).unwrap();
+        assert_eq!(upgraded.manifest, m);
+        assert_eq!(upgraded.stats.files_hashed, 2);
+        assert!(upgraded.records.iter().all(|(_, r)| r.has_checks()));
     }
 }
