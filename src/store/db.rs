@@ -178,7 +178,7 @@ impl Db {
 }
 
 /// A file record as treecast wrote it before read checks.
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct FileRecordV1 {
     size: u64,
     mtime_ns: i128,
@@ -256,20 +256,11 @@ mod tests {
 
     #[test]
     fn records_written_before_read_checks_still_decode() {
-        #[derive(serde::Serialize)]
-        struct V1 {
-            size: u64,
-            mtime_ns: i128,
-            inode: u64,
-            executable: bool,
-            hash: ContentHash,
-            chunks: Vec<crate::tree::ChunkRef>,
-        }
         let chunks = vec![crate::tree::ChunkRef {
             hash: ContentHash::of(b"x"),
             len: 1,
         }];
-        let old = postcard::to_stdvec(&V1 {
+        let old = postcard::to_stdvec(&FileRecordV1 {
             size: 1,
             mtime_ns: -5,
             inode: 7,
