@@ -130,3 +130,40 @@ async fn changes_made_while_stopped_are_found_at_start_with_a_warning() {
     assert_kept_in_conflicts(&mirror);
     p.shutdown().await;
 }
+
+/// Stopped between putting a revision's first file in place and recording the revision (a
+/// kill mid-apply): `verify` says so, the files of it already there are not taken for local
+/// edits, and the next start finishes the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_cut_short_is_finished_at_start_not_taken_for_edits() {
+    let (_lab, src, p, mirror, s) = synced_mirror().await;
+    s.shutdown().await;
+    write(&src, "docs/a.txt", b"revision two");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    // What such a kill leaves: revision 2's file under its final name, read-only as an apply
+    // makes it, and the state database at revision 1 with the apply of revision 2 begun.
+    let a = mirror.join("docs/a.txt");
+    std::fs::remove_file(&a).unwrap();
+    std::fs::write(&a, b"revision two").unwrap();
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o444)).unwrap();
+    treecast::store::Db::open(&mirror.join(".treecast/state.redb"))
+        .unwrap()
+        .begin_apply(2)
+        .unwrap();
+    let err = treecast::node::verify_dir(&mirror).unwrap_err().to_string();
+    assert!(err.contains("put revision 2 in place"), "{err}");
+
+    let s = subscriber(&mirror, p.ticket()).await;
+    synced(&s, 2).await;
+    assert_eq!(snapshot(&src), snapshot(&mirror));
+    let conflicts = mirror.join(".treecast/conflicts");
+    let moved: Vec<_> = std::fs::read_dir(&conflicts)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(moved.is_empty(), "taken for local edits: {moved:?}");
+    let (revision, report) = s.verify().await.unwrap();
+    assert_eq!(revision, 2);
+    assert!(report.ok(), "{:?}", report.problems);
+    s.shutdown().await;
+    p.shutdown().await;
+}

@@ -564,6 +564,12 @@ fn verify_with(
     dir: &std::path::Path,
 ) -> Result<(u64, crate::store::VerifyReport), NodeError> {
     let stored = db.state()?;
+    if let Some(revision) = stored.applying {
+        return Err(NodeError::Refused(format!(
+            "the node stopped while it put revision {revision} in place: the mirror holds whole \
+             files of it beside older ones, and the node finishes the switch when it runs again"
+        )));
+    }
     let Some((swarm, lineage)) = stored.lineage() else {
         return Err(NodeError::Refused(
             "no swarm recorded in the state database".into(),

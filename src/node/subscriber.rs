@@ -460,6 +460,11 @@ impl Subscriber {
             return;
         }
         self.next_local_check = Instant::now() + LOCAL_CHECK_EVERY;
+        // Stopped while it put a newer revision in place: the files of it already there are
+        // not local edits. The download of that revision (or a newer one) finishes the switch.
+        if self.db.state().is_ok_and(|s| s.applying.is_some()) {
+            return;
+        }
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
         let task = tokio::task::spawn_blocking(move || {
             let index = db.file_index().unwrap_or_default();
@@ -793,6 +798,8 @@ async fn download(
     let edited = plan.edited;
     let conflicts = env.dir.join(crate::config::STATE_DIR).join("conflicts");
     let a = area.clone();
+    let db = env.db.clone();
+    blocking(move || db.begin_apply(revision)).await?;
     let (mut records, stats) =
         blocking(move || apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts))
             .await?;

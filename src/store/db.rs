@@ -17,6 +17,7 @@ const KEY_SWARM: &str = "swarm_id";
 const KEY_PIN: &str = "publisher_key";
 const KEY_HEAD: &str = "head";
 const KEY_LINEAGE: &str = "succession";
+const KEY_APPLYING: &str = "applying";
 
 /// Handle to the state database.
 pub struct Db(redb::Database);
@@ -30,6 +31,9 @@ pub struct StoredState {
     pub head: Option<Vec<u8>>,
     /// Handovers followed from the pinned key (see `trust::Lineage`).
     pub lineage: Vec<crate::trust::Succession>,
+    /// A revision whose files were being put in place when the node stopped: the mirror may
+    /// hold whole files of it beside files of `head`'s revision.
+    pub applying: Option<u64>,
 }
 
 impl StoredState {
@@ -81,11 +85,18 @@ impl Db {
                 .map_err(|e| StoreError::Corrupt(format!("succession records: {e}")))?,
             None => Vec::new(),
         };
+        let applying = match get(KEY_APPLYING)? {
+            Some(b) => Some(u64::from_le_bytes(b.try_into().map_err(|_| {
+                StoreError::Corrupt("revision being applied: length".into())
+            })?)),
+            None => None,
+        };
         Ok(StoredState {
             swarm_id,
             pinned_key,
             head: get(KEY_HEAD)?,
             lineage,
+            applying,
         })
     }
 
@@ -133,8 +144,18 @@ impl Db {
         Ok(blobs.get(&hash.0)?.map(|v| v.value().to_vec()))
     }
 
-    /// Atomically make `head` the applied revision, with its file index and blobs. Old blobs
-    /// are dropped.
+    /// Record that the files of `revision` are about to be put in place, before the first of
+    /// them is: until [`Db::commit_revision`], the mirror is between two revisions.
+    pub fn begin_apply(&self, revision: u64) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        txn.open_table(META)?
+            .insert(KEY_APPLYING, &revision.to_le_bytes()[..])?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Atomically make `head` the applied revision, with its file index and blobs, and end the
+    /// apply begun with [`Db::begin_apply`]. Old blobs are dropped.
     pub fn commit_revision(
         &self,
         head: &[u8],
@@ -145,6 +166,7 @@ impl Db {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(KEY_HEAD, head)?;
+            meta.remove(KEY_APPLYING)?;
             let mut files = txn.open_table(FILES)?;
             files.retain(|_, _| false)?;
             for (path, rec) in records {
@@ -247,9 +269,18 @@ mod tests {
         assert_eq!(st.swarm_id, Some(swarm));
         assert_eq!(st.pinned_key, Some([3; 32]));
         assert_eq!(st.head.as_deref(), Some(&b"head1"[..]));
+        assert_eq!(st.applying, None);
+        db.begin_apply(2).unwrap();
+        assert_eq!(db.state().unwrap().applying, Some(2));
+        assert_eq!(db.state().unwrap().head.as_deref(), Some(&b"head1"[..]));
         assert_eq!(db.file_index().unwrap().get(&p), Some(&rec));
         assert_eq!(db.blob(&blob.0).unwrap(), Some(blob.1.clone()));
         db.commit_revision(b"head2", &[], &[]).unwrap();
+        assert_eq!(
+            db.state().unwrap().applying,
+            None,
+            "the commit ends the apply"
+        );
         assert!(db.file_index().unwrap().is_empty());
         assert!(db.blob(&blob.0).unwrap().is_none());
     }
