@@ -215,9 +215,9 @@ fn read_checked(
 }
 
 /// Read `len` bytes at `off` into `buf`'s spare capacity (not zeroed first) with `preadv2` and
-/// `flags`; true if all of them were read. With `RWF_NOWAIT` the kernel reads only what is in the page cache,
-/// so false also means some would need the disk (or the kernel cannot tell): the caller then
-/// reads on a blocking thread.
+/// `flags`; true if all of them were read. With `RWF_NOWAIT` the kernel reads only what is in
+/// the page cache, so false also means some would need the disk (or the kernel cannot tell):
+/// the caller then reads on a blocking thread.
 fn read_at(file: &std::fs::File, buf: &mut Vec<u8>, len: usize, off: u64, flags: i32) -> bool {
     use std::os::fd::AsRawFd;
     buf.reserve(len);
