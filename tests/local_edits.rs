@@ -133,7 +133,7 @@ async fn changes_made_while_stopped_are_found_at_start_with_a_warning() {
 
 /// Stopped between putting a revision's first file in place and recording the revision (a
 /// kill mid-apply): `verify` says so, the files of it already there are not taken for local
-/// edits, and the next start finishes the switch.
+/// edits, also while no peer can be reached, and the next start finishes the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_cut_short_is_finished_at_start_not_taken_for_edits() {
     let (_lab, src, p, mirror, s) = synced_mirror().await;
@@ -152,6 +152,17 @@ async fn a_switch_cut_short_is_finished_at_start_not_taken_for_edits() {
         .unwrap();
     let err = treecast::node::verify_dir(&mirror).unwrap_err().to_string();
     assert!(err.contains("put revision 2 in place"), "{err}");
+
+    // Started with no peer to reach, so its first look for local changes comes before any
+    // download: the file of revision 2 is not an edit of revision 1.
+    let offline = subscriber(&mirror, &p.ticket().without_addrs()).await;
+    eventually(WAIT, "a look for local changes", || {
+        offline.stats().local_checks >= 1
+    })
+    .await;
+    assert_eq!(offline.stats().local_changes, 0);
+    assert_eq!(std::fs::read(&a).unwrap(), b"revision two");
+    offline.shutdown().await;
 
     let s = subscriber(&mirror, p.ticket()).await;
     synced(&s, 2).await;

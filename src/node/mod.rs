@@ -92,6 +92,9 @@ pub struct Stats {
     pub hole_punches_failed: AtomicU64,
     /// Local changes found in a subscriber's mirror (edited, deleted, added paths).
     pub local_changes: AtomicU64,
+    /// Looks for local changes in a subscriber's mirror that are over: done, or passed over
+    /// because the node stopped while it put a revision in place.
+    pub local_checks: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -114,6 +117,7 @@ pub struct StatsSnapshot {
     pub hole_punches_ok: u64,
     pub hole_punches_failed: u64,
     pub local_changes: u64,
+    pub local_checks: u64,
 }
 
 impl Stats {
@@ -140,6 +144,7 @@ impl Stats {
             hole_punches_ok: r(&self.hole_punches_ok),
             hole_punches_failed: r(&self.hole_punches_failed),
             local_changes: r(&self.local_changes),
+            local_checks: r(&self.local_checks),
         }
     }
 }

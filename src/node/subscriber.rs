@@ -260,6 +260,7 @@ impl Subscriber {
                 res = async { (&mut self.local_check.as_mut().expect("guarded").0).await },
                     if self.local_check.is_some() => {
                     let (_, began_at) = self.local_check.take().expect("guarded");
+                    Stats::add(&self.stats.local_checks, 1);
                     if let Ok(changes) = res {
                         if began_at == self.downloads_done && self.download.is_none() {
                             self.on_local_changes(changes).await;
@@ -463,6 +464,7 @@ impl Subscriber {
         // Stopped while it put a newer revision in place: the files of it already there are
         // not local edits. The download of that revision (or a newer one) finishes the switch.
         if self.db.state().is_ok_and(|s| s.applying.is_some()) {
+            Stats::add(&self.stats.local_checks, 1);
             return;
         }
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
