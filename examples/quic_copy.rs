@@ -6,6 +6,8 @@
 //! Usage:
 //! - `quic_copy FILE OUT`: sender and receiver in this one process, on one 2-thread runtime.
 //! - `quic_copy --recv OUT`: a receiver process; prints its address, copies one stream to OUT.
+//! - `quic_copy --recv-durable OUT`: the same, also hashing what it receives (BLAKE3, once) and
+//!   fsyncing OUT before it confirms: the least a receiver that keeps verified bytes must do.
 //! - `quic_copy --send FILE ADDR`: a sender process, to a receiver at ADDR.
 //!
 //! The two-process form is how treecast runs (a publisher and a subscriber, each a process with
@@ -37,8 +39,9 @@ async fn listen(server: &mut Swarm<Behaviour>) -> anyhow::Result<Multiaddr> {
     }
 }
 
-/// Copy the first inbound stream to `out`, then answer with the byte count.
-async fn receive(mut server: Swarm<Behaviour>, out: String) -> anyhow::Result<()> {
+/// Copy the first inbound stream to `out`, then answer with the byte count. `durable`: hash
+/// the bytes as they come and fsync `out` before answering.
+async fn receive(mut server: Swarm<Behaviour>, out: String, durable: bool) -> anyhow::Result<()> {
     let mut stream = loop {
         if let SwarmEvent::Behaviour(BehaviourEvent::Streams(streams::Event::Inbound {
             stream,
@@ -64,13 +67,21 @@ async fn receive(mut server: Swarm<Behaviour>, out: String) -> anyhow::Result<()
     let mut file = std::fs::File::create(out)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
+    let mut hasher = blake3::Hasher::new();
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
+        if durable {
+            hasher.update(&buf[..n]);
+        }
         file.write_all(&buf[..n])?;
         total += n as u64;
+    }
+    if durable {
+        file.sync_all()?;
+        eprintln!("received {total} bytes, BLAKE3 {}", hasher.finalize());
     }
     stream.write_all(&total.to_le_bytes()).await?;
     stream.close().await?;
@@ -138,14 +149,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["--recv", out] => {
+        [mode @ ("--recv" | "--recv-durable"), out] => {
             // Like a treecast node: a process with treecast's runtime.
             treecast::cli::runtime()?.block_on(async {
                 let mut server = swarm()?;
                 let addr = listen(&mut server).await?;
                 println!("{addr}");
                 std::io::stdout().flush()?;
-                receive(server, out.to_string()).await
+                receive(server, out.to_string(), *mode == "--recv-durable").await
             })
         }
         ["--send", input, addr] => treecast::cli::runtime()?.block_on(async {
@@ -159,12 +170,14 @@ fn main() -> anyhow::Result<()> {
             .block_on(async {
                 let mut server = swarm()?;
                 let addr = listen(&mut server).await?;
-                let receiver = tokio::spawn(receive(server, out.to_string()));
+                let receiver = tokio::spawn(receive(server, out.to_string(), false));
                 let rate = send(input, addr).await?;
                 receiver.await??;
                 println!("{rate:.1}");
                 Ok(())
             }),
-        _ => anyhow::bail!("usage: quic_copy FILE OUT | --recv OUT | --send FILE ADDR"),
+        _ => anyhow::bail!(
+            "usage: quic_copy FILE OUT | --recv OUT | --recv-durable OUT | --send FILE ADDR"
+        ),
     }
 }
