@@ -406,36 +406,30 @@ mod tests {
             };
             SignedHead::sign(body, &key).signed().clone()
         };
+        let build = |checks: &FileChecks| {
+            ServeIndex::build(dir.path().into(), head(), &manifest, vec![], checks)
+        };
         // The second check is wrong for the bytes on disk, which match their BLAKE3 hash: the
         // read check decides, so that chunk is refused and the first is served.
         let checks = FileChecks::from([(file, vec![read_check(b"01234"), read_check(b"x")])]);
-        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &checks);
+        let index = build(&checks);
         assert_eq!(
             index.read(&refs[0].hash, Io::Block).unwrap().as_deref(),
             Some(&b"01234"[..])
         );
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
         // Without read checks, both are checked against their hashes.
-        let index = ServeIndex::build(
-            dir.path().into(),
-            head(),
-            &manifest,
-            vec![],
-            &FileChecks::new(),
-        );
+        let index = build(&FileChecks::new());
         assert!(index.read(&refs[1].hash, Io::Block).unwrap().is_some());
         // A file edited since it was indexed: refused either way.
         std::fs::write(dir.path().join("f"), b"01234x6789").unwrap();
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
-        let index = ServeIndex::build(dir.path().into(), head(), &manifest, vec![], &checks);
+        let index = build(&checks);
         assert!(index.read(&refs[0].hash, Io::Block).unwrap().is_some());
-        let index = ServeIndex::build(
-            dir.path().into(),
-            head(),
-            &manifest,
-            vec![],
-            &FileChecks::from([(file, refs.iter().map(|_| read_check(b"01234")).collect())]),
-        );
+        let index = build(&FileChecks::from([(
+            file,
+            refs.iter().map(|_| read_check(b"01234")).collect(),
+        )]));
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
     }
 }
