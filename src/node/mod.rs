@@ -498,11 +498,14 @@ impl Applied {
 }
 
 /// Rebuild the applied revision from the state database, checking signature and hashes again.
+/// `checks` are the read checks of its files, from the file index (the caller holds it, or
+/// passes none when it will not serve the revision).
 pub(crate) fn load_applied(
     db: &crate::store::Db,
     stored: &crate::store::StoredState,
     lineage: &crate::trust::Lineage,
     swarm_id: uuid::Uuid,
+    checks: serve::FileChecks,
 ) -> Result<Option<Applied>, NodeError> {
     let Some(bytes) = &stored.head else {
         return Ok(None);
@@ -528,12 +531,11 @@ pub(crate) fn load_applied(
         return Err(corrupt("manifest hash mismatch").into());
     }
     let manifest = crate::tree::Manifest::decode(&bytes).unwrap_or_default();
-    let checks = std::sync::Arc::new(serve::file_checks(db.file_index()?.values()));
     Ok(Some(Applied {
         head,
         manifest,
         blobs,
-        checks,
+        checks: std::sync::Arc::new(checks),
     }))
 }
 
@@ -580,7 +582,7 @@ fn verify_with(
             "no swarm recorded in the state database".into(),
         ));
     };
-    let applied = load_applied(db, &stored, &lineage, swarm)?
+    let applied = load_applied(db, &stored, &lineage, swarm, Default::default())?
         .ok_or_else(|| NodeError::Refused("no revision has been applied yet".into()))?;
     let report = crate::store::verify_tree(dir, &applied.manifest)?;
     Ok((applied.head.revision(), report))

@@ -139,7 +139,8 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         lineage: lineage.clone(),
         scan_progress: config.scan_progress.clone(),
     };
-    if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id)? {
+    let checks = super::serve::file_checks(engine.known.values());
+    if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id, checks)? {
         let revision = applied.head.revision();
         engine.current = Some((revision, applied.manifest.clone()));
         engine.status.send_modify(|s| {

@@ -150,7 +150,8 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     if lineage.extend(&config.succession, ticket.swarm_id) {
         db.set_lineage(lineage.links())?;
     }
-    let applied = load_applied(&db, &stored, &lineage, ticket.swarm_id)?;
+    let checks = file_checks(db.file_index()?.values());
+    let applied = load_applied(&db, &stored, &lineage, ticket.swarm_id, checks)?;
     if let Some(a) = &applied {
         content.replace(a.serve_index(&config.dir));
     }
