@@ -101,7 +101,7 @@ pub fn apply_revision(
                         checks: if kept {
                             Vec::new()
                         } else {
-                            staging.file_checks(chunks)
+                            staging.staged_checks(chunks)
                         },
                     },
                 ));

@@ -191,7 +191,7 @@ impl StagingArea {
     }
 
     /// The read checks of a file's `chunks`, all staged here; empty if one is not known.
-    pub fn file_checks(&self, chunks: &[ChunkRef]) -> Vec<u64> {
+    pub fn staged_checks(&self, chunks: &[ChunkRef]) -> Vec<u64> {
         let checks = self.checks_mut();
         chunks
             .iter()
@@ -351,7 +351,7 @@ mod tests {
             Some(c.checks[0]),
             "and its read check is known again"
         );
-        assert!(area.file_checks(&c.chunks).is_empty(), "not all known");
+        assert!(area.staged_checks(&c.chunks).is_empty(), "not all known");
         drop(area);
 
         // Retarget: a new file sharing all but the last chunk.
@@ -386,6 +386,6 @@ mod tests {
         area.write_chunk(&c.chunks[0].hash, &pos[&c.chunks[0].hash], &data)
             .unwrap();
         area.finish(&c.hash).unwrap();
-        assert_eq!(area.file_checks(&c.chunks), c.checks);
+        assert_eq!(area.staged_checks(&c.chunks), c.checks);
     }
 }
