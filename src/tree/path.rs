@@ -7,7 +7,8 @@ use super::TreeError;
 use crate::config::{MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, STATE_DIR};
 
 /// A validated relative path with `/` separators: no empty, `.` or `..` components, no leading
-/// `/`, no NUL or backslash, not inside the state directory, bounded length and depth.
+/// `/`, no NUL or backslash, no state directory component at any depth (any case), bounded
+/// length and depth.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelPath(String);
 
@@ -37,14 +38,12 @@ impl RelPath {
                 "" => return Err(bad("empty component")),
                 "." | ".." => return Err(bad("dot component")),
                 p if p.len() > MAX_COMPONENT_LEN => return Err(bad("component too long")),
+                p if is_state_dir(p) => return Err(bad("names a state directory")),
                 _ => {}
             }
         }
         if depth > MAX_PATH_DEPTH {
             return Err(bad("too deep"));
-        }
-        if s == STATE_DIR || s.starts_with(&format!("{STATE_DIR}/")) {
-            return Err(bad("inside the state directory"));
         }
         Ok(RelPath(s.to_owned()))
     }
@@ -71,6 +70,13 @@ impl RelPath {
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
         self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
     }
+}
+
+/// True if the path component `name` is a state directory's name: `.treecast` in any case, as
+/// a case-insensitive file system sees it. A tree holding another published tree or a mirror
+/// has one below its root, with that node's keys and database in it: never scanned or sent.
+pub fn is_state_dir(name: &str) -> bool {
+    name.eq_ignore_ascii_case(STATE_DIR)
 }
 
 impl fmt::Display for RelPath {
@@ -105,6 +111,10 @@ mod tests {
             "a\0b",
             ".treecast",
             ".treecast/db",
+            ".TREECAST/db",
+            "inner/.treecast",
+            "inner/.treecast/publisher.key",
+            "a/b/.TreeCast/node.key",
         ] {
             assert!(RelPath::new(p).is_err(), "{p:?} accepted");
         }
@@ -121,6 +131,8 @@ mod tests {
             ".hidden",
             "a..b",
             ".treecastx",
+            "a/.treecast.bak/x",
+            "a/x.treecast",
         ] {
             assert!(RelPath::new(p).is_ok(), "{p:?} rejected");
         }
