@@ -61,6 +61,9 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Quiet period after a file-system event before the publisher rescans.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a stream of file-system events (a file rewritten faster than [`WATCH_DEBOUNCE`]) can
+/// put off a rescan: a tree that never stops changing is still published this often.
+pub const WATCH_DEBOUNCE_MAX: Duration = Duration::from_secs(3);
 /// How long an idle connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a banned peer stays banned.

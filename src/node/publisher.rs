@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use super::net_loop::{self, NetCommand};
 use super::report::Reporter;
 use super::serve::{file_checks, manifest_blobs, Content, ServeIndex};
 use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
-use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE};
+use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX};
 use crate::store::Db;
 use crate::tree::{FileRecord, IgnoreRules, Manifest, RelPath};
 use crate::trust::{
@@ -22,6 +22,20 @@ use crate::trust::{
     Succession, Ticket,
 };
 use crate::wire::{ControlMsg, Role};
+
+/// Let a burst of file-system events settle: return once `events` was quiet for `quiet`, or
+/// `max` after the call however busy it stays (a file rewritten faster than `quiet` never
+/// holds off a rescan for longer), or when the watcher is gone.
+async fn settle(events: &mut mpsc::Receiver<()>, quiet: Duration, max: Duration) {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let until = (tokio::time::Instant::now() + quiet).min(deadline);
+        match tokio::time::timeout_at(until, events.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
 
 struct Publisher {
     dir: PathBuf,
@@ -139,7 +153,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         lineage: lineage.clone(),
         scan_progress: config.scan_progress.clone(),
     };
-    let checks = super::serve::file_checks(engine.known.values());
+    let checks = super::serve::file_checks(&engine.known);
     if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id, checks)? {
         let revision = applied.head.revision();
         engine.current = Some((revision, applied.manifest.clone()));
@@ -255,8 +269,7 @@ impl Publisher {
                     None => break,
                 },
                 Some(()) = watch_rx.recv() => {
-                    // Let a burst of writes settle, then scan once.
-                    while tokio::time::timeout(WATCH_DEBOUNCE, watch_rx.recv()).await.is_ok() {}
+                    settle(&mut watch_rx, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX).await;
                     self.rescan_logged().await;
                 }
                 _ = rescan_tick.tick() => self.rescan_logged().await,
@@ -423,8 +436,11 @@ impl Publisher {
             crate::tree::ScanStats,
         ),
     ) -> Result<Option<u64>, NodeError> {
-        if self.current.as_ref().is_some_and(|(_, m)| *m == manifest) {
+        if let Some((_, current)) = self.current.as_ref().filter(|(_, m)| *m == manifest) {
             self.db.update_file_index(&records)?;
+            // Touched or replaced by equal copies: served from the files as they are now.
+            let checks = file_checks(records.iter().map(|(p, r)| (p, r)));
+            self.content.update_files(current, &checks);
             return Ok(None);
         }
         let bytes = manifest.encode();
@@ -486,7 +502,7 @@ impl Publisher {
             head.signed().clone(),
             manifest,
             blobs,
-            &file_checks(records.iter().map(|(_, r)| r)),
+            &file_checks(records.iter().map(|(p, r)| (p, r))),
         ));
         if let Some(net) = &self.net {
             if net
@@ -652,4 +668,48 @@ pub(crate) fn handover(
     db.set_lineage(lineage.links())?;
     info!(to = %to, from_revision = from, "handed over");
     Ok(lineage.links().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that never pauses for as long as the quiet period does not hold the rescan off
+    /// for ever: `settle` returns while events still arrive.
+    #[tokio::test]
+    async fn events_that_never_stop_still_let_a_rescan_through() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                while !stop.is_cancelled() {
+                    if tx.send(()).await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let quiet = Duration::from_millis(300);
+        let settled = tokio::time::timeout(
+            Duration::from_secs(60),
+            settle(&mut rx, quiet, Duration::from_millis(500)),
+        )
+        .await;
+        assert!(settled.is_ok(), "settle waited for the events to stop");
+        assert!(!writer.is_finished(), "events were still arriving");
+        stop.cancel();
+        drop(rx);
+        writer.await.unwrap();
+        // A closed watcher ends the wait at once rather than spinning.
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        drop(tx);
+        settle(
+            &mut rx,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .await;
+    }
 }

@@ -7,17 +7,33 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
-use crate::tree::{chunk_bytes, read_check, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
+use crate::tree::{
+    chunk_bytes, open_beneath, read_check, ChunkRef, ContentHash, FileId, FileRecord, Manifest,
+    RelPath,
+};
 use crate::trust::SignedHead;
 
 /// Index of servable content for one revision.
 #[derive(Default)]
 pub(crate) struct ServeIndex {
     root: PathBuf,
+    /// The tree's root directory, opened when the index was built: files are opened beneath it
+    /// without following links.
+    root_dir: Option<std::fs::File>,
     pub head: Option<SignedHead>,
-    /// Where each chunk is: file, offset, length, and the read check it is served against.
-    chunks: HashMap<ContentHash, (RelPath, u64, u32, Option<u64>)>,
+    /// Where each chunk is: file, offset, length, the read check it is served against, and
+    /// the identity the file must still have.
+    chunks: HashMap<ContentHash, Place>,
     blobs: HashMap<ContentHash, Bytes>,
+}
+
+/// Where a chunk of the held revision is on disk.
+struct Place {
+    path: RelPath,
+    offset: u64,
+    len: u32,
+    check: Option<u64>,
+    file: FileId,
 }
 
 /// Memory for recently fetched chunks, per node.
@@ -27,17 +43,41 @@ const CACHE_BYTES: usize = 32 << 20;
 /// read check).
 type Partial = HashMap<ContentHash, (PathBuf, u64, u32, Option<u64>)>;
 
-/// The read checks of files, by file hash: what a disk read of their chunks is checked against
-/// before it is served (see [`read_check`]). A chunk of a file not here is checked against its
-/// BLAKE3 hash instead.
-pub(crate) type FileChecks = HashMap<ContentHash, Vec<u64>>;
+/// What the file index says of each file on disk, by path: which file it is (only a file with
+/// that identity is read to serve a chunk, so a file swapped or rewritten since it was indexed
+/// is never an oracle for other bytes) and the read checks a disk read of its chunks is
+/// checked against (see [`read_check`]; a file without them is checked against the chunks'
+/// BLAKE3 hashes instead). A file not here is not served from disk.
+pub(crate) type FileChecks = HashMap<RelPath, Indexed>;
 
-/// The read checks that `records` carry.
-pub(crate) fn file_checks<'a>(records: impl IntoIterator<Item = &'a FileRecord>) -> FileChecks {
+/// One file of [`FileChecks`].
+pub(crate) struct Indexed {
+    id: FileId,
+    hash: ContentHash,
+    checks: Vec<u64>,
+}
+
+/// What `records` say of their files.
+pub(crate) fn file_checks<'a>(
+    records: impl IntoIterator<Item = (&'a RelPath, &'a FileRecord)>,
+) -> FileChecks {
     records
         .into_iter()
-        .filter(|r| !r.chunks.is_empty() && r.has_checks())
-        .map(|r| (r.hash, r.checks.clone()))
+        .map(|(path, r)| {
+            let checks = match r.has_checks() {
+                true => r.checks.clone(),
+                false => Vec::new(),
+            };
+            let id = r.id();
+            (
+                path.clone(),
+                Indexed {
+                    id,
+                    hash: r.hash,
+                    checks,
+                },
+            )
+        })
         .collect()
 }
 
@@ -88,6 +128,19 @@ impl ChunkCache {
 impl Content {
     pub fn current(&self) -> Arc<ServeIndex> {
         self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serve the held revision from files with the identities `checks` gives (after a rescan
+    /// found the tree's content unchanged but files touched or replaced by equal copies);
+    /// partial chunks are kept.
+    pub fn update_files(&self, manifest: &Manifest, checks: &FileChecks) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let Some(head) = index.head.clone() else {
+            return;
+        };
+        let blobs = index.blobs.clone();
+        let root = index.root.clone();
+        *index = Arc::new(ServeIndex::build_from(root, head, manifest, blobs, checks));
     }
 
     /// Make `index` the revision served; forget partial chunks.
@@ -158,10 +211,13 @@ impl Content {
                     .unwrap_or_else(|p| p.into_inner())
                     .get(hash)
                     .cloned();
-                let Some(place) = place else {
+                let Some((path, offset, len, check)) = place else {
                     return Ok(None);
                 };
-                match read_checked(&place.0, place.1, place.2, hash, place.3, io)? {
+                let Some(file) = open_staged(&path) else {
+                    return Ok(None);
+                };
+                match read_checked(&file, &path, offset, len, hash, check, io)? {
                     Some(data) => data,
                     None => return Ok(None),
                 }
@@ -182,9 +238,20 @@ enum Io {
 #[derive(Debug)]
 pub(crate) struct WouldBlock;
 
-/// Read `len` bytes at `off` in `path`, the chunk `hash`, and check them against `check` if
-/// known, else against `hash`.
+/// Open the staged file `path` (in the node's private state directory), not following a link.
+fn open_staged(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()
+}
+
+/// Read `len` bytes at `off` in `file` (at `path`), the chunk `hash`, and check them against
+/// `check` if known, else against `hash`.
 fn read_checked(
+    file: &std::fs::File,
     path: &std::path::Path,
     off: u64,
     len: u32,
@@ -192,15 +259,12 @@ fn read_checked(
     check: Option<u64>,
     io: Io,
 ) -> Result<Option<Bytes>, WouldBlock> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Ok(None);
-    };
     let mut buf = Vec::new();
     let (flags, short) = match io {
         Io::Block => (0, Ok(None)),
         Io::NoWait => (libc::RWF_NOWAIT, Err(WouldBlock)),
     };
-    if !read_at(&file, &mut buf, len as usize, off, flags) {
+    if !read_at(file, &mut buf, len as usize, off, flags) {
         return short;
     }
     let same = match check {
@@ -269,38 +333,66 @@ impl ServeIndex {
         blobs: Vec<(ContentHash, Vec<u8>)>,
         checks: &FileChecks,
     ) -> Self {
+        let blobs = blobs
+            .into_iter()
+            .map(|(h, b)| (h, Bytes::from(b)))
+            .collect();
+        Self::build_from(root, head, manifest, blobs, checks)
+    }
+
+    fn build_from(
+        root: PathBuf,
+        head: SignedHead,
+        manifest: &Manifest,
+        blobs: HashMap<ContentHash, Bytes>,
+        checks: &FileChecks,
+    ) -> Self {
         let mut chunks = HashMap::new();
-        for (path, _, _, file, refs) in manifest.files() {
-            let file_checks = checks.get(&file).filter(|c| c.len() == refs.len());
-            let mut off = 0u64;
+        for (path, _, _, hash, refs) in manifest.files() {
+            let Some(indexed) = checks.get(path).filter(|i| i.hash == hash) else {
+                continue;
+            };
+            let read_checks = Some(&indexed.checks).filter(|c| c.len() == refs.len());
+            let mut offset = 0u64;
             for (i, c) in refs.iter().enumerate() {
-                let check = file_checks.map(|checks| checks[i]);
-                chunks
-                    .entry(c.hash)
-                    .or_insert_with(|| (path.clone(), off, c.len, check));
-                off += c.len as u64;
+                chunks.entry(c.hash).or_insert_with(|| Place {
+                    path: path.clone(),
+                    offset,
+                    len: c.len,
+                    check: read_checks.map(|checks| checks[i]),
+                    file: indexed.id,
+                });
+                offset += c.len as u64;
             }
         }
         ServeIndex {
+            root_dir: std::fs::File::open(&root).ok(),
             root,
             head: Some(head),
             chunks,
-            blobs: blobs
-                .into_iter()
-                .map(|(h, b)| (h, Bytes::from(b)))
-                .collect(),
+            blobs,
         }
     }
 
-    /// The bytes of `hash`, read from disk and checked, or `None`.
+    /// The bytes of `hash`, read from disk and checked, or `None`. Only read from the file
+    /// the index names, still with the identity it had when indexed, reached without
+    /// following any link.
     fn read(&self, hash: &ContentHash, io: Io) -> Result<Option<Bytes>, WouldBlock> {
         if let Some(b) = self.blobs.get(hash) {
             return Ok(Some(b.clone()));
         }
-        let Some((path, off, len, check)) = self.chunks.get(hash) else {
+        let (Some(place), Some(root)) = (self.chunks.get(hash), &self.root_dir) else {
             return Ok(None);
         };
-        read_checked(&path.under(&self.root), *off, *len, hash, *check, io)
+        let path = place.path.under(&self.root);
+        let file = match open_beneath(root, std::path::Path::new(place.path.as_str())) {
+            Ok((file, meta)) if place.file.matches(&meta) => file,
+            _ => {
+                tracing::warn!(path = %path.display(), "file replaced or changed since it was indexed; not serving it");
+                return Ok(None);
+            }
+        };
+        read_checked(&file, &path, place.offset, place.len, hash, place.check, io)
     }
 }
 
@@ -409,9 +501,23 @@ mod tests {
         let build = |checks: &FileChecks| {
             ServeIndex::build(dir.path().into(), head(), &manifest, vec![], checks)
         };
+        let f = RelPath::new("f").unwrap();
+        // The file as it is on disk now, with read checks `checks`.
+        let indexed = |checks: Vec<u64>| {
+            let meta = std::fs::metadata(dir.path().join("f")).unwrap();
+            let id = FileId::of(&meta);
+            FileChecks::from([(
+                f.clone(),
+                Indexed {
+                    id,
+                    hash: file,
+                    checks,
+                },
+            )])
+        };
         // The second check is wrong for the bytes on disk, which match their BLAKE3 hash: the
         // read check decides, so that chunk is refused and the first is served.
-        let checks = FileChecks::from([(file, vec![read_check(b"01234"), read_check(b"x")])]);
+        let checks = indexed(vec![read_check(b"01234"), read_check(b"x")]);
         let index = build(&checks);
         assert_eq!(
             index.read(&refs[0].hash, Io::Block).unwrap().as_deref(),
@@ -419,17 +525,89 @@ mod tests {
         );
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
         // Without read checks, both are checked against their hashes.
-        let index = build(&FileChecks::new());
+        let index = build(&indexed(vec![]));
         assert!(index.read(&refs[1].hash, Io::Block).unwrap().is_some());
-        // A file edited since it was indexed: refused either way.
+        // A file the index does not know is not served.
+        assert!(build(&FileChecks::new())
+            .read(&refs[0].hash, Io::Block)
+            .unwrap()
+            .is_none());
+        // A file edited since it was indexed: refused, even the chunk still the same.
         std::fs::write(dir.path().join("f"), b"01234x6789").unwrap();
-        assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
-        let index = build(&checks);
+        assert_eq!(index.read(&refs[0].hash, Io::Block).unwrap(), None);
+        // Indexed again as it now is: the unchanged chunk is served, the changed one refused.
+        let index = build(&indexed(vec![]));
         assert!(index.read(&refs[0].hash, Io::Block).unwrap().is_some());
-        let index = build(&FileChecks::from([(
-            file,
-            refs.iter().map(|_| read_check(b"01234")).collect(),
-        )]));
         assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
+        let index = build(&indexed(
+            refs.iter().map(|_| read_check(b"01234")).collect(),
+        ));
+        assert_eq!(index.read(&refs[1].hash, Io::Block).unwrap(), None);
+    }
+
+    /// The oracle of the issue: a local user indexes guess files, then swaps each for a link to
+    /// a secret (or for an equal copy). A swapped file is never read, so which chunk gets served
+    /// says nothing about the secret.
+    #[test]
+    fn a_file_swapped_for_a_link_or_a_copy_is_never_read() {
+        let tree = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let guess = b"A";
+        std::fs::write(outside.path().join("secret"), guess).unwrap();
+        std::fs::create_dir(tree.path().join("d")).unwrap();
+        std::fs::write(tree.path().join("d/guess"), guess).unwrap();
+        let scan = crate::tree::scan(
+            tree.path(),
+            &HashMap::new(),
+            &crate::tree::IgnoreRules::none(),
+        )
+        .unwrap();
+        let chunk = ContentHash::of(guess);
+        let key = crate::trust::PublisherKey::generate();
+        let body = crate::trust::HeadBody {
+            swarm_id: uuid::Uuid::new_v4(),
+            revision: 1,
+            manifest_hash: ContentHash::of(b""),
+            manifest_size: 0,
+            manifest_index_hash: ContentHash::of(b""),
+            created_unix_ms: 0,
+            signer: [0; 32],
+        };
+        let head = SignedHead::sign(body, &key).signed().clone();
+        let content = Content::default();
+        let checks = file_checks(scan.records.iter().map(|(p, r)| (p, r)));
+        content.replace(ServeIndex::build(
+            tree.path().into(),
+            head,
+            &scan.manifest,
+            vec![],
+            &checks,
+        ));
+        assert_eq!(content.read(&chunk).as_deref(), Some(&guess[..]));
+
+        // The file swapped for a link to the secret (same bytes, so any content check passes).
+        std::fs::remove_file(tree.path().join("d/guess")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), tree.path().join("d/guess"))
+            .unwrap();
+        assert_eq!(content.read(&chunk), None);
+        // Its directory swapped for a link to the secret's.
+        std::fs::rename(tree.path().join("d"), tree.path().join("old")).unwrap();
+        std::fs::rename(outside.path().join("secret"), outside.path().join("guess")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tree.path().join("d")).unwrap();
+        assert_eq!(content.read(&chunk), None);
+        // A hard link or an equal copy is another file: not read either, until indexed anew.
+        std::fs::remove_file(tree.path().join("d")).unwrap();
+        std::fs::create_dir(tree.path().join("d")).unwrap();
+        std::fs::write(tree.path().join("d/guess"), guess).unwrap();
+        assert_eq!(content.read(&chunk), None);
+        let rescan = crate::tree::scan(
+            tree.path(),
+            &HashMap::new(),
+            &crate::tree::IgnoreRules::none(),
+        )
+        .unwrap();
+        let checks = file_checks(rescan.records.iter().map(|(p, r)| (p, r)));
+        content.update_files(&rescan.manifest, &checks);
+        assert_eq!(content.read(&chunk).as_deref(), Some(&guess[..]));
     }
 }

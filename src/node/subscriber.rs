@@ -150,7 +150,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     if lineage.extend(&config.succession, ticket.swarm_id) {
         db.set_lineage(lineage.links())?;
     }
-    let checks = file_checks(db.file_index()?.values());
+    let checks = file_checks(&db.file_index()?);
     let applied = load_applied(&db, &stored, &lineage, ticket.swarm_id, checks)?;
     if let Some(a) = &applied {
         content.replace(a.serve_index(&config.dir));
@@ -818,7 +818,7 @@ async fn download(
     let db = env.db.clone();
     let head_bytes = head.signed().encode();
     let stored_blobs = blobs.clone();
-    let checks = Arc::new(file_checks(records.iter().map(|(_, r)| r)));
+    let checks = Arc::new(file_checks(records.iter().map(|(p, r)| (p, r))));
     blocking(move || db.commit_revision(&head_bytes, &records, &stored_blobs)).await?;
     Ok(Applied {
         head,

@@ -103,6 +103,7 @@ pub fn apply_revision(
                         } else {
                             staging.staged_checks(chunks)
                         },
+                        dev: meta.dev(),
                     },
                 ));
             }

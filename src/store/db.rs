@@ -210,14 +210,39 @@ struct FileRecordV1 {
     chunks: Vec<crate::tree::ChunkRef>,
 }
 
-/// Decode a file record, also one written before read checks (it then has none: a publisher
-/// hashes that file again at its next scan, a subscriber checks its reads against the chunk
-/// hashes).
+/// A file record as treecast wrote it before it recorded the file's device.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FileRecordV2 {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    executable: bool,
+    hash: ContentHash,
+    chunks: Vec<crate::tree::ChunkRef>,
+    checks: Vec<u64>,
+}
+
+/// Decode a file record, also one written by an older treecast: one without a device has
+/// device 0 ("not known", see [`crate::tree::FileId`]); one without read checks has none (a
+/// publisher hashes that file again at its next scan, a subscriber checks its reads against
+/// the chunk hashes).
 fn decode_record(bytes: &[u8]) -> Result<FileRecord, StoreError> {
-    // A record of the old format ends where the new one's checks begin, so it never decodes
-    // as the new one.
+    // A record of an older format ends where a newer one's next field begins, so it never
+    // decodes as the newer one.
     if let Ok(rec) = postcard::from_bytes::<FileRecord>(bytes) {
         return Ok(rec);
+    }
+    if let Ok(old) = postcard::from_bytes::<FileRecordV2>(bytes) {
+        return Ok(FileRecord {
+            size: old.size,
+            mtime_ns: old.mtime_ns,
+            inode: old.inode,
+            executable: old.executable,
+            hash: old.hash,
+            chunks: old.chunks,
+            checks: old.checks,
+            dev: 0,
+        });
     }
     let old: FileRecordV1 =
         postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -229,6 +254,7 @@ fn decode_record(bytes: &[u8]) -> Result<FileRecord, StoreError> {
         hash: old.hash,
         chunks: old.chunks,
         checks: Vec::new(),
+        dev: 0,
     })
 }
 
@@ -254,6 +280,7 @@ mod tests {
                 len: 1,
             }],
             checks: vec![crate::tree::read_check(b"x")],
+            dev: 4,
         };
         let p = RelPath::new("a/b").unwrap();
         let blob = (ContentHash::of(b"blob"), b"blob".to_vec());
@@ -286,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn records_written_before_read_checks_still_decode() {
+    fn records_written_by_older_treecasts_still_decode() {
         let chunks = vec![crate::tree::ChunkRef {
             hash: ContentHash::of(b"x"),
             len: 1,
@@ -305,14 +332,23 @@ mod tests {
         assert!(rec.executable);
         assert_eq!(rec.chunks, chunks);
         assert!(rec.checks.is_empty());
-        let new = FileRecord {
+        let with_checks = postcard::to_stdvec(&FileRecordV2 {
+            size: 1,
+            mtime_ns: -5,
+            inode: 7,
+            executable: true,
+            hash: ContentHash::of(b"x"),
+            chunks: chunks.clone(),
             checks: vec![9],
-            ..rec
-        };
+        })
+        .unwrap();
+        let rec = decode_record(&with_checks).unwrap();
+        assert_eq!((rec.inode, rec.dev, &rec.checks[..]), (7, 0, &[9][..]));
+        let new = FileRecord { dev: 12, ..rec };
         let bytes = postcard::to_stdvec(&new).unwrap();
         assert_eq!(decode_record(&bytes).unwrap(), new);
         assert!(matches!(
-            decode_record(&bytes[..bytes.len() - 3]),
+            decode_record(&bytes[..20]),
             Err(StoreError::Corrupt(_))
         ));
     }

@@ -6,6 +6,7 @@ mod chunk;
 mod hash;
 mod ignore;
 mod manifest;
+mod open;
 mod path;
 mod scan;
 
@@ -13,7 +14,8 @@ pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
 pub use hash::{read_check, ContentHash};
 pub use ignore::{IgnoreRules, IGNORE_FILE};
 pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
-pub use path::RelPath;
+pub use open::{open_beneath, FileId};
+pub use path::{is_state_dir, RelPath};
 pub use scan::{mtime_ns, scan, scan_with_progress, FileRecord, Scan, ScanProgress, ScanStats};
 
 use thiserror::Error;

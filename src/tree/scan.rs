@@ -3,21 +3,27 @@
 //!
 //! Policy: regular files and directories (including empty ones) are published, with the exec
 //! bit. Symlinks are never followed and never published (a warning names each one), and neither
-//! are sockets, FIFOs, devices or names that are not UTF-8. The state directory is skipped.
+//! are sockets, FIFOs, devices or names that are not UTF-8. State directories (`.treecast`, in
+//! any case) are skipped at every depth: a nested one holds another node's keys.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::BufReader;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Dir, FileType};
 
 use serde::{Deserialize, Serialize};
 
+use super::open::open_entry;
+use super::path::is_state_dir;
 use super::{
-    chunk_reader, ChunkRef, ContentHash, Entry, EntryKind, IgnoreRules, Manifest, RelPath,
+    chunk_reader, ChunkRef, ContentHash, Entry, EntryKind, FileId, IgnoreRules, Manifest, RelPath,
     TreeError,
 };
-use crate::config::STATE_DIR;
 
 /// What the file index remembers of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,12 +37,24 @@ pub struct FileRecord {
     /// The [`read_check`](super::read_check) of each chunk, in the same order; empty if not
     /// known, and then reads of this file are checked against the chunk hashes instead.
     pub checks: Vec<u64>,
+    /// The device the file is on; 0 if not known (indexed by an older treecast).
+    pub dev: u64,
 }
 
 impl FileRecord {
     /// True if `meta` shows the same size, mtime and inode, so the hash can be reused.
     pub fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
         self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.inode == meta.ino()
+    }
+
+    /// Who the file is on disk: only a file with this identity is read to serve its chunks.
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.inode,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        }
     }
 
     /// True if the record has a read check for each of its chunks.
@@ -110,116 +128,196 @@ pub fn scan_with_progress(
     ignore: &IgnoreRules,
     progress: Option<&ScanProgress>,
 ) -> Result<Scan, TreeError> {
-    let mut stats = ScanStats::default();
-    let mut entries = Vec::new();
-    let mut records = Vec::new();
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| {
-            if e.depth() == 0 {
-                return true;
+    let io = |source| TreeError::Io {
+        path: root.to_owned(),
+        source,
+    };
+    let dir = File::open(root).map_err(io)?;
+    let mut walk = Walk {
+        known,
+        ignore,
+        progress,
+        root,
+        stats: ScanStats::default(),
+        entries: Vec::new(),
+        records: Vec::new(),
+    };
+    walk.dir(dir, &mut PathBuf::new(), 1)?;
+    Ok(Scan {
+        manifest: Manifest::from_entries(walk.entries)?,
+        records: walk.records,
+        stats: walk.stats,
+    })
+}
+
+/// One scan's walk. Every directory and file is opened through its parent's descriptor without
+/// following links ([`open_entry`]), so what is read is what was listed, even while a local
+/// user swaps symlinks into the tree.
+struct Walk<'a> {
+    known: &'a HashMap<RelPath, FileRecord>,
+    ignore: &'a IgnoreRules,
+    progress: Option<&'a ScanProgress>,
+    root: &'a Path,
+    stats: ScanStats,
+    entries: Vec<Entry>,
+    records: Vec<(RelPath, FileRecord)>,
+}
+
+impl Walk<'_> {
+    /// Walk the open directory `dir`, at `rel` below the root and `depth` levels down.
+    fn dir(&mut self, dir: File, rel: &mut PathBuf, depth: usize) -> Result<(), TreeError> {
+        let mut names: Vec<(OsString, FileType)> = Vec::new();
+        let listing = Dir::read_from(&dir).map_err(|e| self.io(rel, e.into()))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| self.io(rel, e.into()))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name != "." && name != ".." {
+                names.push((name.to_owned(), entry.file_type()));
             }
-            if e.depth() == 1 && e.file_name() == STATE_DIR {
-                return false;
+        }
+        for (name, kind) in names {
+            rel.push(&name);
+            let done = self.entry(&dir, &name, kind, rel, depth);
+            rel.pop();
+            done?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        dir: &File,
+        name: &OsStr,
+        kind: FileType,
+        rel: &mut PathBuf,
+        depth: usize,
+    ) -> Result<(), TreeError> {
+        if name.to_str().is_some_and(is_state_dir) {
+            if depth > 1 {
+                tracing::warn!(path = %rel.display(), "a nested treecast state directory: not published");
             }
-            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-            !ignore.is_ignored(rel, e.file_type().is_dir())
-        });
-    for item in walker {
-        let item = item?;
-        let rel = item
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir stays below root");
+            return Ok(());
+        }
+        if kind == FileType::Symlink {
+            self.skip(rel, false, "symlink: not published");
+            return Ok(());
+        }
+        let file = match open_entry(dir, name) {
+            Ok(f) => f,
+            // Swapped for a symlink since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.skip(rel, false, "symlink: not published");
+                return Ok(());
+            }
+            // Deleted since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io(rel, e)),
+        };
+        let meta = file.metadata().map_err(|e| self.io(rel, e))?;
+        if self.ignore.is_ignored(rel, meta.is_dir()) {
+            return Ok(());
+        }
         let path = match RelPath::from_path(rel) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(path = %rel.display(), error = %e, "not published");
-                stats.skipped += 1;
-                continue;
+                self.stats.skipped += 1;
+                return Ok(());
             }
         };
-        let ft = item.file_type();
-        if ft.is_dir() {
-            stats.dirs += 1;
-            entries.push(Entry {
+        if meta.is_dir() {
+            self.stats.dirs += 1;
+            self.entries.push(Entry {
                 path,
                 kind: EntryKind::Dir,
             });
-        } else if ft.is_file() {
-            let record = scan_file(item.path(), known.get(&path), &mut stats, progress)?;
-            if let Some(p) = progress {
-                p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            entries.push(Entry {
-                path: path.clone(),
-                kind: EntryKind::File {
-                    size: record.size,
-                    executable: record.executable,
-                    hash: record.hash,
-                    chunks: record.chunks.clone(),
-                },
-            });
-            records.push((path, record));
-        } else {
-            tracing::warn!(%path, "symlink or special file: not published");
-            stats.skipped += 1;
+            return self.dir(file, rel, depth + 1);
+        }
+        if !meta.is_file() {
+            self.skip(rel, true, "special file: not published");
+            return Ok(());
+        }
+        let record = self.file(file, &meta, &path)?;
+        if let Some(p) = self.progress {
+            p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.entries.push(Entry {
+            path: path.clone(),
+            kind: EntryKind::File {
+                size: record.size,
+                executable: record.executable,
+                hash: record.hash,
+                chunks: record.chunks.clone(),
+            },
+        });
+        self.records.push((path, record));
+        Ok(())
+    }
+
+    fn io(&self, rel: &Path, source: std::io::Error) -> TreeError {
+        TreeError::Io {
+            path: self.root.join(rel),
+            source,
         }
     }
-    Ok(Scan {
-        manifest: Manifest::from_entries(entries)?,
-        records,
-        stats,
-    })
-}
 
-fn scan_file(
-    path: &Path,
-    known: Option<&FileRecord>,
-    stats: &mut ScanStats,
-    progress: Option<&ScanProgress>,
-) -> Result<FileRecord, TreeError> {
-    let io = |source| TreeError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::symlink_metadata(path).map_err(io)?;
-    stats.files += 1;
-    stats.bytes += meta.len();
-    let executable = meta.mode() & 0o111 != 0;
-    // A record from before read checks is hashed again, once, to get them.
-    if let Some(rec) = known.filter(|r| r.unchanged(&meta) && r.has_checks()) {
-        return Ok(FileRecord {
-            executable,
-            ..rec.clone()
-        });
+    /// Count `rel` as skipped, with a warning unless it is ignored anyway.
+    fn skip(&mut self, rel: &Path, ignore_checked: bool, why: &'static str) {
+        if ignore_checked || !self.ignore.is_ignored(rel, false) {
+            tracing::warn!(path = %rel.display(), "{why}");
+            self.stats.skipped += 1;
+        }
     }
-    let file = File::open(path).map_err(io)?;
-    let counted = Counting {
-        inner: file,
-        progress,
-    };
-    let chunked = chunk_reader(BufReader::with_capacity(1 << 20, counted)).map_err(io)?;
-    stats.files_hashed += 1;
-    stats.bytes_hashed += chunked.size;
-    // Re-read metadata after hashing: if the file changed meanwhile, the next scan sees it.
-    let meta = std::fs::symlink_metadata(path).map_err(io)?;
-    Ok(FileRecord {
-        size: chunked.size,
-        mtime_ns: mtime_ns(&meta),
-        inode: meta.ino(),
-        executable,
-        hash: chunked.hash,
-        chunks: chunked.chunks,
-        checks: chunked.checks,
-    })
+
+    /// The record of the open regular `file` at `path`, hashed unless the index has it.
+    fn file(
+        &mut self,
+        file: File,
+        meta: &std::fs::Metadata,
+        path: &RelPath,
+    ) -> Result<FileRecord, TreeError> {
+        let io = |source| TreeError::Io {
+            path: path.under(self.root),
+            source,
+        };
+        self.stats.files += 1;
+        self.stats.bytes += meta.len();
+        let executable = meta.mode() & 0o111 != 0;
+        // A record from before read checks is hashed again, once, to get them.
+        let known = self.known.get(path);
+        if let Some(rec) = known.filter(|r| r.unchanged(meta) && r.has_checks()) {
+            return Ok(FileRecord {
+                executable,
+                dev: meta.dev(),
+                ..rec.clone()
+            });
+        }
+        let counted = Counting {
+            inner: &file,
+            progress: self.progress,
+        };
+        let chunked = chunk_reader(BufReader::with_capacity(1 << 20, counted)).map_err(io)?;
+        self.stats.files_hashed += 1;
+        self.stats.bytes_hashed += chunked.size;
+        // Metadata again after hashing: if the file changed meanwhile, the next scan sees it.
+        let meta = file.metadata().map_err(io)?;
+        Ok(FileRecord {
+            size: chunked.size,
+            mtime_ns: mtime_ns(&meta),
+            inode: meta.ino(),
+            executable,
+            hash: chunked.hash,
+            chunks: chunked.chunks,
+            checks: chunked.checks,
+            dev: meta.dev(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::STATE_DIR;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -262,5 +360,82 @@ mod tests {
         assert_eq!(upgraded.manifest, m);
         assert_eq!(upgraded.stats.files_hashed, 2);
         assert!(upgraded.records.iter().all(|(_, r)| r.has_checks()));
+    }
+
+    /// A tree holding a mirror or another published tree: their state (keys, database) stays
+    /// out, in any case of the name.
+    #[test]
+    fn nested_state_directories_are_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for state in ["inner/.treecast", "x/y/.TREECAST", "z/.TreeCast"] {
+            std::fs::create_dir_all(root.join(state)).unwrap();
+            std::fs::write(root.join(state).join("publisher.key"), b"secret").unwrap();
+        }
+        std::fs::write(root.join("inner/data"), b"data").unwrap();
+        std::fs::write(root.join("z/.treecast.txt"), b"fine").unwrap();
+        let scan = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
+        let paths: Vec<_> = scan
+            .manifest
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            vec!["inner", "inner/data", "x", "x/y", "z", "z/.treecast.txt"]
+        );
+    }
+
+    /// Links are listed as links and never read; a directory reached only through a link is
+    /// never walked.
+    #[test]
+    fn links_to_files_and_directories_outside_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("private")).unwrap();
+        std::fs::write(outside.path().join("private/secret"), b"secret").unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), b"mine").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("d/out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("private/secret"), root.join("s")).unwrap();
+        let scan = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
+        let paths: Vec<_> = scan
+            .manifest
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(paths, vec!["d", "d/f"]);
+        assert_eq!(scan.stats.skipped, 2);
+    }
+
+    /// A file of the listing swapped for a symlink before it is opened (the race the walk
+    /// closes): `open_entry` refuses it, so the scan skips it instead of reading the target.
+    #[test]
+    fn an_entry_swapped_for_a_link_after_listing_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::fs::write(dir.path().join("f"), b"mine").unwrap();
+        let mut walk = Walk {
+            known: &HashMap::new(),
+            ignore: &IgnoreRules::none(),
+            progress: None,
+            root: dir.path(),
+            stats: ScanStats::default(),
+            entries: Vec::new(),
+            records: Vec::new(),
+        };
+        let root = File::open(dir.path()).unwrap();
+        // Listed as a regular file, then swapped.
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("f")).unwrap();
+        let mut rel = PathBuf::from("f");
+        walk.entry(&root, OsStr::new("f"), FileType::RegularFile, &mut rel, 1)
+            .unwrap();
+        assert!(walk.records.is_empty() && walk.entries.is_empty());
+        assert_eq!(walk.stats.skipped, 1);
     }
 }
