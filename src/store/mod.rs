@@ -4,11 +4,13 @@
 //! Owns every write under a tree's root. Knows nothing of peers or the network.
 
 mod apply;
+mod conflicts;
 mod db;
 mod local;
 mod staging;
 
-pub use apply::{apply_revision, move_to_conflicts, verify_tree, ApplyStats, VerifyReport};
+pub use apply::{apply_revision, verify_tree, ApplyStats, VerifyReport};
+pub use conflicts::move_to_conflicts;
 pub use db::{Db, StoredState};
 pub use local::{local_changes, LocalChanges};
 pub use staging::{ChunkPositions, StagingArea};
