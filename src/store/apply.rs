@@ -169,7 +169,7 @@ fn install(
     let source = if last_use {
         staged
     } else {
-        let tmp = staged.with_file_name(format!("tmp-{}", hash.to_hex()));
+        let tmp = staging.copy_path(hash);
         std::fs::copy(&staged, &tmp).map_err(io_err(&tmp))?;
         tmp
     };
