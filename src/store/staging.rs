@@ -47,7 +47,7 @@ impl StagingArea {
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        super::private_dir(dir)?;
         let mut positions: ChunkPositions = HashMap::new();
         for (file, _, chunks) in wanted {
             let mut off = 0u64;
