@@ -187,6 +187,34 @@ async fn publisher_restart_on_unchanged_tree_does_not_rehash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_directories_are_owner_only() {
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    // Left wide open by something earlier: tightened at start.
+    std::fs::create_dir(src.join(".treecast")).unwrap();
+    std::fs::set_permissions(
+        src.join(".treecast"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let p = publisher(&src).await;
+    let s = subscriber(&lab.dir("s"), p.ticket()).await;
+    synced(&s, 1).await;
+    let mirror = lab.tmp.path().join("s");
+    for dir in [
+        src.join(".treecast"),
+        mirror.join(".treecast"),
+        mirror.join(".treecast/staging"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    s.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_watcher_publishes_changes() {
     let lab = Lab::new();
     let src = lab.dir("publisher");

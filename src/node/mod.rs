@@ -212,7 +212,7 @@ impl Node {
     /// key lives in `config.dir`.
     pub async fn dht_node(config: NodeConfig) -> Result<DhtNodeHandle, NodeError> {
         let state = config.state_dir();
-        std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+        crate::store::private_dir(&state)?;
         let key = crate::trust::load_or_create_node_key(&state.join("node.key"))?;
         let local = LocalInfo {
             node_id: uuid::Uuid::new_v4(),

@@ -122,7 +122,7 @@ const MUCH_SMALLER: f64 = 0.5;
 
 pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeHandle, NodeError> {
     let state = config.state_dir();
-    std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+    crate::store::private_dir(&state)?;
     let db = Arc::new(Db::open(&state.join("state.redb"))?);
     let stored = db.state()?;
     let swarm_id = stored
@@ -563,7 +563,7 @@ fn start_watcher(
 /// then make the files writable again. Returns the revision restored.
 pub(crate) async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u64, NodeError> {
     let state = config.state_dir();
-    std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+    crate::store::private_dir(&state)?;
     let stored = Db::open(&state.join("state.redb"))?.state()?;
     let swarm_id = stored.swarm_id.or(config.swarm_id).ok_or_else(|| {
         NodeError::Refused(format!(

@@ -113,7 +113,7 @@ const LOCAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5)
 
 pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
     let state = config.state_dir();
-    std::fs::create_dir_all(&state).map_err(crate::store::io_err(&state))?;
+    crate::store::private_dir(&state)?;
     let db = Arc::new(Db::open(&state.join("state.redb"))?);
     let stored = db.state()?;
     if let Some(swarm) = stored.swarm_id.filter(|s| *s != ticket.swarm_id) {

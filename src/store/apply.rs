@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{io_err, StagingArea, StoreError};
+use super::{io_err, move_to_conflicts, StagingArea, StoreError};
 use crate::tree::{mtime_ns, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
 
 /// What an apply did.
@@ -145,21 +145,6 @@ impl Aside<'_> {
     }
 }
 
-/// Move `root/rel` to `conflicts/`, named by the time (ms since the epoch) and the path with
-/// `/` as `%2F`, so that nothing a user put in the mirror is ever deleted. Returns where it went.
-pub fn move_to_conflicts(root: &Path, rel: &str, conflicts: &Path) -> Result<PathBuf, StoreError> {
-    let path = root.join(rel);
-    std::fs::create_dir_all(conflicts).map_err(io_err(conflicts))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let dest = conflicts.join(format!("{stamp}-{}", rel.replace('/', "%2F")));
-    tracing::warn!(path = rel, moved_to = %dest.display(), "mirror is read-only: moved a local change aside");
-    std::fs::rename(&path, &dest).map_err(io_err(&path))?;
-    Ok(dest)
-}
-
 fn ensure_dir(root: &Path, rel: &str, aside: &mut Aside) -> Result<(), StoreError> {
     let path = root.join(rel);
     match std::fs::symlink_metadata(&path) {
@@ -185,7 +170,7 @@ fn install(
     let source = if last_use {
         staged
     } else {
-        let tmp = staged.with_file_name(format!("tmp-{}", hash.to_hex()));
+        let tmp = staging.copy_path(hash);
         std::fs::copy(&staged, &tmp).map_err(io_err(&tmp))?;
         tmp
     };

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -17,6 +17,11 @@ use crate::tree::{read_check, ChunkRef, ContentHash};
 
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places.
 pub type ChunkPositions = HashMap<ContentHash, Vec<(ContentHash, u64, u32)>>;
+
+/// Mode of a staged file: its owner's alone, and writable until `install` sets the mirror's.
+const STAGED_MODE: u32 = 0o600;
+/// Names of copies of a staged file, made by `install`, start with this.
+const COPY_PREFIX: &str = "tmp-";
 
 /// Bytes written to a staged file after which its writeback is started in the background, so
 /// that the final fsync has little left to do.
@@ -42,7 +47,7 @@ impl StagingArea {
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        super::private_dir(dir)?;
         let mut positions: ChunkPositions = HashMap::new();
         for (file, _, chunks) in wanted {
             let mut off = 0u64;
@@ -109,18 +114,26 @@ impl StagingArea {
             postcard::to_stdvec(chunks).expect("chunks encode"),
         )
         .map_err(io_err(&sidecar))?;
+        make_writable(&path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(STAGED_MODE)
             .open(&path)
             .map_err(io_err(&path))?;
         file.set_len(size).map_err(io_err(&path))?;
         Ok(file)
     }
 
-    /// Copy still-needed chunks out of staged files of an older target, then delete them.
+    /// Where `install` copies the staged file of `hash` for one of several paths that hold it.
+    pub fn copy_path(&self, hash: &ContentHash) -> PathBuf {
+        self.dir.join(format!("{COPY_PREFIX}{}", hash.to_hex()))
+    }
+
+    /// Copy still-needed chunks out of staged files of an older target, then delete them, and
+    /// delete copies a killed `install` left behind.
     fn salvage_stale(
         &self,
         wanted: &HashSet<ContentHash>,
@@ -131,7 +144,12 @@ impl StagingArea {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".chunks") || name.starts_with("tmp-") {
+            if name.starts_with(COPY_PREFIX) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            if name.ends_with(".chunks") {
                 continue;
             }
             let is_wanted = wanted.iter().any(|h| h.to_hex() == name);
@@ -257,6 +275,21 @@ impl StagingArea {
     }
 }
 
+/// Make the staged file at `path`, if there is one, owner-writable again: `install` makes it
+/// read-only just before renaming it into the mirror, and a kill in between leaves it so. Its
+/// verified chunks are still good, and opening it for writing would fail (`EACCES`) for ever.
+fn make_writable(path: &Path) -> Result<(), StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o777 != STAGED_MODE => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(STAGED_MODE))
+                .map_err(io_err(path))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
 /// Ask the kernel to start writing `file`'s dirty pages out now, without waiting for it.
 fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd;
@@ -370,6 +403,44 @@ mod tests {
             !dir.path().join(c.hash.to_hex()).exists(),
             "stale file removed"
         );
+    }
+
+    #[test]
+    fn a_staged_file_left_read_only_is_reused_and_leftover_copies_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = noise(3 << 20, 3);
+        let c = chunk_reader(&data[..]).unwrap();
+        let wanted = vec![(c.hash, c.size, c.chunks.clone())];
+        {
+            let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
+            let mut off = 0;
+            for ch in &c.chunks {
+                let bytes = &data[off..off + ch.len as usize];
+                area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
+                off += ch.len as usize;
+            }
+        }
+        // Killed in `install` after the chmod, before the rename: the staged file is
+        // read-only, and so is a copy made for a second path.
+        let staged = dir.path().join(c.hash.to_hex());
+        let copy = dir.path().join(format!("tmp-{}", c.hash.to_hex()));
+        std::fs::copy(&staged, &copy).unwrap();
+        for p in [&staged, &copy] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+
+        let (area, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        let mode = std::fs::metadata(&staged).unwrap().permissions().mode();
+        assert_ne!(
+            mode & 0o200,
+            0,
+            "staged file is owner-writable again: {mode:o}"
+        );
+        let all: HashSet<_> = c.chunks.iter().map(|ch| ch.hash).collect();
+        assert_eq!(present, all, "every verified chunk is found again");
+        assert_eq!(area.staged_checks(&c.chunks), c.checks);
+        assert!(!copy.exists(), "the leftover copy is removed");
     }
 
     #[test]
