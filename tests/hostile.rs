@@ -93,7 +93,7 @@ fn file_entry(path: &str, data: &[u8]) -> EntryWire {
         path: path.into(),
         kind: EntryKind::File {
             size: c.size,
-            executable: false,
+            mode: 0o444,
             hash: c.hash,
             chunks: c.chunks,
         },

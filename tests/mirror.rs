@@ -313,3 +313,42 @@ async fn a_bad_ignore_file_stops_the_publisher_with_a_clear_error() {
     };
     assert!(err.contains(".treecastignore"), "{err}");
 }
+
+/// The mirror keeps the publisher's read and execute bits (a file private to its owner stays
+/// so), never adds write bits, and follows a chmod on the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_keeps_the_publishers_read_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let cases = [
+        ("public.txt", 0o644, 0o444),
+        ("group.txt", 0o640, 0o440),
+        ("private.txt", 0o600, 0o400),
+        ("run.sh", 0o750, 0o550),
+    ];
+    let chmod = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (name, mode, _) in cases {
+        write(&src, name, name.as_bytes());
+        chmod(&src.join(name), mode);
+    }
+    let p = publisher(&src).await;
+    let sub = lab.dir("sub");
+    let s = subscriber(&sub, p.ticket()).await;
+    synced(&s, 1).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for (name, _, mirrored) in cases {
+        assert_eq!(mode(&sub.join(name)), mirrored, "{name}");
+    }
+    chmod(&src.join("group.txt"), 0o600);
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    synced(&s, 2).await;
+    assert_eq!(mode(&sub.join("group.txt")), 0o400);
+    s.shutdown().await;
+    let (revision, report) = treecast::node::verify_dir(&sub).unwrap();
+    assert_eq!(revision, 2);
+    assert!(report.ok(), "{:?}", report.problems);
+    p.shutdown().await;
+}

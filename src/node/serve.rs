@@ -479,7 +479,7 @@ mod tests {
             path: RelPath::new("f").unwrap(),
             kind: crate::tree::EntryKind::File {
                 size: 10,
-                executable: false,
+                mode: 0o444,
                 hash: file,
                 chunks: refs.to_vec(),
             },

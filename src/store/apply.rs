@@ -56,13 +56,13 @@ pub fn apply_revision(
         match &entry.kind {
             EntryKind::Dir => ensure_dir(root, entry.path.as_str(), &mut aside)?,
             EntryKind::File {
-                executable,
+                mode,
                 hash,
                 chunks,
                 size,
             } => {
                 let target = entry.path.under(root);
-                let mode = if *executable { 0o555 } else { 0o444 };
+                let mode = *mode;
                 let kept = unchanged.contains(&entry.path);
                 if kept {
                     set_mode(&target, mode)?;
@@ -94,7 +94,7 @@ pub fn apply_revision(
                         size: *size,
                         mtime_ns: mtime_ns(&meta),
                         inode: meta.ino(),
-                        executable: *executable,
+                        executable: mode & 0o111 != 0,
                         hash: *hash,
                         chunks: chunks.clone(),
                         // A kept file's are in the old index, which the caller has.
@@ -257,9 +257,7 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
             EntryKind::File { .. } if !meta.is_file() => {
                 report.problems.push(format!("not a file: {}", entry.path))
             }
-            EntryKind::File {
-                hash, executable, ..
-            } => {
+            EntryKind::File { hash, mode, .. } => {
                 let f = std::fs::File::open(&path).map_err(io_err(&path))?;
                 let mut hasher = blake3::Hasher::new();
                 let mut r = std::io::BufReader::with_capacity(1 << 20, f);
@@ -271,10 +269,12 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
                         .problems
                         .push(format!("content differs: {}", entry.path));
                 }
-                if (meta.mode() & 0o111 != 0) != *executable {
-                    report
-                        .problems
-                        .push(format!("exec bit differs: {}", entry.path));
+                if meta.mode() & 0o7777 != *mode {
+                    report.problems.push(format!(
+                        "mode differs: {} is {:o}, the revision says {mode:o}",
+                        entry.path,
+                        meta.mode() & 0o7777
+                    ));
                 }
             }
         }

@@ -10,8 +10,19 @@ use serde::{Deserialize, Serialize};
 use super::{ChunkRef, ContentHash, RelPath, TreeError};
 use crate::config::{CHUNK_MAX, MAX_ENTRIES};
 
-/// Version of the manifest encoding.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest encoding. Format 1 had an exec bit where format 2 has a file's mode;
+/// both are read.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The permission bits a manifest may give a file: read and execute, for owner, group and
+/// others. Never write, setuid, setgid or sticky.
+pub const MODE_BITS: u32 = 0o555;
+
+/// The mode a published file has in the manifest: the publisher's read and execute bits, and
+/// always read for the owner (the mirror's owner reads its own mirror).
+pub fn published_mode(st_mode: u32) -> u32 {
+    st_mode & MODE_BITS | 0o400
+}
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,10 +30,67 @@ pub enum EntryKind {
     Dir,
     File {
         size: u64,
+        /// The file's mode in the mirror (see [`published_mode`]).
+        mode: u32,
+        hash: ContentHash,
+        chunks: Vec<ChunkRef>,
+    },
+}
+
+/// An entry's kind in format 1: the mirror made a file 0555 if executable, else 0444.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum EntryKindV1 {
+    Dir,
+    File {
+        size: u64,
         executable: bool,
         hash: ContentHash,
         chunks: Vec<ChunkRef>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EntryWireV1 {
+    path: String,
+    kind: EntryKindV1,
+}
+
+/// A format 1 manifest (revisions published before modes), still held and served by nodes
+/// that applied one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ManifestWireV1 {
+    format: u32,
+    entries: Vec<EntryWireV1>,
+}
+
+impl From<ManifestWireV1> for ManifestWire {
+    fn from(old: ManifestWireV1) -> Self {
+        let kind = |k| match k {
+            EntryKindV1::Dir => EntryKind::Dir,
+            EntryKindV1::File {
+                size,
+                executable,
+                hash,
+                chunks,
+            } => EntryKind::File {
+                size,
+                mode: if executable { 0o555 } else { 0o444 },
+                hash,
+                chunks,
+            },
+        };
+        ManifestWire {
+            format: MANIFEST_FORMAT,
+            entries: old
+                .entries
+                .into_iter()
+                .map(|e| EntryWire {
+                    path: e.path,
+                    kind: kind(e.kind),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A manifest entry as it travels.
@@ -74,15 +142,15 @@ impl Manifest {
         &self.entries
     }
 
-    /// File entries with their metadata.
-    pub fn files(&self) -> impl Iterator<Item = (&RelPath, u64, bool, ContentHash, &[ChunkRef])> {
+    /// File entries with their size, mode, hash and chunks.
+    pub fn files(&self) -> impl Iterator<Item = (&RelPath, u64, u32, ContentHash, &[ChunkRef])> {
         self.entries.iter().filter_map(|e| match &e.kind {
             EntryKind::File {
                 size,
-                executable,
+                mode,
                 hash,
                 chunks,
-            } => Some((&e.path, *size, *executable, *hash, chunks.as_slice())),
+            } => Some((&e.path, *size, *mode, *hash, chunks.as_slice())),
             EntryKind::Dir => None,
         })
     }
@@ -108,10 +176,17 @@ impl Manifest {
         postcard::to_stdvec(&wire).expect("manifest encodes")
     }
 
-    /// Decode and validate.
+    /// Decode and validate; a format 1 manifest is read too.
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
-        let wire: ManifestWire =
-            postcard::from_bytes(bytes).map_err(|e| TreeError::BadManifest(e.to_string()))?;
+        let bad = |e: postcard::Error| TreeError::BadManifest(e.to_string());
+        // The format comes first in both encodings.
+        let format: u32 = postcard::take_from_bytes(bytes).map_err(bad)?.0;
+        let wire: ManifestWire = match format {
+            1 => postcard::from_bytes::<ManifestWireV1>(bytes)
+                .map_err(bad)?
+                .into(),
+            _ => postcard::from_bytes(bytes).map_err(bad)?,
+        };
         Manifest::try_from(wire)
     }
 }
@@ -156,9 +231,17 @@ impl TryFrom<ManifestWire> for Manifest {
 }
 
 fn check_kind(path: &RelPath, kind: &EntryKind) -> Result<(), TreeError> {
-    let EntryKind::File { size, chunks, .. } = kind else {
+    let EntryKind::File {
+        size, chunks, mode, ..
+    } = kind
+    else {
         return Ok(());
     };
+    if *mode & !MODE_BITS != 0 || *mode & 0o400 == 0 {
+        return Err(TreeError::BadManifest(format!(
+            "{path}: mode {mode:o} (only read and execute bits, owner read always)"
+        )));
+    }
     if chunks.iter().any(|c| c.len == 0 || c.len > CHUNK_MAX) {
         return Err(TreeError::BadManifest(format!("{path}: bad chunk length")));
     }
@@ -181,7 +264,7 @@ mod tests {
             path: path.into(),
             kind: EntryKind::File {
                 size: c.size,
-                executable: false,
+                mode: 0o444,
                 hash: c.hash,
                 chunks: c.chunks,
             },
@@ -224,15 +307,53 @@ mod tests {
                 path: "a".into(),
                 kind: EntryKind::File {
                     size: 10,
-                    executable: false,
+                    mode: 0o444,
                     hash: ContentHash::of(b""),
                     chunks: vec![],
                 },
             }]),
+            with_mode(0o4555),
+            with_mode(0o644),
+            with_mode(0o044),
         ];
         for c in cases {
             assert!(Manifest::try_from(c.clone()).is_err(), "{c:?} accepted");
         }
+    }
+
+    fn with_mode(mode: u32) -> ManifestWire {
+        let mut e = file("a", b"x");
+        if let EntryKind::File { mode: m, .. } = &mut e.kind {
+            *m = mode;
+        }
+        wire(vec![e])
+    }
+
+    /// A revision published before modes is still read: the exec bit becomes 0555, else 0444,
+    /// the modes its mirror had.
+    #[test]
+    fn format_1_manifests_still_decode() {
+        let c = crate::tree::chunk_reader(&b"x"[..]).unwrap();
+        let old = |path: &str, executable| EntryWireV1 {
+            path: path.into(),
+            kind: EntryKindV1::File {
+                size: c.size,
+                executable,
+                hash: c.hash,
+                chunks: c.chunks.clone(),
+            },
+        };
+        let bytes = postcard::to_stdvec(&ManifestWireV1 {
+            format: 1,
+            entries: vec![old("a", true), old("b", false)],
+        })
+        .unwrap();
+        let m = Manifest::decode(&bytes).unwrap();
+        let modes: Vec<_> = m.files().map(|f| (f.0.as_str(), f.2)).collect();
+        assert_eq!(modes, vec![("a", 0o555), ("b", 0o444)]);
+        let mut v3 = postcard::to_stdvec(&3u32).unwrap();
+        v3.extend(&bytes[1..]);
+        assert!(Manifest::decode(&v3).is_err(), "an unknown format");
     }
 
     #[test]

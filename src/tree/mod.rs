@@ -13,7 +13,9 @@ mod scan;
 pub use chunk::{chunk_bytes, chunk_reader, ChunkRef, ChunkedFile};
 pub use hash::{read_check, ContentHash};
 pub use ignore::{IgnoreRules, IGNORE_FILE};
-pub use manifest::{Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT};
+pub use manifest::{
+    published_mode, Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT, MODE_BITS,
+};
 pub use open::{open_beneath, FileId};
 pub use path::{is_state_dir, RelPath};
 pub use scan::{mtime_ns, scan, scan_with_progress, FileRecord, Scan, ScanProgress, ScanStats};

@@ -18,6 +18,7 @@ use rustix::fs::{Dir, FileType};
 
 use serde::{Deserialize, Serialize};
 
+use super::manifest::published_mode;
 use super::open::open_entry;
 use super::path::is_state_dir;
 use super::{
@@ -245,7 +246,7 @@ impl Walk<'_> {
             path: path.clone(),
             kind: EntryKind::File {
                 size: record.size,
-                executable: record.executable,
+                mode: published_mode(meta.mode()),
                 hash: record.hash,
                 chunks: record.chunks.clone(),
             },
@@ -343,8 +344,8 @@ mod tests {
         assert_eq!(paths, vec!["a", "a/b", "a/b/file", "empty", "run.sh"]);
         assert_eq!(stats.skipped, 1);
         assert_eq!(stats.files_hashed, 2);
-        let exec: Vec<_> = m.files().map(|f| (f.0.as_str(), f.2)).collect();
-        assert_eq!(exec, vec![("a/b/file", false), ("run.sh", true)]);
+        let modes: Vec<_> = m.files().map(|f| (f.0.as_str(), f.2)).collect();
+        assert_eq!(modes, vec![("a/b/file", 0o444), ("run.sh", 0o555)]);
 
         let known: HashMap<_, _> = records.into_iter().collect();
         let again = scan(root, &known, &IgnoreRules::none()).unwrap();
@@ -360,6 +361,32 @@ mod tests {
         assert_eq!(upgraded.manifest, m);
         assert_eq!(upgraded.stats.files_hashed, 2);
         assert!(upgraded.records.iter().all(|(_, r)| r.has_checks()));
+    }
+
+    /// The publisher's read and execute bits are published, never write or setuid bits; the
+    /// owner always reads.
+    #[test]
+    fn modes_keep_read_and_execute_bits_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("group", 0o640, 0o440),
+            ("private", 0o600, 0o400),
+            ("odd", 0o044, 0o444),
+            ("setuid", 0o4775, 0o555),
+            ("owner-exec", 0o700, 0o500),
+        ];
+        for (name, mode, _) in cases {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+            std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let m = scan(dir.path(), &HashMap::new(), &IgnoreRules::none())
+            .unwrap()
+            .manifest;
+        for (name, _, published) in cases {
+            let (_, _, mode, _, _) = m.files().find(|f| f.0.as_str() == name).unwrap();
+            assert_eq!(mode, published, "{name}: {mode:o}");
+        }
     }
 
     /// A tree holding a mirror or another published tree: their state (keys, database) stays

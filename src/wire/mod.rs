@@ -54,8 +54,9 @@ use uuid::Uuid;
 use crate::tree::ContentHash;
 use crate::trust::SignedHead;
 
-/// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Protocol version spoken by this build. 3: manifests carry each file's mode (format 2), which
+/// a node of version 2 cannot read.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Magic bytes at the start of every control stream.
 pub const MAGIC: &[u8; 8] = b"treecast";
 /// Protocol name of the control stream.
