@@ -3,8 +3,9 @@
 //!
 //! A chunk already sent to one peer is refused to others for `hold` after that (the reply is
 //! "not found": ask your peers, who will have announced it by then). The same peer may ask
-//! again (its reply may have been lost), and after `hold` anyone may, so a chunk whose first
-//! receiver vanished is never stuck.
+//! again (its reply may have been lost), but that does not restart the hold: `hold` after the
+//! first send anyone may ask, so a chunk whose first receiver vanished, or keeps asking for it
+//! to keep it from everyone else, is never stuck.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -34,7 +35,8 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
     pub fn should_serve(&mut self, peer: &P, hash: ContentHash, now: Instant) -> bool {
         let serve = match self.sent.get(&hash) {
             None => true,
-            Some((to, _)) if to == peer => true,
+            // A retry: served, and the hold keeps counting from the first send.
+            Some((to, _)) if to == peer => return true,
             Some((_, at)) => now.saturating_duration_since(*at) >= self.hold,
         };
         if serve {
@@ -70,10 +72,18 @@ mod tests {
             "same peer may retry"
         );
         assert!(
-            !s.should_serve(&2, h, t0 + Duration::from_millis(2500)),
-            "hold restarted by the resend"
+            s.should_serve(&1, h, t0 + Duration::from_millis(1900)),
+            "and again"
         );
-        assert!(s.should_serve(&2, h, t0 + Duration::from_secs(4)));
+        assert!(
+            s.should_serve(&2, h, t0 + Duration::from_millis(2000)),
+            "retries do not restart the hold: it ends 2 s after the first send"
+        );
+        assert!(
+            !s.should_serve(&1, h, t0 + Duration::from_secs(3)),
+            "now 2's"
+        );
+        assert!(s.should_serve(&1, h, t0 + Duration::from_secs(4)));
         let other = ContentHash::of(b"d");
         assert!(s.should_serve(&3, other, t0));
         s.reset();

@@ -1,0 +1,76 @@
+//! A hostile peer against the publisher's seeding policy: it asks for one chunk of a new
+//! revision over and over, on the wire, to keep the publisher's hold on it (the publisher sends
+//! each new chunk to one peer first, and refuses it to others for a while). The revision must
+//! still reach an honest subscriber.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use treecast::config::MAX_CHUNK_FRAME;
+use treecast::tree::ContentHash;
+use treecast::wire::{self, ChunkRequest, CHUNKS_PROTOCOL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    // A subscriber whose own node serves only corrupt chunks (so the honest one bans it and
+    // must get the chunk from the publisher), and which keeps a raw chunk stream of its own.
+    let mut cfg = config(&lab.dir("attacker"));
+    cfg.danger_corrupt_served_chunks = true;
+    let attacker = treecast::Node::subscribe(cfg, p.ticket().clone())
+        .await
+        .unwrap();
+    synced(&attacker, 1).await;
+    let b = b"only the publisher has this chunk".to_vec();
+    write(&src, "b.txt", &b);
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    let mut stream = attacker
+        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+        .await
+        .unwrap();
+    let hash = ContentHash::of(&b);
+    let ask = move |id| wire::encode(&ChunkRequest { id, hash });
+    wire::write_frame(&mut stream, &ask(0)).await.unwrap();
+    let first = wire::read_frame(&mut stream, MAX_CHUNK_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        wire::decode_reply(&first).unwrap().0.found,
+        "the attacker gets it first"
+    );
+
+    // Asks again every 200 ms (well inside the hold), for as long as the honest one syncs.
+    let keep_asking = tokio::spawn(async move {
+        for id in 1..3000u32 {
+            if wire::write_frame(&mut stream, &ask(id)).await.is_err() {
+                return;
+            }
+            if wire::read_frame(&mut stream, MAX_CHUNK_FRAME)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
+    synced(&honest, 2).await;
+    assert_eq!(
+        std::fs::read(lab.tmp.path().join("honest/b.txt")).unwrap(),
+        b
+    );
+    assert!(!keep_asking.is_finished(), "the attacker was still asking");
+    keep_asking.abort();
+    for n in [honest, attacker, p] {
+        n.shutdown().await;
+    }
+}
