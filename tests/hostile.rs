@@ -495,6 +495,24 @@ async fn a_genuine_head_padded_with_junk_handovers_is_refused_and_its_sender_ban
     assert_eq!((stored.body.revision, stored.succession.len()), (2, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_padding_the_publishers_own_head_is_banned_and_the_publisher_keeps_serving() {
+    use treecast::config::MAX_CONTROL_FRAME;
+    use treecast::wire::{self, ControlMsg};
+    let (lab, src, p, attacker) = attack_setup().await;
+    let genuine = hello_of(&attacker, p.peer_id()).await.head.unwrap();
+    let padded = pad_with_junk_handovers(genuine, &test_key().public(), MAX_CONTROL_FRAME);
+    let mut stream = session_with(&attacker, p.peer_id(), p.ticket().swarm_id).await;
+    wire::write_frame(&mut stream, &wire::encode(&ControlMsg::Head(padded)))
+        .await
+        .unwrap();
+    eventually(WAIT, "the publisher to refuse the padded head", || {
+        p.stats().heads_rejected >= 1
+    })
+    .await;
+    banned_and_still_serving(lab, &src, p, attacker).await;
+}
+
 /// `head` with junk handover records from the swarm's first key appended, until its `Head`
 /// message is a few bytes short of `max`. Each record is a candidate the receiver must check.
 fn pad_with_junk_handovers(
