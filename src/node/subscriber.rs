@@ -435,7 +435,7 @@ impl Subscriber {
             reason: format!("forged head: {e}"),
         };
         let _ = self.net.send(ban).await;
-        // Counted once the ban is on its way: a test that sees the count finds the ban.
+        // Counted after the ban is queued: the count never runs ahead of the ban.
         Stats::add(&self.stats.heads_rejected, 1);
     }
 
