@@ -19,6 +19,10 @@ pub const CHUNK_MAX: u32 = 1024 * 1024;
 pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
 /// Largest frame on a chunk stream: one chunk plus its header.
 pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
+/// Most handover records a head may carry, and most handovers a swarm's lineage follows. A
+/// swarm changes hands rarely; the cap bounds the signatures a head can make a node check. A
+/// peer sending a head with more is banned like one sending a forged head.
+pub const MAX_SUCCESSION: usize = 16;
 /// Largest manifest we are willing to fetch and decode.
 pub const MAX_MANIFEST_SIZE: u64 = 512 * 1024 * 1024;
 /// Longest path in a manifest, in bytes.

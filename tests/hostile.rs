@@ -411,3 +411,198 @@ async fn banned_and_still_serving(
         n.shutdown().await;
     }
 }
+
+/// A hostile peer replays the publisher's genuine new head padded with junk handover records
+/// (the records ride outside the head's signature). The victim must refuse it and ban the
+/// sender, and never keep, serve or announce the padding: its hello would outgrow
+/// `MAX_CONTROL_FRAME` and get it banned by every honest peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_head_padded_with_junk_handovers_is_refused_and_its_sender_banned() {
+    use treecast::config::MAX_CONTROL_FRAME;
+    use treecast::wire::{self, ControlMsg};
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let victim_dir = lab.dir("victim");
+    let v = subscriber(&victim_dir, p.ticket()).await;
+    synced(&v, 1).await;
+    v.shutdown().await;
+
+    // Revision 2 appears while the victim is away; a scout (a node of another swarm) reads
+    // its genuine head from the publisher's hello.
+    write(&src, "b.txt", b"b");
+    assert_eq!(p.rescan().await.unwrap(), Some(2));
+    let scout = Node::publish(config(&lab.dir("scout")), other_key())
+        .await
+        .unwrap();
+    scout.dial(p.listen_addrs()[0].clone()).await.unwrap();
+    let genuine = hello_of(&scout, p.peer_id()).await.head.unwrap();
+    assert_eq!((genuine.body.revision, genuine.succession.len()), (2, 0));
+
+    // The victim comes back knowing only the attacker (another node of another swarm, which
+    // never met the publisher), so the padded copy is the first head it sees.
+    let attacker = Node::publish(config(&lab.dir("attacker")), other_key())
+        .await
+        .unwrap();
+    std::fs::remove_file(victim_dir.join(".treecast/peers")).unwrap();
+    let mut vcfg = config(&victim_dir);
+    vcfg.bootstrap = attacker.listen_addrs().to_vec();
+    let v = Node::subscribe(vcfg, p.ticket().without_addrs())
+        .await
+        .unwrap();
+    let padded = pad_with_junk_handovers(genuine, &test_key().public(), MAX_CONTROL_FRAME);
+    let head_frame = wire::encode(&ControlMsg::Head(padded.clone()));
+    assert!(padded.succession.len() > 1_500 && head_frame.len() <= MAX_CONTROL_FRAME);
+    let mut stream = session_with(&attacker, v.peer_id(), p.ticket().swarm_id).await;
+    wire::write_frame(&mut stream, &head_frame).await.unwrap();
+    eventually(WAIT, "the victim to judge the padded head", || {
+        v.stats().heads_rejected >= 1 || v.status().borrow().newest_known == Some(2)
+    })
+    .await;
+
+    // The victim keeps syncing from the publisher.
+    v.dial(p.listen_addrs()[0].clone()).await.unwrap();
+    synced(&v, 2).await;
+
+    // An honest newcomer that knows only the victim is not banned by it (the hello it gets is
+    // small) and syncs from it.
+    let mut hcfg = config(&lab.dir("honest"));
+    hcfg.bootstrap = v.listen_addrs().to_vec();
+    let h = Node::subscribe(hcfg, p.ticket().without_addrs())
+        .await
+        .unwrap();
+    eventually(WAIT, "the newcomer to sync or ban", || {
+        let st = h.status().borrow().clone();
+        h.stats().peers_banned >= 1 || (st.synced && st.revision == Some(2))
+    })
+    .await;
+    assert_eq!(h.stats().peers_banned, 0, "the newcomer banned the victim");
+    assert_same_tree(&src, &lab.tmp.path().join("honest"));
+
+    assert!(v.stats().heads_rejected >= 1, "the padded head was kept");
+    assert!(v
+        .banned_peers()
+        .await
+        .unwrap()
+        .contains(&attacker.peer_id()));
+    for n in [h, v, attacker, scout, p] {
+        n.shutdown().await;
+    }
+    // What the victim stored and serves carries no junk.
+    let db = treecast::store::Db::open(&victim_dir.join(".treecast/state.redb")).unwrap();
+    let stored = treecast::trust::SignedHead::decode(&db.state().unwrap().head.unwrap()).unwrap();
+    assert_eq!((stored.body.revision, stored.succession.len()), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_padding_the_publishers_own_head_is_banned_and_the_publisher_keeps_serving() {
+    use treecast::config::MAX_CONTROL_FRAME;
+    use treecast::wire::{self, ControlMsg};
+    let (lab, src, p, attacker) = attack_setup().await;
+    let genuine = hello_of(&attacker, p.peer_id()).await.head.unwrap();
+    let padded = pad_with_junk_handovers(genuine, &test_key().public(), MAX_CONTROL_FRAME);
+    let mut stream = session_with(&attacker, p.peer_id(), p.ticket().swarm_id).await;
+    wire::write_frame(&mut stream, &wire::encode(&ControlMsg::Head(padded)))
+        .await
+        .unwrap();
+    eventually(WAIT, "the publisher to refuse the padded head", || {
+        p.stats().heads_rejected >= 1
+    })
+    .await;
+    banned_and_still_serving(lab, &src, p, attacker).await;
+}
+
+/// `head` with junk handover records from the swarm's first key appended, until its `Head`
+/// message is a few bytes short of `max`. Each record is a candidate the receiver must check.
+fn pad_with_junk_handovers(
+    mut head: treecast::trust::SignedHead,
+    pin: &treecast::trust::PublisherPublicKey,
+    max: usize,
+) -> treecast::trust::SignedHead {
+    use treecast::trust::{Succession, SuccessionBody};
+    use treecast::wire::{self, ControlMsg};
+    let size = |h: &treecast::trust::SignedHead| wire::encode(&ControlMsg::Head(h.clone())).len();
+    let junk = |i: u64| Succession {
+        body: SuccessionBody {
+            swarm_id: head.body.swarm_id,
+            from: pin.to_bytes(),
+            to: other_key().public().to_bytes(),
+            from_revision: 1_000 + i,
+            created_unix_ms: 0,
+        },
+        signature: vec![0x5a; 64],
+    };
+    let mut i = 0;
+    while size(&head) + 200 < max {
+        head.succession.push(junk(i));
+        i += 1;
+    }
+    while size(&head) + 2 < max {
+        head.succession.last_mut().unwrap().signature.push(0x5a);
+    }
+    head
+}
+
+/// Open a control stream from `from` to `peer` as soon as they are connected.
+async fn stream_when_connected(
+    from: &treecast::NodeHandle,
+    peer: libp2p::PeerId,
+) -> treecast::net::streams::Stream {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match from
+            .danger_open_stream(peer, treecast::wire::CONTROL_PROTOCOL)
+            .await
+        {
+            Ok(s) => return s,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The hello `peer` sends on a control stream opened by `from`.
+async fn hello_of(from: &treecast::NodeHandle, peer: libp2p::PeerId) -> treecast::wire::Hello {
+    use treecast::wire::{self, ControlMsg, PROTOCOL_VERSION};
+    let mut s = stream_when_connected(from, peer).await;
+    wire::write_handshake(&mut s, PROTOCOL_VERSION)
+        .await
+        .unwrap();
+    wire::read_handshake(&mut s, PROTOCOL_VERSION)
+        .await
+        .unwrap();
+    let frame = wire::read_frame(&mut s, treecast::config::MAX_CONTROL_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    match wire::decode(&frame).unwrap() {
+        ControlMsg::Hello(h) => h,
+        other => panic!("expected a hello, got {other:?}"),
+    }
+}
+
+/// A control session from `from` to `peer`, speaking by hand: handshake and a hello for
+/// `swarm_id`, ready for what the test sends next.
+async fn session_with(
+    from: &treecast::NodeHandle,
+    peer: libp2p::PeerId,
+    swarm_id: uuid::Uuid,
+) -> treecast::net::streams::Stream {
+    use treecast::wire::{self, ControlMsg, Hello, Role, PROTOCOL_VERSION};
+    let mut s = stream_when_connected(from, peer).await;
+    wire::write_handshake(&mut s, PROTOCOL_VERSION)
+        .await
+        .unwrap();
+    let hello = Hello {
+        node_id: uuid::Uuid::new_v4(),
+        swarm_id,
+        role: Role::Subscriber,
+        head: None,
+        addrs: Vec::new(),
+    };
+    wire::write_frame(&mut s, &wire::encode(&ControlMsg::Hello(hello)))
+        .await
+        .unwrap();
+    s
+}

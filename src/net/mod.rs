@@ -277,4 +277,31 @@ mod tests {
         assert!(parse_addr("/ip4/1.2.3.4/udp/1/quic-v1").is_ok());
         assert!(matches!(parse_addr("nonsense"), Err(NetError::BadAddr(_))));
     }
+
+    #[test]
+    fn head_records_over_the_handover_cap_are_refused() {
+        use crate::config::MAX_SUCCESSION;
+        use crate::trust::{HeadBody, PublisherKey, SignedHead, Succession};
+        let key = PublisherKey::generate();
+        let swarm = uuid::Uuid::new_v4();
+        let body = HeadBody {
+            swarm_id: swarm,
+            revision: 3,
+            manifest_hash: crate::tree::ContentHash::of(b"m"),
+            manifest_size: 1,
+            manifest_index_hash: crate::tree::ContentHash::of(b"i"),
+            created_unix_ms: 0,
+            signer: [0; 32],
+        };
+        let mut head = SignedHead::sign(body, &key).signed().clone();
+        let record =
+            |h: &SignedHead| kad::Record::new(head_key(&swarm, &h.body.signer), h.encode());
+        assert!(validate_head_record(&record(&head), None).is_ok());
+        let junk = Succession::sign(&key, swarm, PublisherKey::generate().public(), 1);
+        head.succession = vec![junk; MAX_SUCCESSION + 1];
+        assert!(matches!(
+            validate_head_record(&record(&head), None),
+            Err(HeadRecordError::Invalid(_))
+        ));
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -301,7 +302,7 @@ impl Publisher {
                 found = &mut lookup, if !dht_done => {
                     dht_done = true;
                     if let Ok(Some(head)) = found {
-                        self.note_head(&head);
+                        self.note_head(None, &head);
                     }
                 }
                 ev = events.recv() => match ev {
@@ -315,10 +316,23 @@ impl Publisher {
         }
     }
 
-    /// A head from the swarm: if our key signed it, remember its revision.
-    fn note_head(&mut self, head: &SignedHead) {
-        if self.lineage.extend(&head.succession, self.swarm_id) {
-            let _ = self.db.set_lineage(self.lineage.links());
+    /// A head from the swarm (from `peer`, or the DHT): if our key signed it, remember its
+    /// revision. A peer whose head carries too many or forged handover records is banned.
+    fn note_head(&mut self, peer: Option<PeerId>, head: &SignedHead) {
+        match self.lineage.follow(&head.succession, self.swarm_id) {
+            Ok(false) => {}
+            Ok(true) => {
+                let _ = self.db.set_lineage(self.lineage.links());
+            }
+            Err(e) => {
+                warn!(?peer, error = %e, "rejected a head's handover records");
+                if let (Some(peer), Some(net)) = (peer, &self.net) {
+                    let reason = format!("forged head: {e}");
+                    let _ = net.try_send(NetCommand::Ban { peer, reason });
+                }
+                Stats::add(&self.stats.heads_rejected, 1);
+                return;
+            }
         }
         if let Ok(h) = self.lineage.verify(head.clone(), self.swarm_id) {
             self.swarm_newest = self.swarm_newest.max(h.revision());
@@ -371,14 +385,14 @@ impl Publisher {
             PeerEvent::Up { peer, hello, .. } => {
                 info!(%peer, role = ?hello.role, "peer joined");
                 if let Some(head) = &hello.head {
-                    self.note_head(head);
+                    self.note_head(Some(peer), head);
                 }
                 self.status.send_modify(|s| {
                     s.peers += 1;
                     s.peers_seen += 1;
                 });
             }
-            PeerEvent::Head { head, .. } => self.note_head(&head),
+            PeerEvent::Head { peer, head } => self.note_head(Some(peer), &head),
             PeerEvent::Down { peer, .. } => {
                 info!(%peer, "peer left");
                 self.status

@@ -381,17 +381,22 @@ impl Subscriber {
 
     /// A head arrived from `peer`: verify it, and retarget if it is the newest.
     async fn consider(&mut self, peer: PeerId, head: SignedHead) {
-        if self.lineage.extend(&head.succession, self.swarm_id) {
-            info!(
-                to = %super::report::fingerprint(&self.lineage.current()),
-                from_revision = self.lineage.since(),
-                "the publisher handed this swarm over to a new key: following it"
-            );
-            if let Err(e) = self.db.set_lineage(self.lineage.links()) {
-                error!(error = %e, "could not record the handover");
+        match self.lineage.follow(&head.succession, self.swarm_id) {
+            Ok(false) => {}
+            Ok(true) => {
+                info!(
+                    to = %super::report::fingerprint(&self.lineage.current()),
+                    from_revision = self.lineage.since(),
+                    "the publisher handed this swarm over to a new key: following it"
+                );
+                if let Err(e) = self.db.set_lineage(self.lineage.links()) {
+                    error!(error = %e, "could not record the handover");
+                }
             }
+            Err(e) => return self.reject(peer, e).await,
         }
         let signer = head.body.signer;
+        // Verified, the head carries only the handovers from the pinned key to its signer.
         let head = match self.lineage.verify(head, self.swarm_id) {
             Ok(h) => h,
             Err(e) if self.lineage.is_earlier_key(&signer) => {
@@ -401,18 +406,7 @@ impl Subscriber {
                 tracing::debug!(%peer, error = %e, "ignoring a head signed by a former publisher key");
                 return;
             }
-            Err(e) => {
-                warn!(%peer, error = %e, "rejected a head: not signed by the pinned publisher key");
-                Stats::add(&self.stats.heads_rejected, 1);
-                let _ = self
-                    .net
-                    .send(NetCommand::Ban {
-                        peer,
-                        reason: format!("forged head: {e}"),
-                    })
-                    .await;
-                return;
-            }
+            Err(e) => return self.reject(peer, e).await,
         };
         let rev = head.revision();
         if rev < self.applied_revision() {
@@ -431,6 +425,18 @@ impl Subscriber {
             head.signed().clone(),
         )));
         self.start_download(head);
+    }
+
+    /// `peer` sent a forged head (or forged handover records with it): count it, ban the peer.
+    async fn reject(&self, peer: PeerId, e: crate::trust::TrustError) {
+        warn!(%peer, error = %e, "rejected a forged head: banning its sender");
+        let ban = NetCommand::Ban {
+            peer,
+            reason: format!("forged head: {e}"),
+        };
+        let _ = self.net.send(ban).await;
+        // Counted after the ban is queued: the count never runs ahead of the ban.
+        Stats::add(&self.stats.heads_rejected, 1);
     }
 
     /// Retry a download that stopped on a local storage error, once its wait is over.

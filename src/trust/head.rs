@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PublisherKey, PublisherPublicKey, TrustError};
+use crate::config::MAX_SUCCESSION;
 use crate::tree::ContentHash;
 
 const HEAD_DOMAIN: &[u8] = b"treecast/head/v1\0";
@@ -56,12 +57,19 @@ impl SignedHead {
         })
     }
 
-    /// Check signer, signature and swarm.
+    /// Check signer, signature and swarm, and that the handover records are within
+    /// `MAX_SUCCESSION` (the records themselves are checked by [`super::Lineage`]).
     pub fn verify(
         self,
         pinned: &PublisherPublicKey,
         swarm_id: Uuid,
     ) -> Result<VerifiedHead, TrustError> {
+        if self.succession.len() > MAX_SUCCESSION {
+            return Err(TrustError::SuccessionTooLong {
+                len: self.succession.len(),
+                max: MAX_SUCCESSION,
+            });
+        }
         if self.body.signer != pinned.to_bytes() {
             let got = data_encoding::HEXLOWER.encode(&self.body.signer);
             return Err(TrustError::WrongSigner {

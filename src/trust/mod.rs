@@ -12,7 +12,7 @@ mod export;
 mod succession;
 pub use export::{export_key, import_key, KeyFileError, MIN_PASSPHRASE};
 pub use keys::{load_or_create_node_key, PublisherKey, PublisherPublicKey};
-pub use succession::{Lineage, Succession, SuccessionBody, MAX_LINKS};
+pub use succession::{Lineage, Succession, SuccessionBody};
 pub use ticket::Ticket;
 
 use thiserror::Error;
@@ -50,4 +50,8 @@ pub enum TrustError {
     HeadDecode(String),
     #[error("handover: {0}")]
     Succession(String),
+    #[error("head carries {len} handover records, over the cap of {max}")]
+    SuccessionTooLong { len: usize, max: usize },
+    #[error("handover record from key {from} does not verify")]
+    ForgedSuccession { from: String },
 }

@@ -5,16 +5,18 @@
 //!
 //! Records travel with heads (outside the signed body: each record is self-authenticating), so
 //! a subscriber that was offline during a handover follows it from the first head of the new
-//! publisher it sees.
+//! publisher it sees. Because they are outside the signature, anyone can add records to a
+//! genuine head: a head carries at most `MAX_SUCCESSION`, a record that would continue the
+//! lineage must verify, and a verified head carries only the chain from the swarm's first key
+//! to its signer, as the lineage holds it.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PublisherKey, PublisherPublicKey, SignedHead, TrustError, VerifiedHead};
+use crate::config::MAX_SUCCESSION;
 
 const SUCCESSION_DOMAIN: &[u8] = b"treecast/succession/v1\0";
-/// Most handovers a lineage follows (a bound on what a peer can make us verify).
-pub const MAX_LINKS: usize = 64;
 
 /// What the outgoing key signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,21 +140,26 @@ impl Lineage {
         std::iter::once(self.pin.to_bytes()).chain(self.links.iter().map(|l| l.body.to))
     }
 
-    /// Follow the records in `chain` that continue this lineage: each signed by the key then
-    /// current, for this swarm, at a later revision than the last, to a key not seen before.
-    /// Returns whether the lineage grew.
+    /// Whether `l` is the next handover: for this swarm, from the key now current, at a later
+    /// revision than the last handover, to a valid key not seen before. The signature is not
+    /// checked here.
+    fn continued_by(&self, l: &Succession, swarm_id: Uuid) -> bool {
+        l.body.swarm_id == swarm_id
+            && l.body.from == self.current().to_bytes()
+            && l.body.from_revision > self.since()
+            && !self.keys().any(|k| k == l.body.to)
+            && PublisherPublicKey::from_bytes(l.body.to).is_ok()
+    }
+
+    /// Follow the records in `chain` that continue this lineage and verify, skipping the rest:
+    /// for records of this node's own (the state database, `--succession`). Returns whether
+    /// the lineage grew.
     pub fn extend(&mut self, chain: &[Succession], swarm_id: Uuid) -> bool {
         let mut grew = false;
-        while self.links.len() < MAX_LINKS {
-            let current = self.current().to_bytes();
-            let since = self.since();
-            let next = chain.iter().find(|l| {
-                l.body.from == current
-                    && l.body.from_revision > since
-                    && !self.keys().any(|k| k == l.body.to)
-                    && PublisherPublicKey::from_bytes(l.body.to).is_ok()
-                    && l.valid(swarm_id)
-            });
+        while self.links.len() < MAX_SUCCESSION {
+            let next = chain
+                .iter()
+                .find(|l| self.continued_by(l, swarm_id) && l.valid(swarm_id));
             match next {
                 Some(l) => {
                     self.links.push(l.clone());
@@ -164,17 +171,51 @@ impl Lineage {
         grew
     }
 
+    /// Follow the records of a head a peer sent. More than `MAX_SUCCESSION` records, or a
+    /// record that would continue the lineage but does not verify, is an error (no honest node
+    /// sends either) and nothing is followed. Records that do not continue the lineage cost no
+    /// signature check; [`Lineage::verify`] drops them. Returns whether the lineage grew.
+    pub fn follow(&mut self, chain: &[Succession], swarm_id: Uuid) -> Result<bool, TrustError> {
+        if chain.len() > MAX_SUCCESSION {
+            return Err(TrustError::SuccessionTooLong {
+                len: chain.len(),
+                max: MAX_SUCCESSION,
+            });
+        }
+        let mut grown = self.clone();
+        while grown.links.len() < MAX_SUCCESSION {
+            let Some(l) = chain.iter().find(|l| grown.continued_by(l, swarm_id)) else {
+                break;
+            };
+            if !l.valid(swarm_id) {
+                let from = data_encoding::HEXLOWER.encode(&l.body.from);
+                return Err(TrustError::ForgedSuccession { from });
+            }
+            grown.links.push(l.clone());
+        }
+        let grew = grown.links.len() > self.links.len();
+        *self = grown;
+        Ok(grew)
+    }
+
     /// Check a head: signed by the key that held the swarm at its revision. A key handed over
     /// from can no longer sign revisions at or after its successor's first one; what it signed
-    /// before stays valid history.
-    pub fn verify(&self, head: SignedHead, swarm_id: Uuid) -> Result<VerifiedHead, TrustError> {
+    /// before stays valid history. The verified head carries the handovers from the first key
+    /// to its signer as this lineage holds them, whatever the head came with: what a node keeps
+    /// and passes on is never more than it could have built itself.
+    pub fn verify(&self, mut head: SignedHead, swarm_id: Uuid) -> Result<VerifiedHead, TrustError> {
         let rev = head.body.revision;
-        let mut key = self.pin;
-        for l in &self.links {
-            if rev >= l.body.from_revision {
-                key = PublisherPublicKey::from_bytes(l.body.to).expect("checked when followed");
-            }
-        }
+        // Handovers are followed in increasing revision order: those in force are a prefix.
+        let in_force = self
+            .links
+            .iter()
+            .take_while(|l| rev >= l.body.from_revision)
+            .count();
+        let chain = &self.links[..in_force];
+        let key = chain.last().map_or(self.pin, |l| {
+            PublisherPublicKey::from_bytes(l.body.to).expect("checked when followed")
+        });
+        head.succession = chain.to_vec();
         head.verify(&key, swarm_id)
     }
 
@@ -256,5 +297,80 @@ mod tests {
         let text = Succession::to_text(lineage.links());
         assert_eq!(Succession::from_text(&text).unwrap(), lineage.links());
         assert!(Succession::from_text("tcs1zz").is_err());
+    }
+
+    #[test]
+    fn a_head_keeps_only_the_chain_to_its_signer() {
+        let (a, b, c, m) = (
+            PublisherKey::generate(),
+            PublisherKey::generate(),
+            PublisherKey::generate(),
+            PublisherKey::generate(),
+        );
+        let swarm = Uuid::new_v4();
+        let (ab, bc) = (
+            Succession::sign(&a, swarm, b.public(), 5),
+            Succession::sign(&b, swarm, c.public(), 9),
+        );
+        // Genuine records of a stranger, which continue nothing: no signature check, no error.
+        let stray = Succession::sign(&m, swarm, a.public(), 2);
+        let mut padded = head(&c, swarm, 9);
+        padded.succession = vec![stray.clone(), bc.clone(), stray, ab.clone()];
+        let mut lineage = Lineage::new(a.public());
+        assert!(lineage.follow(&padded.succession, swarm).unwrap());
+        let verified = lineage.verify(padded, swarm).unwrap();
+        assert_eq!(verified.signed().succession, vec![ab.clone(), bc]);
+        // A head from before the second handover carries the first one only.
+        let older = lineage.verify(head(&b, swarm, 6), swarm).unwrap();
+        assert_eq!(older.signed().succession, vec![ab]);
+        assert!(lineage
+            .verify(head(&a, swarm, 4), swarm)
+            .unwrap()
+            .signed()
+            .succession
+            .is_empty());
+    }
+
+    #[test]
+    fn too_many_or_forged_records_are_an_error_and_nothing_is_followed() {
+        let (a, b, m) = (
+            PublisherKey::generate(),
+            PublisherKey::generate(),
+            PublisherKey::generate(),
+        );
+        let swarm = Uuid::new_v4();
+        let ab = Succession::sign(&a, swarm, b.public(), 5);
+        let mut lineage = Lineage::new(a.public());
+        let long = vec![ab.clone(); MAX_SUCCESSION + 1];
+        assert!(matches!(
+            lineage.follow(&long, swarm),
+            Err(TrustError::SuccessionTooLong { len, max: MAX_SUCCESSION }) if len == long.len()
+        ));
+        // Claims to come from b, the next key to hand over, but m signed it.
+        let mut forged = Succession::sign(&m, swarm, m.public(), 7);
+        forged.body.from = b.public().to_bytes();
+        assert!(matches!(
+            lineage.follow(&[ab.clone(), forged], swarm),
+            Err(TrustError::ForgedSuccession { .. })
+        ));
+        assert_eq!(
+            lineage,
+            Lineage::new(a.public()),
+            "followed part of a forged chain"
+        );
+        // The same over-long list on a head signed by the pinned key.
+        let mut h = head(&a, swarm, 1);
+        h.succession = long;
+        assert!(matches!(
+            h.clone().verify(&a.public(), swarm),
+            Err(TrustError::SuccessionTooLong { .. })
+        ));
+        // A lineage verifies what it holds, so a head kept from before the cap loads again.
+        assert!(lineage
+            .verify(h, swarm)
+            .unwrap()
+            .signed()
+            .succession
+            .is_empty());
     }
 }

@@ -27,6 +27,10 @@
 //!    `HEARTBEAT_INTERVAL`, and [`ControlMsg::Goodbye`] before a graceful close. Silence for
 //!    `PEER_TIMEOUT` means gone.
 //!
+//! A head (in a hello or a `Head`) carries at most `MAX_SUCCESSION` handover records, outside
+//! its signature. A receiver keeps and passes on only the chain from the swarm's first key to
+//! the head's signer; a peer that sends more records, or a forged one, is banned.
+//!
 //! Messages are postcard-encoded enums: new variants are only appended, so slots never move.
 //!
 //! # `/treecast/chunks/1`
