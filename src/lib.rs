@@ -3,7 +3,8 @@
 //!
 //! A tour, from the bottom up:
 //! - [`config`]: every limit, timeout and default in one place.
-//! - [`tree`]: validated paths, FastCDC chunking, BLAKE3, scanning, the manifest (pure).
+//! - [`tree`]: validated paths, FastCDC chunking, BLAKE3, scanning, the manifest, opening a
+//!   tree's files without following links (pure apart from reading files).
 //! - [`trust`]: publisher and node keys, signed heads, tickets.
 //! - [`wire`]: the protocol specification and message types, framing with hard caps.
 //! - [`store`]: the redb state database, the staging area, applying a revision atomically per
