@@ -466,6 +466,21 @@ mod tests {
         assert!(!matches!(content.read_now(&short), Ok(Some(_))));
     }
 
+    /// A head for an index; serving never looks at it.
+    fn head() -> SignedHead {
+        let body = crate::trust::HeadBody {
+            swarm_id: uuid::Uuid::new_v4(),
+            revision: 1,
+            manifest_hash: ContentHash::of(b""),
+            manifest_size: 0,
+            manifest_index_hash: ContentHash::of(b""),
+            created_unix_ms: 0,
+            signer: [0; 32],
+        };
+        let key = crate::trust::PublisherKey::generate();
+        SignedHead::sign(body, &key).signed().clone()
+    }
+
     #[test]
     fn disk_reads_with_a_read_check_are_checked_against_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,19 +500,6 @@ mod tests {
             },
         }])
         .unwrap();
-        let key = crate::trust::PublisherKey::generate();
-        let head = || {
-            let body = crate::trust::HeadBody {
-                swarm_id: uuid::Uuid::new_v4(),
-                revision: 1,
-                manifest_hash: ContentHash::of(b""),
-                manifest_size: 0,
-                manifest_index_hash: ContentHash::of(b""),
-                created_unix_ms: 0,
-                signer: [0; 32],
-            };
-            SignedHead::sign(body, &key).signed().clone()
-        };
         let build = |checks: &FileChecks| {
             ServeIndex::build(dir.path().into(), head(), &manifest, vec![], checks)
         };
@@ -563,17 +565,7 @@ mod tests {
         )
         .unwrap();
         let chunk = ContentHash::of(guess);
-        let key = crate::trust::PublisherKey::generate();
-        let body = crate::trust::HeadBody {
-            swarm_id: uuid::Uuid::new_v4(),
-            revision: 1,
-            manifest_hash: ContentHash::of(b""),
-            manifest_size: 0,
-            manifest_index_hash: ContentHash::of(b""),
-            created_unix_ms: 0,
-            signer: [0; 32],
-        };
-        let head = SignedHead::sign(body, &key).signed().clone();
+        let head = head();
         let content = Content::default();
         let checks = file_checks(scan.records.iter().map(|(p, r)| (p, r)));
         content.replace(ServeIndex::build(
