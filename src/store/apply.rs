@@ -269,7 +269,9 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
                         .problems
                         .push(format!("content differs: {}", entry.path));
                 }
-                if meta.mode() & 0o7777 != *mode {
+                // What the publisher's own tree would publish (it keeps its write bits).
+                let published = crate::tree::published_mode(meta.mode());
+                if published != *mode {
                     report.problems.push(format!(
                         "mode differs: {} is {:o}, the revision says {mode:o}",
                         entry.path,
