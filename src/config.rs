@@ -48,6 +48,9 @@ pub const HAVE_INTERVAL: Duration = Duration::from_millis(250);
 pub const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
 /// Peers we hold control sessions with at once.
 pub const MAX_PEERS: usize = 64;
+/// A session that moved no chunk bytes for this long may be ended to make room for a newcomer
+/// when every slot is taken (see `swarm::Slots`).
+pub const SESSION_IDLE: Duration = Duration::from_secs(60);
 
 /// Control messages a peer may send per second on average, and in one burst; more is a flood
 /// (an honest peer sends a few per second: availability every 250 ms, heartbeats, heads).
@@ -106,6 +109,9 @@ pub struct NodeConfig {
     pub max_download: Option<u64>,
     /// Most peers to hold sessions with (peer exchange dials up to this many).
     pub max_peers: usize,
+    /// With every session slot taken, a session idle this long (no chunk bytes moved) may be
+    /// ended for a newcomer. Only tests change it.
+    pub session_idle: Duration,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
     /// Ask a UPnP gateway on the LAN to forward our port (the CLI turns it on when listening
@@ -150,6 +156,7 @@ impl NodeConfig {
             max_upload: None,
             max_download: None,
             max_peers: 32,
+            session_idle: SESSION_IDLE,
             mdns: true,
             upnp: false,
             ignore: Vec::new(),

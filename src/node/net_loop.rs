@@ -26,7 +26,7 @@ use crate::config::{
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
-use crate::swarm::SeedPolicy;
+use crate::swarm::{Admission, SeedPolicy, Slots};
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
     MAX_PEERS_PER_MSG,
@@ -165,6 +165,8 @@ struct NetLoop {
     corrupt: bool,
     cancel: CancellationToken,
     sessions: HashMap<PeerId, Session>,
+    /// Who holds the session slots, and whom a newcomer may push out.
+    slots: Slots<PeerId>,
     banned: HashMap<PeerId, Instant>,
     inbound_chunk_streams: HashMap<(PeerId, libp2p::swarm::ConnectionId), Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
@@ -292,6 +294,7 @@ pub(crate) async fn start(
         corrupt: config.danger_corrupt_served_chunks,
         cancel: cancel.child_token(),
         sessions: HashMap::new(),
+        slots: Slots::new(config.max_peers.clamp(1, MAX_PEERS), config.session_idle),
         banned: HashMap::new(),
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
@@ -492,6 +495,7 @@ impl NetLoop {
                     self.next_reserve = tokio::time::Instant::now() + RESERVE_RETRY;
                 }
                 _ = tokio::time::sleep_until(self.next_exchange) => {
+                    self.observe_slots();
                     self.exchange_all();
                     self.next_exchange = tokio::time::Instant::now() + PEER_EXCHANGE_EVERY;
                 }
@@ -613,6 +617,7 @@ impl NetLoop {
             NetCommand::SessionEnded { peer, session } => {
                 if self.sessions.get(&peer).is_some_and(|s| s.id == session) {
                     self.sessions.remove(&peer);
+                    self.slots.leave(&peer);
                 }
                 if !self.sessions.contains_key(&peer)
                     && self.reopen.remove(&peer)
@@ -1161,6 +1166,7 @@ impl NetLoop {
         if let Some(s) = self.sessions.remove(&peer) {
             s.cancel.cancel();
         }
+        self.slots.leave(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
@@ -1473,6 +1479,56 @@ impl NetLoop {
         });
     }
 
+    /// Chunk bytes moved between `peer` and us so far, both ways.
+    fn bytes_with(traffic: &super::traffic::TrafficSnapshot, peer: &PeerId) -> u64 {
+        traffic
+            .peers
+            .get(peer)
+            .map_or(0, |(b, _)| b.up.saturating_add(b.down))
+    }
+
+    /// Tell the slots what each session's peer did since the last look: chunk bytes moved, and
+    /// whether it holds the revision we hold.
+    fn observe_slots(&mut self) {
+        let now = Instant::now();
+        let traffic = self.stats.traffic.snapshot();
+        let ours = self
+            .content
+            .current()
+            .head
+            .as_ref()
+            .map(|h| h.body.revision);
+        for peer in self.sessions.keys() {
+            let theirs = self.table.get(peer).and_then(|r| r.revision);
+            let current = ours.is_some_and(|ours| theirs >= Some(ours));
+            let bytes = Self::bytes_with(&traffic, peer);
+            self.slots.observe(peer, bytes, current, now);
+        }
+    }
+
+    /// Give `peer` a session slot, pushing out the session idle the longest if every slot is
+    /// taken (see [`Slots`]). False if none may go yet.
+    fn admit(&mut self, peer: PeerId) -> bool {
+        if self.slots.len() >= self.max_peers {
+            self.observe_slots();
+        }
+        let bytes = Self::bytes_with(&self.stats.traffic.snapshot(), &peer);
+        match self.slots.admit(peer, bytes, Instant::now()) {
+            Admission::Admitted => true,
+            Admission::Evict(idle) => {
+                info!(%idle, newcomer = %peer, "peer limit reached: ending the session idle the longest");
+                if let Some(s) = self.sessions.remove(&idle) {
+                    s.cancel.cancel();
+                }
+                true
+            }
+            Admission::Full => {
+                warn!(%peer, "peer limit reached, no session idle long enough: refusing a control session");
+                false
+            }
+        }
+    }
+
     fn register_session(&mut self, peer: PeerId, stream: Stream, ours: bool) {
         let local_peer = *self.swarm.local_peer_id();
         let opener = if ours { local_peer } else { peer };
@@ -1488,8 +1544,7 @@ impl NetLoop {
             debug!(%peer, restarted = existing.opener == opener, "control session replaced");
             existing.cancel.cancel();
         }
-        if self.sessions.len() >= self.max_peers {
-            warn!(%peer, "peer limit reached: refusing a control session");
+        if !self.admit(peer) {
             return;
         }
         self.next_session += 1;

@@ -1,7 +1,7 @@
-//! A hostile peer against the publisher's seeding policy: it asks for one chunk of a new
-//! revision over and over, on the wire, to keep the publisher's hold on it (the publisher sends
-//! each new chunk to one peer first, and refuses it to others for a while). The revision must
-//! still reach an honest subscriber.
+//! Hostile peers against what a node shares out: the publisher's seed hold (it sends each new
+//! chunk to one peer first, and refuses it to others for a while) and the session slots. Each
+//! attacker speaks the protocol on the wire; the revision must still reach an honest
+//! subscriber.
 
 mod common;
 
@@ -73,4 +73,44 @@ async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
     for n in [honest, attacker, p] {
         n.shutdown().await;
     }
+}
+
+/// Sybils take every session slot of the publisher and keep them with heartbeats, moving no
+/// chunk once they hold the tree. An honest subscriber that comes later still gets a session
+/// (the idlest Sybil's goes) and the revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sybils_holding_every_session_slot_do_not_shut_out_an_honest_peer() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let mut cfg = config(&src);
+    cfg.max_peers = 3;
+    cfg.session_idle = Duration::from_secs(2);
+    let p = treecast::Node::publish(cfg, test_key()).await.unwrap();
+
+    // Each Sybil is a node of the swarm that serves only corrupt chunks, so nobody gets the
+    // tree from it: once synced, its session only carries heartbeats.
+    let mut sybils = Vec::new();
+    for i in 0..3 {
+        let mut cfg = config(&lab.dir(&format!("sybil{i}")));
+        cfg.danger_corrupt_served_chunks = true;
+        let sybil = treecast::Node::subscribe(cfg, p.ticket().clone())
+            .await
+            .unwrap();
+        synced(&sybil, 1).await;
+        sybils.push(sybil);
+    }
+    eventually(WAIT, "the Sybils to hold every slot", || {
+        p.status().borrow().peers >= 3
+    })
+    .await;
+
+    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
+    synced(&honest, 1).await;
+    assert_same_tree(&src, &lab.tmp.path().join("honest"));
+    honest.shutdown().await;
+    for s in sybils {
+        s.shutdown().await;
+    }
+    p.shutdown().await;
 }
