@@ -73,6 +73,9 @@ pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 pub const WATCH_DEBOUNCE_MAX: Duration = Duration::from_secs(3);
 /// How long an idle connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most DHT records one peer may have stored on this node (a node keeps 1,024 in all, kad's
+/// default): many of them from invented swarms cannot crowd out everyone else's.
+pub const MAX_RECORDS_PER_PEER: usize = 64;
 /// How long a banned peer stays banned.
 pub const BAN_DURATION: Duration = Duration::from_secs(600);
 

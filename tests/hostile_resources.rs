@@ -114,3 +114,53 @@ async fn sybils_holding_every_session_slot_do_not_shut_out_an_honest_peer() {
     }
     p.shutdown().await;
 }
+
+/// A peer stores the heads of swarms it invented, validly self-signed, on the publisher's DHT
+/// store: past its share they are refused, so it cannot fill the store for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_fill_the_dht_store_with_invented_swarms() {
+    use treecast::config::MAX_RECORDS_PER_PEER;
+    use treecast::trust::{HeadBody, PublisherKey, SignedHead};
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    write(&src, "a.txt", b"a");
+    let p = publisher(&src).await;
+    let attacker = subscriber(&lab.dir("attacker"), p.ticket()).await;
+    synced(&attacker, 1).await;
+
+    let invented = MAX_RECORDS_PER_PEER + 16;
+    for _ in 0..invented {
+        let key = PublisherKey::generate();
+        let body = HeadBody {
+            swarm_id: uuid::Uuid::new_v4(),
+            revision: 1,
+            manifest_hash: ContentHash::of(b"m"),
+            manifest_size: 1,
+            manifest_index_hash: ContentHash::of(b"i"),
+            created_unix_ms: 0,
+            signer: [0; 32],
+        };
+        let head = SignedHead::sign(body.clone(), &key);
+        let record_key = treecast::net::head_key(&body.swarm_id, &key.public().to_bytes());
+        attacker
+            .danger_put_record(record_key.to_vec(), head.signed().encode())
+            .await
+            .unwrap();
+    }
+    eventually(
+        WAIT,
+        "the publisher to refuse the records past the share",
+        || p.stats().dht_records_refused >= 16,
+    )
+    .await;
+    assert_eq!(
+        p.stats().heads_rejected,
+        0,
+        "they were valid, only too many"
+    );
+    let honest = subscriber(&lab.dir("honest"), p.ticket()).await;
+    synced(&honest, 1).await;
+    for n in [honest, attacker, p] {
+        n.shutdown().await;
+    }
+}

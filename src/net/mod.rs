@@ -145,6 +145,53 @@ pub enum HeadRecordError {
     NotNewer { revision: u64, stored: u64 },
 }
 
+/// What to do with a valid record offered for the DHT store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Room {
+    /// Store it.
+    Store,
+    /// Remove this record first, then store it.
+    Evict(kad::RecordKey),
+    /// Do not store it.
+    Refuse(&'static str),
+}
+
+/// Whether the store, holding `held` and able to hold `capacity` records, takes `record`
+/// from `source`. A record replacing one held always fits. Each sender may have at most
+/// `MAX_RECORDS_PER_PEER` records stored here, so one peer cannot fill the store with heads of
+/// swarms it invented; a full store refuses newcomers, except the head of this node's own
+/// swarm (`own`), which takes the place of the record that expires first.
+pub fn make_room<'a>(
+    held: impl Iterator<Item = &'a kad::Record> + Clone,
+    capacity: usize,
+    record: &kad::Record,
+    source: &PeerId,
+    own: Option<&kad::RecordKey>,
+) -> Room {
+    let mine = own == Some(&record.key);
+    if held.clone().any(|r| r.key == record.key) {
+        return Room::Store;
+    }
+    let from_source = held
+        .clone()
+        .filter(|r| r.publisher == Some(*source))
+        .count();
+    if from_source >= crate::config::MAX_RECORDS_PER_PEER && !mine {
+        return Room::Refuse("its sender is over its share of the store");
+    }
+    if held.clone().count() < capacity {
+        return Room::Store;
+    }
+    if !mine {
+        return Room::Refuse("the store is full");
+    }
+    held.filter(|r| Some(&r.key) != own)
+        .min_by_key(|r| r.expires)
+        .map_or(Room::Refuse("the store is full"), |r| {
+            Room::Evict(r.key.clone())
+        })
+}
+
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/treecast/kad/1";
 
@@ -276,6 +323,45 @@ mod tests {
         );
         assert!(parse_addr("/ip4/1.2.3.4/udp/1/quic-v1").is_ok());
         assert!(matches!(parse_addr("nonsense"), Err(NetError::BadAddr(_))));
+    }
+
+    /// One peer cannot fill the store; a full store still takes this node's own swarm's head,
+    /// in place of the record that expires first.
+    #[test]
+    fn the_store_keeps_room_per_peer_and_for_its_own_swarm() {
+        use crate::config::MAX_RECORDS_PER_PEER;
+        let t0 = std::time::Instant::now();
+        let record = |i: u32, from: PeerId| {
+            let mut r = kad::Record::new(i.to_be_bytes().to_vec(), vec![]);
+            r.publisher = Some(from);
+            r.expires = Some(t0 + std::time::Duration::from_secs(u64::from(i)));
+            r
+        };
+        let (sybil, honest) = (PeerId::random(), PeerId::random());
+        let held: Vec<_> = (0..MAX_RECORDS_PER_PEER as u32)
+            .map(|i| record(i, sybil))
+            .collect();
+        let room = |held: &[kad::Record], r: &kad::Record, from, own| {
+            make_room(held.iter(), 100, r, from, own)
+        };
+        let next = record(1000, sybil);
+        assert!(matches!(room(&held, &next, &sybil, None), Room::Refuse(_)));
+        assert_eq!(room(&held, &next, &honest, None), Room::Store);
+        assert_eq!(
+            room(&held, &held[3], &sybil, None),
+            Room::Store,
+            "a newer copy"
+        );
+        // Full, from many peers: newcomers are refused, our own swarm's head is not.
+        let full: Vec<_> = (0..100).map(|i| record(i, PeerId::random())).collect();
+        let own = record(5000, honest);
+        assert!(matches!(room(&full, &next, &honest, None), Room::Refuse(_)));
+        let evict = room(&full, &own, &honest, Some(&own.key));
+        assert_eq!(
+            evict,
+            Room::Evict(full[0].key.clone()),
+            "the first to expire"
+        );
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct Stats {
     /// Looks for local changes in a subscriber's mirror that are over: done, or passed over
     /// because the node stopped while it put a revision in place.
     pub local_checks: AtomicU64,
+    /// Valid DHT records not stored: their sender is over its share of the store, or the
+    /// store is full (see `net::make_room`).
+    pub dht_records_refused: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -118,6 +121,7 @@ pub struct StatsSnapshot {
     pub hole_punches_failed: u64,
     pub local_changes: u64,
     pub local_checks: u64,
+    pub dht_records_refused: u64,
 }
 
 impl Stats {
@@ -145,6 +149,7 @@ impl Stats {
             hole_punches_failed: r(&self.hole_punches_failed),
             local_changes: r(&self.local_changes),
             local_checks: r(&self.local_checks),
+            dht_records_refused: r(&self.dht_records_refused),
         }
     }
 }

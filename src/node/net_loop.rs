@@ -1029,14 +1029,32 @@ impl NetLoop {
     }
 
     /// A peer asks us to store a record: only valid, newer head records are kept.
-    fn on_put_record(&mut self, source: PeerId, record: libp2p::kad::Record) {
+    fn on_put_record(&mut self, source: PeerId, mut record: libp2p::kad::Record) {
         use libp2p::kad::store::RecordStore;
+        let own = self
+            .local
+            .publisher
+            .map(|key| crate::net::head_key(&self.local.swarm_id, &key));
         let kad = &mut self.swarm.behaviour_mut().kad;
         let existing = kad.store_mut().get(&record.key).map(|r| r.into_owned());
         match crate::net::validate_head_record(&record, existing.as_ref()) {
             Ok(head) => {
+                // Counted against the peer that sent it, whoever first published it.
+                record.publisher = Some(source);
+                let store = kad.store_mut();
+                let held: Vec<_> = store.records().map(|r| r.into_owned()).collect();
+                let capacity = libp2p::kad::store::MemoryStoreConfig::default().max_records;
+                match crate::net::make_room(held.iter(), capacity, &record, &source, own.as_ref()) {
+                    crate::net::Room::Store => {}
+                    crate::net::Room::Evict(key) => store.remove(&key),
+                    crate::net::Room::Refuse(why) => {
+                        Stats::add(&self.stats.dht_records_refused, 1);
+                        debug!(%source, why, "head record not stored");
+                        return;
+                    }
+                }
                 debug!(%source, revision = head.body.revision, "stored a head record");
-                if let Err(e) = kad.store_mut().put(record) {
+                if let Err(e) = store.put(record) {
                     warn!(error = %e, "DHT store full");
                 }
             }
