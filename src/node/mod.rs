@@ -95,6 +95,10 @@ pub struct Stats {
     /// Looks for local changes in a subscriber's mirror that are over: done, or passed over
     /// because the node stopped while it put a revision in place.
     pub local_checks: AtomicU64,
+    /// Dials started to peers learned by peer exchange.
+    pub pex_dials: AtomicU64,
+    /// Peers learned by peer exchange that were not dialled although the node had room.
+    pub pex_dials_refused: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -118,6 +122,8 @@ pub struct StatsSnapshot {
     pub hole_punches_failed: u64,
     pub local_changes: u64,
     pub local_checks: u64,
+    pub pex_dials: u64,
+    pub pex_dials_refused: u64,
 }
 
 impl Stats {
@@ -145,6 +151,8 @@ impl Stats {
             hole_punches_failed: r(&self.hole_punches_failed),
             local_changes: r(&self.local_changes),
             local_checks: r(&self.local_checks),
+            pex_dials: r(&self.pex_dials),
+            pex_dials_refused: r(&self.pex_dials_refused),
         }
     }
 }

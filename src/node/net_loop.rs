@@ -765,9 +765,10 @@ impl NetLoop {
     /// the NATs allow it).
     /// The DHT may be dialing the same peer at an address that cannot work (a LAN address
     /// behind a NAT); ours goes ahead anyway, at most once per `REDIAL_MIN` per peer.
-    fn dial_peer(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+    /// Returns whether a dial was started.
+    fn dial_peer(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) -> bool {
         if !self.may_try(peer) {
-            return;
+            return false;
         }
         addrs.extend(
             self.relays
@@ -783,6 +784,7 @@ impl NetLoop {
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, error = %e, "dial failed");
         }
+        true
     }
 
     /// True (and noted) unless we dialed `peer` or opened a session to it in the last
@@ -834,7 +836,12 @@ impl NetLoop {
                 continue;
             }
             debug!(%peer, "dialing a peer learned by peer exchange");
-            self.dial_peer(peer, addrs);
+            let counter = if self.dial_peer(peer, addrs) {
+                &self.stats.pex_dials
+            } else {
+                &self.stats.pex_dials_refused
+            };
+            Stats::add(counter, 1);
         }
     }
 
