@@ -1,4 +1,5 @@
-//! Sans-IO swarm logic: which chunk to request from which peer, and when to give up on one.
+//! Sans-IO swarm logic: which chunk to request from which peer, and when to give up on one;
+//! which peers learned by peer exchange to dial, and at which addresses.
 //!
 //! No sockets, no tokio, no clocks: callers pass `now`. Unit-tested step by step.
 
@@ -7,7 +8,9 @@ mod picker;
 pub use picker::{Availability, Picker, PickerConfig};
 
 mod bucket;
+mod dials;
 mod seed;
 
 pub use bucket::TokenBucket;
+pub use dials::{Dial, DialLimits, Learned, PexDials};
 pub use seed::SeedPolicy;
