@@ -185,7 +185,7 @@ pub fn render(r: &StatusReport) -> String {
     counter(
         &mut reg,
         "pex_dials_refused",
-        "Peers learned by peer exchange that were not dialled although there was room",
+        "Peers learned by peer exchange and refused a dial (over the dial budget)",
         c.pex_dials_refused,
     );
     let punches = Family::<Labels, Counter>::default();

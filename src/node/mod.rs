@@ -97,7 +97,8 @@ pub struct Stats {
     pub local_checks: AtomicU64,
     /// Dials started to peers learned by peer exchange.
     pub pex_dials: AtomicU64,
-    /// Peers learned by peer exchange that were not dialled although the node had room.
+    /// Peers learned by peer exchange and refused a dial: their source, or all sources
+    /// together, had spent the dial budget (`swarm::dials`).
     pub pex_dials_refused: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
