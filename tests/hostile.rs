@@ -675,7 +675,10 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
         if row.is_some_and(|r| r.revision == Some(2)) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "notice never handled");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notice never handled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -684,9 +687,11 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
         let minutes = since.elapsed().as_secs_f64() / 60.0;
         PEX_DIALS_PER_SOURCE as u64 + (PEX_DIALS_PER_SOURCE as f64 * minutes).ceil() as u64
     };
-    eventually(WAIT, "a dial of an invented peer to reach its address", || {
-        seen() >= 1
-    })
+    eventually(
+        WAIT,
+        "a dial of an invented peer to reach its address",
+        || seen() >= 1,
+    )
     .await;
     let st = p.stats();
     assert!(
@@ -712,7 +717,11 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
         "{reached} connection attempts for {} dials",
         st.pex_dials
     );
-    assert!(!p.banned_peers().await.unwrap().contains(&attacker.peer_id()));
+    assert!(!p
+        .banned_peers()
+        .await
+        .unwrap()
+        .contains(&attacker.peer_id()));
     sinks.abort_all();
     for n in [honest, attacker, p] {
         n.shutdown().await;
