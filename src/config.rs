@@ -56,6 +56,24 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(60);
 /// (an honest peer sends a few per second: availability every 250 ms, heartbeats, heads).
 pub const CONTROL_MSGS_PER_SEC: u64 = 50;
 pub const CONTROL_MSGS_BURST: u64 = 200;
+/// Peer exchange (`swarm::dials`): learned peers one source may get admitted for a dial per
+/// minute, as a bucket of this many that refills at this rate. An honest peer tells of the peers
+/// it is connected to (at most `MAX_PEERS`), and mostly the same ones every 15 s.
+pub const PEX_DIALS_PER_SOURCE: u32 = 16;
+/// Learned peers admitted for a dial per minute from all sources together (same bucket shape).
+pub const PEX_DIALS_PER_MINUTE: u32 = 64;
+/// Dials to learned peers pending at once (until connected or failed).
+pub const PEX_DIALS_IN_FLIGHT: usize = 8;
+/// Addresses of a learned peer one dial tries (public ones first; an address another pending
+/// dial is trying is left out).
+pub const PEX_ADDRS_PER_DIAL: usize = 3;
+/// Relays this node knows through which a dial of a learned peer also tries to reach it.
+pub const PEX_RELAYS_PER_DIAL: usize = 2;
+/// A learned peer admitted but not dialled within this long is forgotten.
+pub const PEX_CANDIDATE_TTL: Duration = Duration::from_secs(60);
+/// A dial to a learned peer whose outcome was never reported stops counting as pending after
+/// this long (libp2p reports every outcome; this only keeps a lost report from holding a slot).
+pub const PEX_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the version handshake and hello exchange.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one chunk reply once it was requested.

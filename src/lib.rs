@@ -9,7 +9,8 @@
 //! - [`wire`]: the protocol specification and message types, framing with hard caps.
 //! - [`store`]: the redb state database, the staging area, applying a revision atomically per
 //!   file, verifying a tree.
-//! - [`swarm`]: the sans-IO piece picker (what to request from whom), tested without sockets.
+//! - [`swarm`]: the sans-IO piece picker (what to request from whom), the seeding policy and
+//!   which peers learned by peer exchange to dial, tested without sockets.
 //! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour.
 //! - [`node`]: the event loop, control sessions, chunk streams, the publisher and subscriber
 //!   engines, and the [`node::NodeHandle`] that the CLI and tests drive.

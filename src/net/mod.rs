@@ -93,6 +93,53 @@ pub fn is_relayed_endpoint(endpoint: &libp2p::core::ConnectedPoint) -> bool {
     }
 }
 
+/// The addresses a dial of `peer` should try, best first: public, relayed, LAN,
+/// loopback. A direct address loses a `/p2p/<peer>` suffix and a relayed one gains it, so that
+/// an address means the same place whichever peer it was given for (the dial policy tries
+/// each place once at a time); an address naming another peer is dropped.
+pub fn dial_order(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let mut addrs: Vec<Multiaddr> = addrs
+        .into_iter()
+        .filter_map(|mut a| {
+            if is_relayed(&a) {
+                return a.with_p2p(peer).ok();
+            }
+            match a.iter().last() {
+                Some(Protocol::P2p(id)) if id != peer => None,
+                Some(Protocol::P2p(_)) => {
+                    a.pop();
+                    Some(a)
+                }
+                _ => Some(a),
+            }
+        })
+        .collect();
+    addrs.sort_by_key(|a| {
+        let ip = ip_of(a);
+        if is_relayed(a) {
+            1
+        } else if ip.is_some_and(|ip| ip.is_loopback()) {
+            3
+        } else if ip.is_some_and(is_lan) {
+            2
+        } else {
+            0
+        }
+    });
+    addrs
+}
+
+/// A private, shared (carrier-grade NAT), link-local or unique-local address.
+fn is_lan(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
 /// The DHT key of a swarm's newest signed head: BLAKE3("treecast/head/v1" ‖ uuid ‖ publisher
 /// key). It names the key, so any DHT node can check a record without knowing the swarm.
 pub fn head_key(swarm_id: &uuid::Uuid, publisher: &[u8; 32]) -> kad::RecordKey {
@@ -361,6 +408,40 @@ mod tests {
             evict,
             Room::Evict(full[0].key.clone()),
             "the first to expire"
+        );
+    }
+
+    #[test]
+    fn dial_order_puts_public_first_and_names_each_place_the_same_for_every_peer() {
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        let other = PeerId::random();
+        let addr = |s: String| s.parse::<Multiaddr>().unwrap();
+        let given = vec![
+            addr("/ip4/127.0.0.1/udp/1/quic-v1".into()),
+            addr("/ip4/192.168.1.2/udp/2/quic-v1".into()),
+            addr(format!(
+                "/ip4/198.51.100.9/udp/3/quic-v1/p2p/{relay}/p2p-circuit"
+            )),
+            addr(format!("/ip4/100.64.0.7/udp/4/quic-v1/p2p/{peer}")),
+            addr(format!("/ip4/203.0.113.5/udp/5/quic-v1/p2p/{other}")),
+            addr("/ip4/203.0.113.5/udp/6/quic-v1".into()),
+            addr("/ip6/fd00::1/udp/7/quic-v1".into()),
+        ];
+        let ordered: Vec<String> = dial_order(peer, given)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            ordered,
+            [
+                "/ip4/203.0.113.5/udp/6/quic-v1".to_string(),
+                format!("/ip4/198.51.100.9/udp/3/quic-v1/p2p/{relay}/p2p-circuit/p2p/{peer}"),
+                "/ip4/192.168.1.2/udp/2/quic-v1".to_string(),
+                "/ip4/100.64.0.7/udp/4/quic-v1".to_string(),
+                "/ip6/fd00::1/udp/7/quic-v1".to_string(),
+                "/ip4/127.0.0.1/udp/1/quic-v1".to_string(),
+            ]
         );
     }
 

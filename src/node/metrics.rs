@@ -176,6 +176,18 @@ pub fn render(r: &StatusReport) -> String {
         "DHT lookups for the swarm's providers and head",
         c.dht_lookups,
     );
+    counter(
+        &mut reg,
+        "pex_dials",
+        "Dials started to peers learned by peer exchange",
+        c.pex_dials,
+    );
+    counter(
+        &mut reg,
+        "pex_dials_refused",
+        "Peers learned by peer exchange and refused a dial (over the dial budget)",
+        c.pex_dials_refused,
+    );
     let punches = Family::<Labels, Counter>::default();
     punches
         .get_or_create(&vec![("result", "ok".to_string())])

@@ -98,6 +98,11 @@ pub struct Stats {
     /// Valid DHT records not stored: their sender is over its share of the store, or the
     /// store is full (see `net::make_room`).
     pub dht_records_refused: AtomicU64,
+    /// Dials started to peers learned by peer exchange.
+    pub pex_dials: AtomicU64,
+    /// Peers learned by peer exchange and refused a dial: their source, or all sources
+    /// together, had spent the dial budget (`swarm::dials`).
+    pub pex_dials_refused: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -122,6 +127,8 @@ pub struct StatsSnapshot {
     pub local_changes: u64,
     pub local_checks: u64,
     pub dht_records_refused: u64,
+    pub pex_dials: u64,
+    pub pex_dials_refused: u64,
 }
 
 impl Stats {
@@ -150,6 +157,8 @@ impl Stats {
             local_changes: r(&self.local_changes),
             local_checks: r(&self.local_checks),
             dht_records_refused: r(&self.dht_records_refused),
+            pex_dials: r(&self.pex_dials),
+            pex_dials_refused: r(&self.pex_dials_refused),
         }
     }
 }

@@ -22,11 +22,12 @@ use super::control::{self, PeerEvent, SessionCtx};
 use super::serve::Content;
 use super::{chunks, LocalInfo, NodeError, Started, Stats};
 use crate::config::{
-    NodeConfig, BAN_DURATION, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, STREAM_OPEN_TIMEOUT,
+    NodeConfig, BAN_DURATION, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL,
+    STREAM_OPEN_TIMEOUT,
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
-use crate::swarm::{Admission, SeedPolicy, Slots};
+use crate::swarm::{Admission, Dial, Learned, PexDials, SeedPolicy, Slots};
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
     MAX_PEERS_PER_MSG,
@@ -199,6 +200,8 @@ struct NetLoop {
     dialed: HashMap<PeerId, Multiaddr>,
     /// When we last dialed each peer ourselves (not the DHT).
     our_dials: HashMap<PeerId, Instant>,
+    /// Which peers learned by peer exchange to dial, and at which addresses.
+    pex: PexDials<PeerId, Multiaddr>,
     /// This node serves as a relay (then it is public and reserves nowhere).
     relay_server: bool,
     nat_status: libp2p::autonat::NatStatus,
@@ -317,6 +320,7 @@ pub(crate) async fn start(
         reservations: HashMap::new(),
         dialed: HashMap::new(),
         our_dials: HashMap::new(),
+        pex: PexDials::new(Default::default(), Instant::now()),
         relay_server: config.relay_circuit_bytes.is_some(),
         nat_status: libp2p::autonat::NatStatus::Unknown,
         next_reserve: tokio::time::Instant::now() + RESERVE_RETRY,
@@ -681,7 +685,7 @@ impl NetLoop {
             PeerEvent::Peers { peer, list } => {
                 debug!(from = %peer, count = list.len(), "peer exchange");
                 let list = list.clone();
-                return self.learn_peers(list);
+                return self.learn_peers(*peer, list);
             }
             PeerEvent::Complete { peer, revision } => {
                 let rec = self.record(*peer);
@@ -765,9 +769,9 @@ impl NetLoop {
         }
     }
 
-    /// Dial `peer` at `addrs`, at what the DHT knows of it, and through every relay we know:
-    /// a peer behind a NAT is reachable only there (DCUtR then makes a direct connection if
-    /// the NATs allow it).
+    /// Dial `peer` (a provider found in the DHT) at `addrs`, at what the DHT knows of it, and
+    /// through every relay we know: a peer behind a NAT is reachable only there (DCUtR then
+    /// makes a direct connection if the NATs allow it).
     /// The DHT may be dialing the same peer at an address that cannot work (a LAN address
     /// behind a NAT); ours goes ahead anyway, at most once per `REDIAL_MIN` per peer.
     fn dial_peer(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
@@ -809,9 +813,12 @@ impl NetLoop {
         true
     }
 
-    /// Peers told to us by peer exchange: remember them and dial while below `max_peers`.
-    fn learn_peers(&mut self, list: Vec<PeerInfo>) {
+    /// Peers `source` told us of in peer exchange: remember them and, while below `max_peers`,
+    /// hand them to the dial policy (`swarm::dials`: budgets per source and in total, a few
+    /// dials in flight, a few addresses each); then start the dials it allows.
+    fn learn_peers(&mut self, source: PeerId, list: Vec<PeerInfo>) {
         let me = *self.swarm.local_peer_id();
+        let now = Instant::now();
         for info in list {
             let Ok(peer) = PeerId::from_bytes(&info.peer_id) else {
                 continue;
@@ -838,8 +845,44 @@ impl NetLoop {
                 }
                 continue;
             }
-            debug!(%peer, "dialing a peer learned by peer exchange");
-            self.dial_peer(peer, addrs);
+            let addrs = crate::net::dial_order(peer, addrs);
+            if self.pex.handle_learned(source, peer, addrs, now) == Learned::Refused {
+                debug!(%source, %peer, "peer exchange: over the dial budget; not dialing");
+                Stats::add(&self.stats.pex_dials_refused, 1);
+            }
+        }
+        self.dial_learned();
+    }
+
+    /// Start the dials to peers learned by peer exchange that the dial policy allows now: at
+    /// the few addresses it picked, and through a few relays we know (a peer behind a NAT may
+    /// be reachable only there).
+    fn dial_learned(&mut self) {
+        let now = Instant::now();
+        let room = self.max_peers.saturating_sub(self.sessions.len());
+        while let Some(Dial { peer, mut addrs }) = self.pex.poll_dial(room, now) {
+            if !self.may_try(peer) {
+                self.pex.handle_dial_failed(&peer);
+                continue;
+            }
+            addrs.extend(
+                self.relays
+                    .iter()
+                    .filter(|(relay, _)| **relay != peer)
+                    .take(PEX_RELAYS_PER_DIAL)
+                    .map(|(relay, addr)| circuit_addr(addr, *relay).with(Protocol::P2p(peer))),
+            );
+            debug!(%peer, ?addrs, "dialing a peer learned by peer exchange");
+            Stats::add(&self.stats.pex_dials, 1);
+            // Always: the DHT may be dialing the same peer at an address that cannot work.
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "dial failed");
+                self.pex.handle_dial_failed(&peer);
+            }
         }
     }
 
@@ -1196,6 +1239,7 @@ impl NetLoop {
                 connection_id,
                 ..
             } => {
+                self.pex.handle_connected(&peer_id);
                 if self.is_banned(&peer_id) {
                     let _ = self.swarm.close_connection(connection_id);
                     return;
@@ -1307,6 +1351,10 @@ impl NetLoop {
             )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 info!(peer = ?peer_id, error = %error, "could not connect");
+                if let Some(peer) = peer_id {
+                    self.pex.handle_dial_failed(&peer);
+                    self.dial_learned();
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {

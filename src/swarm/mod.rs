@@ -1,5 +1,6 @@
-//! Sans-IO swarm logic: which chunk to request from which peer, when to give up on one, what
-//! the publisher seeds to whom, and which peers hold the session slots.
+//! Sans-IO swarm logic: which chunk to request from which peer, and when to give up on one;
+//! what the publisher seeds to whom; which peers hold the session slots; which peers learned
+//! by peer exchange to dial, and at which addresses.
 //!
 //! No sockets, no tokio, no clocks: callers pass `now`. Unit-tested step by step.
 
@@ -8,9 +9,11 @@ mod picker;
 pub use picker::{Availability, Picker, PickerConfig};
 
 mod bucket;
+mod dials;
 mod seed;
 mod slots;
 
 pub use bucket::TokenBucket;
+pub use dials::{Dial, DialLimits, Learned, PexDials};
 pub use seed::SeedPolicy;
 pub use slots::{Admission, Slots};

@@ -18,14 +18,14 @@
 //! 2. Each side sends [`ControlMsg::Hello`] (node UUID, swarm ID, role, newest head it holds).
 //!    A hello for another swarm ends the session.
 //! 3. Then, in any order: [`ControlMsg::Head`] when a node learns a newer verified head
-//!    (announcement: each node forwards a head once, when it first learns it, so heads flood
-//!    the swarm and duplicates die out), [`ControlMsg::Peers`] (peer exchange, on connect and
-//!    when peers join), [`ControlMsg::Have`] (which chunks of the revision being downloaded the
-//!    sender holds, a bitfield, sent when it changes), [`ControlMsg::Complete`] when the sender
-//!    has applied a revision (a head announcement alone says nothing about what the sender
-//!    holds), [`ControlMsg::Heartbeat`] every
-//!    `HEARTBEAT_INTERVAL`, and [`ControlMsg::Goodbye`] before a graceful close. Silence for
-//!    `PEER_TIMEOUT` means gone.
+//!    (announcement: each node forwards a head once, when it first learns it, so heads flood the
+//!    swarm and duplicates die out), [`ControlMsg::Peers`] (peer exchange, on connect and when
+//!    peers join; a hint, not an order: the receiver dials few of them, within budgets per sender
+//!    and in total, see `swarm::dials`), [`ControlMsg::Have`] (which chunks of the revision being
+//!    downloaded the sender holds, a bitfield, sent when it changes), [`ControlMsg::Complete`] when
+//!    the sender has applied a revision (a head announcement alone says nothing about what the
+//!    sender holds), [`ControlMsg::Heartbeat`] every `HEARTBEAT_INTERVAL`, and
+//!    [`ControlMsg::Goodbye`] before a graceful close. Silence for `PEER_TIMEOUT` means gone.
 //!
 //! A head (in a hello or a `Head`) carries at most `MAX_SUCCESSION` handover records, outside
 //! its signature. A receiver keeps and passes on only the chain from the swarm's first key to
