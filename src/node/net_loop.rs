@@ -1273,6 +1273,7 @@ impl NetLoop {
             } => {
                 debug!(peer = %peer_id, "disconnected");
                 self.inbound_chunk_streams.remove(&(peer_id, connection_id));
+                self.stats.traffic.gone(peer_id, Instant::now());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
