@@ -729,3 +729,42 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
         n.shutdown().await;
     }
 }
+
+/// A banned peer that comes back is refused at the handshake: the publisher never lets the
+/// connection up, so the attacker cannot open a stream on it, and honest peers are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_that_dials_again_is_refused_at_the_handshake() {
+    let (lab, src, p, attacker) = attack_setup().await;
+    // Banned for an oversize frame.
+    let mut stream = attacker
+        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+        .await
+        .unwrap();
+    stream
+        .write_all(&(64u32 << 20).to_le_bytes())
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    eventually(WAIT, "the publisher to ban the attacker", || {
+        p.stats().peers_banned >= 1
+    })
+    .await;
+
+    // Back with the same key: each handshake is refused.
+    for round in 1..=2 {
+        let refused = p.stats().connections_refused;
+        attacker.dial(p.listen_addrs()[0].clone()).await.unwrap();
+        eventually(WAIT, "the publisher to refuse the handshake", || {
+            p.stats().connections_refused > refused
+        })
+        .await;
+        let opened = attacker
+            .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+            .await;
+        assert!(
+            opened.is_err(),
+            "round {round}: a banned peer opened a stream"
+        );
+    }
+    banned_and_still_serving(lab, &src, p, attacker).await;
+}

@@ -7,6 +7,10 @@
 //! confirmed external address at start (`--external`) so that the first reservations are not
 //! refused.
 //!
+//! Banned peers are refused at the handshake (`blocked`, filled by the net loop), and
+//! connection limits cap what one peer and half-open handshakes can take (see
+//! [`limits`]).
+//!
 //! Owns transport configuration and address parsing. Protocol logic lives in `node/`.
 
 pub mod streams;
@@ -14,6 +18,8 @@ pub mod udp;
 
 use std::net::SocketAddr;
 
+use libp2p::allow_block_list::{self, BlockedPeers};
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -37,9 +43,13 @@ pub enum NetError {
     Build(String),
 }
 
-/// All behaviours of a treecast node.
+/// All behaviours of a treecast node. The first two only accept or deny connections, and come
+/// first so that a denied connection never reaches the others.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers we banned: their connections are refused at the handshake, both ways.
+    pub blocked: allow_block_list::Behaviour<BlockedPeers>,
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -63,6 +73,25 @@ pub struct SwarmOptions {
     /// Ask a UPnP gateway (a home router) to forward our port. The search multicasts on the
     /// LAN at start, so it is off unless asked for.
     pub upnp: bool,
+}
+
+/// Most connections established with one peer. One relayed, one each way when both sides dial
+/// at once (peer exchange, DCUtR's hole punch), and one left over from a peer that restarted
+/// before its old connection timed out. A peer past it gains nothing: stream limits are per
+/// connection, so this caps what one peer can hold.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
+/// Most incoming handshakes under way at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+
+/// The connection limits of a node. Connections in total are not capped: sessions already are
+/// (`--max-peers`), DHT and relay clients come and go (idle connections close after
+/// `IDLE_CONNECTION_TIMEOUT`), and with keys free to make, a total would let one attacker take
+/// every slot and lock honest peers out.
+pub fn limits() -> ConnectionLimits {
+    ConnectionLimits::default()
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
 }
 
 /// The relay protocol a peer lists in identify when it serves as a relay.
@@ -266,6 +295,8 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Build(e.to_string()))?
         .with_behaviour(|key, relay_client| Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
+            limits: connection_limits::Behaviour::new(limits()),
             // No address cache in identify: it would hand every address a peer listens on,
             // loopback included, to each dial of that peer. A dial to another host's
             // 127.0.0.1:PORT reaches ourselves, and that wrong peer ID fails the whole dial,

@@ -166,6 +166,12 @@ pub fn render(r: &StatusReport) -> String {
     );
     counter(
         &mut reg,
+        "connections_refused",
+        "Connections refused at the handshake: the peer is banned or over a connection limit",
+        c.connections_refused,
+    );
+    counter(
+        &mut reg,
         "hostile_frames",
         "Malformed or oversize frames received",
         c.hostile_frames,

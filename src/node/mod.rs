@@ -9,6 +9,7 @@ mod chunks;
 mod control;
 mod metrics;
 mod net_loop;
+mod peer_book;
 mod publisher;
 pub mod report;
 mod serve;
@@ -103,6 +104,8 @@ pub struct Stats {
     /// Peers learned by peer exchange and refused a dial: their source, or all sources
     /// together, had spent the dial budget (`swarm::dials`).
     pub pex_dials_refused: AtomicU64,
+    /// Connections refused at the handshake: the peer is banned, or over a connection limit.
+    pub connections_refused: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -129,6 +132,8 @@ pub struct StatsSnapshot {
     pub dht_records_refused: u64,
     pub pex_dials: u64,
     pub pex_dials_refused: u64,
+    #[serde(default)]
+    pub connections_refused: u64,
 }
 
 impl Stats {
@@ -159,6 +164,7 @@ impl Stats {
             dht_records_refused: r(&self.dht_records_refused),
             pex_dials: r(&self.pex_dials),
             pex_dials_refused: r(&self.pex_dials_refused),
+            connections_refused: r(&self.connections_refused),
         }
     }
 }

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::control::{self, PeerEvent, SessionCtx};
+use super::peer_book::PeerBook;
 use super::serve::Content;
 use super::{chunks, LocalInfo, NodeError, Started, Stats};
 use crate::config::{
-    NodeConfig, BAN_DURATION, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL,
-    STREAM_OPEN_TIMEOUT,
+    NodeConfig, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL, STREAM_OPEN_TIMEOUT,
 };
 use crate::net::streams::{self, OpenError};
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
@@ -168,7 +168,11 @@ struct NetLoop {
     sessions: HashMap<PeerId, Session>,
     /// Who holds the session slots, and whom a newcomer may push out.
     slots: Slots<PeerId>,
-    banned: HashMap<PeerId, Instant>,
+    /// Bans, dialed addresses and known relays (bounded; swept every `PRUNE_EVERY`).
+    book: PeerBook,
+    next_prune: tokio::time::Instant,
+    /// Chunk streams a peer has open on each connection (an entry goes with its connection,
+    /// or at the next sweep once its count is back to zero).
     inbound_chunk_streams: HashMap<(PeerId, libp2p::swarm::ConnectionId), Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
     next_session: u64,
@@ -192,12 +196,8 @@ struct NetLoop {
     next_exchange: tokio::time::Instant,
     /// Peers whose relayed connection we closed for a direct one: reopen the session there.
     reopen: std::collections::HashSet<PeerId>,
-    /// Relays we learnt of (identify lists the relay protocol), with the address we reach
-    /// them at, and the reservations we hold on them.
-    relays: HashMap<PeerId, Multiaddr>,
+    /// The reservations we hold on relays (the relays themselves are in `book`).
     reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
-    /// The address of the last direct connection we dialed to each peer.
-    dialed: HashMap<PeerId, Multiaddr>,
     /// When we last dialed each peer ourselves (not the DHT).
     our_dials: HashMap<PeerId, Instant>,
     /// Which peers learned by peer exchange to dial, and at which addresses.
@@ -220,6 +220,9 @@ const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
 /// How often a node behind a NAT retries relay reservations it does not hold.
 const RESERVE_RETRY: Duration = Duration::from_secs(10);
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
+/// How often per-peer state that ran out is dropped: a ban ends (its peer may connect again)
+/// at the first sweep after `BAN_DURATION`.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// Most peers saved.
 const MAX_SAVED_PEERS: usize = 64;
 
@@ -298,7 +301,8 @@ pub(crate) async fn start(
         cancel: cancel.child_token(),
         sessions: HashMap::new(),
         slots: Slots::new(config.max_peers.clamp(1, MAX_PEERS), config.session_idle),
-        banned: HashMap::new(),
+        book: PeerBook::default(),
+        next_prune: tokio::time::Instant::now() + PRUNE_EVERY,
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
         next_session: 0,
@@ -316,9 +320,7 @@ pub(crate) async fn start(
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
         reopen: Default::default(),
-        relays: HashMap::new(),
         reservations: HashMap::new(),
-        dialed: HashMap::new(),
         our_dials: HashMap::new(),
         pex: PexDials::new(Default::default(), Instant::now()),
         relay_server: config.relay_circuit_bytes.is_some(),
@@ -498,6 +500,10 @@ impl NetLoop {
                     self.reserve_relays();
                     self.next_reserve = tokio::time::Instant::now() + RESERVE_RETRY;
                 }
+                _ = tokio::time::sleep_until(self.next_prune) => {
+                    self.prune();
+                    self.next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                }
                 _ = tokio::time::sleep_until(self.next_exchange) => {
                     self.observe_slots();
                     self.exchange_all();
@@ -560,14 +566,7 @@ impl NetLoop {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             NetCommand::Banned(reply) => {
-                let now = Instant::now();
-                let list = self
-                    .banned
-                    .iter()
-                    .filter(|(_, until)| **until > now)
-                    .map(|(p, _)| *p)
-                    .collect();
-                let _ = reply.send(list);
+                let _ = reply.send(self.book.banned(Instant::now()).collect());
             }
             NetCommand::PeerTable(reply) => {
                 let _ = reply.send(self.peer_table());
@@ -779,8 +778,8 @@ impl NetLoop {
             return;
         }
         addrs.extend(
-            self.relays
-                .iter()
+            self.book
+                .relays()
                 .filter(|(relay, _)| **relay != peer)
                 .map(|(relay, addr)| circuit_addr(addr, *relay).with(Protocol::P2p(peer))),
         );
@@ -866,8 +865,8 @@ impl NetLoop {
                 continue;
             }
             addrs.extend(
-                self.relays
-                    .iter()
+                self.book
+                    .relays()
                     .filter(|(relay, _)| **relay != peer)
                     .take(PEX_RELAYS_PER_DIAL)
                     .map(|(relay, addr)| circuit_addr(addr, *relay).with(Protocol::P2p(peer))),
@@ -900,7 +899,7 @@ impl NetLoop {
                 addrs: r.addrs.iter().map(|a| a.to_string()).collect(),
                 revision: r.revision,
                 online: r.online,
-                banned: self.banned.get(peer).is_some_and(|until| *until > now),
+                banned: self.book.is_banned(peer, now),
                 last_seen_unix_ms: r
                     .last_seen
                     .duration_since(std::time::UNIX_EPOCH)
@@ -1206,29 +1205,43 @@ impl NetLoop {
         self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
     }
 
-    fn is_banned(&mut self, peer: &PeerId) -> bool {
-        match self.banned.get(peer) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                self.banned.remove(peer);
-                false
-            }
-            None => false,
-        }
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.book.is_banned(peer, Instant::now())
     }
 
+    /// Ban `peer`: its session ends, its connections close, and until the ban ends the swarm
+    /// refuses its connections at the handshake (and does not dial it).
     fn ban(&mut self, peer: PeerId, reason: &str) {
-        if self.is_banned(&peer) {
+        let Some(ban) = self.book.ban(peer, Instant::now()) else {
             return;
-        }
+        };
         warn!(%peer, %reason, "banning peer");
         Stats::add(&self.stats.peers_banned, 1);
-        self.banned.insert(peer, Instant::now() + BAN_DURATION);
+        let blocked = &mut self.swarm.behaviour_mut().blocked;
+        if let Some(old) = ban.evicted {
+            debug!(peer = %old, "too many bans: the one ending first is lifted");
+            blocked.unblock_peer(old);
+        }
+        // Also closes every connection to it.
+        blocked.block_peer(peer);
         if let Some(s) = self.sessions.remove(&peer) {
             s.cancel.cancel();
         }
         self.slots.leave(&peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Drop per-peer state that ran out: ended bans (the swarm lets those peers in again),
+    /// relays gone a while, chunk stream counts back at zero, dial times past `REDIAL_MIN`.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        for peer in self.book.sweep(now) {
+            debug!(%peer, "ban over");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        self.inbound_chunk_streams
+            .retain(|_, n| n.load(Ordering::Relaxed) > 0);
+        self.our_dials
+            .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_MIN);
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -1246,17 +1259,16 @@ impl NetLoop {
                 }
                 let relayed = crate::net::is_relayed_endpoint(&endpoint);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                self.book.connected(&peer_id);
                 if !relayed {
                     if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
-                        self.dialed.insert(peer_id, address.clone());
+                        self.book.dialed(peer_id, address.clone());
                     }
                     self.drop_relayed(peer_id);
                     // Back in touch with a relay we lost (its connection timed out when our
                     // NAT mapping changed, say): ask for a reservation now, not at the next
                     // retry tick.
-                    if self.relays.contains_key(&peer_id)
-                        && !self.reservations.contains_key(&peer_id)
-                    {
+                    if self.book.is_relay(&peer_id) && !self.reservations.contains_key(&peer_id) {
                         self.reserve_relays();
                     }
                 }
@@ -1273,6 +1285,7 @@ impl NetLoop {
             } => {
                 debug!(peer = %peer_id, "disconnected");
                 self.inbound_chunk_streams.remove(&(peer_id, connection_id));
+                self.book.disconnected(&peer_id, Instant::now());
                 self.stats.traffic.gone(peer_id, Instant::now());
             }
             SwarmEvent::ConnectionClosed {
@@ -1350,6 +1363,14 @@ impl NetLoop {
                     ..
                 },
             )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                Stats::add(&self.stats.connections_refused, 1);
+                debug!(peer = ?peer_id, %cause, "connection refused at the handshake");
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 info!(peer = ?peer_id, error = %error, "could not connect");
                 if let Some(peer) = peer_id {
@@ -1374,12 +1395,13 @@ impl NetLoop {
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == crate::net::RELAY_HOP_PROTOCOL);
-                if hop && !self.relays.contains_key(&peer_id) {
+                if hop && !self.book.is_relay(&peer_id) {
                     let direct = self.direct_addr_of(&peer_id);
                     if let Some(addr) = direct {
                         debug!(relay = %peer_id, %addr, "peer serves as a relay");
-                        self.relays.insert(peer_id, addr);
-                        self.reserve_relays();
+                        if self.book.add_relay(peer_id, addr) {
+                            self.reserve_relays();
+                        }
                     }
                 }
             }
@@ -1404,7 +1426,7 @@ impl NetLoop {
 
     /// The address of a direct connection we dialed to `peer`, if any.
     fn direct_addr_of(&self, peer: &PeerId) -> Option<Multiaddr> {
-        self.dialed.get(peer).cloned()
+        self.book.direct_addr(peer).cloned()
     }
 
     /// Behind a NAT (or not known to be public), hold reservations on a few relays so that
@@ -1415,8 +1437,8 @@ impl NetLoop {
         }
         let wanted = crate::config::MAX_RELAY_RESERVATIONS.saturating_sub(self.reservations.len());
         let candidates: Vec<(PeerId, Multiaddr)> = self
-            .relays
-            .iter()
+            .book
+            .relays()
             .filter(|(p, _)| !self.reservations.contains_key(*p) && self.swarm.is_connected(p))
             .map(|(p, a)| (*p, a.clone()))
             .take(wanted)
