@@ -86,8 +86,8 @@ pub const MAX_PENDING_INCOMING: u32 = 64;
 
 /// The connection limits of a node. Connections in total are not capped: sessions already are
 /// (`--max-peers`), DHT and relay clients come and go (idle connections close after
-/// `IDLE_CONNECTION_TIMEOUT`), and with keys free to make, a total would let one attacker take
-/// every slot and lock honest peers out.
+/// `IDLE_CONNECTION_TIMEOUT`), and with keys free to make, a total would let one attacker hold
+/// every connection and lock honest peers out.
 pub fn limits() -> ConnectionLimits {
     ConnectionLimits::default()
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
