@@ -201,18 +201,7 @@ async fn a_peer_sending_bad_chunks_is_dropped_and_chunks_come_from_elsewhere() {
 async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_serving() {
     let (lab, src, p, attacker) = attack_setup().await;
 
-    let mut stream = attacker
-        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
-        .await
-        .unwrap();
-    stream
-        .write_all(&(64u32 << 20).to_le_bytes())
-        .await
-        .unwrap();
-    // The publisher may reset the stream as soon as it reads the length, before these bytes
-    // or the flush go out: either way is the refusal this test expects.
-    let _ = stream.write_all(&[0u8; 1024]).await;
-    let _ = stream.flush().await;
+    let mut stream = send_oversize_frame(&attacker, &p).await;
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
     assert!(
@@ -376,6 +365,23 @@ async fn a_peer_flooding_control_messages_is_banned_and_the_publisher_keeps_serv
     })
     .await;
     banned_and_still_serving(lab, &src, p, attacker).await;
+}
+
+/// Open a chunk stream from `attacker` to `p` and send a frame header of 64 MiB, far over the
+/// cap, then a little of its body. The publisher may reset the stream as soon as it reads the
+/// length, before the body or the flush go out: either is the refusal the tests expect.
+async fn send_oversize_frame(
+    attacker: &treecast::NodeHandle,
+    p: &treecast::NodeHandle,
+) -> treecast::net::streams::Stream {
+    let mut stream = attacker
+        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+        .await
+        .unwrap();
+    let _ = stream.write_all(&(64u32 << 20).to_le_bytes()).await;
+    let _ = stream.write_all(&[0u8; 1024]).await;
+    let _ = stream.flush().await;
+    stream
 }
 
 /// A publisher with one file, and a subscriber that synced from it and will now attack it.
@@ -736,15 +742,7 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
 async fn a_banned_peer_that_dials_again_is_refused_at_the_handshake() {
     let (lab, src, p, attacker) = attack_setup().await;
     // Banned for an oversize frame.
-    let mut stream = attacker
-        .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
-        .await
-        .unwrap();
-    stream
-        .write_all(&(64u32 << 20).to_le_bytes())
-        .await
-        .unwrap();
-    stream.flush().await.unwrap();
+    let _stream = send_oversize_frame(&attacker, &p).await;
     eventually(WAIT, "the publisher to ban the attacker", || {
         p.stats().peers_banned >= 1
     })
