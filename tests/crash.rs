@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -11,21 +11,21 @@ use treecast::Node;
 
 const MIB: usize = 1 << 20;
 
-fn spawn_subscriber(ticket: &treecast::Ticket, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_treecast"))
-        .args(["subscribe", &ticket.to_string()])
-        .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--max-download",
-            "4M",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start treecast subscribe")
+fn spawn_subscriber(ticket: &treecast::Ticket, dir: &std::path::Path) -> Spawned {
+    Spawned::new(
+        Command::new(env!("CARGO_BIN_EXE_treecast"))
+            .args(["subscribe", &ticket.to_string()])
+            .arg(dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--max-download",
+                "4M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// Bytes the subscriber running on `dir` has verified, from `treecast status --json`.
@@ -53,8 +53,7 @@ async fn a_subscriber_killed_mid_transfer_is_taken_back_at_once_and_resumes() {
         verified_bytes(&mirror).is_some_and(|done| done >= verified)
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     // Same directory, same node key: the publisher still holds the dead connection's session.
     // The restarted node's new session replaces it at once, rather than after the old one

@@ -101,14 +101,14 @@ async fn changes_made_while_stopped_are_found_at_start_with_a_warning() {
     change_locally(&mirror);
     // The CLI, as a user runs it: the warning goes to its log on stderr.
     let log = lab.tmp.path().join("subscriber.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_treecast"))
-        .args(["subscribe", &p.ticket().to_string()])
-        .arg(&mirror)
-        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(
+        Command::new(env!("CARGO_BIN_EXE_treecast"))
+            .args(["subscribe", &p.ticket().to_string()])
+            .arg(&mirror)
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     eventually(WAIT, "the mirror to be repaired", || {
         snapshot(&src) == snapshot(&mirror)
     })
@@ -119,8 +119,7 @@ async fn changes_made_while_stopped_are_found_at_start_with_a_warning() {
             .contains("revision applied")
     })
     .await;
-    let _ = child.kill();
-    child.wait().unwrap();
+    child.kill();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("the mirror is read-only: local changes found"),

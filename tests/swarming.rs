@@ -110,14 +110,14 @@ async fn peers_that_leave_or_vanish_are_marked_offline_and_the_rest_complete() {
 
     // One subscriber runs as a separate process, so it can be killed outright.
     let killed_dir = lab.dir("killed");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
-        .args(["subscribe", &p.ticket().to_string()])
-        .arg(&killed_dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
+            .args(["subscribe", &p.ticket().to_string()])
+            .arg(&killed_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let leaver = subscriber(&lab.dir("leaver"), p.ticket()).await;
     let stayer = subscriber(&lab.dir("stayer"), p.ticket()).await;
     let leaver_id = leaver.peer_id().to_string();
@@ -142,15 +142,15 @@ async fn peers_that_leave_or_vanish_are_marked_offline_and_the_rest_complete() {
         !killed_id.is_empty(),
         "the stayer never saw both other subscribers"
     );
+    // Or more: on a fast machine the stayer may hold the whole tree by now.
     stayer
         .wait_for(WAIT, "a quarter of the tree", |st| {
-            st.progress.is_some_and(|(d, t)| t > 0 && d * 4 >= t)
+            st.synced || st.progress.is_some_and(|(d, t)| t > 0 && d * 4 >= t)
         })
         .await
         .unwrap();
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     leaver.shutdown().await;
 
     synced(&stayer, 1).await;

@@ -176,3 +176,25 @@ impl Lab {
         v
     }
 }
+
+/// A child process (the `treecast` binary) that is killed and reaped when dropped, so a test
+/// that fails leaves none running.
+pub struct Spawned(std::process::Child);
+
+impl Spawned {
+    pub fn new(cmd: &mut std::process::Command) -> Self {
+        Spawned(cmd.spawn().expect("start treecast"))
+    }
+
+    /// SIGKILL it and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
