@@ -237,35 +237,38 @@ pub enum Room {
 /// `MAX_RECORDS_PER_PEER` records stored here, so one peer cannot fill the store with heads of
 /// swarms it invented; a full store refuses newcomers, except the head of this node's own
 /// swarm (`own`), which takes the place of the record that expires first.
-pub fn make_room<'a>(
-    held: impl Iterator<Item = &'a kad::Record> + Clone,
+pub fn make_room<R: std::borrow::Borrow<kad::Record>>(
+    held: impl IntoIterator<Item = R>,
     capacity: usize,
     record: &kad::Record,
     source: &PeerId,
     own: Option<&kad::RecordKey>,
 ) -> Room {
     let mine = own == Some(&record.key);
-    if held.clone().any(|r| r.key == record.key) {
-        return Room::Store;
+    let (mut count, mut from_source) = (0, 0);
+    // The record that expires first, other than our own swarm's: the one to evict.
+    let mut first_to_expire: Option<(Option<std::time::Instant>, kad::RecordKey)> = None;
+    for held in held {
+        let held = held.borrow();
+        if held.key == record.key {
+            return Room::Store;
+        }
+        count += 1;
+        from_source += usize::from(held.publisher == Some(*source));
+        if Some(&held.key) != own && first_to_expire.as_ref().is_none_or(|f| held.expires < f.0) {
+            first_to_expire = Some((held.expires, held.key.clone()));
+        }
     }
-    let from_source = held
-        .clone()
-        .filter(|r| r.publisher == Some(*source))
-        .count();
     if from_source >= crate::config::MAX_RECORDS_PER_PEER && !mine {
         return Room::Refuse("its sender is over its share of the store");
     }
-    if held.clone().count() < capacity {
+    if count < capacity {
         return Room::Store;
     }
-    if !mine {
-        return Room::Refuse("the store is full");
+    match (mine, first_to_expire) {
+        (true, Some((_, key))) => Room::Evict(key),
+        _ => Room::Refuse("the store is full"),
     }
-    held.filter(|r| Some(&r.key) != own)
-        .min_by_key(|r| r.expires)
-        .map_or(Room::Refuse("the store is full"), |r| {
-            Room::Evict(r.key.clone())
-        })
 }
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.

@@ -505,7 +505,7 @@ impl NetLoop {
                     self.next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
                 }
                 _ = tokio::time::sleep_until(self.next_exchange) => {
-                    self.observe_slots();
+                    self.observe_slots(&self.stats.traffic.snapshot());
                     self.exchange_all();
                     self.next_exchange = tokio::time::Instant::now() + PEER_EXCHANGE_EVERY;
                 }
@@ -1084,9 +1084,15 @@ impl NetLoop {
                 // Counted against the peer that sent it, whoever first published it.
                 record.publisher = Some(source);
                 let store = kad.store_mut();
-                let held: Vec<_> = store.records().map(|r| r.into_owned()).collect();
                 let capacity = libp2p::kad::store::MemoryStoreConfig::default().max_records;
-                match crate::net::make_room(held.iter(), capacity, &record, &source, own.as_ref()) {
+                let room = crate::net::make_room(
+                    store.records(),
+                    capacity,
+                    &record,
+                    &source,
+                    own.as_ref(),
+                );
+                match room {
                     crate::net::Room::Store => {}
                     crate::net::Room::Evict(key) => store.remove(&key),
                     crate::net::Room::Refuse(why) => {
@@ -1578,9 +1584,8 @@ impl NetLoop {
 
     /// Tell the slots what each session's peer did since the last look: chunk bytes moved, and
     /// whether it holds the revision we hold.
-    fn observe_slots(&mut self) {
+    fn observe_slots(&mut self, traffic: &super::traffic::TrafficSnapshot) {
         let now = Instant::now();
-        let traffic = self.stats.traffic.snapshot();
         let ours = self
             .content
             .current()
@@ -1590,7 +1595,7 @@ impl NetLoop {
         for peer in self.sessions.keys() {
             let theirs = self.table.get(peer).and_then(|r| r.revision);
             let current = ours.is_some_and(|ours| theirs >= Some(ours));
-            let bytes = Self::bytes_with(&traffic, peer);
+            let bytes = Self::bytes_with(traffic, peer);
             self.slots.observe(peer, bytes, current, now);
         }
     }
@@ -1598,10 +1603,11 @@ impl NetLoop {
     /// Give `peer` a session slot, pushing out the session idle the longest if every slot is
     /// taken (see [`Slots`]). False if none may go yet.
     fn admit(&mut self, peer: PeerId) -> bool {
+        let traffic = self.stats.traffic.snapshot();
         if self.slots.len() >= self.max_peers {
-            self.observe_slots();
+            self.observe_slots(&traffic);
         }
-        let bytes = Self::bytes_with(&self.stats.traffic.snapshot(), &peer);
+        let bytes = Self::bytes_with(&traffic, &peer);
         match self.slots.admit(peer, bytes, Instant::now()) {
             Admission::Admitted => true,
             Admission::Evict(idle) => {

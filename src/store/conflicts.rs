@@ -78,37 +78,20 @@ fn tail(escaped: &str, room: usize) -> &str {
 
 /// Rename `from` to `to` unless something is at `to`. Returns whether it was renamed.
 fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
-    // SAFETY: both are NUL-terminated strings that live across the call, which only reads them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EEXIST) => Ok(false),
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
         // A file system without RENAME_NOREPLACE: look first. The conflicts directory is the
         // node's own (in the owner-only state directory), so nothing else races to fill `to`.
-        Some(libc::EINVAL | libc::ENOSYS) => {
+        Err(Errno::INVAL | Errno::NOSYS) => {
             if std::fs::symlink_metadata(to).is_ok() {
                 return Ok(false);
             }
             std::fs::rename(from, to).map(|()| true)
         }
-        _ => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -321,6 +321,11 @@ mod tests {
     use crate::config::STATE_DIR;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The paths of `m`'s entries, in order.
+    fn paths(m: &Manifest) -> Vec<&str> {
+        m.entries().iter().map(|e| e.path.as_str()).collect()
+    }
+
     #[test]
     fn scan_covers_policy_and_reuses_hashes() {
         let dir = tempfile::tempdir().unwrap();
@@ -340,7 +345,7 @@ mod tests {
             records,
             stats,
         } = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
-        let paths: Vec<_> = m.entries().iter().map(|e| e.path.as_str()).collect();
+        let paths = paths(&m);
         assert_eq!(paths, vec!["a", "a/b", "a/b/file", "empty", "run.sh"]);
         assert_eq!(stats.skipped, 1);
         assert_eq!(stats.files_hashed, 2);
@@ -402,12 +407,7 @@ mod tests {
         std::fs::write(root.join("inner/data"), b"data").unwrap();
         std::fs::write(root.join("z/.treecast.txt"), b"fine").unwrap();
         let scan = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
-        let paths: Vec<_> = scan
-            .manifest
-            .entries()
-            .iter()
-            .map(|e| e.path.as_str())
-            .collect();
+        let paths = paths(&scan.manifest);
         assert_eq!(
             paths,
             vec!["inner", "inner/data", "x", "x/y", "z", "z/.treecast.txt"]
@@ -428,12 +428,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.join("d/out")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("private/secret"), root.join("s")).unwrap();
         let scan = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
-        let paths: Vec<_> = scan
-            .manifest
-            .entries()
-            .iter()
-            .map(|e| e.path.as_str())
-            .collect();
+        let paths = paths(&scan.manifest);
         assert_eq!(paths, vec!["d", "d/f"]);
         assert_eq!(scan.stats.skipped, 2);
     }
