@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use crate::net::streams::Stream;
 use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::net_loop::NetCommand;
 use super::serve::Content;
-use super::Stats;
+use super::status::Stats;
+use super::swarm_handle::NetHandle;
 use crate::config::{
     CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, ENDGAME_AFTER, HAVE_INTERVAL,
     MAX_CHUNK_FRAME, MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
@@ -40,7 +40,7 @@ pub(crate) struct ServerCtx {
     pub peer: PeerId,
     pub content: Content,
     pub stats: Arc<Stats>,
-    pub net: mpsc::Sender<NetCommand>,
+    pub net: NetHandle,
     pub corrupt: bool,
     /// Global upload limit, shared by every chunk stream.
     pub upload: Option<Limiter>,
@@ -56,13 +56,7 @@ pub(crate) async fn serve(stream: Stream, ctx: ServerCtx) {
         if e.is_hostile() {
             warn!(%peer, error = %e, "hostile chunk request: banning");
             Stats::add(&ctx.stats.hostile_frames, 1);
-            let _ = ctx
-                .net
-                .send(NetCommand::Ban {
-                    peer,
-                    reason: e.to_string(),
-                })
-                .await;
+            ctx.net.ban(peer, e.to_string()).await;
         } else {
             debug!(%peer, error = %e, "chunk stream closed");
         }
@@ -274,7 +268,7 @@ type LaneKey = (PeerId, usize);
 
 /// Everything a fetch needs from the node.
 pub(crate) struct FetchCtx {
-    pub net: mpsc::Sender<NetCommand>,
+    pub net: NetHandle,
     pub stats: Arc<Stats>,
     pub cancel: CancellationToken,
     /// This node's own tie-breaking salt for the picker.
@@ -547,11 +541,7 @@ impl Fetch<'_> {
                 Stats::add(&self.ctx.stats.bad_chunks, 1);
                 self.drop_peer(lane.0);
                 feed.peers.remove(&lane.0);
-                let ban = NetCommand::Ban {
-                    peer: lane.0,
-                    reason,
-                };
-                let _ = self.ctx.net.send(ban).await;
+                self.ctx.net.ban(lane.0, reason).await;
             }
             LaneEvent::Closed { lane } => {
                 let lost: Vec<ContentHash> = self
@@ -636,7 +626,7 @@ impl Fetch<'_> {
             revision: a.revision,
             bitfield: a.bits.clone(),
         };
-        if self.ctx.net.try_send(NetCommand::Broadcast(msg)).is_ok() {
+        if self.ctx.net.broadcast(msg) {
             a.dirty = false;
         }
     }
@@ -644,7 +634,7 @@ impl Fetch<'_> {
 
 struct Lane {
     key: LaneKey,
-    net: mpsc::Sender<NetCommand>,
+    net: NetHandle,
     sink: Arc<dyn ChunkSink>,
     events: mpsc::Sender<LaneEvent>,
     stats: Arc<Stats>,
@@ -666,13 +656,9 @@ impl Lane {
     }
 
     async fn open(&self) -> Result<Stream, String> {
-        let (reply, rx) = oneshot::channel();
-        self.net
-            .send(NetCommand::OpenStream {
-                peer: self.key.0,
-                protocol: StreamProtocol::new(CHUNKS_PROTOCOL),
-                reply,
-            })
+        let rx = self
+            .net
+            .open_stream(self.key.0, StreamProtocol::new(CHUNKS_PROTOCOL))
             .await
             .map_err(|_| "node shut down".to_string())?;
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {

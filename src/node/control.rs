@@ -7,54 +7,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::net_loop::NetCommand;
+use super::events::PeerEvent;
 use super::serve::Content;
-use super::LocalInfo;
+use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{
     CONTROL_MSGS_BURST, CONTROL_MSGS_PER_SEC, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL,
     MAX_CONTROL_FRAME, PEER_TIMEOUT,
 };
-use crate::trust::SignedHead;
-use crate::wire::{
-    self, ControlMsg, Hello, PeerInfo, Role, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN,
-};
-
-/// What sessions tell the engine.
-#[derive(Debug)]
-pub(crate) enum PeerEvent {
-    /// `session` tells a live session from one the tie-break already replaced.
-    Up {
-        peer: PeerId,
-        session: u64,
-        hello: Hello,
-    },
-    Head {
-        peer: PeerId,
-        head: SignedHead,
-    },
-    Down {
-        peer: PeerId,
-        session: u64,
-    },
-    Incompatible {
-        peer: PeerId,
-        ours: u32,
-        theirs: u32,
-    },
-    Peers {
-        peer: PeerId,
-        list: Vec<PeerInfo>,
-    },
-    Have {
-        peer: PeerId,
-        revision: u64,
-        bitfield: Vec<u8>,
-    },
-    Complete {
-        peer: PeerId,
-        revision: u64,
-    },
-}
+use crate::wire::{self, ControlMsg, Hello, Role, WireError, MAX_PEERS_PER_MSG, MAX_REASON_LEN};
 
 /// Everything a session needs.
 pub(crate) struct SessionCtx {
@@ -63,7 +23,7 @@ pub(crate) struct SessionCtx {
     pub local: LocalInfo,
     pub version: u32,
     pub content: Content,
-    pub net: mpsc::Sender<NetCommand>,
+    pub net: NetHandle,
     pub out: mpsc::Receiver<ControlMsg>,
     pub cancel: CancellationToken,
 }
@@ -77,24 +37,16 @@ pub(crate) async fn run(stream: Stream, mut ctx: SessionCtx) {
         Ok(()) => debug!(%peer, "control session ended"),
         Err(WireError::VersionMismatch { ours, theirs }) => {
             error!(%peer, ours, theirs, "peer speaks treecast protocol version {theirs}, this node speaks {ours}: disconnecting");
-            let _ = ctx
-                .net
-                .send(NetCommand::Peer(PeerEvent::Incompatible {
-                    peer,
-                    ours: *ours,
-                    theirs: *theirs,
-                }))
-                .await;
+            let incompatible = PeerEvent::Incompatible {
+                peer,
+                ours: *ours,
+                theirs: *theirs,
+            };
+            ctx.net.peer_event(incompatible).await;
         }
         Err(e) if e.is_hostile() => {
             warn!(%peer, error = %e, "peer sent a malformed control message: banning");
-            let _ = ctx
-                .net
-                .send(NetCommand::Ban {
-                    peer,
-                    reason: e.to_string(),
-                })
-                .await;
+            ctx.net.ban(peer, e.to_string()).await;
         }
         Err(e) => info!(%peer, error = %e, "control session closed"),
     }
@@ -104,15 +56,9 @@ pub(crate) async fn run(stream: Stream, mut ctx: SessionCtx) {
         let _ = futures::AsyncWriteExt::close(&mut w).await;
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, r.read_to_end(&mut sink)).await;
-        let _ = ctx.net.send(NetCommand::Disconnect(peer)).await;
+        ctx.net.disconnect(peer).await;
     }
-    let _ = ctx
-        .net
-        .send(NetCommand::SessionEnded {
-            peer,
-            session: ctx.session,
-        })
-        .await;
+    ctx.net.session_ended(peer, ctx.session).await;
 }
 
 async fn session<R, W>(r: &mut R, w: &mut W, ctx: &mut SessionCtx) -> Result<(), WireError>
@@ -149,17 +95,15 @@ where
         session: ctx.session,
         hello: theirs,
     };
-    if ctx.net.send(NetCommand::Peer(up)).await.is_err() {
+    if !ctx.net.peer_event(up).await {
         return Ok(());
     }
     let result = exchange(r, w, ctx).await;
-    let _ = ctx
-        .net
-        .send(NetCommand::Peer(PeerEvent::Down {
-            peer,
-            session: ctx.session,
-        }))
-        .await;
+    let down = PeerEvent::Down {
+        peer,
+        session: ctx.session,
+    };
+    ctx.net.peer_event(down).await;
     result
 }
 
@@ -172,7 +116,7 @@ where
     let events = ctx.net.clone();
     let forward = |ev: PeerEvent| {
         let events = events.clone();
-        async move { events.send(NetCommand::Peer(ev)).await.is_ok() }
+        async move { events.peer_event(ev).await }
     };
     let reader = async {
         let mut budget = crate::swarm::TokenBucket::new(

@@ -14,8 +14,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::error::NodeError;
 use super::report::{Reporter, StatusReport};
-use super::NodeError;
 
 type Labels = Vec<(&'static str, String)>;
 

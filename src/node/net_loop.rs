@@ -18,14 +18,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{self, PeerEvent, SessionCtx};
+use super::chunks;
+use super::control::{self, SessionCtx};
+use super::error::NodeError;
+use super::events::{self, EventSender, PeerEvent};
+use super::handle::Started;
 use super::peer_book::PeerBook;
 use super::serve::Content;
-use super::{chunks, LocalInfo, NodeError, Started, Stats};
+use super::status::Stats;
+use super::swarm_handle::{LocalInfo, NetCommand, NetHandle, NetReport, PeerSummary};
 use crate::config::{
     NodeConfig, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL, STREAM_OPEN_TIMEOUT,
 };
-use crate::net::streams::{self, OpenError};
+use crate::net::streams;
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::swarm::{Admission, Dial, Learned, PexDials, SeedPolicy, Slots};
 use crate::wire::{
@@ -44,76 +49,6 @@ fn parse_addrs(raw: &[Vec<u8>]) -> Vec<Multiaddr> {
 
 /// Grace period for goodbyes and in-flight replies at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// Commands to the net loop.
-pub(crate) enum NetCommand {
-    Dial(Multiaddr),
-    OpenStream {
-        peer: PeerId,
-        protocol: StreamProtocol,
-        reply: oneshot::Sender<Result<Stream, OpenError>>,
-    },
-    Broadcast(ControlMsg),
-    Ban {
-        peer: PeerId,
-        reason: String,
-    },
-    Disconnect(PeerId),
-    Banned(oneshot::Sender<Vec<PeerId>>),
-    PeerTable(oneshot::Sender<Vec<PeerSummary>>),
-    /// Peer table, reachability and addresses for `status`.
-    Report(oneshot::Sender<NetReport>),
-    /// Store the head in the DHT.
-    PutHead(crate::trust::SignedHead),
-    /// Look up the swarm's head record.
-    GetHead(oneshot::Sender<Option<crate::trust::SignedHead>>),
-    DangerPutRecord {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    #[doc(hidden)]
-    Peer(PeerEvent),
-    #[doc(hidden)]
-    ControlStream {
-        peer: PeerId,
-        stream: Stream,
-        ours: bool,
-    },
-    #[doc(hidden)]
-    SessionEnded {
-        peer: PeerId,
-        session: u64,
-    },
-}
-
-/// One row of the peer table, as `NodeHandle::peers` reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PeerSummary {
-    pub peer: String,
-    pub node_id: Option<uuid::Uuid>,
-    pub role: Option<String>,
-    pub addrs: Vec<String>,
-    /// Newest revision the peer said it holds (as told; heads are verified by the engine).
-    pub revision: Option<u64>,
-    pub online: bool,
-    pub banned: bool,
-    pub last_seen_unix_ms: u64,
-    pub rtt_ms: Option<f64>,
-    /// The connection chunk streams use, when connected: its remote address and whether it
-    /// goes through a relay.
-    pub address: Option<String>,
-    pub relayed: Option<bool>,
-}
-
-/// What the net loop reports for `status`.
-#[derive(Debug, Clone)]
-pub(crate) struct NetReport {
-    pub peers: Vec<PeerSummary>,
-    /// public, nated, relayed or unknown.
-    pub reachability: &'static str,
-    /// Addresses told to peers (listen, external, relayed).
-    pub addrs: Vec<String>,
-}
 
 #[derive(Debug, Clone)]
 struct PeerRecord {
@@ -157,8 +92,10 @@ struct Session {
 struct NetLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<NetCommand>,
-    self_tx: mpsc::Sender<NetCommand>,
-    events: mpsc::Sender<PeerEvent>,
+    /// Our own handle, for the tasks we spawn.
+    handle: NetHandle,
+    /// To the engine: never waits (see [`events`]).
+    events: EventSender,
     local: LocalInfo,
     content: Content,
     stats: Arc<Stats>,
@@ -286,12 +223,12 @@ pub(crate) async fn start(
         }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let (ev_tx, ev_rx) = mpsc::channel(256);
+    let (ev_tx, ev_rx) = events::queue();
     let cancel = CancellationToken::new();
     let net = NetLoop {
         swarm,
         commands: cmd_rx,
-        self_tx: cmd_tx.clone(),
+        handle: NetHandle::new(cmd_tx.clone()),
         events: ev_tx,
         local,
         content,
@@ -333,7 +270,7 @@ pub(crate) async fn start(
     let mut tasks = JoinSet::new();
     tasks.spawn(net.run(early_events));
     Ok(Started {
-        net: cmd_tx,
+        net: NetHandle::new(cmd_tx),
         events: ev_rx,
         peer_id,
         listen_addrs: listen_addrs
@@ -484,7 +421,7 @@ impl NetLoop {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 cmd = self.commands.recv() => match cmd {
-                    Some(NetCommand::Peer(ev)) => self.on_peer_event(ev).await,
+                    Some(NetCommand::Peer(ev)) => self.on_peer_event(ev),
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
@@ -635,7 +572,7 @@ impl NetLoop {
 
     /// Update the peer table from a session's event, run peer exchange, and pass the event on
     /// to the engine.
-    async fn on_peer_event(&mut self, ev: PeerEvent) {
+    fn on_peer_event(&mut self, ev: PeerEvent) {
         // When both sides dialled, the tie-break replaces one session with the other; the
         // replaced one's Up or Down can arrive after the live one's Up and must not mark the
         // peer online or offline. (A Down with no session left at all, e.g. after a ban, is
@@ -693,7 +630,9 @@ impl NetLoop {
             }
             PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } => {}
         }
-        let _ = self.events.send(ev).await;
+        if !self.events.push(ev) {
+            warn!("the engine is far behind: a peer event was dropped");
+        }
     }
 
     fn record(&mut self, peer: PeerId) -> &mut PeerRecord {
@@ -1138,7 +1077,9 @@ impl NetLoop {
                     if newer {
                         query.best = Some(head.clone());
                         if let (Some(peer), None) = (peer, &query.reply) {
-                            let _ = self.events.try_send(PeerEvent::Head { peer, head });
+                            if !self.events.push(PeerEvent::Head { peer, head }) {
+                                warn!("the engine is far behind: a head record was dropped");
+                            }
                         }
                     }
                 }
@@ -1157,7 +1098,8 @@ impl NetLoop {
     }
 
     /// Save known peers with addresses, online ones first, for the next start.
-    fn save_peers(&self) {
+    /// Write the peer table for the next start, on the blocking pool (joined at shutdown).
+    fn save_peers(&mut self) {
         let mut rows: Vec<(&PeerId, &PeerRecord)> = self
             .table
             .iter()
@@ -1180,13 +1122,15 @@ impl NetLoop {
         if list.is_empty() {
             return;
         }
-        let tmp = self.peers_file.with_extension("tmp");
+        let path = self.peers_file.clone();
         let bytes = postcard::to_stdvec(&list).expect("peer list encodes");
-        let saved =
-            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.peers_file));
-        if let Err(e) = saved {
-            debug!(error = %e, "cannot save the peer table");
-        }
+        self.tasks.spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            let saved = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = saved {
+                debug!(error = %e, "cannot save the peer table");
+            }
+        });
     }
 
     /// With no live session, dial the bootstrap peers again, backing off up to `REDIAL_MAX`.
@@ -1509,17 +1453,11 @@ impl NetLoop {
             StreamProtocol::new(CONTROL_PROTOCOL),
             reply,
         );
-        let tx = self.self_tx.clone();
+        let net = self.handle.clone();
         self.tasks.spawn(async move {
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {
                 Ok(Ok(Ok(stream))) => {
-                    let _ = tx
-                        .send(NetCommand::ControlStream {
-                            peer,
-                            stream,
-                            ours: true,
-                        })
-                        .await;
+                    net.control_stream(peer, stream, true).await;
                 }
                 Ok(Ok(Err(e))) => warn!(%peer, error = %e, "cannot open control stream"),
                 _ => warn!(%peer, "opening the control stream timed out"),
@@ -1559,7 +1497,7 @@ impl NetLoop {
             peer,
             content: self.content.clone(),
             stats: self.stats.clone(),
-            net: self.self_tx.clone(),
+            net: self.handle.clone(),
             corrupt: self.corrupt,
             upload: self.upload.clone(),
             seed: self.seed.clone(),
@@ -1651,7 +1589,7 @@ impl NetLoop {
             local: self.local.clone(),
             version: self.version,
             content: self.content.clone(),
-            net: self.self_tx.clone(),
+            net: self.handle.clone(),
             out: out_rx,
             cancel: cancel.clone(),
         };

@@ -10,11 +10,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::control::PeerEvent;
-use super::net_loop::{self, NetCommand};
+use super::applied::{load_applied, open_db};
+use super::error::NodeError;
+use super::events::{EventReceiver, PeerEvent};
+use super::handle::{start_services, NodeHandle, PublisherCommand};
+use super::net_loop;
 use super::report::Reporter;
 use super::serve::{file_checks, manifest_blobs, Content, ServeIndex};
-use super::{load_applied, LocalInfo, NodeError, NodeHandle, PublisherCommand, Stats, Status};
+use super::status::{Stats, Status};
+use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, STATE_DIR, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX};
 use crate::store::Db;
 use crate::tree::{FileRecord, IgnoreRules, Manifest, RelPath};
@@ -45,10 +49,11 @@ struct Publisher {
     swarm_id: uuid::Uuid,
     content: Content,
     stats: Arc<Stats>,
-    net: Option<mpsc::Sender<NetCommand>>,
+    net: Option<NetHandle>,
     status: watch::Sender<Status>,
-    current: Option<(u64, Manifest)>,
-    known: HashMap<RelPath, FileRecord>,
+    current: Option<(u64, Arc<Manifest>)>,
+    /// The file index of the last scan (shared with the scan running on the blocking pool).
+    known: Arc<HashMap<RelPath, FileRecord>>,
     /// `--ignore` patterns, applied after `.treecastignore`.
     ignore: Vec<String>,
     /// The newest revision of this swarm that the swarm was heard to hold (DHT, peers).
@@ -149,15 +154,15 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         net: None,
         status,
         current: None,
-        known: db.file_index()?,
+        known: Arc::new(db.file_index()?),
         swarm_newest: 0,
         lineage: lineage.clone(),
         scan_progress: config.scan_progress.clone(),
     };
-    let checks = super::serve::file_checks(&engine.known);
+    let checks = super::serve::file_checks(engine.known.iter());
     if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id, checks)? {
         let revision = applied.head.revision();
-        engine.current = Some((revision, applied.manifest.clone()));
+        engine.current = Some((revision, Arc::new(applied.manifest.clone())));
         engine.status.send_modify(|s| {
             s.revision = Some(revision);
             s.newest_known = Some(revision);
@@ -217,7 +222,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         stats: stats.clone(),
         started: std::time::Instant::now(),
     };
-    let metrics_addr = super::start_services(&config, &reporter, &mut tasks, &cancel).await?;
+    let metrics_addr = start_services(&config, &reporter, &mut tasks, &cancel).await?;
     tasks.spawn(engine.run(events, cmd_rx, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
@@ -239,7 +244,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
 impl Publisher {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<PeerEvent>,
+        mut events: EventReceiver,
         mut commands: mpsc::Receiver<PublisherCommand>,
         config: NodeConfig,
         cancel: CancellationToken,
@@ -283,13 +288,13 @@ impl Publisher {
     /// and some peer was heard (or none is configured).
     async fn learn_swarm(
         &mut self,
-        events: &mut mpsc::Receiver<PeerEvent>,
+        events: &mut EventReceiver,
         window: std::time::Duration,
         wait_for_peer: bool,
     ) {
         let net = self.net.clone().expect("net started");
         let deadline = tokio::time::Instant::now() + window;
-        let lookup = super::request(&net, NetCommand::GetHead);
+        let lookup = net.head();
         tokio::pin!(lookup);
         let mut dht_done = false;
         loop {
@@ -328,7 +333,7 @@ impl Publisher {
                 warn!(?peer, error = %e, "rejected a head's handover records");
                 if let (Some(peer), Some(net)) = (peer, &self.net) {
                     let reason = format!("forged head: {e}");
-                    let _ = net.try_send(NetCommand::Ban { peer, reason });
+                    net.try_ban(peer, reason);
                 }
                 Stats::add(&self.stats.heads_rejected, 1);
                 return;
@@ -365,7 +370,7 @@ impl Publisher {
             let (files, bytes) = (scanned.0.files().count(), scanned.0.total_bytes());
             let (old_files, old_bytes) = (old.files().count(), old.total_bytes());
             let smaller = |n: usize, o: usize| (n as f64) < (o as f64) * MUCH_SMALLER;
-            if scanned.0 != *old
+            if scanned.0 != **old
                 && (smaller(files, old_files) || smaller(bytes as usize, old_bytes as usize))
             {
                 return Err(NodeError::Refused(format!(
@@ -376,7 +381,7 @@ impl Publisher {
                 )));
             }
         }
-        self.publish_scanned(scanned)?;
+        self.publish_scanned(scanned).await?;
         Ok(())
     }
 
@@ -414,7 +419,7 @@ impl Publisher {
     /// Scan the tree; publish a new revision if it changed.
     async fn rescan(&mut self) -> Result<Option<u64>, NodeError> {
         let scanned = self.scan_tree().await?;
-        self.publish_scanned(scanned)
+        self.publish_scanned(scanned).await
     }
 
     /// Scan the tree (hashing only files whose size, mtime or inode changed).
@@ -425,24 +430,26 @@ impl Publisher {
         let known = self.known.clone();
         let extra = self.ignore.clone();
         let progress = self.scan_progress.clone();
+        let (scan, known) = blocking(move || {
+            // Read again on every scan, so edits to .treecastignore take effect.
+            let rules = IgnoreRules::load(&dir, &extra)?;
+            let scan = crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())?;
+            let known = Arc::new(scan.records.iter().cloned().collect());
+            Ok((scan, known))
+        })
+        .await?;
         let crate::tree::Scan {
             manifest,
             records,
             stats: scan_stats,
-        } = tokio::task::spawn_blocking(move || {
-            // Read again on every scan, so edits to .treecastignore take effect.
-            let rules = IgnoreRules::load(&dir, &extra)?;
-            crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())
-        })
-        .await
-        .map_err(|e| NodeError::Refused(format!("scan task failed: {e}")))??;
+        } = scan;
         Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
-        self.known = records.iter().cloned().collect();
+        self.known = known;
         Ok((manifest, records, scan_stats))
     }
 
     /// Publish a scanned tree if it differs from the current revision.
-    fn publish_scanned(
+    async fn publish_scanned(
         &mut self,
         (manifest, records, scan_stats): (
             Manifest,
@@ -450,15 +457,21 @@ impl Publisher {
             crate::tree::ScanStats,
         ),
     ) -> Result<Option<u64>, NodeError> {
-        if let Some((_, current)) = self.current.as_ref().filter(|(_, m)| *m == manifest) {
-            self.db.update_file_index(&records)?;
-            // Touched or replaced by equal copies: served from the files as they are now.
-            let checks = file_checks(records.iter().map(|(p, r)| (p, r)));
-            self.content.update_files(current, &checks);
-            return Ok(None);
+        if let Some((_, current)) = self.current.as_ref().filter(|(_, m)| **m == manifest) {
+            let (db, content, current) = (self.db.clone(), self.content.clone(), current.clone());
+            return blocking(move || {
+                db.update_file_index(&records)?;
+                // Touched or replaced by equal copies: served from the files as they are now.
+                let checks = file_checks(records.iter().map(|(p, r)| (p, r)));
+                content.update_files(&current, &checks);
+                Ok(None)
+            })
+            .await;
         }
-        let bytes = manifest.encode();
-        let revision = self.publish(bytes, &manifest, &records)?;
+        let manifest = Arc::new(manifest);
+        let encoded = manifest.clone();
+        let bytes = blocking(move || Ok(encoded.encode())).await?;
+        let revision = self.publish(bytes, manifest.clone(), records).await?;
         info!(
             revision,
             files = scan_stats.files,
@@ -472,18 +485,25 @@ impl Publisher {
 
     async fn danger_publish(&mut self, bytes: Vec<u8>) -> Result<u64, NodeError> {
         let manifest = Manifest::decode(&bytes).unwrap_or_default();
-        let records: Vec<_> = self.known.clone().into_iter().collect();
-        let revision = self.publish(bytes, &manifest, &records)?;
+        let manifest = Arc::new(manifest);
+        let records: Vec<_> = self
+            .known
+            .iter()
+            .map(|(p, r)| (p.clone(), r.clone()))
+            .collect();
+        let revision = self.publish(bytes, manifest.clone(), records).await?;
         warn!(revision, "published an unchecked manifest (test hook)");
         self.current = Some((revision, manifest));
         Ok(revision)
     }
 
-    fn publish(
+    /// Sign `bytes` (the encoding of `manifest`) as the next revision, commit it and serve it.
+    /// The hashing, the commit and the serve index are built on the blocking pool.
+    async fn publish(
         &mut self,
         bytes: Vec<u8>,
-        manifest: &Manifest,
-        records: &[(RelPath, FileRecord)],
+        manifest: Arc<Manifest>,
+        records: Vec<(RelPath, FileRecord)>,
     ) -> Result<u64, NodeError> {
         // Never below what the swarm holds: numbers only go up, whatever this node remembers.
         let revision = self
@@ -492,37 +512,36 @@ impl Publisher {
             .map_or(0, |(r, _)| *r)
             .max(self.swarm_newest)
             + 1;
-        let (index_hash, blobs) = manifest_blobs(&bytes);
-        let created_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let head = SignedHead::sign(
-            HeadBody {
-                swarm_id: self.swarm_id,
+        let (swarm_id, key, links) = (
+            self.swarm_id,
+            self.key.clone(),
+            self.lineage.links().to_vec(),
+        );
+        let (db, content, dir) = (self.db.clone(), self.content.clone(), self.dir.clone());
+        let head = blocking(move || {
+            let (index_hash, blobs) = manifest_blobs(&bytes);
+            let created_unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let body = HeadBody {
+                swarm_id,
                 revision,
                 manifest_hash: crate::tree::ContentHash::of(&bytes),
                 manifest_size: bytes.len() as u64,
                 manifest_index_hash: index_hash,
                 created_unix_ms,
                 signer: [0; 32],
-            },
-            &self.key,
-        )
-        .with_succession(self.lineage.links().to_vec());
-        self.db
-            .commit_revision(&head.signed().encode(), records, &blobs)?;
-        self.content.replace(ServeIndex::build(
-            self.dir.clone(),
-            head.signed().clone(),
-            manifest,
-            blobs,
-            &file_checks(records.iter().map(|(p, r)| (p, r))),
-        ));
+            };
+            let head = SignedHead::sign(body, &key).with_succession(links);
+            db.commit_revision(&head.signed().encode(), &records, &blobs)?;
+            let checks = file_checks(records.iter().map(|(p, r)| (p, r)));
+            let index = ServeIndex::build(dir, head.signed().clone(), &manifest, blobs, &checks);
+            content.replace(index);
+            Ok(head)
+        })
+        .await?;
         if let Some(net) = &self.net {
-            if net
-                .try_send(NetCommand::PutHead(head.signed().clone()))
-                .is_err()
-            {
+            if !net.put_head(head.signed().clone()) {
                 warn!("network busy: head not stored in the DHT this time");
             }
             let announce = [
@@ -530,7 +549,7 @@ impl Publisher {
                 ControlMsg::Complete { revision },
             ];
             for msg in announce {
-                if net.try_send(NetCommand::Broadcast(msg)).is_err() {
+                if !net.broadcast(msg) {
                     warn!("network busy: new head will reach peers on their next hello");
                 }
             }
@@ -542,6 +561,16 @@ impl Publisher {
         });
         Ok(revision)
     }
+}
+
+/// Run `f` on the blocking pool: scans, hashing, database commits and serve indexes never
+/// hold a runtime thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Refused(format!("publisher task failed: {e}")))?
 }
 
 fn start_watcher(
@@ -647,7 +676,7 @@ pub(crate) fn handover(
     to: PublisherPublicKey,
     from_revision: Option<u64>,
 ) -> Result<Vec<Succession>, NodeError> {
-    let db = super::open_db(dir)?;
+    let db = open_db(dir)?;
     let stored = db.state()?;
     let Some((swarm_id, lineage)) = stored.lineage() else {
         return Err(NodeError::Refused(format!(

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::net_loop::{NetCommand, NetReport};
+use super::error::NodeError;
+use super::status::{Stats, StatsSnapshot, Status};
+use super::swarm_handle::{NetHandle, NetReport};
 use super::traffic::{ByteCounts, ByteRates};
-use super::{request, NodeError, Stats, StatsSnapshot, Status};
 use crate::trust::PublisherPublicKey;
 use crate::wire::Role;
 
@@ -143,7 +144,7 @@ pub(crate) struct Reporter {
     pub swarm_id: uuid::Uuid,
     pub peer_id: PeerId,
     pub publisher: PublisherPublicKey,
-    pub net: mpsc::Sender<NetCommand>,
+    pub net: NetHandle,
     pub status: watch::Receiver<Status>,
     pub stats: Arc<Stats>,
     pub started: Instant,
@@ -151,7 +152,7 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     pub async fn report(&self) -> Result<StatusReport, NodeError> {
-        let net: NetReport = request(&self.net, NetCommand::Report).await?;
+        let net: NetReport = self.net.report().await?;
         let status = self.status.borrow().clone();
         let traffic = self.stats.traffic.snapshot();
         let fp = fingerprint(&self.publisher);

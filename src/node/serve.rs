@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::tree::{
-    chunk_bytes, open_beneath, read_check, ChunkRef, ContentHash, FileId, FileRecord, Manifest,
-    RelPath,
+    chunk_bytes, open_beneath, open_beneath_cached, open_cached, read_check, ChunkRef, ContentHash,
+    FileId, FileRecord, Manifest, RelPath,
 };
 use crate::trust::SignedHead;
 
@@ -214,7 +214,16 @@ impl Content {
                 let Some((path, offset, len, check)) = place else {
                     return Ok(None);
                 };
-                let Some(file) = open_staged(&path) else {
+                let file = match io {
+                    Io::Block => open_staged(&path),
+                    // Opening may wait on the disk too (a directory not in the kernel's cache).
+                    Io::NoWait => match open_cached(&path) {
+                        Ok(Some(file)) => Some(file),
+                        Ok(None) => return Err(WouldBlock),
+                        Err(_) => None,
+                    },
+                };
+                let Some(file) = file else {
                     return Ok(None);
                 };
                 match read_checked(&file, &path, offset, len, hash, check, io)? {
@@ -385,8 +394,15 @@ impl ServeIndex {
             return Ok(None);
         };
         let path = place.path.under(&self.root);
-        let file = match open_beneath(root, std::path::Path::new(place.path.as_str())) {
-            Ok((file, meta)) if place.file.matches(&meta) => file,
+        let rel = std::path::Path::new(place.path.as_str());
+        let opened = match io {
+            Io::Block => open_beneath(root, rel).map(Some),
+            // Opening may wait on the disk too (a directory not in the kernel's cache).
+            Io::NoWait => open_beneath_cached(root, rel),
+        };
+        let file = match opened {
+            Ok(None) => return Err(WouldBlock),
+            Ok(Some((file, meta))) if place.file.matches(&meta) => file,
             _ => {
                 tracing::warn!(path = %path.display(), "file replaced or changed since it was indexed; not serving it");
                 return Ok(None);

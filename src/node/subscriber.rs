@@ -13,13 +13,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::applied::{load_applied, Applied};
 use super::chunks::{
     fetch_all, Availability, ChunkSink, FeedPeer, FetchCtx, FetchError, PeerChange, PeerFeed,
 };
-use super::control::PeerEvent;
-use super::net_loop::{self, NetCommand};
+use super::error::NodeError;
+use super::events::{EventReceiver, PeerEvent};
+use super::handle::{start_services, NodeHandle};
+use super::net_loop;
 use super::serve::{file_checks, Content};
-use super::{load_applied, Applied, LocalInfo, NodeError, NodeHandle, Stats, Status};
+use super::status::{Stats, Status};
+use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
 use crate::store::{local_changes, LocalChanges};
@@ -83,7 +87,7 @@ struct Subscriber {
     swarm_id: uuid::Uuid,
     content: Content,
     stats: Arc<Stats>,
-    net: mpsc::Sender<NetCommand>,
+    net: NetHandle,
     status: watch::Sender<Status>,
     applied: Option<Applied>,
     best: Option<VerifiedHead>,
@@ -216,8 +220,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         stats: stats.clone(),
         started: std::time::Instant::now(),
     };
-    let metrics_addr =
-        super::start_services(&config, &reporter, &mut tasks, &started.cancel).await?;
+    let metrics_addr = start_services(&config, &reporter, &mut tasks, &started.cancel).await?;
     tasks.spawn(engine.run(started.events, config.connect_timeout));
     Ok(NodeHandle {
         net: started.net,
@@ -237,11 +240,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
 }
 
 impl Subscriber {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<PeerEvent>,
-        connect_timeout: std::time::Duration,
-    ) {
+    async fn run(mut self, mut events: EventReceiver, connect_timeout: std::time::Duration) {
         let began = Instant::now();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
@@ -421,20 +420,14 @@ impl Subscriber {
         info!(%peer, revision = rev, "new revision announced");
         self.best = Some(head.clone());
         self.status.send_modify(|s| s.newest_known = Some(rev));
-        let _ = self.net.try_send(NetCommand::Broadcast(ControlMsg::Head(
-            head.signed().clone(),
-        )));
+        self.net.broadcast(ControlMsg::Head(head.signed().clone()));
         self.start_download(head);
     }
 
     /// `peer` sent a forged head (or forged handover records with it): count it, ban the peer.
     async fn reject(&self, peer: PeerId, e: crate::trust::TrustError) {
         warn!(%peer, error = %e, "rejected a forged head: banning its sender");
-        let ban = NetCommand::Ban {
-            peer,
-            reason: format!("forged head: {e}"),
-        };
-        let _ = self.net.send(ban).await;
+        self.net.ban(peer, format!("forged head: {e}")).await;
         // Counted after the ban is queued: the count never runs ahead of the ban.
         Stats::add(&self.stats.heads_rejected, 1);
     }
@@ -595,7 +588,7 @@ impl Subscriber {
                 self.content.replace(applied.serve_index(&self.dir));
                 self.applied = Some(applied);
                 let notice = ControlMsg::Complete { revision: rev };
-                let _ = self.net.try_send(NetCommand::Broadcast(notice));
+                self.net.broadcast(notice);
                 self.status.send_modify(|s| {
                     s.revision = Some(rev);
                     s.progress = None;

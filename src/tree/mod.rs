@@ -16,7 +16,7 @@ pub use ignore::{IgnoreRules, IGNORE_FILE};
 pub use manifest::{
     published_mode, Entry, EntryKind, EntryWire, Manifest, ManifestWire, MANIFEST_FORMAT, MODE_BITS,
 };
-pub use open::{open_beneath, FileId};
+pub use open::{open_beneath, open_beneath_cached, open_cached, FileId};
 pub use path::{is_state_dir, RelPath};
 pub use scan::{mtime_ns, scan, scan_with_progress, FileRecord, Scan, ScanProgress, ScanStats};
 

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use rustix::fs::{openat, openat2, Mode, OFlags, ResolveFlags};
+use rustix::fs::{openat, openat2, Mode, OFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
 
 /// Who a file on disk is: a file replaced, swapped for a link, or written since it was indexed
@@ -61,13 +61,43 @@ pub fn open_entry(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
 /// symlink on the way. Returns the file and its metadata; anything but a regular file is an
 /// `InvalidInput` error.
 pub fn open_beneath(root: &File, rel: &Path) -> io::Result<(File, Metadata)> {
-    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    let file = match openat2(root, rel, read_flags(), Mode::empty(), how) {
+    let file = match openat2(root, rel, read_flags(), Mode::empty(), BENEATH) {
         Ok(fd) => File::from(fd),
         // No openat2 (before Linux 5.6, or filtered by seccomp): walk it one component at a time.
         Err(Errno::NOSYS | Errno::PERM) => open_by_components(root, rel)?,
         Err(e) => return Err(e.into()),
     };
+    regular(file)
+}
+
+/// Like [`open_beneath`], but only if the kernel can resolve the path from its caches alone
+/// (`RESOLVE_CACHED`, Linux 5.12): `Ok(None)` says the open would have to wait for the disk
+/// (or the kernel cannot tell), so call [`open_beneath`] on a blocking thread instead.
+pub fn open_beneath_cached(root: &File, rel: &Path) -> io::Result<Option<(File, Metadata)>> {
+    let how = BENEATH | ResolveFlags::CACHED;
+    match openat2(root, rel, read_flags(), Mode::empty(), how) {
+        Ok(fd) => regular(File::from(fd)).map(Some),
+        Err(Errno::AGAIN | Errno::INVAL | Errno::NOSYS | Errno::PERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Open `path` for reading, not following a link at its end, only if the kernel can resolve it
+/// from its caches alone; `Ok(None)` as for [`open_beneath_cached`].
+pub fn open_cached(path: &Path) -> io::Result<Option<File>> {
+    match openat2(CWD, path, read_flags(), Mode::empty(), ResolveFlags::CACHED) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(Errno::AGAIN | Errno::INVAL | Errno::NOSYS | Errno::PERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// `file` and its metadata if it is a regular file; else an `InvalidInput` error.
+fn regular(file: File) -> io::Result<(File, Metadata)> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
@@ -129,6 +159,17 @@ mod tests {
             );
         }
         assert!(open_by_components(&root, Path::new("d/f")).is_ok());
+        // The open that never waits for the disk refuses the same paths (or says it cannot
+        // tell), and opens a file the kernel just saw (or says to open it on another thread).
+        for path in ["d/link", "dirlink/secret", "../secret", "d", "/etc/passwd"] {
+            let opened = open_beneath_cached(&root, Path::new(path));
+            assert!(!matches!(opened, Ok(Some(_))), "{path} opened");
+        }
+        if let Some((mut f, _)) = open_beneath_cached(&root, Path::new("d/f")).unwrap() {
+            assert_eq!(std::io::read_to_string(&mut f).unwrap(), "mine");
+        }
+        let link = tree.path().join("d/link");
+        assert!(!matches!(open_cached(&link), Ok(Some(_))), "a link opened");
     }
 
     #[test]
