@@ -100,7 +100,10 @@ struct Subscriber {
     download_limit: Option<super::chunks::Limiter>,
     /// The look for local changes under way, and the number of downloads finished when it
     /// began (a result is stale if one finished since).
-    local_check: Option<(tokio::task::JoinHandle<LocalChanges>, u64)>,
+    local_check: Option<(
+        tokio::task::JoinHandle<Result<LocalChanges, StoreError>>,
+        u64,
+    )>,
     next_local_check: Instant,
     downloads_done: u64,
     /// After a local storage error: when to try the download again, and the next wait.
@@ -266,10 +269,15 @@ impl Subscriber {
                     if self.local_check.is_some() => {
                     let (_, began_at) = self.local_check.take().expect("guarded");
                     Stats::add(&self.stats.local_checks, 1);
-                    if let Ok(changes) = res {
-                        if began_at == self.downloads_done && self.download.is_none() {
-                            self.on_local_changes(changes).await;
+                    match res {
+                        Ok(Ok(changes)) => {
+                            self.note_local_check(None);
+                            if began_at == self.downloads_done && self.download.is_none() {
+                                self.on_local_changes(changes).await;
+                            }
                         }
+                        Ok(Err(e)) => self.note_local_check(Some(e.to_string())),
+                        Err(e) => self.note_local_check(Some(format!("the look failed: {e}"))),
                     }
                 }
                 _ = tick.tick() => {
@@ -480,10 +488,29 @@ impl Subscriber {
         }
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
         let task = tokio::task::spawn_blocking(move || {
-            let index = db.file_index().unwrap_or_default();
-            local_changes(&dir, &index, &manifest)
+            // Not an empty index on error: every file would be rehashed each time, unnoticed.
+            let index = db.file_index()?;
+            Ok(local_changes(&dir, &index, &manifest))
         });
         self.local_check = Some((task, self.downloads_done));
+    }
+
+    /// A look for local changes ended: with an error (`Some`), logged and kept in the status
+    /// until a look succeeds (`None`). The looks go on at their pace.
+    fn note_local_check(&mut self, error: Option<String>) {
+        const WHAT: &str = "cannot look for local changes";
+        if let Some(e) = &error {
+            error!(error = %e, "{WHAT}");
+        }
+        self.status.send_if_modified(|s| {
+            let ours = s.error.as_deref().is_some_and(|e| e.starts_with(WHAT));
+            match &error {
+                Some(e) => s.error = Some(format!("{WHAT}: {e}")),
+                None if ours => s.error = None,
+                None => return false,
+            }
+            true
+        });
     }
 
     /// The mirror was changed locally: warn, move added files aside, and repair it by applying
@@ -1176,6 +1203,27 @@ mod tests {
         }
         let conflicts = mirror.join(crate::config::STATE_DIR).join("conflicts");
         assert!(!conflicts.exists() || std::fs::read_dir(&conflicts).unwrap().next().is_none());
+        s.shutdown().await;
+        p.shutdown().await;
+    }
+
+    /// The file index of a running subscriber becomes unreadable: the look for local changes
+    /// says so in the status, rather than compare the mirror with an empty index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_file_index_is_reported_by_the_local_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, mirror) = (tmp.path().join("src"), tmp.path().join("mirror"));
+        std::fs::create_dir_all(&src).unwrap();
+        let (p, s) = synced_pair(&src, &mirror).await;
+        s.db.danger_put_file_record("a.txt", &[0xff; 3]).unwrap();
+        let reported = |st: &Status| {
+            st.error
+                .as_deref()
+                .is_some_and(|e| e.contains("local changes"))
+        };
+        s.wait_for(Duration::from_secs(20), "the local check to fail", reported)
+            .await
+            .unwrap();
         s.shutdown().await;
         p.shutdown().await;
     }

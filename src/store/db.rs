@@ -204,6 +204,21 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+impl Db {
+    /// Store `bytes` as the file record of `path`, unchecked: a damaged file index, for tests.
+    pub(crate) fn danger_put_file_record(
+        &self,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        txn.open_table(FILES)?.insert(path, bytes)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
 /// A file record as treecast wrote it before read checks.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FileRecordV1 {
