@@ -313,10 +313,10 @@ mod tests {
     /// The seam: an fsync error for the directory the test named (the disk cannot be made to
     /// fail one on demand).
     pub(super) fn injected_sync_failure(path: &Path) -> std::io::Result<()> {
-        match SYNC_FAILS.with(|f| f.borrow().as_deref() == Some(path)) {
-            true => Err(std::io::Error::from_raw_os_error(libc::EIO)),
-            false => Ok(()),
+        if SYNC_FAILS.with(|f| f.borrow().as_deref() == Some(path)) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
+        Ok(())
     }
 
     /// A manifest of `src` after writing `files` there, and a staging area in `root` holding
