@@ -48,22 +48,39 @@ pub(crate) struct ServerCtx {
     pub seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
 }
 
+/// Why a chunk stream stopped answering.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Our read of a chunk failed (its task panicked): not the peer's doing, and not "not
+    /// found" either, which would tell the peer we lack the chunk.
+    #[error("reading chunk {hash} failed: {source}")]
+    Read {
+        hash: ContentHash,
+        source: tokio::task::JoinError,
+    },
+}
+
 /// Answer chunk requests on one stream until it closes.
 pub(crate) async fn serve(stream: Stream, ctx: ServerCtx) {
     let peer = ctx.peer;
     let (mut r, mut w) = stream.split();
-    if let Err(e) = serve_loop(&mut r, &mut w, &ctx).await {
-        if e.is_hostile() {
+    match serve_loop(&mut r, &mut w, &ctx).await {
+        Ok(()) => {}
+        Err(e @ ServeError::Read { .. }) => {
+            tracing::error!(%peer, error = %e, "closing the chunk stream");
+        }
+        Err(ServeError::Wire(e)) if e.is_hostile() => {
             warn!(%peer, error = %e, "hostile chunk request: banning");
             Stats::add(&ctx.stats.hostile_frames, 1);
             ctx.net.ban(peer, e.to_string()).await;
-        } else {
-            debug!(%peer, error = %e, "chunk stream closed");
         }
+        Err(ServeError::Wire(e)) => debug!(%peer, error = %e, "chunk stream closed"),
     }
 }
 
-async fn serve_loop<R, W>(r: &mut R, w: &mut W, ctx: &ServerCtx) -> Result<(), WireError>
+async fn serve_loop<R, W>(r: &mut R, w: &mut W, ctx: &ServerCtx) -> Result<(), ServeError>
 where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
@@ -83,13 +100,9 @@ where
         let mut data = if refuse {
             None
         } else {
-            match content.read_now(&hash) {
-                Ok(data) => data,
-                Err(_would_block) => tokio::task::spawn_blocking(move || content.read(&hash))
-                    .await
-                    .ok()
-                    .flatten(),
-            }
+            read_chunk(content, hash)
+                .await
+                .map_err(|source| ServeError::Read { hash, source })?
         };
         if ctx.corrupt {
             data = data.filter(|d| !d.is_empty()).map(|d| {
@@ -113,6 +126,22 @@ where
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
     }
     Ok(())
+}
+
+/// The bytes of `hash` for a peer: at once when that needs no disk I/O, else read on a
+/// blocking thread.
+async fn read_chunk(
+    content: Content,
+    hash: ContentHash,
+) -> Result<Option<bytes::Bytes>, tokio::task::JoinError> {
+    #[cfg(test)]
+    if tests::read_fails(&hash) {
+        return tokio::task::spawn_blocking(|| panic!("a chunk read fails (test)")).await;
+    }
+    match content.read_now(&hash) {
+        Ok(data) => Ok(data),
+        Err(_would_block) => tokio::task::spawn_blocking(move || content.read(&hash)).await,
+    }
 }
 
 /// A global bandwidth limit, shared by every chunk stream it applies to.
@@ -780,8 +809,12 @@ impl Lane {
             (verdict, frame)
         })
         .await;
-        let Ok((verdict, frame)) = joined else {
-            return (false, Vec::new());
+        let (verdict, frame) = match joined {
+            Ok(checked) => checked,
+            Err(e) => {
+                tracing::error!(peer = %lane.0, %hash, error = %e, "checking a chunk failed: closing the lane");
+                return (false, Vec::new());
+            }
         };
         let keep_going = match verdict {
             Ok(Some(len)) => {
@@ -827,6 +860,41 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks whose read on a blocking thread panics: the seam for a failed read, which the
+    /// disk cannot be made to give on demand.
+    static READ_FAILS: std::sync::Mutex<Vec<ContentHash>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn read_fails(hash: &ContentHash) -> bool {
+        READ_FAILS.lock().unwrap().contains(hash)
+    }
+
+    /// A read that failed on this node is not told to the peer as "not found" (it would take
+    /// the chunk for one we lack): the stream ends with the error, nothing written.
+    #[tokio::test]
+    async fn a_failed_chunk_read_ends_the_stream_instead_of_answering_not_found() {
+        let hash = ContentHash::of(b"a chunk whose read fails");
+        READ_FAILS.lock().unwrap().push(hash);
+        let (net, _net_rx) = mpsc::channel(1);
+        let ctx = ServerCtx {
+            peer: PeerId::random(),
+            content: Content::default(),
+            stats: Arc::default(),
+            net,
+            corrupt: false,
+            upload: None,
+            seed: None,
+        };
+        let mut request = Vec::new();
+        wire::write_frame(&mut request, &wire::encode(&ChunkRequest { id: 7, hash }))
+            .await
+            .unwrap();
+        let mut r = futures::io::Cursor::new(request);
+        let mut w: Vec<u8> = Vec::new();
+        let served = serve_loop(&mut r, &mut w, &ctx).await;
+        assert!(w.is_empty(), "answered {} bytes: {served:?}", w.len());
+        assert!(served.is_err(), "the stream ended cleanly");
+    }
 
     #[test]
     fn requests_in_flight_follow_rate_and_latency() {

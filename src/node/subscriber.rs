@@ -51,6 +51,10 @@ impl From<FetchError> for DownloadError {
     }
 }
 
+/// A download the engine owns: its task alone touches the staging area and the mirror until
+/// it has ended. Stopping it cancels its token, which it obeys between steps (see
+/// [`download`]); the engine starts nothing else that touches staging before the task's end
+/// arrives in its select loop, and waits for that end when it shuts down.
 struct Download {
     revision: u64,
     cancel: CancellationToken,
@@ -100,7 +104,10 @@ struct Subscriber {
     download_limit: Option<super::chunks::Limiter>,
     /// The look for local changes under way, and the number of downloads finished when it
     /// began (a result is stale if one finished since).
-    local_check: Option<(tokio::task::JoinHandle<LocalChanges>, u64)>,
+    local_check: Option<(
+        tokio::task::JoinHandle<Result<LocalChanges, StoreError>>,
+        u64,
+    )>,
     next_local_check: Instant,
     downloads_done: u64,
     /// After a local storage error: when to try the download again, and the next wait.
@@ -253,18 +260,23 @@ impl Subscriber {
                 },
                 res = async { (&mut self.download.as_mut().expect("guarded").task).await },
                     if self.download.is_some() => {
-                    self.download = None;
+                    let ended = self.download.take().expect("guarded");
                     self.downloads_done += 1;
-                    self.on_download_done(res);
+                    self.on_download_done(res, ended.cancel.is_cancelled());
                 }
                 res = async { (&mut self.local_check.as_mut().expect("guarded").0).await },
                     if self.local_check.is_some() => {
                     let (_, began_at) = self.local_check.take().expect("guarded");
                     Stats::add(&self.stats.local_checks, 1);
-                    if let Ok(changes) = res {
-                        if began_at == self.downloads_done && self.download.is_none() {
-                            self.on_local_changes(changes).await;
+                    match res {
+                        Ok(Ok(changes)) => {
+                            self.note_local_check(None);
+                            if began_at == self.downloads_done && self.download.is_none() {
+                                self.on_local_changes(changes).await;
+                            }
                         }
+                        Ok(Err(e)) => self.note_local_check(Some(e.to_string())),
+                        Err(e) => self.note_local_check(Some(format!("the look failed: {e}"))),
                     }
                 }
                 _ = tick.tick() => {
@@ -469,10 +481,29 @@ impl Subscriber {
         }
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
         let task = tokio::task::spawn_blocking(move || {
-            let index = db.file_index().unwrap_or_default();
-            local_changes(&dir, &index, &manifest)
+            // Not an empty index on error: every file would be rehashed each time, unnoticed.
+            let index = db.file_index()?;
+            Ok(local_changes(&dir, &index, &manifest))
         });
         self.local_check = Some((task, self.downloads_done));
+    }
+
+    /// A look for local changes ended: with an error (`Some`), logged and kept in the status
+    /// until a look succeeds (`None`). The looks go on at their pace.
+    fn note_local_check(&mut self, error: Option<String>) {
+        const WHAT: &str = "cannot look for local changes";
+        if let Some(e) = &error {
+            error!(error = %e, "{WHAT}");
+        }
+        self.status.send_if_modified(|s| {
+            let ours = s.error.as_deref().is_some_and(|e| e.starts_with(WHAT));
+            match &error {
+                Some(e) => s.error = Some(format!("{WHAT}: {e}")),
+                None if ours => s.error = None,
+                None => return false,
+            }
+            true
+        });
     }
 
     /// The mirror was changed locally: warn, move added files aside, and repair it by applying
@@ -524,14 +555,17 @@ impl Subscriber {
         }
     }
 
+    /// Start downloading `head`; with a download under way, stop that one first: `head` is
+    /// `best`, which `on_download_done` starts once the stopped task has ended.
     fn start_download(&mut self, head: VerifiedHead) {
-        if let Some(d) = self.download.take() {
+        if let Some(d) = &self.download {
             info!(
                 from = d.revision,
                 to = head.revision(),
                 "retargeting to a newer revision"
             );
             d.cancel.cancel();
+            return;
         }
         let (changes_tx, changes_rx) = mpsc::channel(64);
         let (members_tx, members_rx) = mpsc::unbounded_channel();
@@ -576,9 +610,12 @@ impl Subscriber {
         });
     }
 
+    /// A download ended; `stopped` if it was told to stop (for a newer revision). A stopped
+    /// download that still committed (it was past its last stop point) is applied like any.
     fn on_download_done(
         &mut self,
         res: Result<Result<Applied, DownloadError>, tokio::task::JoinError>,
+        stopped: bool,
     ) {
         match res {
             Ok(Ok(applied)) => {
@@ -596,6 +633,8 @@ impl Subscriber {
                 });
             }
             Ok(Err(DownloadError::Cancelled)) => {}
+            // Whatever stopped it, the revision it was after is no longer the target.
+            Ok(Err(e)) if stopped => info!(error = %e, "a stopped download ended on an error"),
             Ok(Err(DownloadError::Store(e))) => {
                 // Local trouble (disk full, permissions): nothing was applied, verified chunks
                 // stay staged; try again later rather than give the revision up.
@@ -710,7 +749,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(DownloadError::from)
 }
 
-/// Fetch, verify, stage and apply one revision.
+/// Stop here if the download was told to (a newer revision): between steps, never in one.
+fn go_on(cancel: &CancellationToken) -> Result<(), DownloadError> {
+    if cancel.is_cancelled() {
+        return Err(DownloadError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Fetch, verify, stage and apply one revision. Told to stop, it ends with `Cancelled` at the
+/// next step, up to the moment it starts putting files in place; from there it finishes.
 async fn download(
     env: DownloadEnv,
     head: VerifiedHead,
@@ -728,6 +776,7 @@ async fn download(
     let index = env.db.file_index()?;
     let new = manifest.clone();
     let (plan, index) = blocking(move || Ok((plan(&root, &index, &new), index))).await?;
+    go_on(&env.fetch.cancel)?;
     let staging_dir = env.dir.join(crate::config::STATE_DIR).join("staging");
     let wanted = plan.wanted.clone();
     let (area, positions, mut present) =
@@ -783,6 +832,7 @@ async fn download(
         bytes = total - base,
         "all chunks fetched and verified"
     );
+    go_on(&env.fetch.cancel)?;
     let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
     let a = area.clone();
     blocking(move || hashes.iter().try_for_each(|h| a.finish(h))).await?;
@@ -801,6 +851,14 @@ async fn download(
     let conflicts = env.dir.join(crate::config::STATE_DIR).join("conflicts");
     let a = area.clone();
     let db = env.db.clone();
+    #[cfg(test)]
+    hooks::pause_before_apply(&env.dir, revision, &env.fetch.cancel).await;
+    // The last stop point. From here the files go in place and the revision is committed
+    // whatever comes: stopped in between, the mirror would hold files of a revision its state
+    // does not name, and the next download would take them for local edits.
+    go_on(&env.fetch.cancel)?;
+    #[cfg(test)]
+    hooks::reached(&env.dir, revision, "apply");
     blocking(move || db.begin_apply(revision)).await?;
     let (mut records, stats) =
         blocking(move || apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts))
@@ -819,6 +877,8 @@ async fn download(
     let stored_blobs = blobs.clone();
     let checks = Arc::new(file_checks(records.iter().map(|(p, r)| (p, r))));
     blocking(move || db.commit_revision(&head_bytes, &records, &stored_blobs)).await?;
+    #[cfg(test)]
+    hooks::reached(&env.dir, revision, "committed");
     Ok(Applied {
         head,
         manifest,
@@ -1000,4 +1060,164 @@ fn copy_local(
         }
     }
     copied
+}
+
+/// Test hooks in downloads, per mirror directory: the steps they reach, and a pause before one
+/// puts its files in place.
+#[cfg(test)]
+mod hooks {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{LazyLock, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    /// Steps reached: (revision, step).
+    pub type Steps = Vec<(u64, &'static str)>;
+
+    struct Hooks {
+        pause_before_apply: Option<u64>,
+        steps: watch::Sender<Steps>,
+    }
+
+    static HOOKS: LazyLock<Mutex<HashMap<PathBuf, Hooks>>> = LazyLock::new(Mutex::default);
+
+    /// Watch the steps of downloads into `dir`; the download of `pause` (if any) waits before
+    /// it applies until it is cancelled (at most a minute).
+    pub fn install(dir: &Path, pause: Option<u64>) -> watch::Receiver<Steps> {
+        let (steps, rx) = watch::channel(Vec::new());
+        let hooks = Hooks {
+            pause_before_apply: pause,
+            steps,
+        };
+        HOOKS.lock().unwrap().insert(dir.to_owned(), hooks);
+        rx
+    }
+
+    pub fn reached(dir: &Path, revision: u64, step: &'static str) {
+        if let Some(h) = HOOKS.lock().unwrap().get(dir) {
+            h.steps.send_modify(|s| s.push((revision, step)));
+        }
+    }
+
+    pub async fn pause_before_apply(dir: &Path, revision: u64, cancel: &CancellationToken) {
+        let pause = HOOKS
+            .lock()
+            .unwrap()
+            .get(dir)
+            .and_then(|h| h.pause_before_apply);
+        if pause != Some(revision) {
+            return;
+        }
+        reached(dir, revision, "paused");
+        let _ = tokio::time::timeout(Duration::from_secs(60), cancel.cancelled()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    fn config(dir: &Path) -> NodeConfig {
+        let mut c = NodeConfig::new(dir);
+        c.watch = false;
+        c.mdns = false;
+        c.rescan_interval = Duration::from_secs(3600);
+        c.connect_timeout = Duration::from_secs(20);
+        c
+    }
+
+    fn key() -> crate::PublisherKey {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test-publisher.key");
+        crate::PublisherKey::load(&path).unwrap()
+    }
+
+    /// A publisher of `src` holding `a.txt`, and a subscriber of it into `mirror`, synced.
+    async fn synced_pair(src: &Path, mirror: &Path) -> (NodeHandle, NodeHandle) {
+        std::fs::write(src.join("a.txt"), b"a").unwrap();
+        let p = crate::Node::publish(config(src), key()).await.unwrap();
+        let s = crate::Node::subscribe(config(mirror), p.ticket().clone())
+            .await
+            .unwrap();
+        s.wait_for(WAIT, "synced at 1", |st| {
+            st.synced && st.revision == Some(1)
+        })
+        .await
+        .unwrap();
+        (p, s)
+    }
+
+    /// Revision 2 is fetched and about to be put in place when revision 3 is announced. The
+    /// download of 2 must stop there: before, it went on to apply (and commit) 2 while the
+    /// download of 3 used the same staging directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_revision_stops_the_download_under_way_before_it_applies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, mirror) = (tmp.path().join("src"), tmp.path().join("mirror"));
+        std::fs::create_dir_all(&src).unwrap();
+        let mut steps = hooks::install(&mirror, Some(2));
+        let (p, s) = synced_pair(&src, &mirror).await;
+
+        std::fs::write(src.join("b.txt"), b"b").unwrap();
+        assert_eq!(p.rescan().await.unwrap(), Some(2));
+        let paused = |st: &hooks::Steps| st.contains(&(2, "paused"));
+        tokio::time::timeout(WAIT, steps.wait_for(paused))
+            .await
+            .unwrap()
+            .unwrap();
+        std::fs::write(src.join("c.txt"), b"c").unwrap();
+        assert_eq!(p.rescan().await.unwrap(), Some(3));
+
+        let synced = s
+            .wait_for(WAIT, "synced at 3", |st| {
+                st.synced && st.revision == Some(3)
+            })
+            .await;
+        let taken = steps.borrow().clone();
+        assert!(
+            !taken.contains(&(2, "apply")),
+            "revision 2 went on to apply after the retarget: {taken:?}"
+        );
+        synced.unwrap();
+        assert!(taken.contains(&(3, "committed")), "{taken:?}");
+        let (revision, report) = s.verify().await.unwrap();
+        assert_eq!(revision, 3);
+        assert!(report.ok(), "{:?}", report.problems);
+        for f in ["a.txt", "b.txt", "c.txt"] {
+            assert_eq!(
+                std::fs::read(mirror.join(f)).unwrap(),
+                std::fs::read(src.join(f)).unwrap()
+            );
+        }
+        let conflicts = mirror.join(crate::config::STATE_DIR).join("conflicts");
+        assert!(!conflicts.exists() || std::fs::read_dir(&conflicts).unwrap().next().is_none());
+        s.shutdown().await;
+        p.shutdown().await;
+    }
+
+    /// The file index of a running subscriber becomes unreadable: the look for local changes
+    /// says so in the status, rather than compare the mirror with an empty index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_file_index_is_reported_by_the_local_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, mirror) = (tmp.path().join("src"), tmp.path().join("mirror"));
+        std::fs::create_dir_all(&src).unwrap();
+        let (p, s) = synced_pair(&src, &mirror).await;
+        s.db.danger_put_file_record("a.txt", &[0xff; 3]).unwrap();
+        let reported = |st: &Status| {
+            st.error
+                .as_deref()
+                .is_some_and(|e| e.contains("local changes"))
+        };
+        s.wait_for(Duration::from_secs(20), "the local check to fail", reported)
+            .await
+            .unwrap();
+        s.shutdown().await;
+        p.shutdown().await;
+    }
 }

@@ -111,9 +111,9 @@ pub fn apply_revision(
     }
     stats.removed = remove_gone(root, old, new)?;
     for p in parents {
-        sync_dir(&p);
+        sync_dir(&p)?;
     }
-    sync_dir(root);
+    sync_dir(root)?;
     stats.moved_aside = aside.moved;
     Ok((records, stats))
 }
@@ -215,10 +215,14 @@ fn remove_gone(root: &Path, old: &Manifest, new: &Manifest) -> Result<u64, Store
     Ok(removed)
 }
 
-fn sync_dir(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.sync_all();
-    }
+/// Make the names in directory `path` durable. An error fails the apply: the revision must
+/// not be committed as applied while a crash could still lose its renames.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = std::fs::File::open(path).map_err(io_err(path))?;
+    let synced = dir.sync_all();
+    #[cfg(test)]
+    let synced = synced.and(tests::injected_sync_failure(path));
+    synced.map_err(io_err(path))
 }
 
 /// Result of checking a tree against a manifest.
@@ -294,4 +298,106 @@ pub fn verify_tree(root: &Path, manifest: &Manifest) -> Result<VerifyReport, Sto
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// A directory whose fsync fails, for applies on this thread.
+        static SYNC_FAILS: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// The seam: an fsync error for the directory the test named (the disk cannot be made to
+    /// fail one on demand).
+    pub(super) fn injected_sync_failure(path: &Path) -> std::io::Result<()> {
+        if SYNC_FAILS.with(|f| f.borrow().as_deref() == Some(path)) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// A manifest of `src` after writing `files` there, and a staging area in `root` holding
+    /// every file of it, verified and synced.
+    fn staged(src: &Path, root: &Path, files: &[(&str, &[u8])]) -> (Manifest, StagingArea) {
+        for (rel, data) in files {
+            let path = src.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
+        let rules = crate::tree::IgnoreRules::load(src, &[]).unwrap();
+        let manifest = crate::tree::scan(src, &HashMap::new(), &rules)
+            .unwrap()
+            .manifest;
+        let wanted: Vec<_> = manifest
+            .files()
+            .map(|(_, size, _, hash, chunks)| (hash, size, chunks.to_vec()))
+            .collect();
+        let (area, positions, _) = StagingArea::open(&root.join("staging"), &wanted).unwrap();
+        for (rel, data) in files {
+            let chunked = crate::tree::chunk_reader(*data).unwrap();
+            let mut off = 0;
+            for c in &chunked.chunks {
+                let bytes = &data[off..off + c.len as usize];
+                area.write_chunk(&c.hash, &positions[&c.hash], bytes)
+                    .unwrap();
+                off += c.len as usize;
+            }
+            area.finish(&chunked.hash)
+                .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        }
+        (manifest, area)
+    }
+
+    #[test]
+    fn a_directory_fsync_error_fails_the_apply() {
+        let (src, state, root) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let (new, area) = staged(src.path(), state.path(), &[("d/f", b"hello")]);
+        let failing = root.path().join("d");
+        SYNC_FAILS.with(|f| *f.borrow_mut() = Some(failing.clone()));
+        let none = HashSet::new();
+        let conflicts = state.path().join("conflicts");
+        let applied = apply_revision(
+            root.path(),
+            &area,
+            &Manifest::default(),
+            &new,
+            &none,
+            &none,
+            &conflicts,
+        );
+        SYNC_FAILS.with(|f| *f.borrow_mut() = None);
+        match applied {
+            Err(StoreError::Io { path, source }) => {
+                assert_eq!(path, failing);
+                assert_eq!(source.raw_os_error(), Some(libc::EIO));
+            }
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!(
+                "the apply succeeded though {} was not synced",
+                failing.display()
+            ),
+        }
+        // The file is in place (renames are not undone); the subscriber's retry plans again,
+        // finds it holding its new content, and the apply succeeds.
+        assert_eq!(std::fs::read(failing.join("f")).unwrap(), b"hello");
+        let unchanged = HashSet::from([RelPath::new("d/f").unwrap()]);
+        let old = Manifest::default();
+        let again = apply_revision(
+            root.path(),
+            &area,
+            &old,
+            &new,
+            &unchanged,
+            &none,
+            &conflicts,
+        );
+        assert_eq!(again.unwrap().1.kept, 1);
+    }
 }

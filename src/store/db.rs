@@ -19,8 +19,8 @@ const KEY_HEAD: &str = "head";
 const KEY_LINEAGE: &str = "succession";
 const KEY_APPLYING: &str = "applying";
 
-/// Handle to the state database.
-pub struct Db(redb::Database);
+/// Handle to the state database, and the file it is in (for messages).
+pub struct Db(redb::Database, std::path::PathBuf);
 
 /// What the database says about this tree.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +57,12 @@ impl Db {
         txn.open_table(FILES)?;
         txn.open_table(BLOBS)?;
         txn.commit()?;
-        Ok(Db(db))
+        Ok(Db(db, path.to_owned()))
+    }
+
+    /// The file of the database.
+    pub fn path(&self) -> &Path {
+        &self.1
     }
 
     /// Read swarm ID, pin and head.
@@ -194,6 +199,21 @@ impl Db {
                 files.insert(path.as_str(), bytes.as_slice())?;
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Db {
+    /// Store `bytes` as the file record of `path`, unchecked: a damaged file index, for tests.
+    pub(crate) fn danger_put_file_record(
+        &self,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
+        txn.open_table(FILES)?.insert(path, bytes)?;
         txn.commit()?;
         Ok(())
     }
