@@ -880,7 +880,7 @@ mod tests {
             peer: PeerId::random(),
             content: Content::default(),
             stats: Arc::default(),
-            net,
+            net: NetHandle::new(net),
             corrupt: false,
             upload: None,
             seed: None,
