@@ -12,15 +12,12 @@ pub use crate::tree::{
     CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_COMPONENT_LEN, MAX_ENTRIES, MAX_PATH_DEPTH, MAX_PATH_LEN,
     STATE_DIR,
 };
+pub use crate::trust::MAX_SUCCESSION;
 
 /// Largest frame on the control stream (heads, hellos, goodbyes are small).
 pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
 /// Largest frame on a chunk stream: one chunk plus its header.
 pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
-/// Most handover records a head may carry, and most handovers a swarm's lineage follows. A
-/// swarm changes hands rarely; the cap bounds the signatures a head can make a node check. A
-/// peer sending a head with more is banned like one sending a forged head.
-pub const MAX_SUCCESSION: usize = 16;
 /// Largest manifest we are willing to fetch and decode.
 pub const MAX_MANIFEST_SIZE: u64 = 512 * 1024 * 1024;
 
