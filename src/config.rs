@@ -2,12 +2,19 @@
 //!
 //! Precedence for user-facing settings is flag > env (`TREECAST_*`, handled by clap) > default.
 //! Constants here are protocol limits: changing them changes what peers accept.
+//!
+//! A limit that a lower layer checks itself is defined in that layer and re-exported here, so
+//! this stays the one place to read them all: chunk sizes, path limits, manifest entries and
+//! the state directory's name in `tree`, the handover cap in `trust`. This module sits above
+//! `tree`, `trust` and `wire` ([`NodeConfig`] names their types) and below the layers that
+//! read it (`store`, `swarm`, `net`, `node`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 
+// Limits that `tree` and `trust` check themselves, defined there.
 pub use crate::tree::{
     CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_COMPONENT_LEN, MAX_ENTRIES, MAX_PATH_DEPTH, MAX_PATH_LEN,
     STATE_DIR,
