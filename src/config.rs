@@ -2,37 +2,31 @@
 //!
 //! Precedence for user-facing settings is flag > env (`TREECAST_*`, handled by clap) > default.
 //! Constants here are protocol limits: changing them changes what peers accept.
+//!
+//! A limit that a lower layer checks itself is defined in that layer and re-exported here, so
+//! this stays the one place to read them all: chunk sizes, path limits, manifest entries and
+//! the state directory's name in `tree`, the handover cap in `trust`. This module sits above
+//! `tree`, `trust` and `wire` ([`NodeConfig`] names their types) and below the layers that
+//! read it (`store`, `swarm`, `net`, `node`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 
-/// FastCDC minimum chunk size.
-pub const CHUNK_MIN: u32 = 64 * 1024;
-/// FastCDC average chunk size.
-pub const CHUNK_AVG: u32 = 256 * 1024;
-/// FastCDC maximum chunk size; also the largest blob a peer may send in one reply.
-pub const CHUNK_MAX: u32 = 1024 * 1024;
+// Limits that `tree` and `trust` check themselves, defined there.
+pub use crate::tree::{
+    CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_COMPONENT_LEN, MAX_ENTRIES, MAX_PATH_DEPTH, MAX_PATH_LEN,
+    STATE_DIR,
+};
+pub use crate::trust::MAX_SUCCESSION;
 
 /// Largest frame on the control stream (heads, hellos, goodbyes are small).
 pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
 /// Largest frame on a chunk stream: one chunk plus its header.
 pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
-/// Most handover records a head may carry, and most handovers a swarm's lineage follows. A
-/// swarm changes hands rarely; the cap bounds the signatures a head can make a node check. A
-/// peer sending a head with more is banned like one sending a forged head.
-pub const MAX_SUCCESSION: usize = 16;
 /// Largest manifest we are willing to fetch and decode.
 pub const MAX_MANIFEST_SIZE: u64 = 512 * 1024 * 1024;
-/// Longest path in a manifest, in bytes.
-pub const MAX_PATH_LEN: usize = 4096;
-/// Longest single path component, in bytes.
-pub const MAX_COMPONENT_LEN: usize = 255;
-/// Deepest directory nesting in a manifest.
-pub const MAX_PATH_DEPTH: usize = 64;
-/// Most entries in one manifest.
-pub const MAX_ENTRIES: usize = 10_000_000;
 
 /// Chunk streams opened to each peer we download from.
 pub const CHUNK_STREAMS_PER_PEER: usize = 2;
@@ -101,9 +95,6 @@ pub const BAN_DURATION: Duration = Duration::from_secs(600);
 pub const QUIC_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// QUIC receive window per connection.
 pub const QUIC_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
-
-/// Name of the state directory inside a published or mirrored tree; never published.
-pub const STATE_DIR: &str = ".treecast";
 
 /// Runtime configuration of one node.
 #[derive(Debug, Clone)]

@@ -1,12 +1,14 @@
 //! treecast publishes a directory tree from one publisher to many subscribers over a
 //! peer-to-peer QUIC swarm (libp2p). Subscribers keep an exact, read-only, verified mirror.
 //!
-//! A tour, from the bottom up:
-//! - [`config`]: every limit, timeout and default in one place.
+//! A tour, from the bottom up; a layer imports only the layers listed before it, and no module
+//! imports another in a circle (`tests/layout.rs` checks the circles):
 //! - [`tree`]: validated paths, FastCDC chunking, BLAKE3, scanning, the manifest, opening a
 //!   tree's files without following links (pure apart from reading files).
-//! - [`trust`]: publisher and node keys, signed heads, tickets.
+//! - [`trust`]: publisher and node keys, signed heads, handovers, tickets.
 //! - [`wire`]: the protocol specification and message types, framing with hard caps.
+//! - [`config`]: every limit, timeout and default in one place (the limits `tree` and `trust`
+//!   check are defined there and re-exported), and a node's runtime configuration.
 //! - [`store`]: the redb state database, the staging area, applying a revision atomically per
 //!   file, verifying a tree.
 //! - [`swarm`]: the sans-IO piece picker (what to request from whom), the seeding policy and

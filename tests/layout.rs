@@ -8,7 +8,7 @@
 //! are not counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Module path ("node::net_loop"; "" for the crate root) to its source.
 fn modules() -> BTreeMap<String, String> {
@@ -31,7 +31,7 @@ fn modules() -> BTreeMap<String, String> {
     out
 }
 
-fn module_name(root: &Path, path: &PathBuf) -> String {
+fn module_name(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap().with_extension("");
     let mut parts: Vec<String> = rel
         .components()
@@ -107,8 +107,7 @@ fn longest(
 ) -> Option<String> {
     let (i, module) = (0..=rest.len())
         .map(|i| (i, join(base, &rest[..i])))
-        .filter(|(_, m)| mods.contains_key(m))
-        .last()?;
+        .rfind(|(_, m)| mods.contains_key(m))?;
     // An item the module only re-exports: follow it to where it is defined.
     let mut at = module;
     let mut hops = 0;

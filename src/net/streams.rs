@@ -249,7 +249,7 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
-                let relayed = crate::net::is_relayed_endpoint(e.endpoint);
+                let relayed = super::addr::is_relayed_endpoint(e.endpoint);
                 self.connections.entry(e.peer_id).or_default().push((
                     e.connection_id,
                     relayed,

@@ -33,7 +33,7 @@ pub struct Grown {
 pub fn grow_for(addrs: &[Multiaddr]) -> Vec<Grown> {
     let ports: Vec<u16> = addrs
         .iter()
-        .filter(|a| !super::is_relayed(a))
+        .filter(|a| !super::addr::is_relayed(a))
         .filter_map(|a| {
             a.iter().find_map(|p| match p {
                 Protocol::Udp(port) => Some(port),

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{io_err, move_to_conflicts, StagingArea, StoreError};
+use super::error::{io_err, StoreError};
+use super::{move_to_conflicts, StagingArea};
 use crate::tree::{mtime_ns, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
 
 /// What an apply did.

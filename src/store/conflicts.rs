@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io_err, StoreError};
+use super::error::{io_err, StoreError};
 
 /// Longest file name Linux file systems take (NAME_MAX), in bytes.
 const NAME_MAX: usize = 255;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::tree::{ContentHash, FileRecord, RelPath};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{io_err, StoreError};
+use super::error::{io_err, StoreError};
+use super::private::private_dir;
 use crate::tree::{read_check, ChunkRef, ContentHash};
 
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places.
@@ -47,7 +48,7 @@ impl StagingArea {
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
-        super::private_dir(dir)?;
+        private_dir(dir)?;
         let mut positions: ChunkPositions = HashMap::new();
         for (file, _, chunks) in wanted {
             let mut off = 0u64;

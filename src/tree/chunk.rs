@@ -6,7 +6,13 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use super::{read_check, ContentHash};
-use crate::config::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+
+/// FastCDC minimum chunk size.
+pub const CHUNK_MIN: u32 = 64 * 1024;
+/// FastCDC average chunk size.
+pub const CHUNK_AVG: u32 = 256 * 1024;
+/// FastCDC maximum chunk size; also the largest blob a peer may send in one reply.
+pub const CHUNK_MAX: u32 = 1024 * 1024;
 
 /// One chunk of a file or blob: its hash and length. Offsets follow from the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

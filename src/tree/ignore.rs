@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use super::TreeError;
+use super::error::TreeError;
 
 /// The name of the ignore file at the root of a published tree.
 pub const IGNORE_FILE: &str = ".treecastignore";

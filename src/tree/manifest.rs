@@ -7,8 +7,11 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkRef, ContentHash, RelPath, TreeError};
-use crate::config::{CHUNK_MAX, MAX_ENTRIES};
+use super::error::TreeError;
+use super::{ChunkRef, ContentHash, RelPath, CHUNK_MAX};
+
+/// Most entries in one manifest.
+pub const MAX_ENTRIES: usize = 10_000_000;
 
 /// Version of the manifest encoding. Format 1 had an exec bit where format 2 has a file's mode;
 /// both are read.

@@ -33,7 +33,7 @@ impl FileId {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
-            mtime_ns: super::mtime_ns(meta),
+            mtime_ns: mtime_ns(meta),
         }
     }
 
@@ -43,6 +43,11 @@ impl FileId {
         (self.dev == 0 || self.dev == now.dev)
             && (self.ino, self.size, self.mtime_ns) == (now.ino, now.size, now.mtime_ns)
     }
+}
+
+/// Nanoseconds since the epoch of `meta`'s mtime.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
 
 /// Flags of every open here: read only, never following a final symlink, never waiting for a

@@ -3,8 +3,16 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::TreeError;
-use crate::config::{MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, STATE_DIR};
+use super::error::TreeError;
+
+/// Longest path in a manifest, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest single path component, in bytes.
+pub const MAX_COMPONENT_LEN: usize = 255;
+/// Deepest directory nesting in a manifest.
+pub const MAX_PATH_DEPTH: usize = 64;
+/// Name of the state directory inside a published or mirrored tree; never published.
+pub const STATE_DIR: &str = ".treecast";
 
 /// A validated relative path with `/` separators: no empty, `.` or `..` components, no leading
 /// `/`, no NUL or backslash, no state directory component at any depth (any case), bounded

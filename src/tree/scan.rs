@@ -18,12 +18,12 @@ use rustix::fs::{Dir, FileType};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::TreeError;
 use super::manifest::published_mode;
-use super::open::open_entry;
+use super::open::{mtime_ns, open_entry};
 use super::path::is_state_dir;
 use super::{
     chunk_reader, ChunkRef, ContentHash, Entry, EntryKind, FileId, IgnoreRules, Manifest, RelPath,
-    TreeError,
 };
 
 /// What the file index remembers of one file.
@@ -73,11 +73,6 @@ pub struct ScanStats {
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     pub skipped: u64,
-}
-
-/// Nanoseconds since the epoch of `meta`'s mtime.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
-    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
 
 /// The result of one scan.

@@ -16,7 +16,7 @@
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 
-use super::{PublisherKey, PublisherPublicKey};
+use super::keys::{PublisherKey, PublisherPublicKey};
 
 const HEADER: &str = "treecast publisher key (encrypted)";
 /// Argon2id cost: 64 MiB, 3 passes (about a quarter second here).

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PublisherKey, PublisherPublicKey, TrustError};
-use crate::config::MAX_SUCCESSION;
+use super::error::TrustError;
+use super::keys::{PublisherKey, PublisherPublicKey};
+use super::succession::{Succession, MAX_SUCCESSION};
 use crate::tree::ContentHash;
 
 const HEAD_DOMAIN: &[u8] = b"treecast/head/v1\0";
@@ -30,7 +31,7 @@ pub struct SignedHead {
     pub signature: Vec<u8>,
     /// The handovers from the swarm's first key to the signer (not signed by the head: each
     /// record carries the outgoing key's signature). Empty unless the swarm was handed over.
-    pub succession: Vec<super::Succession>,
+    pub succession: Vec<Succession>,
 }
 
 /// A head whose signature and swarm were checked against the pinned key.
@@ -110,7 +111,7 @@ impl VerifiedHead {
     }
 
     /// Attach the handover records that lead from the swarm's first key to this head's signer.
-    pub fn with_succession(mut self, chain: Vec<super::Succession>) -> Self {
+    pub fn with_succession(mut self, chain: Vec<Succession>) -> Self {
         self.0.succession = chain;
         self
     }

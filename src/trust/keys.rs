@@ -6,7 +6,7 @@ use std::path::Path;
 
 use libp2p::identity::{ed25519, Keypair};
 
-use super::TrustError;
+use super::error::TrustError;
 
 /// The ed25519 key that signs revisions. Distinct from the node key so it can move.
 #[derive(Clone)]

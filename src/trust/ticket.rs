@@ -11,7 +11,8 @@ use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PublisherPublicKey, TrustError};
+use super::error::TrustError;
+use super::keys::PublisherPublicKey;
 
 const PREFIX: &str = "tc1";
 const CHECKSUM_DOMAIN: &[u8] = b"treecast/ticket/v1";

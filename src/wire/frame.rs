@@ -2,7 +2,8 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{WireError, MAGIC};
+use super::error::WireError;
+use super::protocol::MAGIC;
 
 /// Read one frame of at most `max` bytes. `Ok(None)` on a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(

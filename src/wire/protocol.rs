@@ -1,0 +1,12 @@
+//! The protocol's names and version: what two nodes check before they exchange a message. A
+//! leaf.
+
+/// Protocol version spoken by this build. 3: manifests carry each file's mode (format 2), which
+/// a node of version 2 cannot read.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// Magic bytes at the start of every control stream.
+pub const MAGIC: &[u8; 8] = b"treecast";
+/// Protocol name of the control stream.
+pub const CONTROL_PROTOCOL: &str = "/treecast/control/1";
+/// Protocol name of chunk streams.
+pub const CHUNKS_PROTOCOL: &str = "/treecast/chunks/1";
