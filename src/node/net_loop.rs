@@ -33,8 +33,8 @@ use crate::config::{
 use crate::net::streams;
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::swarm::{
-    Admission, Answer, Dial, Discovery, DiscoveryAction, DiscoveryConfig, HeadLookups, Learned,
-    NewHead, PexDials, SeedPolicy, Seen, Slots, View,
+    Admission, Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, HeadLookups,
+    Learned, Nat, NatConfig, NewHead, PexDials, Reserve, SeedPolicy, Seen, Slots, View,
 };
 use crate::trust::SignedHead;
 use crate::wire::{
@@ -132,26 +132,19 @@ struct NetLoop {
     peers_file: std::path::PathBuf,
     next_save: tokio::time::Instant,
     next_exchange: tokio::time::Instant,
-    /// Peers whose relayed connection we closed for a direct one: reopen the session there.
-    reopen: std::collections::HashSet<PeerId>,
-    /// The reservations we hold on relays (the relays themselves are in `book`).
-    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     /// When we last dialed each peer ourselves (not the DHT).
     our_dials: HashMap<PeerId, Instant>,
     /// Which peers learned by peer exchange to dial, and at which addresses.
     pex: PexDials<PeerId, Multiaddr>,
-    /// This node serves as a relay (then it is public and reserves nowhere).
-    relay_server: bool,
-    nat_status: libp2p::autonat::NatStatus,
-    next_reserve: tokio::time::Instant,
+    /// Relay reservations, reachability, relayed connections giving way to direct ones (the
+    /// relays themselves are in `book`).
+    nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
 }
 
 /// How often the peer table is saved for the next start.
 /// How often every session is told again who else we are connected to, so a dial that
 /// failed once is retried and peers that joined elsewhere are learnt.
 const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
-/// How often a node behind a NAT retries relay reservations it does not hold.
-const RESERVE_RETRY: Duration = Duration::from_secs(10);
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// How often per-peer state that ran out is dropped: a ban ends (its peer may connect again)
 /// at the first sweep after `BAN_DURATION`.
@@ -251,13 +244,15 @@ pub(crate) async fn start(
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
-        reopen: Default::default(),
-        reservations: HashMap::new(),
         our_dials: HashMap::new(),
         pex: PexDials::new(Default::default(), Instant::now()),
-        relay_server: config.relay_circuit_bytes.is_some(),
-        nat_status: libp2p::autonat::NatStatus::Unknown,
-        next_reserve: tokio::time::Instant::now() + RESERVE_RETRY,
+        nat: Nat::new(
+            NatConfig {
+                relay_server: config.relay_circuit_bytes.is_some(),
+                ..Default::default()
+            },
+            Instant::now(),
+        ),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(net.run(early_events));
@@ -385,6 +380,15 @@ async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
 }
 
+/// What AutoNAT says, for NAT traversal.
+fn auto_nat(status: &libp2p::autonat::NatStatus) -> AutoNat {
+    match status {
+        libp2p::autonat::NatStatus::Public(_) => AutoNat::Public,
+        libp2p::autonat::NatStatus::Private => AutoNat::Private,
+        libp2p::autonat::NatStatus::Unknown => AutoNat::Unknown,
+    }
+}
+
 /// The address of a circuit through `relay`, reached at `addr`.
 fn circuit_addr(addr: &Multiaddr, relay: PeerId) -> Multiaddr {
     let mut circuit: Multiaddr = addr
@@ -429,10 +433,7 @@ impl NetLoop {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
                 }
-                _ = tokio::time::sleep_until(self.next_reserve) => {
-                    self.reserve_relays();
-                    self.next_reserve = tokio::time::Instant::now() + RESERVE_RETRY;
-                }
+                _ = sleep_until(self.nat.poll_timeout()) => self.nat_tick(),
                 _ = tokio::time::sleep_until(self.next_prune) => {
                     self.prune();
                     self.next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
@@ -544,7 +545,7 @@ impl NetLoop {
                     self.slots.leave(&peer);
                 }
                 if !self.sessions.contains_key(&peer)
-                    && self.reopen.remove(&peer)
+                    && self.nat.handle_session_ended(&peer)
                     && self.swarm.is_connected(&peer)
                 {
                     debug!(%peer, "reopening the session on the direct connection");
@@ -1071,7 +1072,8 @@ impl NetLoop {
             match crate::net::validate_head_record(&found.record, None) {
                 Ok(head) => self.on_valid_head(id, found.peer, head),
                 Err(reason) => {
-                    info!(peer = ?found.peer, %reason, "ignoring an invalid head record from the DHT");
+                    let peer = found.peer;
+                    info!(?peer, %reason, "ignoring an invalid head record from the DHT");
                 }
             }
         }
@@ -1208,8 +1210,10 @@ impl NetLoop {
                     // Back in touch with a relay we lost (its connection timed out when our
                     // NAT mapping changed, say): ask for a reservation now, not at the next
                     // retry tick.
-                    if self.book.is_relay(&peer_id) && !self.reservations.contains_key(&peer_id) {
-                        self.reserve_relays();
+                    if self.book.is_relay(&peer_id) {
+                        let relays = self.connected_relays();
+                        let reserves = self.nat.handle_relay_up(&peer_id, &relays);
+                        self.reserve(reserves);
                     }
                 }
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
@@ -1252,23 +1256,18 @@ impl NetLoop {
                 reason,
                 ..
             } => {
-                let lost: Vec<PeerId> = self
-                    .reservations
-                    .iter()
-                    .filter(|(_, id)| **id == listener_id)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for relay in lost {
+                for relay in self.nat.handle_listener_closed(&listener_id) {
                     info!(%relay, ?reason, "relay reservation ended; will retry");
-                    self.reservations.remove(&relay);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(
                 libp2p::autonat::Event::StatusChanged { old, new },
             )) => {
                 info!(from = ?old, to = ?new, "reachability (AutoNAT)");
-                self.nat_status = new;
-                self.reserve_relays();
+                let reserves = self
+                    .nat
+                    .handle_status(auto_nat(&new), &self.connected_relays());
+                self.reserve(reserves);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => {
                 use libp2p::upnp::Event;
@@ -1339,7 +1338,9 @@ impl NetLoop {
                     if let Some(addr) = direct {
                         debug!(relay = %peer_id, %addr, "peer serves as a relay");
                         if self.book.add_relay(peer_id, addr) {
-                            self.reserve_relays();
+                            let relays = self.connected_relays();
+                            let reserves = self.nat.handle_relay_up(&peer_id, &relays);
+                            self.reserve(reserves);
                         }
                     }
                 }
@@ -1368,34 +1369,37 @@ impl NetLoop {
         self.book.direct_addr(peer).cloned()
     }
 
-    /// Behind a NAT (or not known to be public), hold reservations on a few relays so that
-    /// peers can reach us through them; DCUtR then upgrades to a direct connection.
-    fn reserve_relays(&mut self) {
-        if self.relay_server || matches!(self.nat_status, libp2p::autonat::NatStatus::Public(_)) {
-            return;
-        }
-        let wanted = crate::config::MAX_RELAY_RESERVATIONS.saturating_sub(self.reservations.len());
-        let candidates: Vec<(PeerId, Multiaddr)> = self
-            .book
+    fn nat_tick(&mut self) {
+        let reserves = self
+            .nat
+            .handle_timeout(Instant::now(), &self.connected_relays());
+        self.reserve(reserves);
+    }
+
+    /// The relays we know that are connected now, and the address each is reached at.
+    fn connected_relays(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.book
             .relays()
-            .filter(|(p, _)| !self.reservations.contains_key(*p) && self.swarm.is_connected(p))
+            .filter(|(p, _)| self.swarm.is_connected(p))
             .map(|(p, a)| (*p, a.clone()))
-            .take(wanted)
-            .collect();
-        for (relay, addr) in candidates {
+            .collect()
+    }
+
+    /// Ask relays for the reservations NAT traversal decided on, so that peers can reach us
+    /// through them (DCUtR then upgrades to a direct connection).
+    fn reserve(&mut self, reserves: Vec<Reserve<PeerId, Multiaddr>>) {
+        for Reserve { relay, addr } in reserves {
             let circuit = circuit_addr(&addr, relay);
             match self.swarm.listen_on(circuit.clone()) {
                 Ok(id) => {
                     debug!(%relay, %circuit, "asking for a relay reservation");
-                    self.reservations.insert(relay, id);
+                    self.nat.handle_reserving(relay, id);
                 }
                 Err(e) => debug!(%relay, error = %e, "cannot ask for a relay reservation"),
             }
         }
     }
 
-    /// A direct connection to `peer` exists: close relayed ones, so that sessions and chunk
-    /// streams move to the direct path (the session is reopened there).
     /// Tell the byte accounting whether `peer`'s streams now go through a relay.
     fn note_link(&self, peer: PeerId) {
         if let Some((relayed, _)) = self.swarm.behaviour().streams.link(&peer) {
@@ -1403,33 +1407,23 @@ impl NetLoop {
         }
     }
 
-    /// How others reach this node: public (a relay, an external address, or AutoNAT says
-    /// so), relayed (behind a NAT with a relay reservation), nated, or unknown.
+    /// How others reach this node (see [`Nat::reachability`]).
     fn reachability(&self) -> &'static str {
-        use libp2p::autonat::NatStatus;
         let external = self.swarm.external_addresses().any(|a| !is_relayed(a));
-        if self.relay_server || external || matches!(self.nat_status, NatStatus::Public(_)) {
-            "public"
-        } else if !self.reservations.is_empty() {
-            "relayed"
-        } else if matches!(self.nat_status, NatStatus::Private) {
-            "nated"
-        } else {
-            "unknown"
-        }
+        self.nat.reachability(external).as_str()
     }
 
+    /// A direct connection to `peer` is up: close relayed ones, so that sessions and chunk
+    /// streams move to the direct path (the session is reopened there).
     fn drop_relayed(&mut self, peer: PeerId) {
         // The stream behaviour tracks connections (it has seen this one already: behaviours
         // learn of a connection before the swarm reports it).
         let relayed = self.swarm.behaviour().streams.relayed_connections(&peer);
-        if relayed.is_empty() {
+        let in_session = self.sessions.contains_key(&peer);
+        if !self.nat.handle_direct(peer, relayed.len(), in_session) {
             return;
         }
         info!(%peer, "direct connection up: closing the relayed one");
-        if self.sessions.contains_key(&peer) {
-            self.reopen.insert(peer);
-        }
         for id in relayed {
             self.swarm.close_connection(id);
         }
