@@ -446,8 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_looked_up_before_the_dht_has_a_peer_and_the_first_contact_brings_the_look_forward(
-    ) {
+    fn nothing_is_looked_up_until_the_dht_has_a_peer_then_at_once() {
         let t0 = Instant::now();
         let mut d = Discovery::new(config(vec![]), t0);
         let unroutable = View::default();
