@@ -32,7 +32,11 @@ use crate::config::{
 };
 use crate::net::streams;
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
-use crate::swarm::{Admission, Dial, Learned, PexDials, SeedPolicy, Slots};
+use crate::swarm::{
+    Admission, Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, HeadLookups,
+    Learned, Nat, NatConfig, NewHead, PexDials, Reserve, SeedPolicy, Seen, Slots, View,
+};
+use crate::trust::SignedHead;
 use crate::wire::{
     ControlMsg, PeerInfo, Role, CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAX_ADDRS_PER_PEER,
     MAX_PEERS_PER_MSG,
@@ -117,45 +121,30 @@ struct NetLoop {
     max_peers: usize,
     upload: Option<super::chunks::Limiter>,
     seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
-    bootstrap: Vec<Multiaddr>,
-    redial_backoff: Duration,
-    next_redial: tokio::time::Instant,
+    /// When to look in the DHT, provide, redial bootstrap peers; which found peers to dial.
+    discovery: Discovery<PeerId, Multiaddr>,
     /// The swarm's DHT key (None for a DHT-only node).
     swarm_key: Option<libp2p::kad::RecordKey>,
     head_key: Option<libp2p::kad::RecordKey>,
-    next_dht: tokio::time::Instant,
-    lookup_backoff: Duration,
-    provided_at: Option<Instant>,
     /// Head lookups under way: who asked (None: our own periodic lookup) and the best found.
-    head_queries: HashMap<libp2p::kad::QueryId, HeadQuery>,
+    head_lookups:
+        HeadLookups<libp2p::kad::QueryId, SignedHead, oneshot::Sender<Option<SignedHead>>>,
     peers_file: std::path::PathBuf,
     next_save: tokio::time::Instant,
     next_exchange: tokio::time::Instant,
-    /// Peers whose relayed connection we closed for a direct one: reopen the session there.
-    reopen: std::collections::HashSet<PeerId>,
-    /// The reservations we hold on relays (the relays themselves are in `book`).
-    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     /// When we last dialed each peer ourselves (not the DHT).
     our_dials: HashMap<PeerId, Instant>,
     /// Which peers learned by peer exchange to dial, and at which addresses.
     pex: PexDials<PeerId, Multiaddr>,
-    /// This node serves as a relay (then it is public and reserves nowhere).
-    relay_server: bool,
-    nat_status: libp2p::autonat::NatStatus,
-    next_reserve: tokio::time::Instant,
-}
-
-struct HeadQuery {
-    reply: Option<oneshot::Sender<Option<crate::trust::SignedHead>>>,
-    best: Option<crate::trust::SignedHead>,
+    /// Relay reservations, reachability, relayed connections giving way to direct ones (the
+    /// relays themselves are in `book`).
+    nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
 }
 
 /// How often the peer table is saved for the next start.
 /// How often every session is told again who else we are connected to, so a dial that
 /// failed once is retried and peers that joined elsewhere are learnt.
 const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
-/// How often a node behind a NAT retries relay reservations it does not hold.
-const RESERVE_RETRY: Duration = Duration::from_secs(10);
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// How often per-peer state that ran out is dropped: a ban ends (its peer may connect again)
 /// at the first sweep after `BAN_DURATION`.
@@ -163,17 +152,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// Most peers saved.
 const MAX_SAVED_PEERS: usize = 64;
 
-/// DHT lookups while no swarm peer is connected, and between refreshes otherwise.
-const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(2);
-/// Longest wait between lookups while no peer is found (the lookups back off to this).
-const DHT_LOOKUP_MAX: Duration = Duration::from_secs(60);
-const DHT_REFRESH_EVERY: Duration = Duration::from_secs(30);
-/// How often a node announces itself as a provider of its swarm's key.
-const PROVIDE_EVERY: Duration = Duration::from_secs(300);
-
-/// First and longest wait between redials of bootstrap peers while no peer is connected.
+/// Least time between two dials of ours to one peer (see `may_try`).
 const REDIAL_MIN: Duration = Duration::from_secs(2);
-const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 /// Build the swarm, listen, dial bootstrap peers and spawn the loop.
 pub(crate) async fn start(
@@ -247,25 +227,32 @@ pub(crate) async fn start(
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
         upload: config.max_upload.map(super::chunks::limiter),
         seed: (is_publisher).then(|| Arc::new(std::sync::Mutex::new(SeedPolicy::new(SEED_HOLD)))),
-        bootstrap: config.bootstrap.clone(),
-        redial_backoff: REDIAL_MIN,
-        next_redial: tokio::time::Instant::now() + REDIAL_MIN,
+        discovery: Discovery::new(
+            DiscoveryConfig {
+                local: peer_id,
+                bootstrap: config.bootstrap.clone(),
+                max_peers: config.max_peers.clamp(1, MAX_PEERS),
+                swarm_key: !swarm_id.is_nil(),
+                head_key: publisher.is_some(),
+                timings: Default::default(),
+            },
+            Instant::now(),
+        ),
         swarm_key: (!swarm_id.is_nil()).then(|| crate::net::swarm_key(&swarm_id)),
         head_key: publisher.map(|k| crate::net::head_key(&swarm_id, &k)),
-        head_queries: HashMap::new(),
+        head_lookups: HeadLookups::default(),
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
-        reopen: Default::default(),
-        reservations: HashMap::new(),
         our_dials: HashMap::new(),
         pex: PexDials::new(Default::default(), Instant::now()),
-        relay_server: config.relay_circuit_bytes.is_some(),
-        nat_status: libp2p::autonat::NatStatus::Unknown,
-        next_reserve: tokio::time::Instant::now() + RESERVE_RETRY,
-        next_dht: tokio::time::Instant::now() + Duration::from_millis(500),
-        lookup_backoff: DHT_LOOKUP_EVERY,
-        provided_at: None,
+        nat: Nat::new(
+            NatConfig {
+                relay_server: config.relay_circuit_bytes.is_some(),
+                ..Default::default()
+            },
+            Instant::now(),
+        ),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(net.run(early_events));
@@ -388,6 +375,20 @@ fn grow_socket_buffers(addrs: &[Multiaddr]) {
     }
 }
 
+/// Sleep until `deadline` (a `std` instant, as the sans-IO machines use).
+async fn sleep_until(deadline: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
+}
+
+/// What AutoNAT says, for NAT traversal.
+fn auto_nat(status: &libp2p::autonat::NatStatus) -> AutoNat {
+    match status {
+        libp2p::autonat::NatStatus::Public(_) => AutoNat::Public,
+        libp2p::autonat::NatStatus::Private => AutoNat::Private,
+        libp2p::autonat::NatStatus::Unknown => AutoNat::Unknown,
+    }
+}
+
 /// The address of a circuit through `relay`, reached at `addr`.
 fn circuit_addr(addr: &Multiaddr, relay: PeerId) -> Multiaddr {
     let mut circuit: Multiaddr = addr
@@ -427,16 +428,12 @@ impl NetLoop {
                 },
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                _ = tokio::time::sleep_until(self.next_redial) => self.redial(),
-                _ = tokio::time::sleep_until(self.next_dht) => self.dht_tick(),
+                _ = sleep_until(self.discovery.poll_timeout()) => self.discovery_tick(),
                 _ = tokio::time::sleep_until(self.next_save) => {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
                 }
-                _ = tokio::time::sleep_until(self.next_reserve) => {
-                    self.reserve_relays();
-                    self.next_reserve = tokio::time::Instant::now() + RESERVE_RETRY;
-                }
+                _ = sleep_until(self.nat.poll_timeout()) => self.nat_tick(),
                 _ = tokio::time::sleep_until(self.next_prune) => {
                     self.prune();
                     self.next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
@@ -530,19 +527,7 @@ impl NetLoop {
                     warn!(error = %e, "cannot store the head in the DHT");
                 }
             }
-            NetCommand::GetHead(reply) => match self.head_key.clone() {
-                Some(key) => {
-                    let id = self.swarm.behaviour_mut().kad.get_record(key);
-                    let query = HeadQuery {
-                        reply: Some(reply),
-                        best: None,
-                    };
-                    self.head_queries.insert(id, query);
-                }
-                None => {
-                    let _ = reply.send(None);
-                }
-            },
+            NetCommand::GetHead(reply) => self.lookup_head(Some(reply)),
             NetCommand::DangerPutRecord { key, value } => {
                 let record = libp2p::kad::Record::new(key, value);
                 let _ = self
@@ -560,7 +545,7 @@ impl NetLoop {
                     self.slots.leave(&peer);
                 }
                 if !self.sessions.contains_key(&peer)
-                    && self.reopen.remove(&peer)
+                    && self.nat.handle_session_ended(&peer)
                     && self.swarm.is_connected(&peer)
                 {
                     debug!(%peer, "reopening the session on the direct connection");
@@ -852,65 +837,97 @@ impl NetLoop {
         rows
     }
 
-    /// Provide the swarm's key now and then; while no swarm peer is connected, look for
-    /// providers.
-    fn dht_tick(&mut self) {
-        let now = tokio::time::Instant::now();
+    /// What discovery needs to know of the swarm around it.
+    fn discovery_view(&mut self) -> View {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let routable = kad.kbuckets().any(|b| b.num_entries() > 0);
+        View {
+            routable,
+            sessions: self.sessions.len(),
+            connected: self.swarm.network_info().num_peers(),
+        }
+    }
+
+    fn discovery_tick(&mut self) {
+        let view = self.discovery_view();
+        for action in self.discovery.handle_timeout(Instant::now(), view) {
+            self.discover(action);
+        }
+    }
+
+    /// Carry out what discovery decided.
+    fn discover(&mut self, action: DiscoveryAction<PeerId, Multiaddr>) {
+        match action {
+            DiscoveryAction::Provide => self.provide(),
+            DiscoveryAction::FindProviders { retry_in } => self.find_providers(retry_in),
+            DiscoveryAction::LookupHead => self.lookup_head(None),
+            DiscoveryAction::Redial { addrs, retry_in } => self.redial(addrs, retry_in),
+            DiscoveryAction::DialProvider(peer) => {
+                info!(%peer, "found a swarm peer in the DHT");
+                self.dial_peer(peer, Vec::new());
+            }
+            DiscoveryAction::DialNeighbour(peer, addr) => {
+                info!(%peer, %addr, "found a peer on the local network (mDNS)");
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+    }
+
+    /// Announce this node as a provider of the swarm key, and keep the newest head we hold in
+    /// the DHT too (records are self-certifying).
+    fn provide(&mut self) {
         let Some(key) = self.swarm_key.clone() else {
-            self.next_dht = now + DHT_REFRESH_EVERY;
             return;
         };
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let routable = kad.kbuckets().any(|b| b.num_entries() > 0);
-        if routable
-            && self
-                .provided_at
-                .is_none_or(|t| t.elapsed() >= PROVIDE_EVERY)
+        match kad.start_providing(key) {
+            Ok(_) => self.discovery.handle_provided(Instant::now()),
+            Err(e) => warn!(error = %e, "cannot provide the swarm key"),
+        }
+        if let (Some(head_key), Some(head)) =
+            (self.head_key.clone(), self.content.current().head.clone())
         {
-            match kad.start_providing(key.clone()) {
-                Ok(_) => self.provided_at = Some(Instant::now()),
-                Err(e) => warn!(error = %e, "cannot provide the swarm key"),
-            }
-            // Keep the newest head we hold in the DHT too (records are self-certifying).
-            if let (Some(head_key), Some(head)) =
-                (self.head_key.clone(), self.content.current().head.clone())
-            {
-                let record = libp2p::kad::Record::new(head_key, head.encode());
-                let _ = kad.put_record(record, libp2p::kad::Quorum::One);
-            }
+            let record = libp2p::kad::Record::new(head_key, head.encode());
+            let _ = kad.put_record(record, libp2p::kad::Quorum::One);
         }
-        let lonely = routable && self.sessions.is_empty();
-        if lonely {
-            let n = self
-                .stats
-                .dht_lookups
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if n > 0 && n.is_power_of_two() {
-                info!(
-                    lookups = n,
-                    retry_in = ?self.lookup_backoff,
-                    "no peer of this swarm found in the DHT yet; still looking"
-                );
-            }
-            Stats::add(&self.stats.dht_lookups, 1);
-            kad.get_providers(key);
+    }
+
+    fn find_providers(&mut self, retry_in: Duration) {
+        let Some(key) = self.swarm_key.clone() else {
+            return;
+        };
+        let n = self.stats.dht_lookups.load(Ordering::Relaxed);
+        if n > 0 && n.is_power_of_two() {
+            info!(
+                lookups = n,
+                ?retry_in,
+                "no peer of this swarm found in the DHT yet; still looking"
+            );
         }
-        if let (true, Some(head_key)) = (routable, self.head_key.clone()) {
-            let id = kad.get_record(head_key);
-            let query = HeadQuery {
-                reply: None,
-                best: None,
-            };
-            self.head_queries.insert(id, query);
-        }
-        if self.sessions.is_empty() {
-            self.next_dht = now + self.lookup_backoff;
-            if lonely {
-                self.lookup_backoff = (self.lookup_backoff * 2).min(DHT_LOOKUP_MAX);
+        Stats::add(&self.stats.dht_lookups, 1);
+        self.swarm.behaviour_mut().kad.get_providers(key);
+    }
+
+    /// Look the swarm's head record up in the DHT, for `asker` or (`None`) for the engine.
+    fn lookup_head(&mut self, asker: Option<oneshot::Sender<Option<SignedHead>>>) {
+        let Some(key) = self.head_key.clone() else {
+            if let Some(reply) = asker {
+                let _ = reply.send(None);
             }
-        } else {
-            self.lookup_backoff = DHT_LOOKUP_EVERY;
-            self.next_dht = now + DHT_REFRESH_EVERY;
+            return;
+        };
+        let id = self.swarm.behaviour_mut().kad.get_record(key);
+        self.head_lookups.handle_started(id, asker);
+    }
+
+    /// What discovery needs to know of a peer it found.
+    fn seen(&self, peer: &PeerId) -> Seen {
+        Seen {
+            connected: self.swarm.is_connected(peer),
+            banned: self.is_banned(peer),
         }
     }
 
@@ -922,17 +939,12 @@ impl NetLoop {
                     QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
                 ..
             } => {
-                let me = *self.swarm.local_peer_id();
                 for peer in providers {
-                    let skip = peer == me
-                        || self.swarm.is_connected(&peer)
-                        || self.is_banned(&peer)
-                        || self.sessions.len() >= self.max_peers;
-                    if skip {
-                        continue;
+                    let seen = self.seen(&peer);
+                    let sessions = self.sessions.len();
+                    if let Some(dial) = self.discovery.handle_provider(peer, seen, sessions) {
+                        self.discover(dial);
                     }
-                    info!(%peer, "found a swarm peer in the DHT");
-                    self.dial_peer(peer, Vec::new());
                 }
             }
             Event::InboundRequest {
@@ -973,10 +985,7 @@ impl NetLoop {
             }
             Event::RoutingUpdated {
                 is_new_peer: true, ..
-            } if self.provided_at.is_none() => {
-                // First DHT contact: provide and look up right away.
-                self.next_dht = tokio::time::Instant::now();
-            }
+            } => self.discovery.handle_routing_updated(Instant::now()),
             _ => {}
         }
     }
@@ -995,17 +1004,10 @@ impl NetLoop {
                 .behaviour_mut()
                 .kad
                 .add_address(&peer, addr.clone());
-            let skip = self.swarm.is_connected(&peer)
-                || self.is_banned(&peer)
-                || self.sessions.len() >= self.max_peers;
-            if skip {
-                continue;
+            let (seen, sessions) = (self.seen(&peer), self.sessions.len());
+            if let Some(dial) = self.discovery.handle_neighbour(peer, addr, seen, sessions) {
+                self.discover(dial);
             }
-            info!(%peer, %addr, "found a peer on the local network (mDNS)");
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                .addresses(vec![addr])
-                .build();
-            let _ = self.swarm.dial(opts);
         }
     }
 
@@ -1063,37 +1065,35 @@ impl NetLoop {
         result: libp2p::kad::GetRecordResult,
         last: bool,
     ) {
-        let Some(query) = self.head_queries.get_mut(&id) else {
+        if !self.head_lookups.is_running(&id) {
             return;
-        };
+        }
         if let Ok(libp2p::kad::GetRecordOk::FoundRecord(found)) = result {
-            let valid = crate::net::validate_head_record(&found.record, None);
-            match (valid, found.peer) {
-                (Ok(head), peer) => {
-                    let newer = query
-                        .best
-                        .as_ref()
-                        .is_none_or(|b| b.body.revision < head.body.revision);
-                    if newer {
-                        query.best = Some(head.clone());
-                        if let (Some(peer), None) = (peer, &query.reply) {
-                            if !self.events.push(PeerEvent::Head { peer, head }) {
-                                warn!("the engine is far behind: a head record was dropped");
-                            }
-                        }
-                    }
-                }
-                (Err(reason), peer) => {
+            match crate::net::validate_head_record(&found.record, None) {
+                Ok(head) => self.on_valid_head(id, found.peer, head),
+                Err(reason) => {
+                    let peer = found.peer;
                     info!(?peer, %reason, "ignoring an invalid head record from the DHT");
                 }
             }
         }
-        if last {
-            if let Some(q) = self.head_queries.remove(&id) {
-                if let Some(reply) = q.reply {
-                    let _ = reply.send(q.best);
-                }
-            }
+        if !last {
+            return;
+        }
+        if let Some(Answer { asker, head }) = self.head_lookups.handle_finished(&id) {
+            let _ = asker.send(head);
+        }
+    }
+
+    fn on_valid_head(&mut self, id: libp2p::kad::QueryId, from: Option<PeerId>, head: SignedHead) {
+        let revision = head.body.revision;
+        let Some(NewHead { peer, head }) =
+            self.head_lookups.handle_found(&id, from, revision, head)
+        else {
+            return;
+        };
+        if !self.events.push(PeerEvent::Head { peer, head }) {
+            warn!("the engine is far behind: a head record was dropped");
         }
     }
 
@@ -1133,26 +1133,18 @@ impl NetLoop {
         });
     }
 
-    /// With no live session, dial the bootstrap peers again, backing off up to `REDIAL_MAX`.
-    fn redial(&mut self) {
-        let connected = self.swarm.network_info().num_peers() > 0;
-        if !self.sessions.is_empty() || connected || self.bootstrap.is_empty() {
-            self.redial_backoff = REDIAL_MIN;
-            self.next_redial = tokio::time::Instant::now() + REDIAL_MIN;
-            return;
-        }
+    /// No peer connected: dial the bootstrap peers again (discovery backs off).
+    fn redial(&mut self, addrs: Vec<Multiaddr>, retry_in: Duration) {
         info!(
-            peers = self.bootstrap.len(),
-            retry_in = ?self.redial_backoff,
+            peers = addrs.len(),
+            ?retry_in,
             "no peer connected: dialing bootstrap peers again"
         );
-        for addr in self.bootstrap.clone() {
+        for addr in addrs {
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 debug!(%addr, error = %e, "redial failed");
             }
         }
-        self.next_redial = tokio::time::Instant::now() + self.redial_backoff;
-        self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
     }
 
     fn is_banned(&self, peer: &PeerId) -> bool {
@@ -1218,8 +1210,10 @@ impl NetLoop {
                     // Back in touch with a relay we lost (its connection timed out when our
                     // NAT mapping changed, say): ask for a reservation now, not at the next
                     // retry tick.
-                    if self.book.is_relay(&peer_id) && !self.reservations.contains_key(&peer_id) {
-                        self.reserve_relays();
+                    if self.book.is_relay(&peer_id) {
+                        let relays = self.connected_relays();
+                        let reserves = self.nat.handle_relay_up(&peer_id, &relays);
+                        self.reserve(reserves);
                     }
                 }
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
@@ -1252,8 +1246,7 @@ impl NetLoop {
                 addrs.push(address);
                 self.local.addrs = public_first(addrs);
                 // Provide again, so that the DHT hands out the new address.
-                self.provided_at = None;
-                self.next_dht = tokio::time::Instant::now();
+                self.discovery.handle_new_address(Instant::now());
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.local.addrs.retain(|a| *a != address);
@@ -1263,23 +1256,18 @@ impl NetLoop {
                 reason,
                 ..
             } => {
-                let lost: Vec<PeerId> = self
-                    .reservations
-                    .iter()
-                    .filter(|(_, id)| **id == listener_id)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for relay in lost {
+                for relay in self.nat.handle_listener_closed(&listener_id) {
                     info!(%relay, ?reason, "relay reservation ended; will retry");
-                    self.reservations.remove(&relay);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(
                 libp2p::autonat::Event::StatusChanged { old, new },
             )) => {
                 info!(from = ?old, to = ?new, "reachability (AutoNAT)");
-                self.nat_status = new;
-                self.reserve_relays();
+                let reserves = self
+                    .nat
+                    .handle_status(auto_nat(&new), &self.connected_relays());
+                self.reserve(reserves);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => {
                 use libp2p::upnp::Event;
@@ -1350,7 +1338,9 @@ impl NetLoop {
                     if let Some(addr) = direct {
                         debug!(relay = %peer_id, %addr, "peer serves as a relay");
                         if self.book.add_relay(peer_id, addr) {
-                            self.reserve_relays();
+                            let relays = self.connected_relays();
+                            let reserves = self.nat.handle_relay_up(&peer_id, &relays);
+                            self.reserve(reserves);
                         }
                     }
                 }
@@ -1379,34 +1369,37 @@ impl NetLoop {
         self.book.direct_addr(peer).cloned()
     }
 
-    /// Behind a NAT (or not known to be public), hold reservations on a few relays so that
-    /// peers can reach us through them; DCUtR then upgrades to a direct connection.
-    fn reserve_relays(&mut self) {
-        if self.relay_server || matches!(self.nat_status, libp2p::autonat::NatStatus::Public(_)) {
-            return;
-        }
-        let wanted = crate::config::MAX_RELAY_RESERVATIONS.saturating_sub(self.reservations.len());
-        let candidates: Vec<(PeerId, Multiaddr)> = self
-            .book
+    fn nat_tick(&mut self) {
+        let reserves = self
+            .nat
+            .handle_timeout(Instant::now(), &self.connected_relays());
+        self.reserve(reserves);
+    }
+
+    /// The relays we know that are connected now, and the address each is reached at.
+    fn connected_relays(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.book
             .relays()
-            .filter(|(p, _)| !self.reservations.contains_key(*p) && self.swarm.is_connected(p))
+            .filter(|(p, _)| self.swarm.is_connected(p))
             .map(|(p, a)| (*p, a.clone()))
-            .take(wanted)
-            .collect();
-        for (relay, addr) in candidates {
+            .collect()
+    }
+
+    /// Ask relays for the reservations NAT traversal decided on, so that peers can reach us
+    /// through them (DCUtR then upgrades to a direct connection).
+    fn reserve(&mut self, reserves: Vec<Reserve<PeerId, Multiaddr>>) {
+        for Reserve { relay, addr } in reserves {
             let circuit = circuit_addr(&addr, relay);
             match self.swarm.listen_on(circuit.clone()) {
                 Ok(id) => {
                     debug!(%relay, %circuit, "asking for a relay reservation");
-                    self.reservations.insert(relay, id);
+                    self.nat.handle_reserving(relay, id);
                 }
                 Err(e) => debug!(%relay, error = %e, "cannot ask for a relay reservation"),
             }
         }
     }
 
-    /// A direct connection to `peer` exists: close relayed ones, so that sessions and chunk
-    /// streams move to the direct path (the session is reopened there).
     /// Tell the byte accounting whether `peer`'s streams now go through a relay.
     fn note_link(&self, peer: PeerId) {
         if let Some((relayed, _)) = self.swarm.behaviour().streams.link(&peer) {
@@ -1414,33 +1407,23 @@ impl NetLoop {
         }
     }
 
-    /// How others reach this node: public (a relay, an external address, or AutoNAT says
-    /// so), relayed (behind a NAT with a relay reservation), nated, or unknown.
+    /// How others reach this node (see [`Nat::reachability`]).
     fn reachability(&self) -> &'static str {
-        use libp2p::autonat::NatStatus;
         let external = self.swarm.external_addresses().any(|a| !is_relayed(a));
-        if self.relay_server || external || matches!(self.nat_status, NatStatus::Public(_)) {
-            "public"
-        } else if !self.reservations.is_empty() {
-            "relayed"
-        } else if matches!(self.nat_status, NatStatus::Private) {
-            "nated"
-        } else {
-            "unknown"
-        }
+        self.nat.reachability(external).as_str()
     }
 
+    /// A direct connection to `peer` is up: close relayed ones, so that sessions and chunk
+    /// streams move to the direct path (the session is reopened there).
     fn drop_relayed(&mut self, peer: PeerId) {
         // The stream behaviour tracks connections (it has seen this one already: behaviours
         // learn of a connection before the swarm reports it).
         let relayed = self.swarm.behaviour().streams.relayed_connections(&peer);
-        if relayed.is_empty() {
+        let in_session = self.sessions.contains_key(&peer);
+        if !self.nat.handle_direct(peer, relayed.len(), in_session) {
             return;
         }
         info!(%peer, "direct connection up: closing the relayed one");
-        if self.sessions.contains_key(&peer) {
-            self.reopen.insert(peer);
-        }
         for id in relayed {
             self.swarm.close_connection(id);
         }
