@@ -11,11 +11,17 @@
 //!   check are defined there and re-exported), and a node's runtime configuration.
 //! - [`store`]: the redb state database, the staging area, applying a revision atomically per
 //!   file, verifying a tree.
-//! - [`swarm`]: the sans-IO piece picker (what to request from whom), the seeding policy and
-//!   which peers learned by peer exchange to dial, tested without sockets.
+//! - [`swarm`]: the node's decisions as sans-IO state machines, tested without sockets, with
+//!   time passed in: the piece picker and fetch scheduling (what to request from whom), the
+//!   seeding policy, session slots, which peers learned by peer exchange to dial, discovery
+//!   (DHT lookups, provider announcements, redials) and NAT traversal (relay reservations,
+//!   reachability).
 //! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour.
-//! - [`node`]: the event loop, control sessions, chunk streams, the publisher and subscriber
-//!   engines, and the [`node::NodeHandle`] that the CLI and tests drive.
+//! - [`node`]: the pump that carries those decisions out: one task owns the libp2p swarm and
+//!   never waits on anyone (`node::net_loop`, reached through `node::swarm_handle`, handing
+//!   events on through `node::events`), control sessions, chunk streams, the publisher and
+//!   subscriber engines (blocking work on the blocking pool), and the [`node::NodeHandle`]
+//!   that the CLI and tests drive.
 //! - [`settings`]: the TOML config file, folded into the command line's defaults.
 //! - [`cli`]: the command line (`main.rs` only parses, sets up tracing and runs it).
 
