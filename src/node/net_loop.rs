@@ -141,10 +141,10 @@ struct NetLoop {
     nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
 }
 
-/// How often the peer table is saved for the next start.
 /// How often every session is told again who else we are connected to, so a dial that
 /// failed once is retried and peers that joined elsewhere are learnt.
 const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
+/// How often the peer table is saved for the next start.
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// How often per-peer state that ran out is dropped: a ban ends (its peer may connect again)
 /// at the first sweep after `BAN_DURATION`.
@@ -1097,8 +1097,8 @@ impl NetLoop {
         }
     }
 
-    /// Save known peers with addresses, online ones first, for the next start.
-    /// Write the peer table for the next start, on the blocking pool (joined at shutdown).
+    /// Save known peers with addresses, online ones first, for the next start; the file is
+    /// written on the blocking pool (joined at shutdown).
     fn save_peers(&mut self) {
         let mut rows: Vec<(&PeerId, &PeerRecord)> = self
             .table
