@@ -1,6 +1,7 @@
 //! Sans-IO swarm logic: which chunk to request from which peer, and when to give up on one;
-//! what the publisher seeds to whom; which peers hold the session slots; which peers learned
-//! by peer exchange to dial, and at which addresses.
+//! what the publisher seeds to whom; which peers hold the session slots, which session of a
+//! peer is live and what the engine heard of it; which peers learned by peer exchange to dial,
+//! and at which addresses.
 //!
 //! No sockets, no tokio, no clocks: callers pass `now`. Unit-tested step by step.
 
@@ -11,9 +12,11 @@ pub use picker::{Availability, Picker, PickerConfig};
 mod bucket;
 mod dials;
 mod seed;
+mod sessions;
 mod slots;
 
 pub use bucket::TokenBucket;
 pub use dials::{Dial, DialLimits, Learned, PexDials};
 pub use seed::SeedPolicy;
+pub use sessions::{Gone, Open, SessionTable};
 pub use slots::{Admission, Slots};
