@@ -33,8 +33,8 @@ use crate::config::{
 use crate::net::streams;
 use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::swarm::{
-    Admission, Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, HeadLookups,
-    Learned, Nat, NatConfig, NewHead, PexDials, Reserve, SeedPolicy, Seen, Slots, View,
+    Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, Gone, HeadLookups, Learned,
+    Nat, NatConfig, NewHead, Open, PexDials, Reserve, SeedPolicy, Seen, SessionTable, View,
 };
 use crate::trust::SignedHead;
 use crate::wire::{
@@ -86,9 +86,8 @@ const SEED_HOLD: Duration = Duration::from_secs(2);
 /// Most peers remembered in the table (offline ones are forgotten first).
 const MAX_KNOWN_PEERS: usize = 1024;
 
+/// The swarm task's handle on a running session.
 struct Session {
-    id: u64,
-    opener: PeerId,
     out: mpsc::Sender<ControlMsg>,
     cancel: CancellationToken,
 }
@@ -106,9 +105,9 @@ struct NetLoop {
     version: u32,
     corrupt: bool,
     cancel: CancellationToken,
-    sessions: HashMap<PeerId, Session>,
-    /// Who holds the session slots, and whom a newcomer may push out.
-    slots: Slots<PeerId>,
+    /// The live session of each peer, who holds the session slots (whom a newcomer may push
+    /// out), and which sessions the engine heard are up.
+    sessions: SessionTable<PeerId, Session>,
     /// Bans, dialed addresses and known relays (bounded; swept every `PRUNE_EVERY`).
     book: PeerBook,
     next_prune: tokio::time::Instant,
@@ -116,7 +115,6 @@ struct NetLoop {
     /// or at the next sweep once its count is back to zero).
     inbound_chunk_streams: HashMap<(PeerId, libp2p::swarm::ConnectionId), Arc<AtomicUsize>>,
     tasks: JoinSet<()>,
-    next_session: u64,
     table: HashMap<PeerId, PeerRecord>,
     max_peers: usize,
     upload: Option<super::chunks::Limiter>,
@@ -216,13 +214,15 @@ pub(crate) async fn start(
         version: config.protocol_version,
         corrupt: config.danger_corrupt_served_chunks,
         cancel: cancel.child_token(),
-        sessions: HashMap::new(),
-        slots: Slots::new(config.max_peers.clamp(1, MAX_PEERS), config.session_idle),
+        sessions: SessionTable::new(
+            peer_id,
+            config.max_peers.clamp(1, MAX_PEERS),
+            config.session_idle,
+        ),
         book: PeerBook::default(),
         next_prune: tokio::time::Instant::now() + PRUNE_EVERY,
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
-        next_session: 0,
         table: HashMap::new(),
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
         upload: config.max_upload.map(super::chunks::limiter),
@@ -540,9 +540,8 @@ impl NetLoop {
                 self.register_session(peer, stream, ours)
             }
             NetCommand::SessionEnded { peer, session } => {
-                if self.sessions.get(&peer).is_some_and(|s| s.id == session) {
-                    self.sessions.remove(&peer);
-                    self.slots.leave(&peer);
+                if let Some(gone) = self.sessions.ended(&peer, session) {
+                    self.session_gone(gone);
                 }
                 if !self.sessions.contains_key(&peer)
                     && self.nat.handle_session_ended(&peer)
@@ -558,26 +557,17 @@ impl NetLoop {
     /// Update the peer table from a session's event, run peer exchange, and pass the event on
     /// to the engine.
     fn on_peer_event(&mut self, ev: PeerEvent) {
-        // When both sides dialled, the tie-break replaces one session with the other; the
-        // replaced one's Up or Down can arrive after the live one's Up and must not mark the
-        // peer online or offline. (A Down with no session left at all, e.g. after a ban, is
-        // real.)
-        let stale = match &ev {
-            PeerEvent::Up { peer, session, .. } => self
-                .sessions
-                .get(peer)
-                .is_none_or(|s| s.id != *session)
-                .then_some((peer, session)),
-            PeerEvent::Down { peer, session } => self
-                .sessions
-                .get(peer)
-                .is_some_and(|s| s.id != *session)
-                .then_some((peer, session)),
-            _ => None,
-        };
-        if let Some((peer, session)) = stale {
-            debug!(%peer, session, "up/down of a replaced session ignored");
-            return;
+        // A session replaced, evicted or banned was told Down when it left the table (if its
+        // Up was told): its own late Up or Down must not reach the engine (see
+        // `SessionTable`).
+        if let PeerEvent::Down { peer, session } = ev {
+            return self.peer_down(peer, session);
+        }
+        if let PeerEvent::Up { peer, session, .. } = &ev {
+            if !self.sessions.up(peer, *session) {
+                debug!(%peer, session, "up of a session no longer live ignored");
+                return;
+            }
         }
         match &ev {
             PeerEvent::Up { peer, hello, .. } => {
@@ -595,11 +585,6 @@ impl NetLoop {
                 }
                 self.exchange_peers(*peer);
             }
-            PeerEvent::Down { peer, .. } => {
-                let rec = self.record(*peer);
-                rec.online = false;
-                rec.last_seen = std::time::SystemTime::now();
-            }
             PeerEvent::Head { peer, .. } => {
                 self.record(*peer).last_seen = std::time::SystemTime::now();
             }
@@ -613,11 +598,42 @@ impl NetLoop {
                 rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
                 rec.last_seen = std::time::SystemTime::now();
             }
-            PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } => {}
+            PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
         }
+        self.tell_engine(ev);
+    }
+
+    fn tell_engine(&self, ev: PeerEvent) {
         if !self.events.push(ev) {
             warn!("the engine is far behind: a peer event was dropped");
         }
+    }
+
+    /// Session `session` of `peer` says it is down: passed on if the engine heard it was up
+    /// and has not heard it is down.
+    fn peer_down(&mut self, peer: PeerId, session: u64) {
+        if !self.sessions.down(&peer, session) {
+            debug!(%peer, session, "down of a session the engine heard is down, or never up");
+            return;
+        }
+        self.went_down(peer, session);
+    }
+
+    /// A session left the table (replaced, evicted, banned or over): end it, and tell the
+    /// engine it is down if the engine heard it was up.
+    fn session_gone(&mut self, gone: Gone<PeerId, Session>) {
+        gone.handle.cancel.cancel();
+        if gone.tell_down {
+            self.went_down(gone.peer, gone.id);
+        }
+    }
+
+    /// The peer is offline, and the engine hears that session `session` is down.
+    fn went_down(&mut self, peer: PeerId, session: u64) {
+        let rec = self.record(peer);
+        rec.online = false;
+        rec.last_seen = std::time::SystemTime::now();
+        self.tell_engine(PeerEvent::Down { peer, session });
     }
 
     fn record(&mut self, peer: PeerId) -> &mut PeerRecord {
@@ -1166,10 +1182,9 @@ impl NetLoop {
         }
         // Also closes every connection to it.
         blocked.block_peer(peer);
-        if let Some(s) = self.sessions.remove(&peer) {
-            s.cancel.cancel();
+        if let Some(gone) = self.sessions.remove(&peer) {
+            self.session_gone(gone);
         }
-        self.slots.leave(&peer);
     }
 
     /// Drop per-peer state that ran out: ended bans (the swarm lets those peers in again),
@@ -1513,78 +1528,76 @@ impl NetLoop {
             .head
             .as_ref()
             .map(|h| h.body.revision);
-        for peer in self.sessions.keys() {
-            let theirs = self.table.get(peer).and_then(|r| r.revision);
-            let current = ours.is_some_and(|ours| theirs >= Some(ours));
-            let bytes = Self::bytes_with(traffic, peer);
-            self.slots.observe(peer, bytes, current, now);
+        let seen: Vec<(PeerId, u64, bool)> = self
+            .sessions
+            .keys()
+            .map(|peer| {
+                let theirs = self.table.get(peer).and_then(|r| r.revision);
+                let current = ours.is_some_and(|ours| theirs >= Some(ours));
+                (*peer, Self::bytes_with(traffic, peer), current)
+            })
+            .collect();
+        for (peer, bytes, current) in seen {
+            self.sessions.observe(&peer, bytes, current, now);
         }
     }
 
-    /// Give `peer` a session slot, pushing out the session idle the longest if every slot is
-    /// taken (see [`Slots`]). False if none may go yet.
-    fn admit(&mut self, peer: PeerId) -> bool {
+    /// A control stream with `peer` opened (by us if `ours`): run a session on it, unless the
+    /// tie-break keeps the running one or no slot may be had (see [`SessionTable`]). A new
+    /// session replaces the peer's running one and takes over its slot; at the limit, a
+    /// newcomer pushes out the session idle the longest.
+    fn register_session(&mut self, peer: PeerId, stream: Stream, ours: bool) {
+        let opener = if ours {
+            *self.swarm.local_peer_id()
+        } else {
+            peer
+        };
         let traffic = self.stats.traffic.snapshot();
-        if self.slots.len() >= self.max_peers {
+        if self.sessions.len() >= self.max_peers {
             self.observe_slots(&traffic);
         }
-        let bytes = Self::bytes_with(&traffic, &peer);
-        match self.slots.admit(peer, bytes, Instant::now()) {
-            Admission::Admitted => true,
-            Admission::Evict(idle) => {
-                info!(%idle, newcomer = %peer, "peer limit reached: ending the session idle the longest");
-                if let Some(s) = self.sessions.remove(&idle) {
-                    s.cancel.cancel();
-                }
-                true
-            }
-            Admission::Full => {
-                warn!(%peer, "peer limit reached, no session idle long enough: refusing a control session");
-                false
-            }
-        }
-    }
-
-    fn register_session(&mut self, peer: PeerId, stream: Stream, ours: bool) {
-        let local_peer = *self.swarm.local_peer_id();
-        let opener = if ours { local_peer } else { peer };
-        if let Some(existing) = self.sessions.get(&peer) {
-            // Both sides dialled: keep the stream opened by the smaller peer ID, on both ends.
-            // A second stream from the same opener means that side restarted or lost the
-            // session (a crashed node reconnecting before its old connection timed out here):
-            // the new one replaces the old.
-            let winner = local_peer.min(peer);
-            if existing.opener != opener && existing.opener == winner {
-                return;
-            }
-            debug!(%peer, restarted = existing.opener == opener, "control session replaced");
-            existing.cancel.cancel();
-        }
-        if !self.admit(peer) {
-            return;
-        }
-        self.next_session += 1;
         let (out_tx, out_rx) = mpsc::channel(32);
         let cancel = self.cancel.child_token();
+        let handle = Session {
+            out: out_tx,
+            cancel: cancel.clone(),
+        };
+        let bytes = Self::bytes_with(&traffic, &peer);
+        let id = match self
+            .sessions
+            .open(peer, opener, handle, bytes, Instant::now())
+        {
+            Open::Start {
+                id,
+                replaced,
+                evicted,
+            } => {
+                if let Some(old) = replaced {
+                    debug!(%peer, "control session replaced");
+                    self.session_gone(old);
+                }
+                if let Some(idle) = evicted {
+                    info!(idle = %idle.peer, newcomer = %peer, "peer limit reached: ending the session idle the longest");
+                    self.session_gone(idle);
+                }
+                id
+            }
+            Open::Kept => return,
+            Open::Full => {
+                warn!(%peer, "peer limit reached, no session idle long enough: refusing a control session");
+                return;
+            }
+        };
         let ctx = SessionCtx {
             peer,
-            session: self.next_session,
+            session: id,
             local: self.local.clone(),
             version: self.version,
             content: self.content.clone(),
             net: self.handle.clone(),
             out: out_rx,
-            cancel: cancel.clone(),
+            cancel,
         };
-        self.sessions.insert(
-            peer,
-            Session {
-                id: self.next_session,
-                opener,
-                out: out_tx,
-                cancel,
-            },
-        );
         self.tasks.spawn(control::run(stream, ctx));
     }
 }
