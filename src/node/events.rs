@@ -5,9 +5,12 @@
 //! that only say "the newest state of this peer" (its availability `Have`, its `Head`, its
 //! `Complete`) replace the one of the same kind still waiting for that peer, so a peer sending
 //! them at any rate holds at most one of each in the queue. Session changes (`Up`, `Down`,
-//! `Incompatible`) keep their order. Past `MAX_QUEUED` waiting events (a cap a swarm of honest
-//! peers never reaches: three per peer plus their session changes) a new one is dropped and
-//! logged. A slow engine therefore sees fewer, newer events; the swarm task never stops.
+//! `Incompatible`) keep their order. `Up` and `Down` are never dropped, so an engine that counts
+//! them never drifts; a session that went `Down` while its `Up` still waited is taken out whole
+//! (the engine never hears of it), so a peer holds at most one waiting `Down` (of the session
+//! the engine heard of) and one waiting `Up`. Past `MAX_QUEUED` waiting events (a cap a swarm of
+//! honest peers never reaches: a handful per peer) any other new event is dropped and logged.
+//! A slow engine therefore sees fewer, newer events; the swarm task never stops.
 //!
 //! A leaf: it imports nothing from the node's other modules.
 
@@ -20,7 +23,8 @@ use tokio::sync::Notify;
 use crate::trust::SignedHead;
 use crate::wire::{Hello, PeerInfo};
 
-/// Most events waiting for the engine; more are dropped (and logged by the swarm task).
+/// Most events waiting for the engine; more (but `Up` and `Down`) are dropped and logged by the
+/// swarm task.
 pub(crate) const MAX_QUEUED: usize = 16_384;
 
 /// What sessions tell the engine.
@@ -84,17 +88,34 @@ impl PeerEvent {
 enum Slot {
     Event(Box<PeerEvent>),
     Latest(PeerId, Latest),
+    /// A session's `Up`, kept in `ups` until read, or taken out by the session's `Down`.
+    Up(PeerId, u64),
 }
 
 #[derive(Default)]
 struct Queue {
     slots: VecDeque<Slot>,
     latest: HashMap<(PeerId, Latest), PeerEvent>,
+    ups: HashMap<(PeerId, u64), PeerEvent>,
     closed: bool,
 }
 
 impl Queue {
     fn push(&mut self, ev: PeerEvent) -> bool {
+        match ev {
+            PeerEvent::Up { peer, session, .. } => {
+                self.ups.insert((peer, session), ev);
+                self.slots.push_back(Slot::Up(peer, session));
+                return true;
+            }
+            PeerEvent::Down { peer, session } => {
+                if self.ups.remove(&(peer, session)).is_none() {
+                    self.slots.push_back(Slot::Event(Box::new(ev)));
+                }
+                return true;
+            }
+            _ => {}
+        }
         if let Some(key) = ev.latest() {
             if let Some(waiting) = self.latest.get_mut(&key) {
                 *waiting = ev;
@@ -120,6 +141,11 @@ impl Queue {
                 Slot::Event(ev) => return Some(*ev),
                 Slot::Latest(peer, kind) => {
                     if let Some(ev) = self.latest.remove(&(peer, kind)) {
+                        return Some(ev);
+                    }
+                }
+                Slot::Up(peer, session) => {
+                    if let Some(ev) = self.ups.remove(&(peer, session)) {
                         return Some(ev);
                     }
                 }
@@ -205,6 +231,29 @@ mod tests {
         PeerEvent::Down { peer, session }
     }
 
+    fn up(peer: PeerId, session: u64) -> PeerEvent {
+        let hello = Hello {
+            node_id: uuid::Uuid::nil(),
+            swarm_id: uuid::Uuid::nil(),
+            role: crate::wire::Role::Subscriber,
+            head: None,
+            addrs: vec![],
+        };
+        PeerEvent::Up {
+            peer,
+            session,
+            hello,
+        }
+    }
+
+    fn incompatible(peer: PeerId, theirs: u32) -> PeerEvent {
+        PeerEvent::Incompatible {
+            peer,
+            ours: 3,
+            theirs,
+        }
+    }
+
     fn drain(rx: &mut EventReceiver) -> Vec<PeerEvent> {
         let mut q = lock(&rx.0);
         std::iter::from_fn(|| q.pop()).collect()
@@ -252,15 +301,35 @@ mod tests {
     fn a_full_queue_drops_instead_of_waiting() {
         let (tx, mut rx) = queue();
         let a = PeerId::random();
-        let queued = (0..MAX_QUEUED as u64 + 10)
-            .filter(|s| tx.push(down(a, *s)))
+        let queued = (0..MAX_QUEUED as u32 + 10)
+            .filter(|v| tx.push(incompatible(a, *v)))
             .count();
         assert_eq!(queued, MAX_QUEUED);
         assert!(
             !tx.push(have(PeerId::random(), 1, 1)),
             "a new place in a full queue"
         );
-        assert_eq!(drain(&mut rx).len(), MAX_QUEUED);
+        // Session changes are never dropped: an engine counting them would drift.
+        assert!(tx.push(up(a, 1)));
+        assert!(tx.push(down(a, 0)));
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), MAX_QUEUED + 2);
+        assert_eq!(got[MAX_QUEUED..], [up(a, 1), down(a, 0)]);
+    }
+
+    #[test]
+    fn a_session_gone_before_the_engine_heard_of_it_is_taken_out_whole() {
+        let (tx, mut rx) = queue();
+        let a = PeerId::random();
+        tx.push(up(a, 1));
+        tx.push(down(a, 1));
+        tx.push(up(a, 2));
+        assert_eq!(drain(&mut rx), vec![up(a, 2)]);
+        // Heard of: its Down comes through.
+        tx.push(down(a, 2));
+        tx.push(up(a, 3));
+        tx.push(down(a, 3));
+        assert_eq!(drain(&mut rx), vec![down(a, 2)]);
     }
 
     #[tokio::test]
