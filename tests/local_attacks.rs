@@ -75,6 +75,7 @@ async fn a_file_rewritten_nonstop_does_not_hold_off_publishing() {
                     return true;
                 }
                 write(&src, "busy.txt", i.to_string().as_bytes());
+                // The load under test (a rewrite every 100 ms), not synchronisation.
                 std::thread::sleep(Duration::from_millis(100));
             }
             false
