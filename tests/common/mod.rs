@@ -224,6 +224,17 @@ impl Lab {
         }
     }
 
+    /// A lab on a RAM file system (`/dev/shm`) where there is one, else as `new`. For trees of
+    /// tens of thousands of files, which a busy disk can take minutes to delete.
+    pub fn in_memory() -> Self {
+        let shm = Path::new("/dev/shm");
+        let tmp = match shm.is_dir() {
+            true => tempfile::tempdir_in(shm).unwrap(),
+            false => tempfile::tempdir().unwrap(),
+        };
+        Lab { tmp }
+    }
+
     pub fn dir(&self, name: &str) -> PathBuf {
         let p = self.tmp.path().join(name);
         std::fs::create_dir_all(&p).unwrap();
