@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,6 +76,7 @@ impl Seen {
     }
 
     fn heartbeat(&mut self) {
+        self.heartbeats += 1;
         self.longest_wait = self.longest_wait.max(self.last_heartbeat.elapsed());
         self.last_heartbeat = Instant::now();
     }
@@ -220,10 +220,7 @@ async fn read_session(mut r: futures::io::ReadHalf<Stream>, seen: &Mutex<Seen>) 
             return End::Silent;
         }
         match wire::decode(&frame) {
-            Ok(ControlMsg::Heartbeat) => {
-                s.heartbeats += 1;
-                s.heartbeat();
-            }
+            Ok(ControlMsg::Heartbeat) => s.heartbeat(),
             Ok(ControlMsg::Head(h)) => s.newest_head = s.newest_head.max(h.body.revision),
             Ok(ControlMsg::Goodbye { reason }) => return End::Closed(format!("goodbye: {reason}")),
             Ok(_) => {}
@@ -252,18 +249,6 @@ async fn send_haves(mut w: futures::io::WriteHalf<Stream>, seen: &Mutex<Seen>) -
         }
         seen.lock().unwrap().haves_sent += 1;
     }
-}
-
-/// Rewrite `busy.txt` every `REWRITE_EVERY` until `stop`; the number of writes.
-fn rewrite_until(src: std::path::PathBuf, stop: Arc<AtomicBool>) -> u64 {
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        write(&src, "busy.txt", format!("write {n}").as_bytes());
-        // The load under test, not synchronisation.
-        std::thread::sleep(REWRITE_EVERY);
-    }
-    n
 }
 
 /// A newcomer (a node of another swarm) connects to `p`, opens a chunk stream and asks for
@@ -347,11 +332,7 @@ async fn a_busy_publisher_keeps_answering_admits_chunk_streams_and_publishes_aft
 
     // The load: the busy file, and the peers (already sending).
     let load = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = std::thread::spawn({
-        let (src, stop) = (src.clone(), stop.clone());
-        move || rewrite_until(src, stop)
-    });
+    let busy_file = Rewriter::start(&src, "busy.txt", REWRITE_EVERY);
     // Busy for real: the publisher has settled and rescanned under the load once.
     let first = p.status().borrow().revision.unwrap();
     let busy = next_revision(&p, first).await;
@@ -367,8 +348,7 @@ async fn a_busy_publisher_keeps_answering_admits_chunk_streams_and_publishes_aft
     // (c) The writes stop just after a rescan under load published, so the next rescan starts
     // after the last write (the settle waits for the writes to be quiet) and must publish it.
     let before = next_revision(&p, busy).await;
-    stop.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    let writes = busy_file.stop();
     write(&src, "busy.txt", LAST_WRITE);
     let stopped = Instant::now();
     let last = next_revision(&p, before).await;
@@ -385,6 +365,21 @@ async fn a_busy_publisher_keeps_answering_admits_chunk_streams_and_publishes_aft
         match behind.is_empty() {
             true => Ok(()),
             false => Err(behind),
+        }
+    })
+    .await;
+    // And every peer still gets heartbeats after all that.
+    let beats: Vec<u64> = peers
+        .iter()
+        .map(|p| p.seen.lock().unwrap().heartbeats)
+        .collect();
+    let beating = first_ok(PEER_TIMEOUT, || async {
+        let silent: Vec<usize> = (0..PEERS)
+            .filter(|&i| peers[i].seen.lock().unwrap().heartbeats == beats[i])
+            .collect();
+        match silent.is_empty() {
+            true => Ok(()),
+            false => Err(silent),
         }
     })
     .await;
@@ -432,6 +427,11 @@ async fn a_busy_publisher_keeps_answering_admits_chunk_streams_and_publishes_aft
             let wait = s.longest_wait;
             failures.push(format!("(a) peer {i}: no heartbeat for {wait:.1?}"));
         }
+    }
+    if let Err(silent) = beating {
+        failures.push(format!(
+            "(a) no heartbeat within PEER_TIMEOUT at the end of the load for peers {silent:?}"
+        ));
     }
     if let Err(e) = newcomer {
         failures.push(format!("(b) newcomer: {e}"));

@@ -252,6 +252,51 @@ impl Lab {
     }
 }
 
+/// A thread rewriting one file of a tree at a steady pace (the load of tests about a tree that
+/// never settles) until stopped, or dropped: a test that fails leaves no writer behind.
+pub struct Rewriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Rewriter {
+    /// Rewrite `root/rel` with a new content every `every`, starting now.
+    pub fn start(root: &Path, rel: &str, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, rel, stopped) = (root.to_path_buf(), rel.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                write(&root, &rel, format!("write {n}").as_bytes());
+                // The load under test, not synchronisation.
+                std::thread::sleep(every);
+            }
+            n
+        });
+        Rewriter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop (after the write under way); the number of writes.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("the rewriter thread")
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A child process (the `treecast` binary) that is killed and reaped when dropped, so a test
 /// that fails leaves none running.
 pub struct Spawned(std::process::Child);
