@@ -64,15 +64,13 @@ async fn offline_subscriber_catches_up_without_bootstrap_and_bad_head_records_ar
     scfg.bootstrap = dht.listen_addrs().to_vec();
     let s = Node::subscribe(scfg, bare.clone()).await.unwrap();
     synced(&s, 1).await;
-    let mut old_head = None;
-    for _ in 0..200 {
-        old_head = p.dht_head().await.unwrap().filter(|h| h.body.revision == 1);
-        if old_head.is_some() {
-            break;
+    let old_head = eventually_ok(WAIT, "revision 1 in the DHT", || async {
+        match p.dht_head().await.unwrap() {
+            Some(h) if h.body.revision == 1 => Ok(h),
+            other => Err(other.map(|h| h.body.revision)),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let old_head = old_head.expect("revision 1 reached the DHT");
+    })
+    .await;
     s.shutdown().await;
 
     // Two revisions while the subscriber is offline.
@@ -116,15 +114,11 @@ async fn offline_subscriber_catches_up_without_bootstrap_and_bad_head_records_ar
     let mut fcfg = config(&lab.dir("fresh"));
     fcfg.bootstrap = dht.listen_addrs().to_vec();
     let fresh = Node::subscribe(fcfg, bare.clone()).await.unwrap();
-    let mut found = None;
-    for _ in 0..200 {
-        found = fresh.dht_head().await.unwrap();
-        if found.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(found.map(|h| h.body.revision), Some(3));
+    let found = eventually_ok(WAIT, "a head in the DHT", || async {
+        fresh.dht_head().await.unwrap().ok_or("none found yet")
+    })
+    .await;
+    assert_eq!(found.body.revision, 3);
     for n in [fresh, s, p] {
         n.shutdown().await;
     }

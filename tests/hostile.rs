@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{hello_of, session_with};
 use common::*;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use treecast::tree::{EntryKind, EntryWire, ManifestWire, MANIFEST_FORMAT};
@@ -552,69 +553,6 @@ fn pad_with_junk_handovers(
     head
 }
 
-/// Open a control stream from `from` to `peer` as soon as they are connected.
-async fn stream_when_connected(
-    from: &treecast::NodeHandle,
-    peer: libp2p::PeerId,
-) -> treecast::net::streams::Stream {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match from
-            .danger_open_stream(peer, treecast::wire::CONTROL_PROTOCOL)
-            .await
-        {
-            Ok(s) => return s,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The hello `peer` sends on a control stream opened by `from`.
-async fn hello_of(from: &treecast::NodeHandle, peer: libp2p::PeerId) -> treecast::wire::Hello {
-    use treecast::wire::{self, ControlMsg, PROTOCOL_VERSION};
-    let mut s = stream_when_connected(from, peer).await;
-    wire::write_handshake(&mut s, PROTOCOL_VERSION)
-        .await
-        .unwrap();
-    wire::read_handshake(&mut s, PROTOCOL_VERSION)
-        .await
-        .unwrap();
-    let frame = wire::read_frame(&mut s, treecast::config::MAX_CONTROL_FRAME)
-        .await
-        .unwrap()
-        .unwrap();
-    match wire::decode(&frame).unwrap() {
-        ControlMsg::Hello(h) => h,
-        other => panic!("expected a hello, got {other:?}"),
-    }
-}
-
-/// A control session from `from` to `peer`, speaking by hand: handshake and a hello for
-/// `swarm_id`, ready for what the test sends next.
-async fn session_with(
-    from: &treecast::NodeHandle,
-    peer: libp2p::PeerId,
-    swarm_id: uuid::Uuid,
-) -> treecast::net::streams::Stream {
-    use treecast::wire::{self, ControlMsg, Hello, Role, PROTOCOL_VERSION};
-    let mut s = stream_when_connected(from, peer).await;
-    wire::write_handshake(&mut s, PROTOCOL_VERSION)
-        .await
-        .unwrap();
-    let hello = Hello {
-        node_id: uuid::Uuid::new_v4(),
-        swarm_id,
-        role: Role::Subscriber,
-        head: None,
-        addrs: Vec::new(),
-    };
-    wire::write_frame(&mut s, &wire::encode(&ControlMsg::Hello(hello)))
-        .await
-        .unwrap();
-    s
-}
-
 /// A peer's peer exchange names hundreds of invented peers, each at the same 8 loopback
 /// addresses: UDP sockets of this test that never answer and count the QUIC connection
 /// attempts reaching them (the "victim address" of a dial amplification). The node dials a
@@ -676,19 +614,15 @@ async fn peer_exchange_naming_hundreds_of_invented_peers_makes_the_node_dial_onl
         .await
         .unwrap();
     let attacker_id = attacker.peer_id().to_string();
-    let deadline = start + WAIT;
-    loop {
+    eventually_ok(WAIT, "the notice to be handled", || async {
         let table = p.peers().await.unwrap();
-        let row = table.iter().find(|r| r.peer == attacker_id);
-        if row.is_some_and(|r| r.revision == Some(2)) {
-            break;
+        let row = table.iter().find(|r| r.peer == attacker_id).cloned();
+        match row {
+            Some(r) if r.revision == Some(2) => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notice never handled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 
     // One source is worth `PEX_DIALS_PER_SOURCE` dials a minute, each at a few addresses.
     let bound = |since: tokio::time::Instant| {

@@ -59,6 +59,8 @@ async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
             {
                 return;
             }
+            // The attacker's pace, not synchronisation: often enough to ask again and again
+            // within the seed hold.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });

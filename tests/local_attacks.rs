@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -65,31 +63,13 @@ async fn a_file_rewritten_nonstop_does_not_hold_off_publishing() {
     let s = subscriber(&sub, p.ticket()).await;
     synced(&s, 1).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = std::thread::spawn({
-        let (src, stop) = (src.clone(), stop.clone());
-        move || {
-            // Bounded: 10 minutes of writes at most, far past the test's own timeout.
-            for i in 0..6000u32 {
-                if stop.load(Ordering::Relaxed) {
-                    return true;
-                }
-                write(&src, "busy.txt", i.to_string().as_bytes());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        }
-    });
+    let busy = Rewriter::start(&src, "busy.txt", Duration::from_millis(100));
     write(&src, "new.txt", b"published while busy.txt keeps changing");
     eventually(WAIT, "new.txt in the mirror", || {
         sub.join("new.txt").exists()
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    assert!(
-        writer.join().unwrap(),
-        "the writer ran out before new.txt was published"
-    );
+    busy.stop();
     s.shutdown().await;
     p.shutdown().await;
 }

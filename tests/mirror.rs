@@ -135,16 +135,14 @@ async fn subscriber_killed_mid_transfer_resumes_without_refetching() {
         .unwrap();
     let verified_before = first.stats().chunks_fetched;
     drop(first); // abrupt: no waiting for anything in flight
-                 // The dropped node releases the database when its tasks end.
-    let second = loop {
+                 // The dropped node releases the database when its tasks end; until then a start is refused.
+    let second = eventually_ok(WAIT, "the dropped node to release its database", || async {
         match treecast::Node::subscribe(config(&dir), p.ticket().clone()).await {
-            Ok(n) => break n,
-            Err(e) if e.to_string().contains("already open") => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("{e}"),
+            Err(e) if e.to_string().contains("already open") => Err(e),
+            started => Ok(started.expect("the subscriber restarts")),
         }
-    };
+    })
+    .await;
     synced(&second, 1).await;
     let fetched_after = second.stats().chunks_fetched;
     // Manifest index + one manifest chunk are fetched again in each run (2 blobs).

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use treecast::node::report::StatusReport;
@@ -89,16 +89,14 @@ async fn status_json_shows_sync_peers_and_rollout_during_and_after_a_transfer() 
     }
     // After: both hold revision 1; the publisher's rollout is complete once their
     // completion notices arrive.
-    let mut pub_after = status_json(&src);
-    let deadline = Instant::now() + WAIT;
-    while pub_after.rollout.as_ref().is_none_or(|r| r.holding < 2) {
-        assert!(
-            Instant::now() < deadline,
-            "rollout never completed: {pub_after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        pub_after = status_json(&src);
-    }
+    let pub_after = eventually_ok(WAIT, "the rollout to complete", || async {
+        let report = status_json(&src);
+        match report.rollout.as_ref().is_some_and(|r| r.holding >= 2) {
+            true => Ok(report),
+            false => Err(report),
+        }
+    })
+    .await;
     let rollout = pub_after.rollout.as_ref().unwrap();
     assert_eq!((rollout.subscribers, rollout.holding), (2, 2));
     assert!(rollout.behind.is_empty());

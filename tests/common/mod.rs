@@ -1,17 +1,24 @@
 //! Helpers shared by the integration tests: sample trees, node start-up on loopback, tree
-//! comparison, and waiting on conditions with a timeout (never a bare sleep).
+//! comparison, and waiting on conditions with a timeout (never a bare sleep). `raw` speaks the
+//! wire by hand, for tests that play a peer.
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use treecast::config::NodeConfig;
+use treecast::node::Status;
 use treecast::{Node, NodeHandle, PublisherKey, Ticket};
 
 pub const WAIT: Duration = Duration::from_secs(120);
+/// How often the polling helpers look again.
+const POLL: Duration = Duration::from_millis(20);
 
 /// The fixed test publisher key from `certs/`.
 pub fn test_key() -> PublisherKey {
@@ -135,7 +142,64 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Call `probe` until it returns `Ok`, and return that; panic with its last error once
+/// `timeout` passes (a call still running at the deadline is cut off). For conditions read by
+/// asking a node (its peer table, the DHT) and for actions tried until they succeed.
+pub async fn eventually_ok<T, E, F, Fut>(timeout: Duration, what: &str, probe: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match first_ok(timeout, probe).await {
+        Ok(value) => value,
+        Err(last) => panic!("timed out waiting for {what}; last: {last:?}"),
+    }
+}
+
+/// [`eventually_ok`] for a test that reports a timeout rather than panicking at once: the
+/// error is the probe's last one (`None` if no call finished in time).
+pub async fn first_ok<T, E, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, Option<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, probe()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Watch `node`'s status for `window` and panic if `bad` holds at any change: for showing
+/// that something does NOT happen. No event says "it will not happen any more", so the
+/// window is the time the test gives it; the caller says why that is long enough.
+pub async fn never_within(
+    node: &NodeHandle,
+    window: Duration,
+    what: &str,
+    mut bad: impl FnMut(&Status) -> bool,
+) {
+    let mut rx = node.status();
+    let seen = tokio::time::timeout(window, rx.wait_for(|s| bad(s)))
+        .await
+        .map(|r| r.map(|st| st.clone()));
+    match seen {
+        Err(_) => {}
+        Ok(Ok(st)) => panic!("{what}: {st:?}"),
+        Ok(Err(_)) => panic!("{what}: the node shut down"),
     }
 }
 
@@ -160,6 +224,17 @@ impl Lab {
         }
     }
 
+    /// A lab on a RAM file system (`/dev/shm`) where there is one, else as `new`. For trees of
+    /// tens of thousands of files, which a busy disk can take minutes to delete.
+    pub fn in_memory() -> Self {
+        let shm = Path::new("/dev/shm");
+        let tmp = match shm.is_dir() {
+            true => tempfile::tempdir_in(shm).unwrap(),
+            false => tempfile::tempdir().unwrap(),
+        };
+        Lab { tmp }
+    }
+
     pub fn dir(&self, name: &str) -> PathBuf {
         let p = self.tmp.path().join(name);
         std::fs::create_dir_all(&p).unwrap();
@@ -174,6 +249,51 @@ impl Lab {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// A thread rewriting one file of a tree at a steady pace (the load of tests about a tree that
+/// never settles) until stopped, or dropped: a test that fails leaves no writer behind.
+pub struct Rewriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Rewriter {
+    /// Rewrite `root/rel` with a new content every `every`, starting now.
+    pub fn start(root: &Path, rel: &str, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, rel, stopped) = (root.to_path_buf(), rel.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                write(&root, &rel, format!("write {n}").as_bytes());
+                // The load under test, not synchronisation.
+                std::thread::sleep(every);
+            }
+            n
+        });
+        Rewriter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop (after the write under way); the number of writes.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("the rewriter thread")
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
