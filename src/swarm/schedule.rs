@@ -10,10 +10,11 @@
 //! stored by the caller.
 //!
 //! Invariant: every wanted chunk is in exactly one of missing, requested(peer, since) or
-//! verified (kept by the [`Picker`]). Every request outstanding is assigned to exactly one open
-//! lane of its peer, so a chunk is on at most one lane of a peer, and on two lanes (of two
-//! peers) only in the end game. A lane is open or closing: a closing lane gets no requests and
-//! holds none, and is forgotten when its end is reported, which is the last event it sends.
+//! verified (kept by the [`Picker`]). Every request outstanding (the picker's requested, and
+//! its end-game second requests) is on exactly one open lane of its peer, and no other request
+//! is on a lane ([`Lanes`]): so a chunk is on at most one lane of a peer, and on two lanes (of
+//! two peers) only in the end game. A closing lane gets no requests and holds none, and is
+//! forgotten when its end is reported, the last event a lane sends.
 //!
 //! Policy, beside the picker's:
 //! - Each peer in the download gets `lanes_per_peer` lanes; a request goes to its peer's lane
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::availability::OwnAvailability;
+use super::lanes::{LaneId, Lanes};
 use super::picker::{Availability, Picker, PickerConfig};
 use super::window::RateMeter;
 use crate::tree::ContentHash;
@@ -96,11 +98,6 @@ pub struct FeedPeer {
     pub have: Option<(u64, Vec<u8>)>,
 }
 
-/// One lane of a download. Never reused: events of a lane that closed cannot be taken for
-/// those of a new lane to the same peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LaneId(u64);
-
 /// What the caller is to do, from [`Scheduler::poll`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<P> {
@@ -129,14 +126,6 @@ struct Member {
     last_resort: bool,
 }
 
-#[derive(Debug)]
-struct Lane<P> {
-    peer: P,
-    /// Requests assigned to it and outstanding.
-    load: usize,
-    closing: bool,
-}
-
 /// The scheduling decisions of one download. `P` is the peer identifier.
 #[derive(Debug)]
 pub struct Scheduler<P> {
@@ -145,10 +134,7 @@ pub struct Scheduler<P> {
     own: Option<OwnAvailability>,
     /// The peers in the download.
     peers: HashMap<P, Member>,
-    lanes: HashMap<LaneId, Lane<P>>,
-    next_lane: u64,
-    /// The lane of each outstanding request, per chunk (one per peer).
-    assigned: HashMap<ContentHash, Vec<(P, LaneId)>>,
+    lanes: Lanes<P>,
     rates: HashMap<P, RateMeter>,
     /// Lanes reopened per peer since the instant given.
     reopens: HashMap<P, (u32, Instant)>,
@@ -184,9 +170,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             picker: Picker::new(config.picker, wanted, present),
             own,
             peers: HashMap::new(),
-            lanes: HashMap::new(),
-            next_lane: 0,
-            assigned: HashMap::new(),
+            lanes: Lanes::default(),
             rates: HashMap::new(),
             reopens: HashMap::new(),
             reopen_later: Vec::new(),
@@ -296,10 +280,8 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 
     /// `lane` delivered `hash`, `len` bytes verified and stored, `latency` after asking.
     pub fn handle_reply(&mut self, lane: LaneId, hash: ContentHash, len: usize, latency: Duration) {
-        for (_, to) in self.assigned.remove(&hash).unwrap_or_default() {
-            self.unload(to);
-        }
-        if let Some(peer) = self.peer_of(lane) {
+        self.lanes.settle(hash);
+        if let Some(peer) = self.lanes.peer_of(lane) {
             let meter = self.rates.entry(peer).or_default();
             meter.delivered(len as u64, latency);
         }
@@ -315,10 +297,10 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 
     /// `lane`'s peer does not have `hash` (or will not send it now).
     pub fn handle_not_found(&mut self, lane: LaneId, hash: ContentHash, now: Instant) {
-        let Some(peer) = self.peer_of(lane) else {
+        let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
-        self.unassign(hash, &peer);
+        self.lanes.unassign(hash, &peer);
         self.picker.on_not_found(&peer, hash, now);
         self.assign_due = true;
     }
@@ -326,7 +308,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// `lane`'s peer sent something wrong (a chunk not matching its hash, a malformed reply):
     /// drop it and ban it.
     pub fn handle_bad(&mut self, lane: LaneId, reason: String) {
-        let Some(peer) = self.peer_of(lane) else {
+        let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
         self.peers.remove(&peer);
@@ -337,32 +319,25 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// `lane` ended (it could not open, its stream failed, or it was told to close). Its
     /// requests go back to missing; a lane of a peer still in the download is reopened.
     pub fn handle_closed(&mut self, lane: LaneId, now: Instant) {
-        let Some(state) = self.lanes.remove(&lane) else {
+        let Some(ended) = self.lanes.end(lane) else {
             return;
         };
-        let lost: Vec<ContentHash> = self
-            .assigned
-            .iter()
-            .filter(|(_, to)| to.iter().any(|(_, l)| *l == lane))
-            .map(|(h, _)| *h)
-            .collect();
-        for hash in lost {
-            self.unassign(hash, &state.peer);
-            self.picker.on_failed(&state.peer, hash);
+        for hash in ended.lost {
+            self.picker.on_failed(&ended.peer, hash);
         }
         self.assign_due = true;
-        if !state.closing && self.peers.contains_key(&state.peer) {
-            self.reopen(state.peer, now);
+        if ended.was_open && self.peers.contains_key(&ended.peer) {
+            self.reopen(ended.peer, now);
         }
     }
 
     /// The request for `hash` could not be queued on `lane` (its end is on its way): the chunk
     /// goes back to missing, and is handed out again at the next report.
     pub fn handle_unsent(&mut self, lane: LaneId, hash: ContentHash) {
-        let Some(peer) = self.peer_of(lane) else {
+        let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
-        self.unassign(hash, &peer);
+        self.lanes.unassign(hash, &peer);
         self.picker.on_failed(&peer, hash);
     }
 
@@ -388,7 +363,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// Tell the picker what `peer` has, opening lanes to it if it has none.
     fn add_peer(&mut self, peer: P, have: Availability, last_resort: bool) {
         self.picker.set_peer(peer.clone(), have, last_resort);
-        if self.open_lanes(&peer) == 0 {
+        if self.lanes.open_to(&peer) == 0 {
             for _ in 0..self.config.lanes_per_peer {
                 self.open_lane(peer.clone());
             }
@@ -396,35 +371,16 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         self.assign_due = true;
     }
 
-    fn open_lanes(&self, peer: &P) -> usize {
-        let open = |l: &&Lane<P>| !l.closing && l.peer == *peer;
-        self.lanes.values().filter(open).count()
-    }
-
     fn open_lane(&mut self, peer: P) {
         self.rates.entry(peer.clone()).or_default().path_changed();
-        let lane = LaneId(self.next_lane);
-        self.next_lane += 1;
-        let state = Lane {
-            peer: peer.clone(),
-            load: 0,
-            closing: false,
-        };
-        self.lanes.insert(lane, state);
+        let lane = self.lanes.open(peer.clone());
         self.actions.push_back(Action::OpenLane { lane, peer });
     }
 
     fn drop_peer(&mut self, peer: &P) {
         self.picker.on_peer_gone(peer);
-        self.assigned.retain(|_, to| {
-            to.retain(|(p, _)| p != peer);
-            !to.is_empty()
-        });
-        for (id, lane) in self.lanes.iter_mut().filter(|(_, l)| l.peer == *peer) {
-            lane.load = 0;
-            if !std::mem::replace(&mut lane.closing, true) {
-                self.actions.push_back(Action::CloseLane(*id));
-            }
+        for lane in self.lanes.close_peer(peer) {
+            self.actions.push_back(Action::CloseLane(lane));
         }
         self.assign_due = true;
     }
@@ -450,7 +406,8 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             self.reopen_later.drain(..).partition(|(at, _)| *at <= now);
         self.reopen_later = later;
         for (_, peer) in due {
-            if self.peers.contains_key(&peer) && self.open_lanes(&peer) < self.config.lanes_per_peer
+            if self.peers.contains_key(&peer)
+                && self.lanes.open_to(&peer) < self.config.lanes_per_peer
             {
                 self.open_lane(peer);
             }
@@ -480,7 +437,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     fn take_back_stalled(&mut self, now: Instant) {
         for (peer, hash) in self.picker.poll_stalled(now) {
             debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
-            self.unassign(hash, &peer);
+            self.lanes.unassign(hash, &peer);
         }
     }
 
@@ -504,62 +461,15 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 
     /// Hand out requests: each peer's picks go to its open lane with the fewest outstanding.
     fn assign(&mut self, now: Instant) {
-        let mut by_peer: HashMap<P, Vec<LaneId>> = HashMap::new();
-        for (id, lane) in self.lanes.iter().filter(|(_, l)| !l.closing) {
-            by_peer.entry(lane.peer.clone()).or_default().push(*id);
-        }
-        for (peer, lanes) in by_peer {
-            while let Some(lane) = lanes.iter().copied().min_by_key(|l| (self.load(*l), *l)) {
+        for (peer, lanes) in self.lanes.open_by_peer() {
+            while let Some(lane) = self.lanes.freest(&lanes) {
                 let Some(hash) = self.picker.next_for(&peer, now) else {
                     break;
                 };
-                self.assign_to(hash, peer.clone(), lane);
+                self.lanes.assign(hash, peer.clone(), lane);
+                self.actions.push_back(Action::Request { lane, hash });
             }
         }
-    }
-
-    fn assign_to(&mut self, hash: ContentHash, peer: P, lane: LaneId) {
-        let to = self.assigned.entry(hash).or_default();
-        debug_assert!(to.iter().all(|(p, _)| *p != peer), "{hash} twice to {peer}");
-        to.push((peer, lane));
-        if let Some(l) = self.lanes.get_mut(&lane) {
-            l.load += 1;
-        }
-        self.actions.push_back(Action::Request { lane, hash });
-    }
-
-    /// `peer`'s request for `hash` is over.
-    fn unassign(&mut self, hash: ContentHash, peer: &P) {
-        let Some(to) = self.assigned.get_mut(&hash) else {
-            return;
-        };
-        let lanes = &mut self.lanes;
-        to.retain(|(p, lane)| {
-            if p != peer {
-                return true;
-            }
-            if let Some(l) = lanes.get_mut(lane) {
-                l.load = l.load.saturating_sub(1);
-            }
-            false
-        });
-        if to.is_empty() {
-            self.assigned.remove(&hash);
-        }
-    }
-
-    fn unload(&mut self, lane: LaneId) {
-        if let Some(l) = self.lanes.get_mut(&lane) {
-            l.load = l.load.saturating_sub(1);
-        }
-    }
-
-    fn load(&self, lane: LaneId) -> usize {
-        self.lanes.get(&lane).map_or(0, |l| l.load)
-    }
-
-    fn peer_of(&self, lane: LaneId) -> Option<P> {
-        self.lanes.get(&lane).map(|l| l.peer.clone())
     }
 }
 
@@ -662,28 +572,15 @@ mod tests {
 
     /// The module's invariant, against the scheduler's own state.
     fn assert_invariant(s: &Scheduler<u8>) {
-        for (hash, to) in &s.assigned {
-            assert!(!to.is_empty() && to.len() <= 2, "{hash}: {to:?}");
+        s.lanes.assert_invariant();
+        for hash in s.lanes.requested() {
             assert!(
                 !s.picker.is_verified(hash),
                 "{hash} verified and outstanding"
             );
-            let peers: HashSet<u8> = to.iter().map(|(p, _)| *p).collect();
-            assert_eq!(peers.len(), to.len(), "{hash} twice to one peer");
-            for (p, lane) in to {
-                let l = &s.lanes[lane];
-                assert!(
-                    !l.closing && l.peer == *p,
-                    "{hash} on a lane not open to {p}"
-                );
-            }
-        }
-        let all = || s.assigned.values().flatten();
-        for (id, lane) in &s.lanes {
-            assert_eq!(lane.load, all().filter(|(_, l)| l == id).count(), "{id:?}");
         }
         for peer in s.peers.keys() {
-            let out = all().filter(|(p, _)| p == peer).count();
+            let out = s.lanes.requests_to(peer);
             assert_eq!(s.picker.in_flight(peer), out, "requests out to {peer}");
         }
     }
@@ -969,8 +866,9 @@ mod tests {
         false
     }
 
-    /// Peers come, go, lack chunks, send bad ones; lanes close; time passes: the invariant
-    /// holds after every step (see `drain`), and a complete peer then finishes the download.
+    /// Peers come, go, lack chunks, send bad ones; requests cannot be queued; lanes close; time
+    /// passes: the invariant holds after every step (see `drain`), and a complete peer then
+    /// finishes the download.
     #[test]
     fn no_chunk_is_assigned_twice_to_one_peer_whatever_happens() {
         let t0 = Instant::now();
@@ -1003,10 +901,16 @@ mod tests {
                 }
                 1 => s.handle_have(peer, 1, &bits),
                 2 => s.handle_peer_down(&peer),
-                3 | 4 => {
+                3 => {
                     if let Some(i) = pick(&out, next(1000)) {
                         let (lane, hash) = out.swap_remove(i);
                         s.handle_reply(lane, hash, 100, ms(next(50)));
+                    }
+                }
+                4 => {
+                    if let Some(i) = pick(&out, next(1000)) {
+                        let (lane, hash) = out.swap_remove(i);
+                        s.handle_unsent(lane, hash);
                     }
                 }
                 5 => {
