@@ -84,7 +84,7 @@ mod tests {
             "a new one is announced empty"
         );
         assert_eq!(own.take_changed(), None);
-        let mut sorted = vec![h(1), h(2), h(3)];
+        let mut sorted = [h(1), h(2), h(3)];
         sorted.sort();
         own.mark(&sorted[2]);
         own.mark(&h(9));
