@@ -1,5 +1,6 @@
 //! Chunk streams: the server side (answer requests in order) and the fetch side (pipelined
-//! lanes to each peer, driven by the sans-IO [`Picker`]).
+//! lanes to each peer: their streams and tasks, carrying out what the sans-IO [`Scheduler`]
+//! decides).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,25 +16,14 @@ use tracing::{debug, warn};
 use super::serve::Content;
 use super::status::Stats;
 use super::swarm_handle::NetHandle;
-use crate::config::{
-    CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, ENDGAME_AFTER, HAVE_INTERVAL,
-    MAX_CHUNK_FRAME, MAX_IN_FLIGHT, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT,
-};
+use crate::config::{CHUNK_TIMEOUT, MAX_CHUNK_FRAME, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT};
 use crate::store::StoreError;
-use crate::swarm::{Picker, PickerConfig, SeedPolicy};
+use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy};
 use crate::tree::ContentHash;
 use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
 
-/// How often each peer's request limit follows its measured rate. Until the first measurement
-/// a peer has only its default limit (the publisher, 4 requests), so this is also how long a
-/// download runs at that limit.
-const RATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest chunk request frame.
 const MAX_REQUEST_FRAME: usize = 256;
-/// Lanes to one peer reopened at once within `REOPEN_WINDOW`; more wait `REOPEN_DELAY`.
-const MAX_LANE_REOPENS: u32 = 8;
-const REOPEN_WINDOW: Duration = Duration::from_secs(10);
-const REOPEN_DELAY: Duration = Duration::from_secs(3);
 
 /// What a chunk server needs.
 pub(crate) struct ServerCtx {
@@ -183,15 +173,7 @@ pub(crate) enum FetchError {
 }
 
 /// What the download knows about one peer.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct FeedPeer {
-    /// The peer holds the target revision completely.
-    pub complete: bool,
-    /// The publisher: asked only for chunks no other peer has.
-    pub last_resort: bool,
-    /// Its latest availability bitfield, with the revision it is for.
-    pub have: Option<(u64, Vec<u8>)>,
-}
+pub(crate) use crate::swarm::FeedPeer;
 
 /// Peers that can serve the target, and changes to that set.
 ///
@@ -228,72 +210,31 @@ pub(crate) enum PeerChange {
     Down(PeerId),
 }
 
-/// The chunk order of a revision (sorted, de-duplicated chunk hashes of its files), which
-/// availability bitfields index into, and this node's own bitfield over it.
-pub(crate) struct Availability {
-    pub revision: u64,
-    order: Vec<ContentHash>,
-    index: HashMap<ContentHash, usize>,
-    bits: Vec<u8>,
-    dirty: bool,
-}
-
-impl Availability {
-    pub fn new(revision: u64, chunks: impl IntoIterator<Item = ContentHash>) -> Self {
-        let mut order: Vec<ContentHash> = chunks.into_iter().collect();
-        order.sort();
-        order.dedup();
-        let index = order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-        let bits = vec![0u8; order.len().div_ceil(8)];
-        Availability {
-            revision,
-            order,
-            index,
-            bits,
-            dirty: true,
-        }
-    }
-
-    fn mark(&mut self, hash: &ContentHash) {
-        if let Some(i) = self.index.get(hash) {
-            self.bits[i / 8] |= 1 << (i % 8);
-            self.dirty = true;
-        }
-    }
-
-    fn decode(&self, bitfield: &[u8]) -> HashSet<ContentHash> {
-        self.order
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bitfield.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
-            .map(|(_, h)| *h)
-            .collect()
-    }
-}
+/// The chunk order of a revision, which availability bitfields index into, and this node's
+/// own bitfield over it.
+pub(crate) use crate::swarm::OwnAvailability as Availability;
 
 enum LaneEvent {
     Verified {
-        lane: LaneKey,
+        lane: LaneId,
         hash: ContentHash,
         len: usize,
         /// From sending the request to having the whole reply.
         latency: Duration,
     },
     NotFound {
-        lane: LaneKey,
+        lane: LaneId,
         hash: ContentHash,
     },
     Bad {
-        lane: LaneKey,
+        lane: LaneId,
         reason: String,
     },
     Closed {
-        lane: LaneKey,
+        lane: LaneId,
     },
     Failed(StoreError),
 }
-
-type LaneKey = (PeerId, usize);
 
 /// Everything a fetch needs from the node.
 pub(crate) struct FetchCtx {
@@ -306,47 +247,6 @@ pub(crate) struct FetchCtx {
     pub download: Option<Limiter>,
 }
 
-/// Measured download rate of one peer, and its quickest reply since its lanes were opened.
-#[derive(Default)]
-struct Rate {
-    bytes: u64,
-    ewma: Option<f64>,
-    min_latency: Option<Duration>,
-}
-
-/// How many requests to keep in flight to a peer that delivers `rate` bytes per second and
-/// whose quickest reply took `min_latency`: enough for four times that latency at that rate
-/// (the path's round trip, with room for the rate to grow and for jitter), but at least 10 ms
-/// and at most 0.5 s of it, and 0.5 s while no reply has come. More than needed only queues
-/// chunks in buffers: on a fast, short link that costs both ends CPU (cold caches), and it is
-/// what a dying peer takes with it.
-fn in_flight_target(rate: f64, min_latency: Option<Duration>) -> usize {
-    const MIN_QUEUE: f64 = 0.01;
-    const MAX_QUEUE: f64 = 0.5;
-    const CHUNK: f64 = crate::config::CHUNK_AVG as f64;
-    let queue = min_latency.map_or(MAX_QUEUE, |l| {
-        (4.0 * l.as_secs_f64()).clamp(MIN_QUEUE, MAX_QUEUE)
-    });
-    ((rate * queue / CHUNK).ceil() as usize).clamp(4, MAX_IN_FLIGHT)
-}
-
-struct Fetch<'a> {
-    ctx: &'a FetchCtx,
-    picker: Picker<PeerId>,
-    lanes: HashMap<LaneKey, mpsc::Sender<ContentHash>>,
-    /// The lane each request went to; a chunk may be out to two peers in the end game.
-    assigned: HashMap<(ContentHash, PeerId), LaneKey>,
-    rates: HashMap<PeerId, Rate>,
-    /// Lanes reopened per peer since the instant given.
-    reopens: HashMap<PeerId, (u32, Instant)>,
-    /// Lanes to reopen later (a peer whose lanes keep closing is retried, never given up
-    /// while it is in the feed).
-    reopen_later: Vec<(Instant, LaneKey)>,
-    avail: Option<&'a mut Availability>,
-    sink: Arc<dyn ChunkSink>,
-    events: mpsc::Sender<LaneEvent>,
-}
-
 /// Fetch every hash in `wanted` not in `present` from the peers in `feed`, handing verified
 /// bytes to `sink`. With `avail`, peers' bitfields say what they hold and this node's own
 /// availability is announced as chunks verify; without it only complete peers are asked.
@@ -357,136 +257,115 @@ pub(crate) async fn fetch_all(
     present: &HashSet<ContentHash>,
     sink: Arc<dyn ChunkSink>,
     feed: &mut PeerFeed,
-    avail: Option<&mut Availability>,
+    mut avail: Option<&mut Availability>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), FetchError> {
-    let config = PickerConfig {
-        default_in_flight: DEFAULT_IN_FLIGHT,
-        seed_in_flight: 4,
-        stall_timeout: CHUNK_TIMEOUT,
-        lack_retry: Duration::from_secs(1),
-        endgame_after: ENDGAME_AFTER,
-        local_salt: ctx.salt,
-    };
-    let picker = Picker::new(config, wanted.iter().map(|w| w.0), present);
-    if picker.is_done() {
-        return Ok(());
-    }
-    let (ev_tx, mut ev_rx) = mpsc::channel(256);
+    let config = ScheduleConfig::with_salt(ctx.salt);
+    let own = avail.as_deref_mut().map(std::mem::take);
+    let hashes = wanted.iter().map(|w| w.0);
+    let sched = Scheduler::new(config, hashes, present, own, Instant::now());
+    let (events, ev_rx) = mpsc::channel(256);
     let mut f = Fetch {
         ctx,
-        picker,
+        sched,
         lanes: HashMap::new(),
-        assigned: HashMap::new(),
-        rates: HashMap::new(),
-        reopens: HashMap::new(),
-        reopen_later: Vec::new(),
-        avail,
         sink,
-        events: ev_tx,
+        events,
+        reported: 0,
     };
-    if let Some(a) = f.avail.as_deref_mut() {
-        present.iter().for_each(|h| a.mark(h));
+    let result = if f.sched.is_done() {
+        Ok(())
+    } else {
+        f.run(feed, ev_rx, progress).await
+    };
+    if let (Some(avail), Some(own)) = (avail, f.sched.into_own()) {
+        *avail = own;
     }
-    for (peer, info) in feed.peers.clone() {
-        f.add_peer(peer, &info);
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut have_tick = tokio::time::interval(HAVE_INTERVAL);
-    let mut rate_tick = tokio::time::interval(RATE_INTERVAL);
-    rate_tick.tick().await;
-    let mut measured_at = Instant::now();
-    let mut done_bytes: u64 = 0;
-    loop {
-        f.tell_sink(feed);
-        f.assign();
-        if f.picker.is_done() {
-            f.announce();
-            return Ok(());
-        }
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(FetchError::Cancelled),
-            ev = ev_rx.recv() => {
-                let Some(ev) = ev else { return Err(FetchError::Cancelled) };
-                if let Some(len) = f.on_lane_event(ev, feed).await? {
-                    done_bytes += len;
-                    progress(done_bytes);
-                }
-            }
-            change = feed.next_change() => match change {
-                Some(PeerChange::Up(peer, info)) => {
-                    feed.peers.insert(peer, info.clone());
-                    f.add_peer(peer, &info);
-                }
-                Some(PeerChange::Have { peer, revision, bitfield }) => {
-                    // Joins come first (see `PeerFeed`), so an unknown peer has left.
-                    let Some(entry) = feed.peers.get_mut(&peer) else { continue };
-                    entry.have = Some((revision, bitfield));
-                    let info = entry.clone();
-                    f.add_peer(peer, &info);
-                }
-                Some(PeerChange::Down(peer)) => {
-                    feed.peers.remove(&peer);
-                    f.drop_peer(peer);
-                }
-                None => return Err(FetchError::Cancelled),
-            },
-            _ = have_tick.tick() => f.announce(),
-            _ = rate_tick.tick() => {
-                let now = Instant::now();
-                f.measure(now.duration_since(measured_at));
-                measured_at = now;
-            }
-            _ = tick.tick() => {
-                f.reopen_due(feed);
-                for (peer, hash) in f.picker.poll_stalled(Instant::now()) {
-                    debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
-                    f.assigned.remove(&(hash, peer));
-                }
-            }
-        }
-    }
+    result
+}
+
+/// The I/O of one download: the lanes the [`Scheduler`] opened, and the events that come back
+/// from them and from the peer feed.
+struct Fetch<'a> {
+    ctx: &'a FetchCtx,
+    sched: Scheduler<PeerId>,
+    lanes: HashMap<LaneId, mpsc::Sender<ContentHash>>,
+    sink: Arc<dyn ChunkSink>,
+    events: mpsc::Sender<LaneEvent>,
+    /// Verified bytes last told to `progress`.
+    reported: u64,
 }
 
 impl Fetch<'_> {
-    /// Tell the sink whether any peer in `feed` may ask us for chunks.
-    fn tell_sink(&self, feed: &PeerFeed) {
-        self.sink
-            .peers_may_ask(feed.peers.values().any(|p| !p.complete));
-    }
-
-    /// Tell the picker what `peer` has, opening lanes to it the first time.
-    fn add_peer(&mut self, peer: PeerId, info: &FeedPeer) {
-        let have = if info.complete {
-            crate::swarm::Availability::All
-        } else {
-            match (&self.avail, &info.have) {
-                (Some(a), Some((rev, bits))) if *rev == a.revision => {
-                    crate::swarm::Availability::Some(a.decode(bits))
-                }
-                _ => crate::swarm::Availability::Some(HashSet::new()),
+    async fn run(
+        &mut self,
+        feed: &mut PeerFeed,
+        mut ev_rx: mpsc::Receiver<LaneEvent>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), FetchError> {
+        let ctx = self.ctx;
+        for (peer, info) in &feed.peers {
+            self.sched.handle_peer_up(*peer, info);
+        }
+        let timer = tokio::time::sleep_until(self.sched.poll_timeout().into());
+        tokio::pin!(timer);
+        loop {
+            if self.carry_out(feed).await {
+                return Ok(());
             }
-        };
-        self.picker.set_peer(peer, have, info.last_resort);
-        if !self.lanes.keys().any(|(p, _)| *p == peer) {
-            self.open_lanes(peer);
+            let deadline = self.sched.poll_timeout().into();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(FetchError::Cancelled),
+                ev = ev_rx.recv() => {
+                    let Some(ev) = ev else { return Err(FetchError::Cancelled) };
+                    self.on_lane_event(ev)?;
+                    self.report(progress);
+                }
+                change = feed.next_change() => {
+                    let Some(change) = change else { return Err(FetchError::Cancelled) };
+                    self.on_change(change, feed);
+                }
+                () = &mut timer => self.sched.handle_timeout(Instant::now()),
+            }
         }
     }
 
-    fn open_lanes(&mut self, peer: PeerId) {
-        for l in 0..CHUNK_STREAMS_PER_PEER {
-            self.open_lane((peer, l));
+    /// Do what the scheduler decided; true once the download is done.
+    async fn carry_out(&mut self, feed: &mut PeerFeed) -> bool {
+        let now = Instant::now();
+        while let Some(action) = self.sched.poll(now) {
+            match action {
+                Action::OpenLane { lane, peer } => self.open_lane(lane, peer),
+                Action::CloseLane(lane) => {
+                    self.lanes.remove(&lane);
+                }
+                Action::Request { lane, hash } => self.request(lane, hash),
+                Action::PeersMayAsk(yes) => self.sink.peers_may_ask(yes),
+                Action::Announce { revision, bitfield } => {
+                    let msg = ControlMsg::Have { revision, bitfield };
+                    if !self.ctx.net.broadcast(msg) {
+                        self.sched.handle_announce_dropped();
+                    }
+                }
+                Action::Ban { peer, reason } => {
+                    feed.peers.remove(&peer);
+                    self.ctx.net.ban(peer, reason).await;
+                }
+                Action::Done => return true,
+            }
         }
+        false
     }
 
-    fn open_lane(&mut self, key: LaneKey) {
-        // A new stream may take a new path (a direct connection instead of a relay): learn
-        // the peer's latency again.
-        self.rates.entry(key.0).or_default().min_latency = None;
+    fn open_lane(&mut self, lane: LaneId, peer: PeerId) {
         let (tx, rx) = mpsc::channel(REQUESTS_PER_STREAM);
-        self.lanes.insert(key, tx);
-        let lane = Lane {
-            key,
+        self.lanes.insert(lane, tx);
+        let task = Lane {
+            lane,
+            peer,
             net: self.ctx.net.clone(),
             sink: self.sink.clone(),
             events: self.events.clone(),
@@ -496,173 +375,82 @@ impl Fetch<'_> {
         let cancel = self.ctx.cancel.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = lane.run(rx) => {}
+                _ = task.run(rx) => {}
                 _ = cancel.cancelled() => {}
             }
         });
     }
 
-    fn drop_peer(&mut self, peer: PeerId) {
-        self.picker.on_peer_gone(&peer);
-        self.lanes.retain(|(p, _), _| *p != peer);
-        self.assigned.retain(|(_, p), _| *p != peer);
-    }
-
-    /// Hand out requests: each peer's picks go to its least busy lane.
-    fn assign(&mut self) {
-        let now = Instant::now();
-        let peers: HashSet<PeerId> = self.lanes.keys().map(|(p, _)| *p).collect();
-        for peer in peers {
-            while let Some(lane) = self.freest_lane(peer) {
-                let Some(hash) = self.picker.next_for(&peer, now) else {
-                    break;
-                };
-                match self.lanes.get(&lane).map(|tx| tx.try_send(hash)) {
-                    Some(Ok(())) => {
-                        self.assigned.insert((hash, peer), lane);
-                    }
-                    _ => {
-                        self.picker.on_failed(&peer, hash);
-                        break;
-                    }
-                }
-            }
+    fn request(&mut self, lane: LaneId, hash: ContentHash) {
+        let queued = self
+            .lanes
+            .get(&lane)
+            .is_some_and(|tx| tx.try_send(hash).is_ok());
+        if !queued {
+            self.sched.handle_unsent(lane, hash);
         }
     }
 
-    fn freest_lane(&self, peer: PeerId) -> Option<LaneKey> {
-        self.lanes
-            .iter()
-            .filter(|((p, _), tx)| *p == peer && tx.capacity() > 0)
-            .max_by_key(|(_, tx)| tx.capacity())
-            .map(|(k, _)| *k)
-    }
-
-    /// Handle a lane event; returns the bytes newly verified, if any.
-    async fn on_lane_event(
-        &mut self,
-        ev: LaneEvent,
-        feed: &mut PeerFeed,
-    ) -> Result<Option<u64>, FetchError> {
+    fn on_lane_event(&mut self, ev: LaneEvent) -> Result<(), FetchError> {
+        let now = Instant::now();
         match ev {
             LaneEvent::Verified {
                 lane,
                 hash,
                 len,
                 latency,
-            } => {
-                self.assigned.retain(|(h, _), _| *h != hash);
-                let rate = self.rates.entry(lane.0).or_default();
-                rate.bytes += len as u64;
-                rate.min_latency = Some(rate.min_latency.map_or(latency, |m| m.min(latency)));
-                let new = !self.picker.is_verified(&hash);
-                self.picker.on_verified(hash);
-                if let Some(a) = self.avail.as_deref_mut() {
-                    a.mark(&hash);
-                }
-                return Ok(new.then_some(len as u64));
-            }
-            LaneEvent::NotFound { lane, hash } => {
-                self.assigned.remove(&(hash, lane.0));
-                self.picker.on_not_found(&lane.0, hash, Instant::now());
-            }
+            } => self.sched.handle_reply(lane, hash, len, latency),
+            LaneEvent::NotFound { lane, hash } => self.sched.handle_not_found(lane, hash, now),
             LaneEvent::Bad { lane, reason } => {
                 Stats::add(&self.ctx.stats.bad_chunks, 1);
-                self.drop_peer(lane.0);
-                feed.peers.remove(&lane.0);
-                self.ctx.net.ban(lane.0, reason).await;
+                self.sched.handle_bad(lane, reason);
             }
-            LaneEvent::Closed { lane } => {
-                let lost: Vec<ContentHash> = self
-                    .assigned
-                    .iter()
-                    .filter(|(_, l)| **l == lane)
-                    .map(|((h, _), _)| *h)
-                    .collect();
-                for h in lost {
-                    self.assigned.remove(&(h, lane.0));
-                    self.picker.on_failed(&lane.0, h);
-                }
-                // A lane whose connection closed while its peer is still in session (the
-                // session moved to another connection, e.g. from a relay to a direct path)
-                // is opened again, a bounded number of times.
-                let ours = self.lanes.remove(&lane).is_some();
-                if ours && feed.peers.contains_key(&lane.0) {
-                    let now = Instant::now();
-                    let (count, since) = self.reopens.entry(lane.0).or_insert((0, now));
-                    if now.duration_since(*since) > REOPEN_WINDOW {
-                        (*count, *since) = (0, now);
-                    }
-                    if *count < MAX_LANE_REOPENS {
-                        *count += 1;
-                        debug!(peer = %lane.0, "reopening a chunk lane");
-                        self.open_lane(lane);
-                    } else {
-                        debug!(peer = %lane.0, "chunk lanes keep closing: retrying later");
-                        self.reopen_later.push((now + REOPEN_DELAY, lane));
-                    }
-                }
-            }
+            LaneEvent::Closed { lane } => self.sched.handle_closed(lane, now),
             LaneEvent::Failed(e) => return Err(e.into()),
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// Reopen lanes whose retry time has come, if their peer is still in the feed.
-    fn reopen_due(&mut self, feed: &PeerFeed) {
-        let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) =
-            self.reopen_later.drain(..).partition(|(at, _)| *at <= now);
-        self.reopen_later = later;
-        for (_, lane) in due {
-            if feed.peers.contains_key(&lane.0) && !self.lanes.contains_key(&lane) {
-                self.open_lane(lane);
+    fn on_change(&mut self, change: PeerChange, feed: &mut PeerFeed) {
+        match change {
+            PeerChange::Up(peer, info) => {
+                self.sched.handle_peer_up(peer, &info);
+                feed.peers.insert(peer, info);
+            }
+            PeerChange::Have {
+                peer,
+                revision,
+                bitfield,
+            } => {
+                // Joins come first (see `PeerFeed`), so an unknown peer has left.
+                let Some(entry) = feed.peers.get_mut(&peer) else {
+                    return;
+                };
+                self.sched.handle_have(peer, revision, &bitfield);
+                entry.have = Some((revision, bitfield));
+            }
+            PeerChange::Down(peer) => {
+                feed.peers.remove(&peer);
+                self.sched.handle_peer_down(&peer);
             }
         }
     }
 
-    /// Update each peer's request limit from its rate over the `elapsed` since the last call
-    /// (see [`in_flight_target`]).
-    fn measure(&mut self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64().max(0.001);
-        for (peer, rate) in &mut self.rates {
-            let now = std::mem::take(&mut rate.bytes) as f64 / secs;
-            // Old rates keep 70% of their weight per second, however often this runs.
-            let keep = 0.7f64.powf(secs);
-            let ewma = rate.ewma.map_or(now, |e| keep * e + (1.0 - keep) * now);
-            rate.ewma = Some(ewma);
-            let target = in_flight_target(ewma, rate.min_latency);
-            // Up at most twofold per measurement (down at once): requests in flight when a node
-            // dies are lost, and a limit that grows with what the peer proved it delivers
-            // keeps that small for downloads cut short.
-            let limit = self
-                .picker
-                .limit(peer)
-                .map_or(target, |l| target.min(l * 2));
-            self.picker.set_limit(peer, limit);
-        }
-    }
-
-    /// Broadcast our availability bitfield if it changed.
-    fn announce(&mut self) {
-        let Some(a) = self.avail.as_deref_mut() else {
-            return;
-        };
-        if !a.dirty {
-            return;
-        }
-        let msg = ControlMsg::Have {
-            revision: a.revision,
-            bitfield: a.bits.clone(),
-        };
-        if self.ctx.net.broadcast(msg) {
-            a.dirty = false;
+    /// Tell `progress` the verified byte count if it grew.
+    fn report(&mut self, progress: &(dyn Fn(u64) + Send + Sync)) {
+        let fetched = self.sched.fetched_bytes();
+        if fetched != self.reported {
+            self.reported = fetched;
+            progress(fetched);
         }
     }
 }
 
+/// One lane's task: a chunk stream to `peer`, requests written as they come, replies read,
+/// verified and stored in order.
 struct Lane {
-    key: LaneKey,
+    lane: LaneId,
+    peer: PeerId,
     net: NetHandle,
     sink: Arc<dyn ChunkSink>,
     events: mpsc::Sender<LaneEvent>,
@@ -672,7 +460,7 @@ struct Lane {
 
 impl Lane {
     async fn run(self, requests: mpsc::Receiver<ContentHash>) {
-        let peer = self.key.0;
+        let peer = self.peer;
         match self.open().await {
             Ok(stream) => {
                 if let Err(e) = self.pump(stream, requests).await {
@@ -681,13 +469,16 @@ impl Lane {
             }
             Err(e) => debug!(%peer, error = %e, "cannot open chunk stream"),
         }
-        let _ = self.events.send(LaneEvent::Closed { lane: self.key }).await;
+        let _ = self
+            .events
+            .send(LaneEvent::Closed { lane: self.lane })
+            .await;
     }
 
     async fn open(&self) -> Result<Stream, String> {
         let rx = self
             .net
-            .open_stream(self.key.0, StreamProtocol::new(CHUNKS_PROTOCOL))
+            .open_stream(self.peer, StreamProtocol::new(CHUNKS_PROTOCOL))
             .await
             .map_err(|_| "node shut down".to_string())?;
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {
@@ -760,7 +551,7 @@ impl Lane {
                 let _ = self
                     .events
                     .send(LaneEvent::Bad {
-                        lane: self.key,
+                        lane: self.lane,
                         reason: e.to_string(),
                     })
                     .await;
@@ -777,7 +568,7 @@ impl Lane {
         latency: Duration,
         frame: Vec<u8>,
     ) -> (bool, Vec<u8>) {
-        let lane = self.key;
+        let lane = self.lane;
         let (header, _) = match wire::decode_reply(&frame) {
             Ok(x) => x,
             Err(e) => return (self.bad(e.to_string()).await, frame),
@@ -812,7 +603,7 @@ impl Lane {
         let (verdict, frame) = match joined {
             Ok(checked) => checked,
             Err(e) => {
-                tracing::error!(peer = %lane.0, %hash, error = %e, "checking a chunk failed: closing the lane");
+                tracing::error!(peer = %self.peer, %hash, error = %e, "checking a chunk failed: closing the lane");
                 return (false, Vec::new());
             }
         };
@@ -820,7 +611,7 @@ impl Lane {
             Ok(Some(len)) => {
                 Stats::add(&self.stats.chunks_fetched, 1);
                 Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
-                self.stats.traffic.received(lane.0, len as u64);
+                self.stats.traffic.received(self.peer, len as u64);
                 let _ = self
                     .events
                     .send(LaneEvent::Verified {
@@ -833,7 +624,7 @@ impl Lane {
                 true
             }
             Ok(None) => {
-                warn!(peer = %lane.0, %hash, "chunk failed verification: dropping the peer");
+                warn!(peer = %self.peer, %hash, "chunk failed verification: dropping the peer");
                 self.bad(format!("chunk {hash} does not match its hash"))
                     .await
             }
@@ -849,7 +640,7 @@ impl Lane {
         let _ = self
             .events
             .send(LaneEvent::Bad {
-                lane: self.key,
+                lane: self.lane,
                 reason,
             })
             .await;
@@ -894,22 +685,5 @@ mod tests {
         let served = serve_loop(&mut r, &mut w, &ctx).await;
         assert!(w.is_empty(), "answered {} bytes: {served:?}", w.len());
         assert!(served.is_err(), "the stream ended cleanly");
-    }
-
-    #[test]
-    fn requests_in_flight_follow_rate_and_latency() {
-        let ms = Duration::from_millis;
-        let chunks = |bytes: f64| (bytes / crate::config::CHUNK_AVG as f64).ceil() as usize;
-        // No reply yet: half a second of the rate, as far as the cap allows.
-        assert_eq!(in_flight_target(10e6, None), chunks(5e6));
-        assert_eq!(in_flight_target(500e6, None), MAX_IN_FLIGHT);
-        // A long path: four round trips of data, enough to keep it full as the rate grows.
-        assert_eq!(in_flight_target(10e6, Some(ms(100))), chunks(4e6));
-        // A short, fast path (loopback, LAN): 10 ms of data, not half a second of it.
-        assert_eq!(in_flight_target(500e6, Some(ms(1))), chunks(5e6));
-        assert!(in_flight_target(500e6, Some(ms(1))) < MAX_IN_FLIGHT);
-        // A slow reply never asks for more than half a second; a trickle keeps a few.
-        assert_eq!(in_flight_target(10e6, Some(ms(900))), chunks(5e6));
-        assert_eq!(in_flight_target(1e3, Some(ms(5))), 4);
     }
 }

@@ -1,6 +1,7 @@
-//! Sans-IO swarm logic: which chunk to request from which peer, and when to give up on one;
-//! what the publisher seeds to whom; which peers hold the session slots, which session of a
-//! peer is live and what the engine heard of it; which peers learned by peer exchange to dial,
+//! Sans-IO swarm logic: which chunk to request from whom, and when to give up on one; how a
+//! download spreads its requests over chunk streams to its peers, and what it does when one
+//! fails; what the publisher seeds to whom; which peers hold the session slots, which session of
+//! a peer is live and what the engine heard of it; which peers learned by peer exchange to dial,
 //! and at which addresses; when to look for peers and heads in the DHT and dial bootstrap peers
 //! again (discovery); which relays to reserve on, how others reach us, and when a relayed
 //! connection gives way to a direct one (NAT).
@@ -11,20 +12,27 @@ mod picker;
 
 pub use picker::{Availability, Picker, PickerConfig};
 
+mod availability;
 mod bucket;
 mod dials;
 mod discovery;
+mod lanes;
 mod nat;
+mod schedule;
 mod seed;
 mod sessions;
 mod slots;
+mod window;
 
+pub use availability::OwnAvailability;
 pub use bucket::TokenBucket;
 pub use dials::{Dial, DialLimits, Learned, PexDials};
 pub use discovery::{
     Answer, Discovery, DiscoveryAction, DiscoveryConfig, HeadLookups, NewHead, Seen, Timings, View,
 };
+pub use lanes::LaneId;
 pub use nat::{AutoNat, Nat, NatConfig, Reachability, Reserve, RESERVE_RETRY};
+pub use schedule::{Action, FeedPeer, ScheduleConfig, Scheduler};
 pub use seed::SeedPolicy;
 pub use sessions::{Gone, Open, SessionTable};
 pub use slots::{Admission, Slots};

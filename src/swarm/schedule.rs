@@ -1,0 +1,952 @@
+//! The fetch scheduler of one download: which peers it fetches from, which chunk streams
+//! ("lanes") it keeps open to each and when it reopens them, which request goes on which lane,
+//! how many requests each peer gets in flight, what a reply, a "not found", a bad reply or a
+//! closed lane changes, and when this node announces what it holds.
+//!
+//! Sans-IO: the caller reports peers joining and leaving and what each lane did (`handle_*`,
+//! with `now` where time matters), and carries out the [`Action`]s [`Scheduler::poll`] returns
+//! (open or close a lane, send a request, ban a peer, broadcast our bitfield). It must not open
+//! streams, verify or store chunks, or read a clock: a reply it is told of was verified and
+//! stored by the caller.
+//!
+//! Invariant: every wanted chunk is in exactly one of missing, requested(peer, since) or
+//! verified (kept by the [`Picker`]). Every request outstanding (the picker's requested, and
+//! its end-game second requests) is on exactly one open lane of its peer, and no other request
+//! is on a lane ([`Lanes`]): so a chunk is on at most one lane of a peer, and on two lanes (of
+//! two peers) only in the end game. A closing lane gets no requests and holds none, and is
+//! forgotten when its end is reported, the last event a lane sends.
+//!
+//! Policy, beside the picker's:
+//! - Each peer in the download gets `lanes_per_peer` lanes; a request goes to its peer's lane
+//!   with the fewest outstanding.
+//! - A lane that closes while its peer is in the download (the session moved to another
+//!   connection, e.g. from a relay to a direct path) is opened again at once, `max_reopens`
+//!   times per `reopen_window`; more wait `reopen_delay`. A peer is never given up while it is
+//!   in the download.
+//! - Each `rate_interval`, every peer's limit follows its measured rate and quickest reply
+//!   ([`RateMeter`]): down at once, up at most twofold.
+//! - A bad reply drops the peer (its requests go back to missing) and bans it.
+//! - Our bitfield is announced every `have_interval` when it changed, and once more at the end.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Display;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::availability::OwnAvailability;
+use super::lanes::{LaneId, Lanes};
+use super::picker::{Availability, Picker, PickerConfig};
+use super::window::RateMeter;
+use crate::tree::ContentHash;
+
+/// Scheduler limits and intervals.
+#[derive(Debug, Clone, Copy)]
+pub struct ScheduleConfig {
+    pub picker: PickerConfig,
+    /// Lanes opened to each peer.
+    pub lanes_per_peer: usize,
+    /// How often each peer's request limit follows its measured rate. Until the first
+    /// measurement a peer has only its default limit (the publisher, 4 requests), so this is
+    /// also how long a download runs at that limit.
+    pub rate_interval: Duration,
+    /// How often our bitfield is announced, if it changed.
+    pub have_interval: Duration,
+    /// How often requests are checked for a stall.
+    pub stall_check: Duration,
+    /// Lanes to one peer reopened at once within `reopen_window`; more wait `reopen_delay`.
+    pub max_reopens: u32,
+    pub reopen_window: Duration,
+    pub reopen_delay: Duration,
+}
+
+impl ScheduleConfig {
+    /// The node's limits, with this node's tie-breaking `salt` for the picker.
+    pub fn with_salt(salt: u64) -> Self {
+        use crate::config::{
+            CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, ENDGAME_AFTER, HAVE_INTERVAL,
+        };
+        ScheduleConfig {
+            picker: PickerConfig {
+                default_in_flight: DEFAULT_IN_FLIGHT,
+                seed_in_flight: 4,
+                stall_timeout: CHUNK_TIMEOUT,
+                lack_retry: Duration::from_secs(1),
+                endgame_after: ENDGAME_AFTER,
+                local_salt: salt,
+            },
+            lanes_per_peer: CHUNK_STREAMS_PER_PEER,
+            rate_interval: Duration::from_millis(100),
+            have_interval: HAVE_INTERVAL,
+            stall_check: Duration::from_secs(1),
+            max_reopens: 8,
+            reopen_window: Duration::from_secs(10),
+            reopen_delay: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the download knows about one peer.
+#[derive(Debug, Clone, Default)]
+pub struct FeedPeer {
+    /// The peer holds the target revision completely.
+    pub complete: bool,
+    /// The publisher: asked only for chunks no other peer has.
+    pub last_resort: bool,
+    /// Its latest availability bitfield, with the revision it is for.
+    pub have: Option<(u64, Vec<u8>)>,
+}
+
+/// What the caller is to do, from [`Scheduler::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Open a lane to `peer`. It takes requests at once (the caller queues them until its
+    /// stream is open); report its end with [`Scheduler::handle_closed`], whatever the cause.
+    OpenLane { lane: LaneId, peer: P },
+    /// Send nothing more on `lane` and let it end.
+    CloseLane(LaneId),
+    /// Ask for `hash` on `lane`; if it cannot be queued, say so ([`Scheduler::handle_unsent`]).
+    Request { lane: LaneId, hash: ContentHash },
+    /// Whether a peer in the download may still ask us for chunks (one that does not hold the
+    /// target completely). Told first, then whenever it changes.
+    PeersMayAsk(bool),
+    /// Tell every peer what we hold of `revision`; if that fails, say so
+    /// ([`Scheduler::handle_announce_dropped`]).
+    Announce { revision: u64, bitfield: Vec<u8> },
+    /// Ban `peer`, already dropped from the download (its lanes are closed first).
+    Ban { peer: P, reason: String },
+    /// Every wanted chunk is verified.
+    Done,
+}
+
+#[derive(Debug)]
+struct Member {
+    complete: bool,
+    last_resort: bool,
+}
+
+/// The scheduling decisions of one download. `P` is the peer identifier.
+#[derive(Debug)]
+pub struct Scheduler<P> {
+    config: ScheduleConfig,
+    picker: Picker<P>,
+    own: Option<OwnAvailability>,
+    /// The peers in the download.
+    peers: HashMap<P, Member>,
+    lanes: Lanes<P>,
+    rates: HashMap<P, RateMeter>,
+    /// Lanes reopened per peer since the instant given.
+    reopens: HashMap<P, (u32, Instant)>,
+    /// A lane to reopen to each of these peers at the instant given, if it is still in.
+    reopen_later: Vec<(Instant, P)>,
+    measured_at: Instant,
+    next_announce: Instant,
+    next_stall_check: Instant,
+    /// Bytes of chunks verified by this download.
+    fetched: u64,
+    told_may_ask: Option<bool>,
+    actions: VecDeque<Action<P>>,
+    /// Something changed since requests were last handed out.
+    assign_due: bool,
+}
+
+impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
+    /// A download of `wanted` chunks, of which `present` are held already. With `own`, peers'
+    /// bitfields say what they hold and ours is announced; without, only complete peers are
+    /// asked.
+    pub fn new(
+        config: ScheduleConfig,
+        wanted: impl IntoIterator<Item = ContentHash>,
+        present: &HashSet<ContentHash>,
+        mut own: Option<OwnAvailability>,
+        now: Instant,
+    ) -> Self {
+        if let Some(own) = own.as_mut() {
+            present.iter().for_each(|h| own.mark(h));
+        }
+        Scheduler {
+            config,
+            picker: Picker::new(config.picker, wanted, present),
+            own,
+            peers: HashMap::new(),
+            lanes: Lanes::default(),
+            rates: HashMap::new(),
+            reopens: HashMap::new(),
+            reopen_later: Vec::new(),
+            measured_at: now,
+            next_announce: now,
+            next_stall_check: now + config.stall_check,
+            fetched: 0,
+            told_may_ask: None,
+            actions: VecDeque::new(),
+            assign_due: true,
+        }
+    }
+
+    /// True once every wanted chunk is verified.
+    pub fn is_done(&self) -> bool {
+        self.picker.is_done()
+    }
+
+    /// Bytes of the chunks this download verified, each counted once.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched
+    }
+
+    /// Our availability, handed back at the end of the download.
+    pub fn into_own(self) -> Option<OwnAvailability> {
+        self.own
+    }
+
+    /// The next thing to do, or `None` until something is reported.
+    pub fn poll(&mut self, now: Instant) -> Option<Action<P>> {
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        if !std::mem::take(&mut self.assign_due) {
+            return None;
+        }
+        self.tell_peers_may_ask();
+        self.assign(now);
+        if self.picker.is_done() {
+            self.announce();
+            self.actions.push_back(Action::Done);
+        }
+        self.actions.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.next_measure().min(self.next_stall_check);
+        if self.own.is_some() {
+            at = at.min(self.next_announce);
+        }
+        self.reopen_later
+            .iter()
+            .map(|(t, _)| *t)
+            .fold(at, Instant::min)
+    }
+
+    /// Do what is due at `now`: measure rates, announce, take back stalled requests, reopen
+    /// lanes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_measure() {
+            self.measure(now);
+        }
+        if self.own.is_some() && now >= self.next_announce {
+            self.announce();
+            self.next_announce = now + self.config.have_interval;
+        }
+        if now >= self.next_stall_check {
+            self.take_back_stalled(now);
+            self.next_stall_check = now + self.config.stall_check;
+        }
+        self.reopen_due(now);
+        self.assign_due = true;
+    }
+
+    /// `peer` joined the download (or its session was replaced).
+    pub fn handle_peer_up(&mut self, peer: P, info: &FeedPeer) {
+        let member = Member {
+            complete: info.complete,
+            last_resort: info.last_resort,
+        };
+        self.peers.insert(peer.clone(), member);
+        let have = info
+            .have
+            .as_ref()
+            .map(|(rev, bits)| (*rev, bits.as_slice()));
+        let have = self.have_of(info.complete, have);
+        self.add_peer(peer, have, info.last_resort);
+    }
+
+    /// `peer` holds what `bitfield` says of `revision`. Ignored unless it is in the download
+    /// (joins are reported first, so an unknown peer has left).
+    pub fn handle_have(&mut self, peer: P, revision: u64, bitfield: &[u8]) {
+        let Some(m) = self.peers.get(&peer) else {
+            return;
+        };
+        let (complete, last_resort) = (m.complete, m.last_resort);
+        let have = self.have_of(complete, Some((revision, bitfield)));
+        self.add_peer(peer, have, last_resort);
+    }
+
+    /// `peer` left the download: its lanes close and its requests go back to missing.
+    pub fn handle_peer_down(&mut self, peer: &P) {
+        self.peers.remove(peer);
+        self.drop_peer(peer);
+    }
+
+    /// `lane` delivered `hash`, `len` bytes verified and stored, `latency` after asking.
+    pub fn handle_reply(&mut self, lane: LaneId, hash: ContentHash, len: usize, latency: Duration) {
+        self.lanes.settle(hash);
+        if let Some(peer) = self.lanes.peer_of(lane) {
+            let meter = self.rates.entry(peer).or_default();
+            meter.delivered(len as u64, latency);
+        }
+        if !self.picker.is_verified(&hash) {
+            self.fetched += len as u64;
+        }
+        self.picker.on_verified(hash);
+        if let Some(own) = self.own.as_mut() {
+            own.mark(&hash);
+        }
+        self.assign_due = true;
+    }
+
+    /// `lane`'s peer does not have `hash` (or will not send it now).
+    pub fn handle_not_found(&mut self, lane: LaneId, hash: ContentHash, now: Instant) {
+        let Some(peer) = self.lanes.peer_of(lane) else {
+            return;
+        };
+        self.lanes.unassign(hash, &peer);
+        self.picker.on_not_found(&peer, hash, now);
+        self.assign_due = true;
+    }
+
+    /// `lane`'s peer sent something wrong (a chunk not matching its hash, a malformed reply):
+    /// drop it and ban it.
+    pub fn handle_bad(&mut self, lane: LaneId, reason: String) {
+        let Some(peer) = self.lanes.peer_of(lane) else {
+            return;
+        };
+        self.peers.remove(&peer);
+        self.drop_peer(&peer);
+        self.actions.push_back(Action::Ban { peer, reason });
+    }
+
+    /// `lane` ended (it could not open, its stream failed, or it was told to close). Its
+    /// requests go back to missing; a lane of a peer still in the download is reopened.
+    pub fn handle_closed(&mut self, lane: LaneId, now: Instant) {
+        let Some(ended) = self.lanes.end(lane) else {
+            return;
+        };
+        for hash in ended.lost {
+            self.picker.on_failed(&ended.peer, hash);
+        }
+        self.assign_due = true;
+        if ended.was_open && self.peers.contains_key(&ended.peer) {
+            self.reopen(ended.peer, now);
+        }
+    }
+
+    /// The request for `hash` could not be queued on `lane` (its end is on its way): the chunk
+    /// goes back to missing, and is handed out again at the next report.
+    pub fn handle_unsent(&mut self, lane: LaneId, hash: ContentHash) {
+        let Some(peer) = self.lanes.peer_of(lane) else {
+            return;
+        };
+        self.lanes.unassign(hash, &peer);
+        self.picker.on_failed(&peer, hash);
+    }
+
+    /// The last [`Action::Announce`] was not sent: offer it again at the next announce.
+    pub fn handle_announce_dropped(&mut self) {
+        if let Some(own) = self.own.as_mut() {
+            own.unsent();
+        }
+    }
+
+    fn have_of(&self, complete: bool, have: Option<(u64, &[u8])>) -> Availability {
+        if complete {
+            return Availability::All;
+        }
+        match (&self.own, have) {
+            (Some(own), Some((rev, bits))) if rev == own.revision => {
+                Availability::Some(own.decode(bits))
+            }
+            _ => Availability::Some(HashSet::new()),
+        }
+    }
+
+    /// Tell the picker what `peer` has, opening lanes to it if it has none.
+    fn add_peer(&mut self, peer: P, have: Availability, last_resort: bool) {
+        self.picker.set_peer(peer.clone(), have, last_resort);
+        if self.lanes.open_to(&peer) == 0 {
+            for _ in 0..self.config.lanes_per_peer {
+                self.open_lane(peer.clone());
+            }
+        }
+        self.assign_due = true;
+    }
+
+    fn open_lane(&mut self, peer: P) {
+        self.rates.entry(peer.clone()).or_default().path_changed();
+        let lane = self.lanes.open(peer.clone());
+        self.actions.push_back(Action::OpenLane { lane, peer });
+    }
+
+    fn drop_peer(&mut self, peer: &P) {
+        self.picker.on_peer_gone(peer);
+        for lane in self.lanes.close_peer(peer) {
+            self.actions.push_back(Action::CloseLane(lane));
+        }
+        self.assign_due = true;
+    }
+
+    fn reopen(&mut self, peer: P, now: Instant) {
+        let (count, since) = self.reopens.entry(peer.clone()).or_insert((0, now));
+        if now.saturating_duration_since(*since) > self.config.reopen_window {
+            (*count, *since) = (0, now);
+        }
+        if *count < self.config.max_reopens {
+            *count += 1;
+            debug!(%peer, "reopening a chunk lane");
+            self.open_lane(peer);
+            return;
+        }
+        debug!(%peer, "chunk lanes keep closing: retrying later");
+        let at = now + self.config.reopen_delay;
+        self.reopen_later.push((at, peer));
+    }
+
+    fn reopen_due(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.reopen_later.drain(..).partition(|(at, _)| *at <= now);
+        self.reopen_later = later;
+        for (_, peer) in due {
+            if self.peers.contains_key(&peer)
+                && self.lanes.open_to(&peer) < self.config.lanes_per_peer
+            {
+                self.open_lane(peer);
+            }
+        }
+    }
+
+    fn next_measure(&self) -> Instant {
+        self.measured_at + self.config.rate_interval
+    }
+
+    fn measure(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.measured_at);
+        self.measured_at = now;
+        for (peer, meter) in &mut self.rates {
+            let target = meter.measure(elapsed);
+            // Up at most twofold per measurement (down at once): requests in flight when a node
+            // dies are lost, and a limit that grows with what the peer proved it delivers
+            // keeps that small for downloads cut short.
+            let limit = self
+                .picker
+                .limit(peer)
+                .map_or(target, |l| target.min(l * 2));
+            self.picker.set_limit(peer, limit);
+        }
+    }
+
+    fn take_back_stalled(&mut self, now: Instant) {
+        for (peer, hash) in self.picker.poll_stalled(now) {
+            debug!(%peer, %hash, "chunk request stalled: re-issuing elsewhere");
+            self.lanes.unassign(hash, &peer);
+        }
+    }
+
+    fn tell_peers_may_ask(&mut self) {
+        let yes = self.peers.values().any(|m| !m.complete);
+        if self.told_may_ask.replace(yes) != Some(yes) {
+            self.actions.push_back(Action::PeersMayAsk(yes));
+        }
+    }
+
+    fn announce(&mut self) {
+        let Some(own) = self.own.as_mut() else {
+            return;
+        };
+        if let Some(bitfield) = own.take_changed() {
+            let revision = own.revision;
+            self.actions
+                .push_back(Action::Announce { revision, bitfield });
+        }
+    }
+
+    /// Hand out requests: each peer's picks go to its open lane with the fewest outstanding.
+    fn assign(&mut self, now: Instant) {
+        for (peer, lanes) in self.lanes.open_by_peer() {
+            while let Some(lane) = self.lanes.freest(&lanes) {
+                let Some(hash) = self.picker.next_for(&peer, now) else {
+                    break;
+                };
+                self.lanes.assign(hash, peer.clone(), lane);
+                self.actions.push_back(Action::Request { lane, hash });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::window::in_flight_target;
+
+    fn h(i: u8) -> ContentHash {
+        ContentHash::of(&[i])
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn secs(t: Instant, s: f64) -> Instant {
+        t + Duration::from_secs_f64(s)
+    }
+
+    fn config() -> ScheduleConfig {
+        ScheduleConfig {
+            picker: PickerConfig {
+                default_in_flight: 4,
+                seed_in_flight: 2,
+                stall_timeout: Duration::from_secs(10),
+                lack_retry: Duration::from_secs(3),
+                endgame_after: Duration::from_secs(1),
+                local_salt: 0,
+            },
+            lanes_per_peer: 2,
+            rate_interval: ms(100),
+            have_interval: ms(250),
+            stall_check: Duration::from_secs(1),
+            max_reopens: 2,
+            reopen_window: Duration::from_secs(10),
+            reopen_delay: Duration::from_secs(3),
+        }
+    }
+
+    fn complete() -> FeedPeer {
+        FeedPeer {
+            complete: true,
+            ..FeedPeer::default()
+        }
+    }
+
+    /// A download of chunks `0..n`, none held, no availability.
+    fn scheduler(n: u8, t0: Instant) -> Scheduler<u8> {
+        Scheduler::new(config(), (0..n).map(h), &HashSet::new(), None, t0)
+    }
+
+    /// A download of chunks `0..n` of revision `rev`, with our availability.
+    fn with_own(rev: u64, n: u8, t0: Instant) -> Scheduler<u8> {
+        let own = OwnAvailability::new(rev, (0..n).map(h));
+        Scheduler::new(config(), (0..n).map(h), &HashSet::new(), Some(own), t0)
+    }
+
+    /// Every action until none is left; the invariant holds after.
+    fn drain(s: &mut Scheduler<u8>, now: Instant) -> Vec<Action<u8>> {
+        let actions = std::iter::from_fn(|| s.poll(now)).collect();
+        assert_invariant(s);
+        actions
+    }
+
+    fn requests(actions: &[Action<u8>]) -> Vec<(LaneId, ContentHash)> {
+        let request = |a: &Action<u8>| match a {
+            Action::Request { lane, hash } => Some((*lane, *hash)),
+            _ => None,
+        };
+        actions.iter().filter_map(request).collect()
+    }
+
+    fn hashes(requests: &[(LaneId, ContentHash)]) -> HashSet<ContentHash> {
+        requests.iter().map(|(_, h)| *h).collect()
+    }
+
+    fn opened(actions: &[Action<u8>]) -> Vec<(LaneId, u8)> {
+        let open = |a: &Action<u8>| match a {
+            Action::OpenLane { lane, peer } => Some((*lane, *peer)),
+            _ => None,
+        };
+        actions.iter().filter_map(open).collect()
+    }
+
+    fn announced(actions: &[Action<u8>]) -> Vec<Vec<u8>> {
+        let announce = |a: &Action<u8>| match a {
+            Action::Announce { bitfield, .. } => Some(bitfield.clone()),
+            _ => None,
+        };
+        actions.iter().filter_map(announce).collect()
+    }
+
+    /// The chunks of `0..n` in the order bitfields index.
+    fn order(n: u8) -> Vec<ContentHash> {
+        let mut v: Vec<ContentHash> = (0..n).map(h).collect();
+        v.sort();
+        v
+    }
+
+    /// The module's invariant, against the scheduler's own state.
+    fn assert_invariant(s: &Scheduler<u8>) {
+        s.lanes.assert_invariant();
+        for hash in s.lanes.requested() {
+            assert!(
+                !s.picker.is_verified(hash),
+                "{hash} verified and outstanding"
+            );
+        }
+        for peer in s.peers.keys() {
+            let out = s.lanes.requests_to(peer);
+            assert_eq!(s.picker.in_flight(peer), out, "requests out to {peer}");
+        }
+    }
+
+    #[test]
+    fn requests_spread_over_the_lanes_of_a_peer_up_to_its_limit() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10, t0);
+        s.handle_peer_up(1, &complete());
+        let actions = drain(&mut s, t0);
+        assert_eq!(opened(&actions), [(LaneId(0), 1), (LaneId(1), 1)]);
+        assert!(actions.contains(&Action::PeersMayAsk(false)));
+        let reqs = requests(&actions);
+        assert_eq!(reqs.len(), 4, "the default limit");
+        for lane in [LaneId(0), LaneId(1)] {
+            assert_eq!(reqs.iter().filter(|(l, _)| *l == lane).count(), 2);
+        }
+        assert!(
+            drain(&mut s, t0).is_empty(),
+            "nothing more until something happens"
+        );
+    }
+
+    #[test]
+    fn a_chunk_goes_back_to_missing_when_its_lane_closes() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10, t0);
+        s.handle_peer_up(1, &complete());
+        let reqs = requests(&drain(&mut s, t0));
+        let lost: Vec<_> = reqs.into_iter().filter(|(l, _)| *l == LaneId(0)).collect();
+        assert_eq!(lost.len(), 2);
+        s.handle_closed(LaneId(0), t0);
+        let actions = drain(&mut s, t0);
+        assert_eq!(opened(&actions), [(LaneId(2), 1)], "reopened at once");
+        let again = requests(&actions);
+        assert_eq!(
+            hashes(&again),
+            hashes(&lost),
+            "the rarest again: the lost ones"
+        );
+        assert!(
+            again.iter().all(|(l, _)| *l == LaneId(2)),
+            "on the lane with the fewest outstanding"
+        );
+    }
+
+    #[test]
+    fn a_bad_chunk_bans_the_peer_and_its_chunks_go_to_others() {
+        let t0 = Instant::now();
+        let mut s = scheduler(8, t0);
+        s.handle_peer_up(1, &complete());
+        s.handle_peer_up(2, &complete());
+        let reqs = requests(&drain(&mut s, t0));
+        assert_eq!(reqs.len(), 8);
+        let (of_1, of_2): (Vec<_>, Vec<_>) = reqs.into_iter().partition(|(l, _)| l.0 < 2);
+        s.handle_bad(LaneId(1), "chunk does not match its hash".into());
+        let actions = drain(&mut s, t0);
+        let closed: HashSet<LaneId> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CloseLane(lane) => Some(*lane),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, [LaneId(0), LaneId(1)].into());
+        let ban = Action::Ban {
+            peer: 1,
+            reason: "chunk does not match its hash".into(),
+        };
+        assert_eq!(actions.last(), Some(&ban), "after its lanes are closed");
+        assert!(requests(&actions).is_empty(), "peer 2 is at its limit");
+        for (lane, hash) in &of_2 {
+            s.handle_reply(*lane, *hash, 100, ms(5));
+        }
+        let again = requests(&drain(&mut s, t0));
+        assert_eq!(
+            hashes(&again),
+            hashes(&of_1),
+            "peer 1's chunks, from peer 2"
+        );
+        assert!(again.iter().all(|(l, _)| l.0 >= 2));
+        // Its lanes end, and are not reopened.
+        s.handle_closed(LaneId(0), t0);
+        s.handle_closed(LaneId(1), t0);
+        assert!(opened(&drain(&mut s, t0)).is_empty());
+    }
+
+    #[test]
+    fn lanes_that_keep_closing_are_reopened_after_a_delay() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10, t0);
+        s.handle_peer_up(1, &complete());
+        drain(&mut s, t0);
+        // Two reopens at once within the window...
+        s.handle_closed(LaneId(0), t0);
+        s.handle_closed(LaneId(1), t0);
+        let reopened = opened(&drain(&mut s, t0));
+        assert_eq!(reopened, [(LaneId(2), 1), (LaneId(3), 1)]);
+        // ...then the third waits `reopen_delay`, whatever else falls due meanwhile.
+        let t1 = secs(t0, 1.0);
+        s.handle_closed(LaneId(2), t1);
+        assert!(opened(&drain(&mut s, t1)).is_empty());
+        let (now, reopened) = loop {
+            let now = s.poll_timeout();
+            assert!(now <= secs(t1, 3.0), "no reopen in time");
+            s.handle_timeout(now);
+            let o = opened(&drain(&mut s, now));
+            if !o.is_empty() {
+                break (now, o);
+            }
+        };
+        assert_eq!((now, reopened), (secs(t1, 3.0), vec![(LaneId(4), 1)]));
+        // Once the window is over, a lane reopens at once again.
+        let t2 = secs(t0, 10.5);
+        s.handle_closed(LaneId(3), t2);
+        assert_eq!(opened(&drain(&mut s, t2)), [(LaneId(5), 1)]);
+        // Never for a peer that left.
+        s.handle_peer_down(&1);
+        s.handle_closed(LaneId(4), t2);
+        assert!(opened(&drain(&mut s, t2)).is_empty());
+    }
+
+    #[test]
+    fn the_window_follows_rate_and_latency() {
+        let t0 = Instant::now();
+        let mut s: Scheduler<u8> =
+            Scheduler::new(config(), (0..=255).map(h), &HashSet::new(), None, t0);
+        s.handle_peer_up(1, &complete());
+        let mut out: VecDeque<_> = requests(&drain(&mut s, t0)).into();
+        let mut now = t0;
+        let mut step = |s: &mut Scheduler<u8>, out: &mut VecDeque<_>, latency| {
+            // 4 MB every 100 ms: 40 MB/s.
+            let (lane, hash) = out.pop_front().expect("a request out");
+            s.handle_reply(lane, hash, 4_000_000, latency);
+            now += ms(100);
+            s.handle_timeout(now);
+            out.extend(requests(&drain(s, now)));
+            s.picker.limit(&1).expect("a limit")
+        };
+        // A path whose quickest reply takes 100 ms: four round trips at that rate, reached by
+        // doubling from the default.
+        let limits: Vec<usize> = (0..5).map(|_| step(&mut s, &mut out, ms(100))).collect();
+        let target = in_flight_target(40e6, Some(ms(100)));
+        assert_eq!(limits, [8, 16, 32, target, target]);
+        assert_eq!(out.len(), target);
+        // A reply in 1 ms: a short path, 10 ms at that rate. Down at once.
+        let limit = step(&mut s, &mut out, ms(1));
+        assert_eq!(limit, in_flight_target(40e6, Some(ms(1))));
+        assert_eq!(out.len(), target - 1, "no request until below the limit");
+    }
+
+    #[test]
+    fn the_download_is_done_when_every_chunk_is_verified_each_counted_once() {
+        let t0 = Instant::now();
+        let own = OwnAvailability::new(7, (0..4).map(h));
+        let present: HashSet<ContentHash> = [h(0)].into();
+        let mut s = Scheduler::new(config(), (0..4).map(h), &present, Some(own), t0);
+        s.handle_peer_up(1, &complete());
+        s.handle_peer_up(2, &complete());
+        let first = requests(&drain(&mut s, t0));
+        assert_eq!(first.len(), 3, "the chunk held is not asked for");
+        assert!(!hashes(&first).contains(&h(0)));
+        // End game: each chunk outstanding for a second is also asked of the other peer.
+        let t1 = secs(t0, 1.0);
+        s.handle_timeout(t1);
+        let actions = drain(&mut s, t1);
+        let second = requests(&actions);
+        assert_eq!(hashes(&second), hashes(&first));
+        let bits = announced(&actions);
+        assert_eq!(bits.len(), 1);
+        assert_eq!(bits[0].iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        for (lane, hash) in first.iter().chain(&second) {
+            s.handle_reply(*lane, *hash, 10, ms(1));
+        }
+        let end = drain(&mut s, t1);
+        assert_eq!(s.fetched_bytes(), 30, "three chunks, each counted once");
+        assert_eq!(announced(&end), [vec![0b1111]], "the last bitfield, once");
+        assert_eq!(end.last(), Some(&Action::Done));
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn the_end_of_an_old_lane_leaves_a_returning_peer_alone() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10, t0);
+        s.handle_peer_up(1, &complete());
+        drain(&mut s, t0);
+        s.handle_peer_down(&1);
+        let closing = drain(&mut s, t0);
+        assert!(closing.contains(&Action::CloseLane(LaneId(0))));
+        assert!(closing.contains(&Action::CloseLane(LaneId(1))));
+        assert_eq!(
+            s.picker.progress(),
+            (0, 10),
+            "its requests are missing again"
+        );
+        s.handle_peer_up(1, &complete());
+        let actions = drain(&mut s, t0);
+        assert_eq!(opened(&actions), [(LaneId(2), 1), (LaneId(3), 1)]);
+        assert_eq!(requests(&actions).len(), 4);
+        s.handle_closed(LaneId(0), t0);
+        s.handle_closed(LaneId(1), t0);
+        assert!(
+            drain(&mut s, t0).is_empty(),
+            "nothing reopened, nothing taken back"
+        );
+        assert_eq!(s.picker.in_flight(&1), 4);
+    }
+
+    #[test]
+    fn peers_are_asked_for_what_their_bitfield_says_and_the_sink_told_who_may_ask() {
+        let t0 = Instant::now();
+        let mut s = with_own(3, 16, t0);
+        let order = order(16);
+        let partial = FeedPeer {
+            have: Some((3, vec![0b11, 0])),
+            ..FeedPeer::default()
+        };
+        s.handle_peer_up(1, &partial);
+        let actions = drain(&mut s, t0);
+        assert!(actions.contains(&Action::PeersMayAsk(true)));
+        assert_eq!(
+            hashes(&requests(&actions)),
+            order[..2].iter().copied().collect()
+        );
+        // A bitfield for another revision says nothing; a newer one for ours adds chunks.
+        s.handle_have(1, 2, &[0xff, 0xff]);
+        assert!(requests(&drain(&mut s, t0)).is_empty());
+        s.handle_have(1, 3, &[0b1111, 0]);
+        let more = requests(&drain(&mut s, t0));
+        assert_eq!(hashes(&more), order[2..4].iter().copied().collect());
+        // A peer not in the download is not asked.
+        s.handle_have(5, 3, &[0xff, 0xff]);
+        assert!(drain(&mut s, t0).is_empty());
+        // Only a complete peer left: nobody may ask us.
+        s.handle_peer_up(2, &complete());
+        s.handle_peer_down(&1);
+        assert!(drain(&mut s, t0).contains(&Action::PeersMayAsk(false)));
+    }
+
+    #[test]
+    fn our_bitfield_is_announced_when_it_changed_at_most_every_interval() {
+        let t0 = Instant::now();
+        let mut s = with_own(3, 4, t0);
+        s.handle_peer_up(1, &complete());
+        let reqs = requests(&drain(&mut s, t0));
+        assert_eq!(s.poll_timeout(), t0, "at once: we hold nothing");
+        s.handle_timeout(t0);
+        assert_eq!(announced(&drain(&mut s, t0)), [vec![0]]);
+        s.handle_reply(reqs[0].0, reqs[0].1, 10, ms(1));
+        let at = |s: &mut Scheduler<u8>, t| {
+            s.handle_timeout(t);
+            announced(&drain(s, t))
+        };
+        assert!(
+            at(&mut s, t0 + ms(100)).is_empty(),
+            "not before the interval"
+        );
+        let bits = at(&mut s, t0 + ms(250));
+        assert_eq!(bits.len(), 1);
+        s.handle_announce_dropped();
+        assert_eq!(at(&mut s, t0 + ms(500)), bits, "offered again");
+        assert!(at(&mut s, t0 + ms(750)).is_empty(), "unchanged");
+    }
+
+    /// Track lanes opened and requests sent, as a caller would; true at the end.
+    fn carry_out(
+        actions: Vec<Action<u8>>,
+        out: &mut Vec<(LaneId, ContentHash)>,
+        lanes: &mut Vec<LaneId>,
+    ) -> bool {
+        for a in actions {
+            match a {
+                Action::OpenLane { lane, .. } => lanes.push(lane),
+                Action::Request { lane, hash } => {
+                    assert!(lanes.contains(&lane), "a request on a lane not open");
+                    out.push((lane, hash));
+                }
+                Action::Done => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Peers come, go, lack chunks, send bad ones; requests cannot be queued; lanes close; time
+    /// passes: the invariant holds after every step (see `drain`), and a complete peer then
+    /// finishes the download.
+    #[test]
+    fn no_chunk_is_assigned_twice_to_one_peer_whatever_happens() {
+        let t0 = Instant::now();
+        let mut s = with_own(1, 255, t0);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut out: Vec<(LaneId, ContentHash)> = Vec::new();
+        let mut lanes: Vec<LaneId> = Vec::new();
+        let mut now = t0;
+        for _ in 0..3000 {
+            now += ms(next(300));
+            let peer = next(4) as u8;
+            let bits = vec![next(256) as u8, next(256) as u8, next(256) as u8, 0];
+            let pick = |out: &Vec<(LaneId, ContentHash)>, i: u64| {
+                (!out.is_empty()).then(|| (i as usize) % out.len())
+            };
+            match next(9) {
+                0 => {
+                    let info = FeedPeer {
+                        complete: next(3) == 0,
+                        last_resort: peer == 0,
+                        have: Some((1, bits)),
+                    };
+                    s.handle_peer_up(peer, &info);
+                }
+                1 => s.handle_have(peer, 1, &bits),
+                2 => s.handle_peer_down(&peer),
+                3 => {
+                    if let Some(i) = pick(&out, next(1000)) {
+                        let (lane, hash) = out.swap_remove(i);
+                        s.handle_reply(lane, hash, 100, ms(next(50)));
+                    }
+                }
+                4 => {
+                    if let Some(i) = pick(&out, next(1000)) {
+                        let (lane, hash) = out.swap_remove(i);
+                        s.handle_unsent(lane, hash);
+                    }
+                }
+                5 => {
+                    if let Some(i) = pick(&out, next(1000)) {
+                        let (lane, hash) = out.swap_remove(i);
+                        s.handle_not_found(lane, hash, now);
+                    }
+                }
+                6 if !lanes.is_empty() => {
+                    let lane = lanes.swap_remove(next(lanes.len() as u64) as usize);
+                    out.retain(|(l, _)| *l != lane);
+                    s.handle_closed(lane, now);
+                }
+                7 if !lanes.is_empty() => {
+                    let lane = lanes[next(lanes.len() as u64) as usize];
+                    s.handle_bad(lane, "bad".into());
+                }
+                _ => s.handle_timeout(now),
+            }
+            carry_out(drain(&mut s, now), &mut out, &mut lanes);
+        }
+        if s.is_done() {
+            return;
+        }
+        s.handle_peer_up(9, &complete());
+        for _ in 0..100 {
+            if carry_out(drain(&mut s, now), &mut out, &mut lanes) {
+                assert!(s.is_done());
+                return;
+            }
+            for (lane, hash) in std::mem::take(&mut out) {
+                s.handle_reply(lane, hash, 100, ms(1));
+            }
+            now += ms(100);
+            s.handle_timeout(now);
+        }
+        panic!("not done: {:?}", s.picker.progress());
+    }
+}
