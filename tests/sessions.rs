@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use treecast::config::MAX_CONTROL_FRAME;
 use treecast::net::streams::Stream;
-use treecast::wire::{self, ControlMsg, Hello, Role, CONTROL_PROTOCOL, PROTOCOL_VERSION};
+use treecast::wire::{self, ControlMsg, PROTOCOL_VERSION};
 
 /// Open a control stream from `from` to `peer` and speak a subscriber's side of the session by
 /// hand up to the hellos. Returns once `peer` has sent its hello: its session on this stream
@@ -17,23 +17,7 @@ async fn start_session(
     peer: libp2p::PeerId,
     swarm_id: uuid::Uuid,
 ) -> Stream {
-    let mut s = from
-        .danger_open_stream(peer, CONTROL_PROTOCOL)
-        .await
-        .expect("control stream opens");
-    wire::write_handshake(&mut s, PROTOCOL_VERSION)
-        .await
-        .unwrap();
-    let hello = Hello {
-        node_id: uuid::Uuid::new_v4(),
-        swarm_id,
-        role: Role::Subscriber,
-        head: None,
-        addrs: Vec::new(),
-    };
-    wire::write_frame(&mut s, &wire::encode(&ControlMsg::Hello(hello)))
-        .await
-        .unwrap();
+    let mut s = raw::session_with(from, peer, swarm_id).await;
     wire::read_handshake(&mut s, PROTOCOL_VERSION)
         .await
         .expect("the peer answers the handshake");
