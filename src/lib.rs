@@ -16,7 +16,8 @@
 //!   seeding policy, session slots, which peers learned by peer exchange to dial, discovery
 //!   (DHT lookups, provider announcements, redials) and NAT traversal (relay reservations,
 //!   reachability).
-//! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour.
+//! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour; the DHT's keys, which
+//!   head records it stores and which provider records it keeps (spread over networks).
 //! - [`node`]: the pump that carries those decisions out: one task owns the libp2p swarm and
 //!   never waits on anyone (`node::net_loop`, reached through `node::swarm_handle`, handing
 //!   events on through `node::events`), control sessions, chunk streams, the publisher and

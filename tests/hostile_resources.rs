@@ -166,3 +166,164 @@ async fn a_peer_cannot_fill_the_dht_store_with_invented_swarms() {
         n.shutdown().await;
     }
 }
+
+/// A DHT client of our protocol, speaking it on the wire from `ip` (a loopback address: each
+/// one is a network of its own to the DHT node). Client mode: it stores nothing and is in no
+/// routing table, so what a lookup finds is what the DHT node's store holds. Its listen
+/// address is its external address, which its provider records carry.
+async fn kad_client(
+    ip: &str,
+) -> libp2p::Swarm<libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>> {
+    use libp2p::{kad, StreamProtocol};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let cfg = kad::Config::new(StreamProtocol::new(treecast::net::KAD_PROTOCOL));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
+            kad.set_mode(Some(kad::Mode::Client));
+            kad
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    swarm
+        .listen_on(format!("/ip4/{ip}/udp/0/quic-v1").parse().unwrap())
+        .unwrap();
+    let addr = tokio::time::timeout(WAIT, async {
+        loop {
+            use futures::StreamExt;
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                return address;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    swarm.add_external_address(addr);
+    swarm
+}
+
+/// Announce a client as a provider of `key` at the DHT node `dht` (ADD_PROVIDER, as kad sends
+/// it), then keep it running in the background.
+async fn provide_from(
+    ip: &str,
+    dht: &libp2p::Multiaddr,
+    key: &libp2p::kad::RecordKey,
+) -> (libp2p::PeerId, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use libp2p::kad::{Event, QueryResult};
+    let mut swarm = kad_client(ip).await;
+    let dht_peer = treecast::net::peer_of(dht).unwrap();
+    swarm.behaviour_mut().add_address(&dht_peer, dht.clone());
+    swarm.behaviour_mut().start_providing(key.clone()).unwrap();
+    let me = *swarm.local_peer_id();
+    let provided = tokio::time::timeout(WAIT, async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::Behaviour(Event::OutboundQueryProgressed {
+                result: QueryResult::StartProviding(r),
+                ..
+            }) = swarm.select_next_some().await
+            {
+                return r;
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(provided, Ok(Ok(_))),
+        "{me} could not provide: {provided:?}"
+    );
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (me, task)
+}
+
+/// The providers of `key` a lookup through the DHT node `dht` finds.
+async fn providers_of(
+    client: &mut libp2p::Swarm<libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>>,
+    key: &libp2p::kad::RecordKey,
+) -> std::collections::HashSet<libp2p::PeerId> {
+    use futures::StreamExt;
+    use libp2p::kad::{Event, GetProvidersOk, QueryResult};
+    let query = client.behaviour_mut().get_providers(key.clone());
+    let mut found = std::collections::HashSet::new();
+    loop {
+        if let libp2p::swarm::SwarmEvent::Behaviour(Event::OutboundQueryProgressed {
+            id,
+            result: QueryResult::GetProviders(r),
+            step,
+            ..
+        }) = client.select_next_some().await
+        {
+            if id != query {
+                continue;
+            }
+            if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                found.extend(providers);
+            }
+            if step.last {
+                return found;
+            }
+        }
+    }
+}
+
+/// More Sybils than a key's provider list holds announce themselves first, all from one
+/// network; an honest node from another network announces after them and is still handed out
+/// by the DHT node, in place of the Sybils' newest record (kad's own store would have ignored
+/// it: first come, first served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sybils_announced_first_do_not_keep_an_honest_provider_out_of_the_dht() {
+    use treecast::net::MAX_PROVIDERS_PER_KEY;
+    let lab = Lab::new();
+    let dht = treecast::Node::dht_node(config(&lab.dir("dht")))
+        .await
+        .unwrap();
+    let at = dht.listen_addrs()[0].clone();
+    let key = treecast::net::swarm_key(&uuid::Uuid::new_v4());
+    let mut tasks = Vec::new();
+    let mut sybils = std::collections::HashSet::new();
+    for _ in 0..MAX_PROVIDERS_PER_KEY + 4 {
+        let (peer, task) = provide_from("127.0.0.1", &at, &key).await;
+        sybils.insert(peer);
+        tasks.push(task);
+    }
+    let mut asker = kad_client("127.0.0.3").await;
+    asker
+        .behaviour_mut()
+        .add_address(&dht.peer_id(), at.clone());
+    let found = providers_of(&mut asker, &key).await;
+    assert_eq!(found.len(), MAX_PROVIDERS_PER_KEY, "the list is full");
+    assert!(found.is_subset(&sybils));
+
+    let (honest, task) = provide_from("127.0.0.2", &at, &key).await;
+    tasks.push(task);
+    let mut last = std::collections::HashSet::new();
+    let handed_out = tokio::time::timeout(WAIT, async {
+        loop {
+            last = providers_of(&mut asker, &key).await;
+            if last.contains(&honest) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        handed_out.is_ok(),
+        "the honest provider was never handed out; the DHT node lists {} Sybils",
+        last.intersection(&sybils).count()
+    );
+    assert_eq!(last.len(), MAX_PROVIDERS_PER_KEY);
+    for t in tasks {
+        t.abort();
+    }
+    dht.shutdown().await;
+}

@@ -69,6 +69,16 @@ pub fn dial_order(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     addrs
 }
 
+/// An address of the internet: not loopback, LAN (see [`is_lan`]), unspecified, multicast or
+/// broadcast.
+pub(crate) fn is_global(ip: std::net::IpAddr) -> bool {
+    let special = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
+        std::net::IpAddr::V6(_) => false,
+    };
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || special || is_lan(ip))
+}
+
 /// A private, shared (carrier-grade NAT), link-local or unique-local address.
 fn is_lan(ip: std::net::IpAddr) -> bool {
     match ip {

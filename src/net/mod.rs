@@ -16,7 +16,8 @@
 //!
 //! Modules; none imports this `mod.rs`, and none imports in a circle:
 //! - `error`: [`NetError`]; `addr`: parsing addresses and the order to dial them in.
-//! - `dht`: the DHT's keys, head records and store policy.
+//! - `dht`: the DHT's keys, head records and store policy; `providers`: which provider
+//!   records of other nodes the store keeps.
 //! - `streams`: our small stream behaviour with bounded queues; `udp`: socket buffers.
 //! - `behaviour`: the node's [`Behaviour`], its connection limits, and [`build_swarm`].
 
@@ -24,6 +25,7 @@ mod addr;
 mod behaviour;
 mod dht;
 mod error;
+mod providers;
 pub mod streams;
 pub mod udp;
 
@@ -36,3 +38,7 @@ pub use dht::{
     head_key, make_room, swarm_key, validate_head_record, HeadRecordError, Room, KAD_PROTOCOL,
 };
 pub use error::NetError;
+pub use providers::{
+    Admit, Network, Offer, ProviderBook, MAX_PROVIDERS_PER_KEY, MAX_PROVIDERS_PER_NETWORK,
+    MAX_PROVIDER_KEYS,
+};

@@ -110,6 +110,8 @@ struct NetLoop {
     sessions: SessionTable<PeerId, Session>,
     /// Bans, dialed addresses and known relays (bounded; swept every `PRUNE_EVERY`).
     book: PeerBook,
+    /// The provider records of other nodes in the DHT store.
+    providers: crate::net::ProviderBook,
     next_prune: tokio::time::Instant,
     /// Chunk streams a peer has open on each connection (an entry goes with its connection,
     /// or at the next sweep once its count is back to zero).
@@ -220,6 +222,7 @@ pub(crate) async fn start(
             config.session_idle,
         ),
         book: PeerBook::default(),
+        providers: crate::net::ProviderBook::default(),
         next_prune: tokio::time::Instant::now() + PRUNE_EVERY,
         inbound_chunk_streams: HashMap::new(),
         tasks: JoinSet::new(),
@@ -969,19 +972,10 @@ impl NetLoop {
                         record: Some(record),
                     },
             } => {
-                // Records are filtered (heads are validated before they are stored); provider
-                // records carry only a peer and its addresses, and the store bounds them.
-                use libp2p::kad::store::RecordStore;
-                debug!(provider = %record.provider, addrs = record.addresses.len(), "provider record");
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .add_provider(record)
-                {
-                    debug!(error = %e, "provider record not stored");
-                }
+                // Records are filtered: heads are validated before they are stored, and
+                // provider records are kept only while the sender's network holds no more
+                // than its share (see `net::providers`).
+                self.on_add_provider(record);
             }
             Event::InboundRequest {
                 request:
@@ -1024,6 +1018,44 @@ impl NetLoop {
             if let Some(dial) = self.discovery.handle_neighbour(peer, addr, seen, sessions) {
                 self.discover(dial);
             }
+        }
+    }
+
+    /// A peer asks us to store its provider record (kad checked that it names the sender).
+    fn on_add_provider(&mut self, record: libp2p::kad::ProviderRecord) {
+        use crate::net::{Admit, Network, Offer};
+        use libp2p::kad::store::RecordStore;
+        let network = Network::of(self.book.remote_ip(&record.provider));
+        let me = *self.swarm.local_peer_id();
+        let own = self.swarm_key.clone();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let own_held = own
+            .as_ref()
+            .is_some_and(|k| store.providers(k).iter().any(|p| p.provider == me));
+        let (key, provider) = (record.key.clone(), record.provider);
+        let offer = Offer {
+            key: &key,
+            provider,
+            network,
+            expires: record.expires,
+        };
+        let own = own.as_ref().map(|k| (k, own_held));
+        let admit = self.providers.admit(offer, Instant::now(), own);
+        let stored = match admit {
+            Admit::Store => store.add_provider(record),
+            Admit::Replace { evict } => {
+                debug!(%evict, for_ = %provider, "provider record replaced");
+                store.remove_provider(&key, &evict);
+                store.add_provider(record)
+            }
+            Admit::Refuse(why) => {
+                Stats::add(&self.stats.dht_records_refused, 1);
+                debug!(%provider, ?network, why, "provider record not stored");
+                return;
+            }
+        };
+        if let Err(e) = stored {
+            warn!(error = %e, "provider record not stored");
         }
     }
 
@@ -1188,9 +1220,14 @@ impl NetLoop {
     }
 
     /// Drop per-peer state that ran out: ended bans (the swarm lets those peers in again),
-    /// relays gone a while, chunk stream counts back at zero, dial times past `REDIAL_MIN`.
+    /// relays gone a while, expired provider records, chunk stream counts back at zero, dial
+    /// times past `REDIAL_MIN`.
     fn prune(&mut self) {
         let now = Instant::now();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        for (key, provider) in self.providers.expire(now) {
+            libp2p::kad::store::RecordStore::remove_provider(store, &key, &provider);
+        }
         for peer in self.book.sweep(now) {
             debug!(%peer, "ban over");
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
@@ -1216,7 +1253,8 @@ impl NetLoop {
                 }
                 let relayed = crate::net::is_relayed_endpoint(&endpoint);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
-                self.book.connected(&peer_id);
+                let remote = crate::net::ip_of(endpoint.get_remote_address());
+                self.book.connected(&peer_id, remote);
                 if !relayed {
                     if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                         self.book.dialed(peer_id, address.clone());

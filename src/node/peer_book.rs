@@ -1,5 +1,6 @@
 //! What the net loop remembers of peers beyond a single event: bans, the address we dialed
-//! each connected peer at, and the relays we know.
+//! each connected peer at, the address each connected peer's first connection came from, and
+//! the relays we know.
 //!
 //! Pure bookkeeping: time comes in as an argument, and the net loop carries out what comes
 //! back (block a banned peer in the swarm, unblock one whose ban ended). It must not touch the
@@ -8,7 +9,8 @@
 //! Every map is bounded:
 //! - a ban lasts `BAN_DURATION` and `sweep` drops it then; at most `MAX_BANNED` are held, and
 //!   a new one pushes out the one closest to its end;
-//! - a dialed address lives while the peer has a connection;
+//! - a dialed address, and a connection's remote address, live while the peer has a
+//!   connection;
 //! - a relay is forgotten `RELAY_FORGET` after its last connection closed (kept until then, so
 //!   that a node that lost its relay dials peers through it again), and at most `MAX_RELAYS`
 //!   are known: a new one takes the place of the one gone longest, or is not kept.
@@ -41,6 +43,7 @@ struct Relay {
 pub(crate) struct PeerBook {
     banned: HashMap<PeerId, Instant>,
     dialed: HashMap<PeerId, Multiaddr>,
+    remote: HashMap<PeerId, std::net::IpAddr>,
     relays: HashMap<PeerId, Relay>,
 }
 
@@ -94,8 +97,12 @@ impl PeerBook {
         self.dialed.get(peer)
     }
 
-    /// A connection to `peer` is up.
-    pub fn connected(&mut self, peer: &PeerId) {
+    /// A connection to `peer`, from or to `remote` (the relay's address for a relayed one), is
+    /// up.
+    pub fn connected(&mut self, peer: &PeerId, remote: Option<std::net::IpAddr>) {
+        if let Some(ip) = remote {
+            self.remote.entry(*peer).or_insert(ip);
+        }
         if let Some(relay) = self.relays.get_mut(peer) {
             relay.gone_since = None;
         }
@@ -104,9 +111,15 @@ impl PeerBook {
     /// The last connection to `peer` closed at `now`.
     pub fn disconnected(&mut self, peer: &PeerId, now: Instant) {
         self.dialed.remove(peer);
+        self.remote.remove(peer);
         if let Some(relay) = self.relays.get_mut(peer) {
             relay.gone_since = Some(now);
         }
+    }
+
+    /// The address `peer`'s first live connection came from, or went to.
+    pub fn remote_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        self.remote.get(peer).copied()
     }
 
     /// `peer`, connected, serves as a relay and is reached at `addr`. False when it is known
@@ -221,9 +234,14 @@ mod tests {
         let mut book = PeerBook::default();
         let p = PeerId::random();
         book.dialed(p, addr(1));
+        let (first, second) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        book.connected(&p, Some(first));
+        book.connected(&p, Some(second));
         assert_eq!(book.direct_addr(&p), Some(&addr(1)));
+        assert_eq!(book.remote_ip(&p), Some(first), "the first connection's");
         book.disconnected(&p, Instant::now());
         assert_eq!(book.direct_addr(&p), None);
+        assert_eq!(book.remote_ip(&p), None);
         assert_eq!(book.sizes(), (0, 0, 0));
     }
 
@@ -243,7 +261,7 @@ mod tests {
             "kept: a lost relay is dialed again through it"
         );
         // Back, then gone again: forgotten only RELAY_FORGET after the last close.
-        book.connected(&r);
+        book.connected(&r, None);
         book.sweep(t0 + 2 * RELAY_FORGET);
         assert!(book.is_relay(&r));
         let t1 = t0 + 2 * RELAY_FORGET;
