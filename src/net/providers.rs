@@ -11,6 +11,9 @@
 //! - when a key's list is full, a newcomer from a network with fewer records there than the
 //!   largest one takes the place of that network's newest record, so an attacker from a few
 //!   networks holds at most their share of every list, and a node from any other network gets in;
+//! - a provider proven useful to this node (in its own swarm: a live session that moved verified
+//!   chunks, or holds the newest revision) is never evicted, and takes the place of one that is
+//!   not;
 //! - the keys of other swarms leave room for this node's own swarm's key;
 //! - expired records leave the store (kad removes them only when a lookup asks for their key).
 //!
@@ -102,13 +105,17 @@ pub struct ProviderBook {
 
 impl ProviderBook {
     /// Whether to store the record `offer`. `own` is this node's swarm key, and whether the
-    /// key's list also holds this node's own record (kept by kad, never by this book). On
-    /// `Store` or `Replace` the book counts the record as held.
+    /// key's list also holds this node's own record (kept by kad, never by this book).
+    /// `useful` says whether a provider has proven useful to this node (a live session that
+    /// sent verified chunks or holds the newest revision): its record is never evicted, and it
+    /// takes the place of one that is not. On `Store` or `Replace` the book counts the record
+    /// as held.
     pub fn admit(
         &mut self,
         offer: Offer<'_>,
         now: Instant,
         own: Option<(&RecordKey, bool)>,
+        useful: impl Fn(&PeerId) -> bool,
     ) -> Admit {
         let Offer {
             key,
@@ -143,16 +150,26 @@ impl ProviderBook {
                 *counts.entry(h.network).or_default() += 1;
             }
             let ours = counts.get(&network).copied().unwrap_or(0);
-            // The largest network, and of those the one whose newest record came last.
-            let largest = counts.values().copied().max().unwrap_or(0);
+            // Only records of providers not proven useful can be evicted. A useful newcomer
+            // takes the place of any of them; another only that of the largest network's, and
+            // only if that spreads the list further. Of those, the newest goes.
+            let evictable = |h: &&Held| !useful(&h.provider);
+            let largest = list
+                .iter()
+                .filter(evictable)
+                .map(|h| counts[&h.network])
+                .max()
+                .unwrap_or(0);
+            let newcomer_useful = useful(&provider);
             let evict = list
                 .iter()
                 .enumerate()
-                .filter(|(_, h)| counts[&h.network] == largest)
+                .filter(|(_, h)| evictable(h) && counts[&h.network] == largest)
                 .max_by_key(|(_, h)| h.added)
-                .map(|(i, _)| i);
+                .map(|(i, _)| i)
+                .filter(|_| newcomer_useful || ours + 1 < largest);
             match evict {
-                Some(i) if ours + 1 < largest => {
+                Some(i) => {
                     let gone = list.remove(i);
                     admit = Admit::Replace {
                         evict: gone.provider,
@@ -266,7 +283,8 @@ mod tests {
         fn offer(&mut self, k: &RecordKey, p: PeerId, n: Network) -> Admit {
             self.t += Duration::from_secs(1);
             let expires = Some(self.t + Duration::from_secs(3600));
-            self.book.admit(offer(k, p, n, expires), self.t, None)
+            self.book
+                .admit(offer(k, p, n, expires), self.t, None, |_| false)
         }
     }
 
@@ -352,6 +370,7 @@ mod tests {
             offer(&own, PeerId::random(), net(1), None),
             b.t,
             Some((&own, false)),
+            |_| false,
         );
         assert_eq!(got, Admit::Store);
     }
@@ -367,10 +386,40 @@ mod tests {
                 offer(&own, PeerId::random(), net(i as u8), None),
                 b.t,
                 Some((&own, true)),
+                |_| false,
             );
             let want_room = i < MAX_PROVIDERS_PER_KEY - 1;
             assert_eq!(got == Admit::Store, want_room, "record {i}: {got:?}");
         }
+    }
+
+    /// A provider proven useful gets into a full list, even from the network that fills it,
+    /// and stays there while newcomers from other networks push that network's records out.
+    #[test]
+    fn useful_providers_get_in_and_stay() {
+        let mut b = Book::new();
+        let k = key(1);
+        for _ in 0..MAX_PROVIDERS_PER_KEY {
+            b.offer(&k, PeerId::random(), net(66));
+        }
+        let friend = PeerId::random();
+        assert!(matches!(b.offer(&k, friend, net(66)), Admit::Refuse(_)));
+        let useful = |p: &PeerId| *p == friend;
+        let admit = |b: &mut Book, p: PeerId, n: Network| {
+            b.t += Duration::from_secs(1);
+            b.book.admit(offer(&k, p, n, None), b.t, None, useful)
+        };
+        assert!(matches!(
+            admit(&mut b, friend, net(66)),
+            Admit::Replace { .. }
+        ));
+        for i in 0..3 * MAX_PROVIDERS_PER_KEY {
+            let got = admit(&mut b, PeerId::random(), net(i as u8));
+            assert_ne!(got, Admit::Replace { evict: friend });
+        }
+        let held = b.book.providers(&k);
+        assert!(held.contains(&friend));
+        assert_eq!(held.len(), MAX_PROVIDERS_PER_KEY);
     }
 
     /// Expired records leave the book (to be removed from the store), and give their
@@ -386,7 +435,8 @@ mod tests {
             let p = PeerId::random();
             first.push((key(i), p));
             assert_eq!(
-                b.book.admit(offer(&key(i), p, attacker, soon), t0, None),
+                b.book
+                    .admit(offer(&key(i), p, attacker, soon), t0, None, |_| false),
                 Admit::Store
             );
         }

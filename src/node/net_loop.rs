@@ -3,7 +3,7 @@
 //! `select! { biased; cancel, commands, swarm events }`; per-peer work runs in child tasks in a
 //! `JoinSet` under a child cancellation token, and is joined (with a grace period) on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1026,6 +1026,12 @@ impl NetLoop {
         use crate::net::{Admit, Network, Offer};
         use libp2p::kad::store::RecordStore;
         let network = Network::of(self.book.remote_ip(&record.provider));
+        let useful: HashSet<PeerId> = self
+            .sessions
+            .keys()
+            .filter(|p| self.is_useful(p))
+            .copied()
+            .collect();
         let me = *self.swarm.local_peer_id();
         let own = self.swarm_key.clone();
         let store = self.swarm.behaviour_mut().kad.store_mut();
@@ -1040,7 +1046,8 @@ impl NetLoop {
             expires: record.expires,
         };
         let own = own.as_ref().map(|k| (k, own_held));
-        let admit = self.providers.admit(offer, Instant::now(), own);
+        let useful = |p: &PeerId| useful.contains(p);
+        let admit = self.providers.admit(offer, Instant::now(), own, useful);
         let stored = match admit {
             Admit::Store => store.add_provider(record),
             Admit::Replace { evict } => {
@@ -1057,6 +1064,22 @@ impl NetLoop {
         if let Err(e) = stored {
             warn!(error = %e, "provider record not stored");
         }
+    }
+
+    /// `peer` has proven useful to this node: a live session that sent us verified chunks or
+    /// holds the revision we hold.
+    fn is_useful(&self, peer: &PeerId) -> bool {
+        if !self.sessions.contains_key(peer) {
+            return false;
+        }
+        let ours = self
+            .content
+            .current()
+            .head
+            .as_ref()
+            .map(|h| h.body.revision);
+        let theirs = self.table.get(peer).and_then(|r| r.revision);
+        self.stats.traffic.moved_with(peer).down > 0 || ours.is_some_and(|o| theirs >= Some(o))
     }
 
     /// A peer asks us to store a record: only valid, newer head records are kept.

@@ -170,6 +170,15 @@ impl Traffic {
         self.count(peer, ByteCounts { up: 0, down: n });
     }
 
+    /// Chunk bytes moved with `peer` so far (0 for a peer never seen, or gone long enough to
+    /// be forgotten).
+    pub fn moved_with(&self, peer: &PeerId) -> ByteCounts {
+        self.lock()
+            .links
+            .get(peer)
+            .map_or_else(ByteCounts::default, |l| l.bytes)
+    }
+
     fn count(&self, peer: PeerId, n: ByteCounts) {
         let mut inner = self.lock();
         let link = inner.links.entry(peer).or_default();
