@@ -364,6 +364,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             swarm_id,
             succession,
         } => {
+            tree_to_publish(&dir, restore)?;
             let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
             config.watch = !no_watch;
@@ -407,6 +408,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let ticket = read_ticket(&ticket, publisher_key.as_deref())?;
+            mirror_dir(&dir)?;
             let mut config = node_config(&dir, &net)?;
             config.connect_timeout = Duration::from_secs(connect_timeout);
             subscribe(config, ticket, once, json).await
@@ -480,6 +482,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The tree `publish` is given must be a directory that is there: a mistyped path would
+/// otherwise start a swarm of an empty tree. `--restore` rebuilds a lost tree, so with it a
+/// missing DIR is created.
+fn tree_to_publish(dir: &std::path::Path, restore: bool) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "{} is not a directory: treecast publishes a directory tree (put the file in a \
+             directory and publish that)",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && restore => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist: check the path (to publish an empty tree, create the directory \
+             first; to rebuild a lost tree from its swarm, use --restore)",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// A mirror is a directory: say so when DIR is something else, rather than fail to create it.
+fn mirror_dir(dir: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!(
+            "{} is not a directory: a mirror is a directory (give a new or empty one)",
+            dir.display()
+        ),
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,144 @@
+//! The rough edges a new user meets at the command line (issue #23): the real binary is run as
+//! a user would run it, and its exit code, its message on stderr and what it left on disk are
+//! checked. A mistyped path or ticket is an error that says what is wrong, and a directory of
+//! the user's is never taken over without `--adopt`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use common::*;
+
+/// A `treecast` process, killed and reaped when dropped: a command that should have failed at
+/// once but serves instead does not outlive its test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How a run of `treecast` ended.
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Run `treecast ARGS` until it exits (killed if it has not after `WAIT`).
+async fn treecast<I, S>(args: I) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .args(args)
+        .env_remove("TREECAST_ADOPT")
+        .env("XDG_CONFIG_HOME", log.path().with_extension("no-config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .expect("start treecast");
+    let mut running = Running(child);
+    let status: ExitStatus = eventually_ok(WAIT, "treecast to exit", || {
+        let polled = running.0.try_wait();
+        async move {
+            match polled {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    Outcome {
+        code: status.code(),
+        stderr: std::fs::read_to_string(log.path()).unwrap(),
+    }
+}
+
+/// `treecast subscribe TICKET DIR EXTRA… --once` on loopback, as a user runs it.
+async fn subscribe_once(ticket: &treecast::Ticket, dir: &Path, extra: &[&str]) -> Outcome {
+    let mut args: Vec<std::ffi::OsString> = vec!["subscribe".into(), ticket.to_string().into()];
+    args.push(dir.into());
+    for a in [
+        "--once",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--connect-timeout",
+        "30",
+    ]
+    .iter()
+    .chain(extra)
+    {
+        args.push(a.into());
+    }
+    treecast(args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_missing_directory_fails_and_creates_nothing() {
+    let lab = Lab::new();
+    let missing = lab.tmp.path().join("sitte");
+    let out = treecast([
+        "publish".as_ref(),
+        missing.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-mdns".as_ref(),
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{} does not exist", missing.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--restore"), "{}", out.stderr);
+    assert!(!missing.exists(), "a mistyped path is not created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_file_says_it_is_not_a_directory() {
+    let lab = Lab::new();
+    let file = lab.tmp.path().join("report.pdf");
+    std::fs::write(&file, b"not a tree").unwrap();
+    let out = treecast([
+        "publish".as_ref(),
+        file.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-mdns".as_ref(),
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{} is not a directory", file.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("os error"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a tree");
+    // The same for a mirror.
+    let ticket = treecast::Ticket {
+        swarm_id: uuid::Uuid::new_v4(),
+        publisher: test_key().public(),
+        addrs: vec!["/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()],
+    };
+    let out = subscribe_once(&ticket, &file, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{} is not a directory", file.display())),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a tree");
+}
