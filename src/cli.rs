@@ -545,7 +545,7 @@ fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
 /// A ticket, or a bare swarm ID with the publisher key given separately.
 fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
     let Ok(swarm_id) = text.trim().parse::<uuid::Uuid>() else {
-        return text.parse().context("reading the ticket");
+        return text.parse().map_err(|e| not_a_ticket(text, e));
     };
     let Some(key) = publisher_key else {
         bail!("{swarm_id} is a bare swarm ID: pass the publisher's key with --publisher-key");
@@ -557,6 +557,22 @@ fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
         publisher,
         addrs: Vec::new(),
     })
+}
+
+/// What `subscribe` says of a TICKET that is not one: why, and what a ticket looks like.
+fn not_a_ticket(text: &str, why: crate::trust::TrustError) -> anyhow::Error {
+    let text = text.trim();
+    let mut shown: String = text.chars().take(24).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    anyhow::anyhow!(
+        "`{shown}` is not a valid treecast ticket: {why}.\n\
+         A ticket is {}, as `treecast publish` prints it (the publisher also keeps it in \
+         DIR/.treecast/ticket; `treecast ticket DIR` prints it again). A bare swarm ID works too, \
+         with --publisher-key.",
+        Ticket::SHAPE
+    )
 }
 
 async fn publish(mut config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {

@@ -142,3 +142,34 @@ async fn publishing_a_file_says_it_is_not_a_directory() {
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"not a tree");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_that_is_no_ticket_is_named_and_a_ticket_described() {
+    let lab = Lab::new();
+    let mirror = lab.tmp.path().join("mirror");
+    for garbage in ["tc1garbage", "garbage", "tc1!!!!"] {
+        let out = treecast([
+            "subscribe".as_ref(),
+            garbage.as_ref(),
+            mirror.as_os_str(),
+            "--once".as_ref(),
+        ])
+        .await;
+        assert_eq!(out.code, Some(1), "{garbage}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("`{garbage}` is not a valid treecast ticket")),
+            "{}",
+            out.stderr
+        );
+        // What one looks like, and where to find it.
+        assert!(
+            out.stderr.contains("`tc1` and then 85 or more"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("treecast ticket DIR"), "{}", out.stderr);
+        assert!(!out.stderr.contains("base32"), "{}", out.stderr);
+        assert!(!mirror.exists(), "nothing written for {garbage}");
+    }
+}
