@@ -181,10 +181,17 @@ pub enum Command {
         /// The publisher's public key (hex), to pin when TICKET is a bare swarm ID.
         #[arg(long, env = "TREECAST_PUBLISHER_KEY")]
         publisher_key: Option<String>,
-        /// The mirror directory (created if missing).
+        /// The mirror directory: a new or empty one (created if missing), or a mirror of the
+        /// same swarm. A directory holding other files is refused unless --adopt.
         dir: PathBuf,
         #[command(flatten)]
         net: NetArgs,
+        /// Mirror into DIR although it holds files and no treecast state. Nothing is deleted:
+        /// files and directories the revision does not have, and files it has with other
+        /// content, are moved to DIR/.treecast/conflicts/; files identical to the revision's
+        /// are kept and made read-only.
+        #[arg(long, env = "TREECAST_ADOPT")]
+        adopt: bool,
         /// Exit 0 as soon as DIR equals the newest revision learned; non-zero if that fails.
         #[arg(long, env = "TREECAST_ONCE")]
         once: bool,
@@ -403,6 +410,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             publisher_key,
             dir,
             net,
+            adopt,
             once,
             connect_timeout,
             json,
@@ -411,6 +419,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             mirror_dir(&dir)?;
             let mut config = node_config(&dir, &net)?;
             config.connect_timeout = Duration::from_secs(connect_timeout);
+            config.adopt = adopt;
             subscribe(config, ticket, once, json).await
         }
         Command::Verify { dir, json } => verify(&dir, json),

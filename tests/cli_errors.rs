@@ -81,6 +81,16 @@ async fn subscribe_once(ticket: &treecast::Ticket, dir: &Path, extra: &[&str]) -
     treecast(args).await
 }
 
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_a_missing_directory_fails_and_creates_nothing() {
     let lab = Lab::new();
@@ -171,5 +181,110 @@ async fn a_string_that_is_no_ticket_is_named_and_a_ticket_described() {
         assert!(out.stderr.contains("treecast ticket DIR"), "{}", out.stderr);
         assert!(!out.stderr.contains("base32"), "{}", out.stderr);
         assert!(!mirror.exists(), "nothing written for {garbage}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_the_users_is_refused_and_adopted_only_when_told() {
+    let lab = Lab::new();
+    let src = lab.dir("site");
+    write(&src, "index.html", b"published index");
+    write(&src, "docs/guide.txt", b"published guide");
+    let p = publisher(&src).await;
+    let home = lab.dir("home");
+    write(&home, "thesis.txt", b"four years of work");
+    write(&home, "index.html", b"my own index");
+    let before = snapshot(&home);
+
+    let out = subscribe_once(p.ticket(), &home, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    for said in [
+        "holds files (index.html, thesis.txt) and no treecast mirror",
+        "new or empty directory",
+        "--adopt",
+        ".treecast/conflicts/",
+    ] {
+        assert!(out.stderr.contains(said), "no {said:?} in {}", out.stderr);
+    }
+    assert_eq!(snapshot(&home), before, "nothing touched");
+    assert_eq!(
+        names(&home),
+        ["index.html", "thesis.txt"],
+        "no state written"
+    );
+
+    // Told to adopt it, with --once: it ends only once the directory is an exact mirror, and
+    // nothing of the user's is lost.
+    let out = subscribe_once(p.ticket(), &home, &["--adopt"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--adopt: mirroring into a directory"),
+        "{}",
+        out.stderr
+    );
+    assert_same_tree(&src, &home);
+    let conflicts = home.join(".treecast/conflicts");
+    let mut kept: Vec<Vec<u8>> = names(&conflicts)
+        .iter()
+        .map(|n| std::fs::read(conflicts.join(n)).unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [b"four years of work".to_vec(), b"my own index".to_vec()]
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_empty_and_mirrored_directories_subscribe_and_another_swarms_mirror_is_refused() {
+    let lab = Lab::new();
+    let src = lab.dir("site");
+    write(&src, "index.html", b"published index");
+    let p = publisher(&src).await;
+    let new = lab.tmp.path().join("new");
+    let empty = lab.dir("empty");
+    for dir in [&new, &empty, &new] {
+        let out = subscribe_once(p.ticket(), dir, &[]).await;
+        assert_eq!(out.code, Some(0), "{}: {}", dir.display(), out.stderr);
+        assert_same_tree(&src, dir);
+    }
+
+    let other_src = lab.dir("other-site");
+    write(&other_src, "other.txt", b"another swarm");
+    let other = treecast::Node::publish(config(&other_src), other_key())
+        .await
+        .expect("the other publisher starts");
+    let out = subscribe_once(other.ticket(), &new, &["--adopt"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "already mirrors swarm {}; refusing to mix in swarm {}",
+            p.ticket().swarm_id,
+            other.ticket().swarm_id
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_same_tree(&src, &new);
+    other.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_help_says_what_adopt_does_with_existing_files() {
+    let out = Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .args(["subscribe", "--help"])
+        .output()
+        .expect("run treecast");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for said in [
+        "--adopt",
+        "Nothing is deleted",
+        "DIR/.treecast/conflicts/",
+        "refused unless --adopt",
+    ] {
+        assert!(help.contains(said), "no {said:?} in {help}");
     }
 }
