@@ -181,10 +181,17 @@ pub enum Command {
         /// The publisher's public key (hex), to pin when TICKET is a bare swarm ID.
         #[arg(long, env = "TREECAST_PUBLISHER_KEY")]
         publisher_key: Option<String>,
-        /// The mirror directory (created if missing).
+        /// The mirror directory: a new or empty one (created if missing), or a mirror of the
+        /// same swarm. A directory holding other files is refused unless --adopt.
         dir: PathBuf,
         #[command(flatten)]
         net: NetArgs,
+        /// Mirror into DIR although it holds files and no treecast state. Nothing is deleted:
+        /// files and directories the revision does not have, and files it has with other
+        /// content, are moved to DIR/.treecast/conflicts/; files identical to the revision's
+        /// are kept and made read-only.
+        #[arg(long, env = "TREECAST_ADOPT")]
+        adopt: bool,
         /// Exit 0 as soon as DIR equals the newest revision learned; non-zero if that fails.
         #[arg(long, env = "TREECAST_ONCE")]
         once: bool,
@@ -364,6 +371,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             swarm_id,
             succession,
         } => {
+            tree_to_publish(&dir, restore)?;
             let mut config = node_config(&dir, &net)?;
             config.rescan_interval = Duration::from_secs(rescan_secs.max(1));
             config.watch = !no_watch;
@@ -402,13 +410,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             publisher_key,
             dir,
             net,
+            adopt,
             once,
             connect_timeout,
             json,
         } => {
             let ticket = read_ticket(&ticket, publisher_key.as_deref())?;
+            mirror_dir(&dir)?;
             let mut config = node_config(&dir, &net)?;
             config.connect_timeout = Duration::from_secs(connect_timeout);
+            config.adopt = adopt;
             subscribe(config, ticket, once, json).await
         }
         Command::Verify { dir, json } => verify(&dir, json),
@@ -483,6 +494,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The tree `publish` is given must be a directory that is there: a mistyped path would
+/// otherwise start a swarm of an empty tree. `--restore` rebuilds a lost tree, so with it a
+/// missing DIR is created.
+fn tree_to_publish(dir: &std::path::Path, restore: bool) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "{} is not a directory: treecast publishes a directory tree (put the file in a \
+             directory and publish that)",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && restore => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist: check the path (to publish an empty tree, create the directory \
+             first; to rebuild a lost tree from its swarm, use --restore)",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// A mirror is a directory: say so when DIR is something else, rather than fail to create it.
+fn mirror_dir(dir: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!(
+            "{} is not a directory: a mirror is a directory (give a new or empty one)",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(dir);
     config.listen = parse_addrs(&net.listen)?;
@@ -511,7 +554,7 @@ fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
 /// A ticket, or a bare swarm ID with the publisher key given separately.
 fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
     let Ok(swarm_id) = text.trim().parse::<uuid::Uuid>() else {
-        return text.parse().context("reading the ticket");
+        return text.parse().map_err(|e| not_a_ticket(text, e));
     };
     let Some(key) = publisher_key else {
         bail!("{swarm_id} is a bare swarm ID: pass the publisher's key with --publisher-key");
@@ -523,6 +566,22 @@ fn read_ticket(text: &str, publisher_key: Option<&str>) -> Result<Ticket> {
         publisher,
         addrs: Vec::new(),
     })
+}
+
+/// What `subscribe` says of a TICKET that is not one: why, and what a ticket looks like.
+fn not_a_ticket(text: &str, why: crate::trust::TrustError) -> anyhow::Error {
+    let text = text.trim();
+    let mut shown: String = text.chars().take(24).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    anyhow::anyhow!(
+        "`{shown}` is not a valid treecast ticket: {why}.\n\
+         A ticket is {}, as `treecast publish` prints it (the publisher also keeps it in \
+         DIR/.treecast/ticket; `treecast ticket DIR` prints it again). A bare swarm ID works too, \
+         with --publisher-key.",
+        Ticket::SHAPE
+    )
 }
 
 async fn publish(mut config: NodeConfig, key: PublisherKey) -> Result<ExitCode> {

@@ -141,6 +141,10 @@ pub struct NodeConfig {
     /// Publisher only: publish at start even if the tree looks lost (much smaller than the
     /// last revision, or the swarm holds a newer revision than this node's state).
     pub force: bool,
+    /// Subscriber only: mirror into a directory that holds files but no treecast state (else
+    /// refused). Nothing is deleted: what the revision does not have, and files it has with
+    /// other content, are moved to `.treecast/conflicts/`; identical files are kept.
+    pub adopt: bool,
     /// Handover records leading from the swarm's first key to this node's publisher key (a new
     /// publisher taking over), or to follow before any head is seen.
     pub succession: Vec<crate::trust::Succession>,
@@ -177,6 +181,7 @@ impl NodeConfig {
             protocol_version: crate::wire::PROTOCOL_VERSION,
             metrics: None,
             force: false,
+            adopt: false,
             scan_progress: None,
             succession: Vec::new(),
             danger_corrupt_served_chunks: false,

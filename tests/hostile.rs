@@ -149,7 +149,11 @@ async fn a_symlink_in_the_mirror_is_never_written_through() {
     let sub = lab.dir("sub");
     std::os::unix::fs::symlink(&outside, sub.join("evil")).unwrap();
     let p = publisher(&src).await;
-    let s = subscriber(&sub, p.ticket()).await;
+    // A directory that holds something before its first revision is mirrored into only when
+    // told to adopt it.
+    let mut cfg = config(&sub);
+    cfg.adopt = true;
+    let s = Node::subscribe(cfg, p.ticket().clone()).await.unwrap();
     synced(&s, 1).await;
     assert_eq!(
         std::fs::read_dir(&outside).unwrap().count(),

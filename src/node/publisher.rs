@@ -623,6 +623,8 @@ pub(crate) async fn restore(config: NodeConfig, key: &PublisherKey) -> Result<u6
         ))
     })?;
     let root = lineage_for(&stored, &config, key, swarm_id)?.pin();
+    // The tree is this swarm's: what is left in it is the publisher's, not a directory to adopt.
+    Db::open(&state.join("state.redb"))?.set_identity(swarm_id, root.to_bytes())?;
     let ticket = Ticket {
         swarm_id,
         publisher: root,

@@ -113,6 +113,10 @@ struct Subscriber {
     /// After a local storage error: when to try the download again, and the next wait.
     store_retry_at: Option<Instant>,
     store_backoff: std::time::Duration,
+    /// The directory held the user's files when this node started to mirror into it
+    /// (`--adopt`): not synced until a look for local changes finds it holds the revision and
+    /// nothing else, so `--once` never ends on a mirror with files of the user's still in it.
+    adopting: bool,
 }
 
 /// First and longest wait before retrying a download that failed on local storage.
@@ -122,11 +126,46 @@ const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often a running subscriber looks for local changes in its mirror.
 const LOCAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A subscriber makes its directory an exact mirror and moves everything else in it aside, so
+/// a directory that holds the user's files (`found`) and no mirror is refused unless
+/// `config.adopt`.
+fn check_adoption(config: &NodeConfig, found: &[String]) -> Result<(), NodeError> {
+    if found.is_empty() || config.adopt {
+        return Ok(());
+    }
+    Err(NodeError::NotAMirror {
+        dir: config.dir.clone(),
+        found: some_names(found),
+    })
+}
+
+/// The first few of `names`, and how many more there are.
+fn some_names(names: &[String]) -> String {
+    let mut s = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    s
+}
+
 pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<NodeHandle, NodeError> {
     let state = config.state_dir();
+    let found = crate::store::user_entries(&config.dir)?;
+    let db_file = state.join("state.redb");
+    // Refused before anything is written: no `.treecast/` is left in a user's directory.
+    if !db_file.exists() {
+        check_adoption(&config, &found)?;
+    }
     crate::store::private_dir(&state)?;
-    let db = Arc::new(Db::open(&state.join("state.redb"))?);
+    let db = Arc::new(Db::open(&db_file)?);
     let stored = db.state()?;
+    // A state directory that names no swarm is no mirror (a start refused before it began).
+    if stored.swarm_id.is_none() {
+        check_adoption(&config, &found)?;
+    }
+    // Told to adopt a directory that holds files, before its first revision (also again, after
+    // a run that stopped before it had one).
+    let adopting = config.adopt && !found.is_empty() && stored.head.is_none();
     if let Some(swarm) = stored.swarm_id.filter(|s| *s != ticket.swarm_id) {
         return Err(NodeError::Refused(format!(
             "{} already mirrors swarm {swarm}; refusing to mix in swarm {}",
@@ -151,6 +190,16 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
              peer table saved from an earlier run, and mDNS is off"
                 .into(),
         ));
+    }
+    if adopting {
+        warn!(
+            dir = %config.dir.display(),
+            found = %some_names(&found),
+            "--adopt: mirroring into a directory that holds files and no revision yet. Nothing \
+             is deleted: files and directories the revision does not have, and files it has with \
+             other content, will be moved to .treecast/conflicts/; files identical to the \
+             revision's are kept and made read-only"
+        );
     }
     db.set_identity(ticket.swarm_id, ticket.publisher.to_bytes())?;
     let node_key = load_or_create_node_key(&state.join("node.key"))?;
@@ -207,6 +256,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         downloads_done: 0,
         store_retry_at: None,
         store_backoff: STORE_RETRY_MIN,
+        adopting,
     };
     let own_ticket = Ticket {
         addrs: started.listen_addrs.clone(),
@@ -272,7 +322,9 @@ impl Subscriber {
                         Ok(Ok(changes)) => {
                             self.note_local_check(None);
                             if began_at == self.downloads_done && self.download.is_none() {
+                                let clean = changes.is_empty();
                                 self.on_local_changes(changes).await;
+                                self.adoption_checked(clean);
                             }
                         }
                         Ok(Err(e)) => self.note_local_check(Some(e.to_string())),
@@ -548,6 +600,22 @@ impl Subscriber {
         }
     }
 
+    /// While adopting a directory, a look for local changes ended: `clean` if it found the
+    /// mirror holds the revision and nothing else, which ends the adoption; else what it found
+    /// is being moved aside or repaired, and the next look is due at once.
+    fn adoption_checked(&mut self, clean: bool) {
+        if !self.adopting {
+            return;
+        }
+        if !clean {
+            self.next_local_check = Instant::now();
+            return;
+        }
+        self.adopting = false;
+        info!("adopted: the directory holds the revision and nothing else");
+        self.update_synced();
+    }
+
     /// Tell the download under way what we know of `peer`.
     fn tell_download(&self, peer: PeerId) {
         if let (Some(d), Some(p)) = (&self.download, self.peers.get(&peer)) {
@@ -631,6 +699,9 @@ impl Subscriber {
                     s.progress = None;
                     s.error = None;
                 });
+                if self.adopting {
+                    self.next_local_check = Instant::now();
+                }
             }
             Ok(Err(DownloadError::Cancelled)) => {}
             // Whatever stopped it, the revision it was after is no longer the target.
@@ -668,6 +739,7 @@ impl Subscriber {
 
     fn update_synced(&mut self) {
         let synced = self.download.is_none()
+            && !self.adopting
             && self.applied.is_some()
             && self.best.as_ref().map(|b| b.revision()) == Some(self.applied_revision());
         self.status.send_if_modified(|s| {

@@ -2,11 +2,13 @@
 //!
 //! A mirror is read-only. The subscriber looks for changes at start and every few seconds
 //! while it runs; edited and added files are moved to `.treecast/conflicts/` and the mirror is
-//! repaired from peers (see the subscriber engine).
+//! repaired from peers (see the subscriber engine). Before a first revision, [`user_entries`]
+//! says what a directory a subscriber is pointed at already holds.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::error::{io_err, StoreError};
 use crate::tree::{chunk_reader, FileRecord, Manifest, RelPath};
 
 /// What differs between a mirror and the revision it holds.
@@ -94,4 +96,39 @@ pub fn local_changes(
         }
     }
     changes
+}
+
+/// The names at the top of `root` besides the state directory, sorted: what a directory holds
+/// that is not treecast's. A `root` that does not exist holds nothing.
+pub fn user_entries(root: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(root)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(io_err(root))?.file_name();
+        if name != crate::config::STATE_DIR {
+            names.push(name.to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_entries_leave_out_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(user_entries(&dir.path().join("new")).unwrap().is_empty());
+        std::fs::create_dir(dir.path().join(crate::config::STATE_DIR)).unwrap();
+        assert!(user_entries(dir.path()).unwrap().is_empty());
+        std::fs::write(dir.path().join("thesis.txt"), b"mine").unwrap();
+        std::fs::create_dir(dir.path().join("notes")).unwrap();
+        assert_eq!(user_entries(dir.path()).unwrap(), ["notes", "thesis.txt"]);
+    }
 }

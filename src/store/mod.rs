@@ -22,6 +22,6 @@ pub use conflicts::move_to_conflicts;
 pub use db::{Db, StoredState};
 pub(crate) use error::io_err;
 pub use error::StoreError;
-pub use local::{local_changes, LocalChanges};
+pub use local::{local_changes, user_entries, LocalChanges};
 pub use private::private_dir;
 pub use staging::{ChunkPositions, StagingArea};

@@ -14,10 +14,10 @@ pub enum TrustError {
     BadKeyFile(std::path::PathBuf),
     #[error("not a valid publisher public key")]
     BadPublicKey,
-    #[error("ticket must start with `{expected}` (got `{got}`): is this a treecast ticket?")]
+    #[error("a ticket starts with `{expected}`, and this one starts with `{got}`")]
     TicketPrefix { expected: &'static str, got: String },
-    #[error("ticket is not valid base32: {0}")]
-    TicketEncoding(String),
+    #[error("after `tc1` a ticket holds only the letters a-z and the digits 2-7, and this one has others or is cut short")]
+    TicketEncoding,
     #[error("ticket checksum does not match: the ticket was mistyped or truncated")]
     TicketChecksum,
     #[error("ticket body is malformed: {0}")]
