@@ -70,6 +70,26 @@ pub struct NetArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
     #[arg(long, env = "TREECAST_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the web dashboard, /api/status and /metrics at http://ADDR/ (read-only). Given
+    /// without a value: 127.0.0.1:9899, this machine only. Any address that is not loopback
+    /// needs --http-token.
+    #[arg(
+        long,
+        env = "TREECAST_HTTP",
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = crate::config::DEFAULT_HTTP_ADDR
+    )]
+    pub http: Option<std::net::SocketAddr>,
+    /// The token the dashboard asks every client for (at least 16 characters): open
+    /// http://ADDR/?token=TOKEN, or send `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "TREECAST_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub http_token: Option<String>,
     /// Most peers to keep sessions with; peer exchange dials up to this many.
     #[arg(long, env = "TREECAST_MAX_PEERS", default_value_t = 32)]
     pub max_peers: usize,
@@ -533,6 +553,8 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.max_upload = net.max_upload;
     config.max_download = net.max_download;
     config.metrics = net.metrics;
+    config.http = net.http;
+    config.http_token = net.http_token.clone();
     config.max_peers = net.max_peers;
     config.mdns = !net.no_mdns;
     // A loopback listener has no router to ask for a port forward.

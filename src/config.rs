@@ -152,6 +152,12 @@ pub struct NodeConfig {
     pub scan_progress: Option<std::sync::Arc<crate::tree::ScanProgress>>,
     /// Serve Prometheus metrics over HTTP here (port 0 picks a free port).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the web dashboard, `/api/status` and `/metrics` over HTTP here (port 0 picks a
+    /// free port). A non-loopback address needs `http_token`.
+    pub http: Option<std::net::SocketAddr>,
+    /// The token the dashboard's HTTP server asks every client for (`?token=` or
+    /// `Authorization: Bearer`); required when `http` is not a loopback address.
+    pub http_token: Option<String>,
     /// Serve deliberately corrupted chunks. Only hostile-peer tests set it.
     pub danger_corrupt_served_chunks: bool,
 }
@@ -180,6 +186,8 @@ impl NodeConfig {
             external: Vec::new(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
             metrics: None,
+            http: None,
+            http_token: None,
             force: false,
             adopt: false,
             scan_progress: None,
@@ -200,3 +208,5 @@ pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);
 pub const RELAY_CIRCUIT_BYTES: u64 = 1 << 30;
 /// Relays a node behind a NAT keeps reservations on.
 pub const MAX_RELAY_RESERVATIONS: usize = 2;
+/// Where `--http` given without an address serves the dashboard: this machine only.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9899";

@@ -21,8 +21,9 @@
 //! - [`node`]: the pump that carries those decisions out: one task owns the libp2p swarm and
 //!   never waits on anyone (`node::net_loop`, reached through `node::swarm_handle`, handing
 //!   events on through `node::events`), control sessions, chunk streams, the publisher and
-//!   subscriber engines (blocking work on the blocking pool), and the [`node::NodeHandle`]
-//!   that the CLI and tests drive.
+//!   subscriber engines (blocking work on the blocking pool), what a node says of itself
+//!   (`treecast status`, `/metrics`, and the web dashboard `--http` serves, with
+//!   `/api/status`), and the [`node::NodeHandle`] that the CLI and tests drive.
 //! - [`settings`]: the TOML config file, folded into the command line's defaults.
 //! - [`cli`]: the command line (`main.rs` only parses, sets up tracing and runs it).
 

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use super::applied::verify_with;
 use super::error::NodeError;
 use super::events::EventReceiver;
+use super::http::{self, Routes};
+use super::report;
 use super::status::{Stats, StatsSnapshot, Status};
 use super::swarm_handle::{request, NetHandle, PeerSummary};
-use super::{metrics, report};
 use crate::config::NodeConfig;
 use crate::net::streams::Stream;
 use crate::trust::Ticket;
@@ -41,7 +42,14 @@ pub struct NodeHandle {
     pub(crate) db: Arc<crate::store::Db>,
     pub(crate) dir: std::path::PathBuf,
     pub(crate) reporter: report::Reporter,
-    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    pub(crate) served: Served,
+}
+
+/// Where a node serves HTTP.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Served {
+    pub metrics: Option<std::net::SocketAddr>,
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Handle to a DHT-only node.
@@ -207,7 +215,13 @@ impl NodeHandle {
 
     /// Where Prometheus metrics are served (with `NodeConfig::metrics`).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_addr
+        self.served.metrics
+    }
+
+    /// Where the web dashboard, `/api/status` and `/metrics` are served (with
+    /// `NodeConfig::http`).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.served.http
     }
 
     /// Say goodbye to peers, stop every task and wait for them.
@@ -234,19 +248,31 @@ pub(crate) struct Started {
 }
 
 /// Start what every publisher and subscriber runs beside its engine: the control socket,
-/// rate sampling, and metrics when asked for. Returns the metrics address.
+/// live reports and rate sampling, and metrics and the dashboard when asked for. Returns where
+/// they are served.
 pub(crate) async fn start_services(
     config: &NodeConfig,
     reporter: &report::Reporter,
     tasks: &mut tokio::task::JoinSet<()>,
     cancel: &CancellationToken,
-) -> Result<Option<std::net::SocketAddr>, NodeError> {
-    let mut addr = None;
+) -> Result<Served, NodeError> {
+    let mut served = Served::default();
+    let mut listeners = Vec::new();
+    if let Some(want) = config.http {
+        http::check_token(want, config.http_token.as_deref())?;
+        let listener = http::bind(want, Routes::Dashboard).await?;
+        served.http = listener.local_addr().ok();
+        listeners.push((listener, Routes::Dashboard, config.http_token.clone()));
+    }
     if let Some(want) = config.metrics {
-        let listener = metrics::bind(want).await?;
-        addr = listener.local_addr().ok();
-        metrics::spawn(tasks, listener, reporter.clone(), cancel.child_token());
+        let listener = http::bind(want, Routes::MetricsOnly).await?;
+        served.metrics = listener.local_addr().ok();
+        listeners.push((listener, Routes::MetricsOnly, None));
+    }
+    for (listener, routes, token) in listeners {
+        let cancel = cancel.child_token();
+        http::spawn(tasks, listener, routes, token, reporter.clone(), cancel);
     }
     report::spawn(tasks, reporter.clone(), cancel.child_token());
-    Ok(addr)
+    Ok(served)
 }

@@ -1,100 +1,14 @@
-//! Prometheus metrics over HTTP (`--metrics ADDR`): `GET /metrics` renders the node's status
-//! report in the Prometheus text format.
+//! Prometheus metrics: the node's status report in the Prometheus text format, which `http`
+//! serves at `/metrics` (`--metrics ADDR`, and `--http ADDR` beside the dashboard).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
-use super::error::NodeError;
-use super::report::{Reporter, StatusReport};
+use super::report::StatusReport;
 
 type Labels = Vec<(&'static str, String)>;
-
-/// Bind the metrics listener (at start, so a bad address is a clear start-up error).
-pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, NodeError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| NodeError::Refused(format!("cannot serve metrics on {addr}: {e}")))
-}
-
-/// Answer scrapes until `cancel`.
-pub(crate) fn spawn(
-    tasks: &mut tokio::task::JoinSet<()>,
-    listener: tokio::net::TcpListener,
-    reporter: Reporter,
-    cancel: CancellationToken,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
-    }
-    tasks.spawn(async move {
-        loop {
-            let (conn, _) = tokio::select! {
-                _ = cancel.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(error = %e, "metrics accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let reporter = reporter.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let reporter = reporter.clone();
-                    async move { Ok::<_, Infallible>(respond(req, &reporter).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(conn);
-                let serve = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
-                tokio::select! {
-                    r = serve => if let Err(e) = r { debug!(error = %e, "metrics connection") },
-                    _ = cancel.cancelled() => {}
-                }
-            });
-        }
-    });
-}
-
-async fn respond<B>(req: Request<B>, reporter: &Reporter) -> Response<Full<Bytes>> {
-    let reply = |code: StatusCode, ctype: &str, body: String| {
-        Response::builder()
-            .status(code)
-            .header("content-type", ctype)
-            .body(Full::new(Bytes::from(body)))
-            .expect("valid response")
-    };
-    if req.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "treecast serves /metrics only\n".into(),
-        );
-    }
-    match reporter.report().await {
-        Ok(report) => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&report),
-        ),
-        Err(e) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            format!("{e}\n"),
-        ),
-    }
-}
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();

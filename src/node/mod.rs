@@ -14,25 +14,32 @@
 //!   revision's chunks from many peers; `serve`: what this node can serve.
 //! - `publisher`, `subscriber`: the engines that decide what to publish or fetch.
 //! - `peer_book`: bans, dialed addresses and relays; `traffic`: bytes and rates per peer.
-//! - `status`, `report`, `metrics`: what a node says of itself (`status`, `/metrics`).
+//! - `status`, `report`, `metrics`: what a node says of itself (`status`, `/metrics`);
+//!   `rollout`, `throughput`: what it remembers for that (a publisher's rollouts, the last ten
+//!   minutes of throughput), sans-IO; `http`: the HTTP server of `--http` (the web dashboard,
+//!   `/api/status`, `/metrics`) and `--metrics`; `dashboard`: the page, embedded.
 //! - `applied`: the revision a node holds, reloaded and checked from its state database.
 //! - `error`: [`NodeError`].
 
 mod applied;
 mod chunks;
 mod control;
+mod dashboard;
 mod error;
 mod events;
 mod handle;
+pub mod http;
 mod metrics;
 mod net_loop;
 mod peer_book;
 mod publisher;
 pub mod report;
+mod rollout;
 mod serve;
 mod status;
 mod subscriber;
 mod swarm_handle;
+mod throughput;
 mod traffic;
 
 use std::sync::Arc;
@@ -46,6 +53,7 @@ pub use error::NodeError;
 pub use handle::{DhtNodeHandle, NodeHandle};
 pub use status::{Stats, StatsSnapshot, Status};
 pub use swarm_handle::PeerSummary;
+pub use throughput::ThroughputSample;
 
 use swarm_handle::LocalInfo;
 

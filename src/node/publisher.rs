@@ -221,8 +221,9 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         status: status_rx.clone(),
         stats: stats.clone(),
         started: std::time::Instant::now(),
+        memory: Default::default(),
     };
-    let metrics_addr = start_services(&config, &reporter, &mut tasks, &cancel).await?;
+    let served = start_services(&config, &reporter, &mut tasks, &cancel).await?;
     tasks.spawn(engine.run(events, cmd_rx, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
@@ -237,7 +238,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         db,
         dir,
         reporter,
-        metrics_addr,
+        served,
     })
 }
 

@@ -1,8 +1,12 @@
 //! `treecast status`: the report a running node gives about itself, the control socket it is
-//! served on, and the dashboard it is drawn as.
+//! served on, and the dashboard it is drawn as in a terminal.
 //!
 //! The JSON form of [`StatusReport`] is a stable schema (see the README): fields are only ever
 //! added, and `schema` changes if one ever has to change meaning.
+//!
+//! A node also makes a report once a second on its own ([`Reporter`]'s live reports): they
+//! feed the publisher's rollout log (`rollout`) and the throughput chart (`throughput`), and
+//! the web dashboard's event stream (`http`) passes them on.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::error::NodeError;
+use super::rollout::{RevisionRollout, RolloutLog};
 use super::status::{Stats, StatsSnapshot, Status};
 use super::swarm_handle::{NetHandle, NetReport};
+use super::throughput::{Throughput, ThroughputSample};
 use super::traffic::{ByteCounts, ByteRates};
 use crate::trust::PublisherPublicKey;
 use crate::wire::Role;
@@ -30,6 +36,8 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 const MAX_REQUEST: usize = 256;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node makes a live report (and takes a throughput sample).
+pub const LIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything `treecast status` shows about one node.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +69,9 @@ pub struct StatusReport {
     /// Addresses told to peers.
     pub addrs: Vec<String>,
     pub uptime_secs: u64,
+    /// The node's clock when it made the report (times in the report compare with it).
+    #[serde(default)]
+    pub now_unix_ms: u64,
     /// Chunk bytes in total, by source, and current rates.
     pub traffic: TrafficReport,
     pub peers: Vec<PeerRow>,
@@ -117,6 +128,60 @@ pub struct Rollout {
     pub holding: usize,
     /// The others, with the revision they hold.
     pub behind: Vec<Behind>,
+    /// When this node published `revision` (for the revision it held when it started: when
+    /// it started).
+    #[serde(default)]
+    pub published_unix_ms: u64,
+    /// When every online subscriber first held it; null while some never did.
+    #[serde(default)]
+    pub complete_unix_ms: Option<u64>,
+    /// Publishing to complete, or to now while under way.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+    /// The online subscribers holding it, with when each was first seen holding it.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
+    /// The rollouts of the last revisions (`ROLLOUT_HISTORY`), newest first, this one
+    /// included.
+    #[serde(default)]
+    pub history: Vec<RolloutRecord>,
+}
+
+/// An online subscriber holding the current revision.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub peer: String,
+    pub since_unix_ms: u64,
+}
+
+/// How one past or current revision rolled out.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutRecord {
+    pub revision: u64,
+    pub published_unix_ms: u64,
+    /// When every online subscriber first held it.
+    pub complete_unix_ms: Option<u64>,
+    /// When a newer revision was published before it was complete.
+    pub superseded_unix_ms: Option<u64>,
+    /// Publishing to complete (or superseded, or now while under way).
+    pub elapsed_ms: u64,
+    /// Online subscribers and those holding it, at the last look while it was current.
+    pub subscribers: usize,
+    pub holding: usize,
+}
+
+impl RolloutRecord {
+    fn of(r: &RevisionRollout, now_ms: u64) -> Self {
+        RolloutRecord {
+            revision: r.revision,
+            published_unix_ms: r.published_unix_ms,
+            complete_unix_ms: r.complete_unix_ms,
+            superseded_unix_ms: r.superseded_unix_ms,
+            elapsed_ms: r.elapsed_ms(now_ms),
+            subscribers: r.subscribers,
+            holding: r.holding,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +201,41 @@ pub fn fingerprint(key: &PublisherPublicKey) -> String {
         .join(":")
 }
 
+/// One live report, with the throughput sample taken with it.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub report: StatusReport,
+    pub sample: Option<ThroughputSample>,
+}
+
+/// What a node remembers between reports: its rollouts, its recent throughput, and the last
+/// live report (a watch channel: a reader that falls behind sees only the newest).
+pub(crate) struct Memory {
+    rollouts: std::sync::Mutex<RolloutLog>,
+    throughput: std::sync::Mutex<Throughput>,
+    live: watch::Sender<Option<Arc<Live>>>,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            rollouts: Default::default(),
+            throughput: Default::default(),
+            live: watch::channel(None).0,
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What a node needs to report on itself.
 #[derive(Clone)]
 pub(crate) struct Reporter {
@@ -148,6 +248,7 @@ pub(crate) struct Reporter {
     pub status: watch::Receiver<Status>,
     pub stats: Arc<Stats>,
     pub started: Instant,
+    pub memory: Arc<Memory>,
 }
 
 impl Reporter {
@@ -192,27 +293,9 @@ impl Reporter {
                 }
             })
             .collect();
+        let now_ms = unix_ms_now();
         let rollout = match (self.role, status.revision) {
-            (Role::Publisher, Some(revision)) => {
-                let subs: Vec<&PeerRow> = peers
-                    .iter()
-                    .filter(|p| p.online && p.role.as_deref() == Some("subscriber"))
-                    .collect();
-                let behind: Vec<Behind> = subs
-                    .iter()
-                    .filter(|p| p.revision.is_none_or(|r| r < revision))
-                    .map(|p| Behind {
-                        peer: p.peer.clone(),
-                        revision: p.revision,
-                    })
-                    .collect();
-                Some(Rollout {
-                    revision,
-                    subscribers: subs.len(),
-                    holding: subs.len() - behind.len(),
-                    behind,
-                })
-            }
+            (Role::Publisher, Some(revision)) => Some(self.rollout(now_ms, revision, &peers)),
             _ => None,
         };
         Ok(StatusReport {
@@ -232,6 +315,7 @@ impl Reporter {
             reachability: net.reachability.to_string(),
             addrs: net.addrs,
             uptime_secs: self.started.elapsed().as_secs(),
+            now_unix_ms: now_ms,
             traffic: TrafficReport {
                 total: traffic.total,
                 rate_bytes_per_sec: traffic.rate,
@@ -245,6 +329,99 @@ impl Reporter {
             rollout,
             counters: self.stats.snapshot(),
         })
+    }
+
+    /// The rollout of `revision` across the online subscribers in `peers`, noted in the log.
+    fn rollout(&self, now_ms: u64, revision: u64, peers: &[PeerRow]) -> Rollout {
+        let subs: Vec<&PeerRow> = peers
+            .iter()
+            .filter(|p| p.online && p.role.as_deref() == Some("subscriber"))
+            .collect();
+        let online: Vec<(String, Option<u64>)> =
+            subs.iter().map(|p| (p.peer.clone(), p.revision)).collect();
+        let mut log = lock(&self.memory.rollouts);
+        let current = log.observe(now_ms, revision, &online).clone();
+        let (behind, holding): (Vec<&PeerRow>, Vec<&PeerRow>) = subs
+            .iter()
+            .partition(|p| p.revision.is_none_or(|r| r < revision));
+        Rollout {
+            revision,
+            subscribers: subs.len(),
+            holding: holding.len(),
+            behind: behind
+                .iter()
+                .map(|p| Behind {
+                    peer: p.peer.clone(),
+                    revision: p.revision,
+                })
+                .collect(),
+            published_unix_ms: current.published_unix_ms,
+            complete_unix_ms: current.complete_unix_ms,
+            elapsed_ms: current.elapsed_ms(now_ms),
+            holders: holding
+                .iter()
+                .map(|p| Holder {
+                    peer: p.peer.clone(),
+                    since_unix_ms: current.holders.get(&p.peer).copied().unwrap_or(now_ms),
+                })
+                .collect(),
+            history: log
+                .newest_first()
+                .map(|r| RolloutRecord::of(r, now_ms))
+                .collect(),
+        }
+    }
+
+    /// Make a live report (with a throughput sample when `sample`) and hand it to whoever
+    /// watches [`Reporter::live`].
+    async fn publish_live(&self, sample: bool) {
+        let report = match self.report().await {
+            Ok(r) => r,
+            Err(e) => return debug!(error = %e, "no live report"),
+        };
+        let sample = match sample {
+            true => {
+                lock(&self.memory.throughput).record(report.now_unix_ms, &report.traffic.by_source)
+            }
+            false => None,
+        };
+        self.memory
+            .live
+            .send_replace(Some(Arc::new(Live { report, sample })));
+    }
+
+    /// The live reports: one a second, and one at once when the node's revision changes.
+    pub fn live(&self) -> watch::Receiver<Option<Arc<Live>>> {
+        self.memory.live.subscribe()
+    }
+
+    /// The throughput samples of the last ten minutes, oldest first.
+    pub fn throughput_window(&self) -> Vec<ThroughputSample> {
+        lock(&self.memory.throughput).window()
+    }
+
+    /// Make live reports until `cancel`: every [`LIVE_INTERVAL`], and when the revision
+    /// changes (so a rollout's start is timed to the moment, not to the next tick).
+    async fn run_live(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(LIVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = self.status.clone();
+        let mut revision = status.borrow_and_update().revision;
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => self.publish_live(true).await,
+                changed = status.changed(), if watching => {
+                    watching = changed.is_ok();
+                    let now = status.borrow_and_update().revision;
+                    if watching && now != revision {
+                        revision = now;
+                        self.publish_live(false).await;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -261,6 +438,7 @@ pub(crate) fn spawn(
 ) {
     let stats = reporter.stats.clone();
     let sampling = cancel.clone();
+    tasks.spawn(reporter.clone().run_live(cancel.clone()));
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -481,9 +659,16 @@ impl StatusReport {
             let _ = writeln!(o, "  by source    {}", sources.join(" · "));
         }
         if let Some(r) = &self.rollout {
+            let took = match r.complete_unix_ms {
+                Some(_) => format!("all of them after {:.1}s", r.elapsed_ms as f64 / 1000.0),
+                None => format!(
+                    "{:.0}s since it was published",
+                    r.elapsed_ms as f64 / 1000.0
+                ),
+            };
             let _ = writeln!(
                 o,
-                "  rollout      revision {}: {}/{} online subscribers hold it",
+                "  rollout      revision {}: {}/{} online subscribers hold it ({took})",
                 r.revision, r.holding, r.subscribers
             );
             for b in &r.behind {

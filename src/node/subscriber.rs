@@ -276,8 +276,9 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         status: status_rx.clone(),
         stats: stats.clone(),
         started: std::time::Instant::now(),
+        memory: Default::default(),
     };
-    let metrics_addr = start_services(&config, &reporter, &mut tasks, &started.cancel).await?;
+    let served = start_services(&config, &reporter, &mut tasks, &started.cancel).await?;
     tasks.spawn(engine.run(started.events, config.connect_timeout));
     Ok(NodeHandle {
         net: started.net,
@@ -292,7 +293,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         db,
         dir: config.dir,
         reporter,
-        metrics_addr,
+        served,
     })
 }
 
