@@ -183,6 +183,10 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     // Learn the newest revision the swarm holds before publishing the next one, so that
     // revision numbers never go backwards or fork, and a publisher that lost its files or
     // state notices before it publishes an empty tree over the swarm's.
+    // The scan (metadata, and hashing what changed) runs on the blocking pool meanwhile: a
+    // restart costs the longer of the two, not their sum. Nothing is published before both
+    // are done and the guard in `first_scan` has passed.
+    let scan = engine.start_scan();
     let known_peers = !config.bootstrap.is_empty() || state.join("peers").exists();
     if known_peers || config.mdns {
         // With only mDNS to go on, a short look; with peers to dial, wait for one.
@@ -193,7 +197,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         };
         engine.learn_swarm(&mut events, window, known_peers).await;
     }
-    if let Err(e) = engine.first_scan(config.force).await {
+    if let Err(e) = engine.first_scan(scan, config.force).await {
         started.cancel.cancel();
         let mut tasks = started.tasks;
         while tasks.join_next().await.is_some() {}
@@ -349,8 +353,8 @@ impl Publisher {
 
     /// The scan at start, with the lost-publisher guard: refuse (unless `force`) when the swarm
     /// holds a newer revision than this publisher's state, or when the tree is much smaller
-    /// than the revision it last published.
-    async fn first_scan(&mut self, force: bool) -> Result<(), NodeError> {
+    /// than the revision it last published. `scan` ran while the swarm was asked.
+    async fn first_scan(&mut self, scan: ScanTask, force: bool) -> Result<(), NodeError> {
         // The swarm may know of a handover away from this key.
         check_signer(&self.lineage, &self.key, &self.dir)?;
         let local = self.current.as_ref().map_or(0, |(r, _)| *r);
@@ -368,7 +372,7 @@ impl Publisher {
                 self.swarm_newest + 1
             )));
         }
-        let scanned = self.scan_tree().await?;
+        let scanned = self.scanned(scan).await?;
         if let (Some((rev, old)), false) = (&self.current, force) {
             let (files, bytes) = (scanned.0.files().count(), scanned.0.total_bytes());
             let (old_files, old_bytes) = (old.files().count(), old.total_bytes());
@@ -429,18 +433,34 @@ impl Publisher {
     async fn scan_tree(
         &mut self,
     ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
+        let task = self.start_scan();
+        self.scanned(task).await
+    }
+
+    /// Start a scan of the tree on the blocking pool; [`Self::scanned`] takes its result.
+    fn start_scan(&self) -> ScanTask {
         let dir = self.dir.clone();
         let known = self.known.clone();
         let extra = self.ignore.clone();
         let progress = self.scan_progress.clone();
-        let (scan, known) = blocking(move || {
+        ScanTask(tokio::task::spawn_blocking(move || {
             // Read again on every scan, so edits to .treecastignore take effect.
             let rules = IgnoreRules::load(&dir, &extra)?;
             let scan = crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())?;
             let known = Arc::new(scan.records.iter().cloned().collect());
-            Ok((scan, known))
-        })
-        .await?;
+            Ok(Scanned { scan, known })
+        }))
+    }
+
+    /// The result of a scan `start_scan` started; its file index becomes the known one.
+    async fn scanned(
+        &mut self,
+        task: ScanTask,
+    ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
+        let Scanned { scan, known } = task
+            .0
+            .await
+            .map_err(|e| NodeError::Refused(format!("publisher task failed: {e}")))??;
         let crate::tree::Scan {
             manifest,
             records,
@@ -571,6 +591,15 @@ impl Publisher {
         Ok(revision)
     }
 }
+
+/// A finished scan, and the file index it makes.
+struct Scanned {
+    scan: crate::tree::Scan,
+    known: Arc<HashMap<RelPath, FileRecord>>,
+}
+
+/// A scan running on the blocking pool.
+struct ScanTask(tokio::task::JoinHandle<Result<Scanned, NodeError>>);
 
 /// Run `f` on the blocking pool: scans, hashing, database commits and serve indexes never
 /// hold a runtime thread.

@@ -908,7 +908,7 @@ async fn download(
     go_on(&env.fetch.cancel)?;
     let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
     let a = area.clone();
-    blocking(move || hashes.iter().try_for_each(|h| a.finish(h))).await?;
+    blocking(move || a.finish(&hashes)).await?;
     info!(
         revision,
         files = plan.wanted.len(),

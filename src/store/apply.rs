@@ -346,7 +346,7 @@ mod tests {
                     .unwrap();
                 off += c.len as usize;
             }
-            area.finish(&chunked.hash)
+            area.finish(&[chunked.hash])
                 .unwrap_or_else(|e| panic!("{rel}: {e}"));
         }
         (manifest, area)

@@ -6,6 +6,7 @@
 //! Modules, from the bottom up; none imports this `mod.rs`, and none imports in a circle:
 //! - `error`: [`StoreError`]; `private`: directories only their owner may read.
 //! - `db`: the state database; `conflicts`: local edits moved aside; `local`: finding them.
+//! - `open_files`: a bounded set of open files, least recently used closed first.
 //! - `staging`: partial files being fetched; `apply`: switching the mirror to a revision, and
 //!   verifying a tree.
 
@@ -14,6 +15,7 @@ mod conflicts;
 mod db;
 mod error;
 mod local;
+mod open_files;
 mod private;
 mod staging;
 
@@ -24,4 +26,4 @@ pub(crate) use error::io_err;
 pub use error::StoreError;
 pub use local::{local_changes, user_entries, LocalChanges};
 pub use private::private_dir;
-pub use staging::{ChunkPositions, StagingArea};
+pub use staging::{ChunkPositions, StagingArea, OPEN_STAGED_FILES};

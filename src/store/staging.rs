@@ -2,17 +2,22 @@
 //!
 //! Each staged file is named by its file hash and has a sidecar `<hash>.chunks` listing its
 //! chunks, so that after a crash or a retarget every verified chunk already on disk is found
-//! again by rehashing (no separate journal to keep consistent). Nothing here is visible in the
-//! mirror until `apply_revision` renames it into place.
+//! again by rehashing (no separate journal to keep consistent). A file of one chunk (most small
+//! files) has none: its one chunk is the file, named by the same hash, and a sidecar would
+//! cost a file written, synced and deleted for each of them. A staged file is created when
+//! its first chunk arrives (or when it is finished, if it has none), and at most
+//! [`OPEN_STAGED_FILES`] are open at a time, whatever the number of files. Nothing here is
+//! visible in the mirror until `apply_revision` renames it into place.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::error::{io_err, StoreError};
+use super::open_files::OpenFiles;
 use super::private::private_dir;
 use crate::tree::{read_check, ChunkRef, ContentHash};
 
@@ -24,18 +29,28 @@ const STAGED_MODE: u32 = 0o600;
 /// Names of copies of a staged file, made by `install`, start with this.
 const COPY_PREFIX: &str = "tmp-";
 
-/// Bytes written to a staged file after which its writeback is started in the background, so
-/// that the final fsync has little left to do.
+/// Bytes written to staged files after which a file's writeback is started in the background,
+/// so that the final sync has little left to do.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
-/// Open staged files of one target revision.
+/// Staged files kept open at most (a file closed here is opened again when next written): a
+/// revision of a million files must not need a million descriptors, and the node's limit is
+/// often 1024.
+pub const OPEN_STAGED_FILES: usize = 64;
+
+/// Files above this size are hashed mapped, on every core; smaller ones are read.
+const HASH_MAPPED_OVER: u64 = 1 << 20;
+
+/// The staged files of one target revision.
 pub struct StagingArea {
     dir: PathBuf,
-    files: HashMap<ContentHash, File>,
+    /// Every file of the target: its size and chunks, to create it when it is first written.
+    wanted: HashMap<ContentHash, (u64, Vec<ChunkRef>)>,
+    open: OpenFiles<ContentHash>,
     unflushed: AtomicU64,
     /// Files whose writeback to start, for a thread of their own: starting writeback can block
     /// while the disk's queue is full, and chunk writes should not wait for that.
-    writeback: std::sync::mpsc::SyncSender<File>,
+    writeback: std::sync::mpsc::SyncSender<Arc<File>>,
     /// The [`read_check`] of every verified chunk staged, to index the files with.
     checks: Mutex<HashMap<ContentHash, u64>>,
 }
@@ -60,8 +75,7 @@ impl StagingArea {
                 off += c.len as u64;
             }
         }
-        let wanted_set: HashSet<_> = wanted.iter().map(|w| w.0).collect();
-        let (writeback, queue) = std::sync::mpsc::sync_channel::<File>(2);
+        let (writeback, queue) = std::sync::mpsc::sync_channel::<Arc<File>>(2);
         std::thread::Builder::new()
             .name("treecast-writeback".into())
             .spawn(move || {
@@ -71,25 +85,30 @@ impl StagingArea {
                 }
             })
             .map_err(io_err(dir))?;
-        let mut area = StagingArea {
+        let area = StagingArea {
             dir: dir.to_owned(),
-            files: HashMap::new(),
+            wanted: wanted
+                .iter()
+                .map(|(h, size, chunks)| (*h, (*size, chunks.clone())))
+                .collect(),
+            open: OpenFiles::new(OPEN_STAGED_FILES),
             unflushed: AtomicU64::new(0),
             writeback,
             checks: Mutex::default(),
         };
         let mut present = HashSet::new();
-        for (hash, size, chunks) in wanted {
-            let existed = area.path_of(hash).exists();
-            let file = area.create(hash, *size, chunks)?;
-            if existed {
-                let valid = valid_chunks(&file, chunks);
-                present.extend(valid.keys());
-                area.checks_mut().extend(valid);
+        for (hash, _, chunks) in wanted {
+            let path = area.path_of(hash);
+            if !path.exists() {
+                continue;
             }
-            area.files.insert(*hash, file);
+            make_writable(&path)?;
+            let file = area.file(hash)?;
+            let valid = valid_chunks(&file, chunks);
+            present.extend(valid.keys());
+            area.checks_mut().extend(valid);
         }
-        area.salvage_stale(&wanted_set, &positions, &mut present)?;
+        area.salvage_stale(&positions, &mut present)?;
         Ok((area, positions, present))
     }
 
@@ -102,20 +121,34 @@ impl StagingArea {
         self.path_of(hash)
     }
 
-    fn create(
-        &self,
-        hash: &ContentHash,
-        size: u64,
-        chunks: &[ChunkRef],
-    ) -> Result<File, StoreError> {
+    /// The staged file of `hash`, open for reading and writing: from the open files, else
+    /// opened again, else created.
+    fn file(&self, hash: &ContentHash) -> Result<Arc<File>, StoreError> {
+        self.open.get(*hash, || {
+            let path = self.path_of(hash);
+            match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => Ok(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create(hash),
+                Err(e) => Err(io_err(&path)(e)),
+            }
+        })
+    }
+
+    /// Create the staged file of `hash` at its full size (sparse), its sidecar first.
+    fn create(&self, hash: &ContentHash) -> Result<File, StoreError> {
+        let (size, chunks) = self
+            .wanted
+            .get(hash)
+            .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
         let path = self.path_of(hash);
-        let sidecar = path.with_extension("chunks");
-        std::fs::write(
-            &sidecar,
-            postcard::to_stdvec(chunks).expect("chunks encode"),
-        )
-        .map_err(io_err(&sidecar))?;
-        make_writable(&path)?;
+        if !is_one_chunk(hash, chunks) {
+            let sidecar = path.with_extension("chunks");
+            std::fs::write(
+                &sidecar,
+                postcard::to_stdvec(chunks).expect("chunks encode"),
+            )
+            .map_err(io_err(&sidecar))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,7 +157,7 @@ impl StagingArea {
             .mode(STAGED_MODE)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.set_len(size).map_err(io_err(&path))?;
+        file.set_len(*size).map_err(io_err(&path))?;
         Ok(file)
     }
 
@@ -134,13 +167,14 @@ impl StagingArea {
     }
 
     /// Copy still-needed chunks out of staged files of an older target, then delete them, and
-    /// delete copies a killed `install` left behind.
+    /// delete copies a killed `install` left behind. One pass over the directory, each name
+    /// looked up once.
     fn salvage_stale(
         &self,
-        wanted: &HashSet<ContentHash>,
         positions: &ChunkPositions,
         present: &mut HashSet<ContentHash>,
     ) -> Result<(), StoreError> {
+        let wanted: HashSet<String> = self.wanted.keys().map(ContentHash::to_hex).collect();
         let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -150,20 +184,13 @@ impl StagingArea {
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
-            if name.ends_with(".chunks") {
-                continue;
-            }
-            let is_wanted = wanted.iter().any(|h| h.to_hex() == name);
-            if is_wanted {
+            if name.ends_with(".chunks") || wanted.contains(name) {
                 continue;
             }
             let path = entry.path();
             let sidecar = path.with_extension("chunks");
-            if let Some(chunks) = std::fs::read(&sidecar)
-                .ok()
-                .and_then(|b| postcard::from_bytes::<Vec<ChunkRef>>(&b).ok())
-            {
-                if let Ok(file) = File::open(&path) {
+            if let Ok(file) = File::open(&path) {
+                if let Some(chunks) = stale_chunks(name, &sidecar, &file) {
                     self.copy_needed(&file, &chunks, positions, present);
                 }
             }
@@ -172,7 +199,6 @@ impl StagingArea {
         }
         Ok(())
     }
-
     fn copy_needed(
         &self,
         src: &File,
@@ -228,10 +254,7 @@ impl StagingArea {
         data: &[u8],
     ) -> Result<u64, StoreError> {
         for (file, off, _) in places {
-            let f = self
-                .files
-                .get(file)
-                .ok_or_else(|| StoreError::Corrupt(format!("no staged file {file}")))?;
+            let f = self.file(file)?;
             f.write_all_at(data, *off)
                 .map_err(io_err(&self.path_of(file)))?;
             let before = self
@@ -240,10 +263,8 @@ impl StagingArea {
             if before + data.len() as u64 >= WRITEBACK_EVERY {
                 self.unflushed.store(0, Ordering::Relaxed);
                 // If the queue is full, writeback is behind anyway; `finish` starts this
-                // file's before its fsync.
-                if let Ok(file) = f.try_clone() {
-                    let _ = self.writeback.try_send(file);
-                }
+                // file's before the sync.
+                let _ = self.writeback.try_send(f);
             }
         }
         let check = read_check(data);
@@ -251,29 +272,99 @@ impl StagingArea {
         Ok(check)
     }
 
-    /// Verify a complete staged file against its hash and fsync it.
-    pub fn finish(&self, hash: &ContentHash) -> Result<(), StoreError> {
-        let path = self.path_of(hash);
-        let f = self
-            .files
-            .get(hash)
-            .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
-        // The disk writes what is still dirty while the file is hashed, so the fsync below has
-        // less to wait for.
-        start_writeback(f);
-        // Mapped, not read: no copy out of the page cache; and hashed on every core, since
-        // this runs once the transfer, which kept them busy, is over.
+    /// Verify complete staged files against their hashes, then make them all durable at once:
+    /// each file's writeback is started as it is verified, and one sync of the file system
+    /// (`syncfs`; elsewhere an fsync of each) waits for all of them, rather than one disk flush
+    /// per file. Nothing is renamed here: `apply_revision` does that once this returned.
+    pub fn finish(&self, hashes: &[ContentHash]) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(&path).map_err(io_err(&path))?;
-        if ContentHash::from(hasher.finalize()) != *hash {
-            return Err(StoreError::StagedMismatch(*hash));
+        let mut buf = Vec::new();
+        for hash in hashes {
+            self.verify(hash, &mut buf)?;
         }
         let hashed = started.elapsed();
-        f.sync_all().map_err(io_err(&path))?;
-        tracing::debug!(file = %hash, ?hashed, synced = ?(started.elapsed() - hashed), "staged file finished");
+        self.sync(hashes)?;
+        tracing::debug!(files = hashes.len(), ?hashed, synced = ?(started.elapsed() - hashed), "staged files finished");
         Ok(())
     }
+
+    /// Check the staged file of `hash` against it, and start its writeback.
+    fn verify(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let path = self.path_of(hash);
+        let f = self.file(hash)?;
+        // The disk writes what is still dirty while the rest is hashed, so the sync has less
+        // to wait for.
+        start_writeback(&f);
+        let size = f.metadata().map_err(io_err(&path))?.len();
+        let actual = if size > HASH_MAPPED_OVER {
+            // Mapped, not read: no copy out of the page cache; and hashed on every core, since
+            // this runs once the transfer, which kept them busy, is over.
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap_rayon(&path).map_err(io_err(&path))?;
+            ContentHash::from(hasher.finalize())
+        } else {
+            buf.resize(size as usize, 0);
+            f.read_exact_at(buf, 0).map_err(io_err(&path))?;
+            ContentHash::of(buf)
+        };
+        // Written for good: its descriptor can go.
+        self.open.close(hash);
+        if actual != *hash {
+            return Err(StoreError::StagedMismatch(*hash));
+        }
+        Ok(())
+    }
+
+    /// Wait until the staged files of `hashes` are on disk.
+    #[cfg(target_os = "linux")]
+    fn sync(&self, _hashes: &[ContentHash]) -> Result<(), StoreError> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.dir).map_err(io_err(&self.dir))?;
+        // SAFETY: syncfs on a descriptor we own; it only writes the file system's dirty data.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io_err(&self.dir)(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Wait until the staged files of `hashes` are on disk.
+    #[cfg(not(target_os = "linux"))]
+    fn sync(&self, hashes: &[ContentHash]) -> Result<(), StoreError> {
+        for hash in hashes {
+            let path = self.path_of(hash);
+            let f = File::open(&path).map_err(io_err(&path))?;
+            f.sync_all().map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// How many staged files are open now.
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// True if the file `hash` is its one chunk `chunks`: then it has no sidecar.
+fn is_one_chunk(hash: &ContentHash, chunks: &[ChunkRef]) -> bool {
+    matches!(chunks, [only] if only.hash == *hash)
+}
+
+/// The chunks of a stale staged file named `name`: from its sidecar, else (a file of one
+/// chunk) the file itself. Whatever this says is checked against the hashes before use.
+fn stale_chunks(name: &str, sidecar: &Path, file: &File) -> Option<Vec<ChunkRef>> {
+    if let Ok(bytes) = std::fs::read(sidecar) {
+        return postcard::from_bytes(&bytes).ok();
+    }
+    let hash: [u8; 32] = data_encoding::HEXLOWER
+        .decode(name.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()?;
+    let len = u32::try_from(file.metadata().ok()?.len()).ok()?;
+    Some(vec![ChunkRef {
+        hash: ContentHash(hash),
+        len,
+    }])
 }
 
 /// Make the staged file at `path`, if there is one, owner-writable again: `install` makes it
@@ -445,6 +536,76 @@ mod tests {
     }
 
     #[test]
+    fn many_files_are_staged_and_finished_with_a_few_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        // A large file written a chunk at a time between the small ones, so that its
+        // descriptor is closed and it is opened again between its chunks.
+        let big = noise(3 << 20, 200);
+        let smalls: Vec<Vec<u8>> = (0..OPEN_STAGED_FILES * 3)
+            .map(|i| noise(200 + i, i as u8))
+            .collect();
+        let chunked: Vec<_> = std::iter::once(&big)
+            .chain(&smalls)
+            .map(|d| chunk_reader(&d[..]).unwrap())
+            .collect();
+        let wanted: Vec<_> = chunked
+            .iter()
+            .map(|c| (c.hash, c.size, c.chunks.clone()))
+            .collect();
+        let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
+        let big_chunks = &chunked[0].chunks;
+        assert!(big_chunks.len() > 1, "the large file has several chunks");
+        let mut big_at = 0;
+        for (i, small) in smalls.iter().enumerate() {
+            if let Some(c) = big_chunks.get(i) {
+                let bytes = &big[big_at..big_at + c.len as usize];
+                area.write_chunk(&c.hash, &pos[&c.hash], bytes).unwrap();
+                big_at += c.len as usize;
+            }
+            let c = &chunked[i + 1].chunks[0];
+            area.write_chunk(&c.hash, &pos[&c.hash], small).unwrap();
+            assert!(area.open_files() <= OPEN_STAGED_FILES);
+        }
+        let hashes: Vec<_> = chunked.iter().map(|c| c.hash).collect();
+        area.finish(&hashes).unwrap();
+        assert_eq!(
+            std::fs::read(area.staged_path(&chunked[0].hash)).unwrap(),
+            big
+        );
+        for (c, small) in chunked[1..].iter().zip(&smalls) {
+            assert_eq!(&std::fs::read(area.staged_path(&c.hash)).unwrap(), small);
+        }
+    }
+
+    #[test]
+    fn a_file_of_one_chunk_has_no_sidecar_and_is_salvaged_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = noise(1500, 9);
+        let c = chunk_reader(&data[..]).unwrap();
+        assert_eq!(c.chunks.len(), 1);
+        {
+            let wanted = vec![(c.hash, c.size, c.chunks.clone())];
+            let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
+            area.write_chunk(&c.hash, &pos[&c.hash], &data).unwrap();
+            assert!(!area.staged_path(&c.hash).with_extension("chunks").exists());
+        }
+        // Retarget: a larger file whose first chunk is that file.
+        let other = noise(2 << 20, 10);
+        let o = chunk_reader(&other[..]).unwrap();
+        let chunks: Vec<_> = std::iter::once(c.chunks[0])
+            .chain(o.chunks.clone())
+            .collect();
+        let bigger = ContentHash::of(b"a file made of both");
+        let size = chunks.iter().map(|ch| ch.len as u64).sum();
+        let (area, _, present) = StagingArea::open(dir.path(), &[(bigger, size, chunks)]).unwrap();
+        assert!(present.contains(&c.hash), "the stale file's chunk is kept");
+        assert!(
+            !area.staged_path(&c.hash).exists(),
+            "the stale file is removed"
+        );
+    }
+
+    #[test]
     fn finish_rejects_a_wrong_file() {
         let dir = tempfile::tempdir().unwrap();
         let data = noise(100_000, 2);
@@ -452,12 +613,12 @@ mod tests {
         let (area, pos, _) =
             StagingArea::open(dir.path(), &[(c.hash, c.size, c.chunks.clone())]).unwrap();
         assert!(matches!(
-            area.finish(&c.hash),
+            area.finish(&[c.hash]),
             Err(StoreError::StagedMismatch(_))
         ));
         area.write_chunk(&c.chunks[0].hash, &pos[&c.chunks[0].hash], &data)
             .unwrap();
-        area.finish(&c.hash).unwrap();
+        area.finish(&[c.hash]).unwrap();
         assert_eq!(area.staged_checks(&c.chunks), c.checks);
     }
 }
