@@ -318,12 +318,8 @@ impl StagingArea {
     /// Wait until the staged files of `hashes` are on disk.
     #[cfg(target_os = "linux")]
     fn sync(&self, _hashes: &[ContentHash]) -> Result<(), StoreError> {
-        use std::os::fd::AsRawFd;
         let dir = File::open(&self.dir).map_err(io_err(&self.dir))?;
-        // SAFETY: syncfs on a descriptor we own; it only writes the file system's dirty data.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(io_err(&self.dir)(std::io::Error::last_os_error()));
-        }
+        rustix::fs::syncfs(&dir).map_err(|e| io_err(&self.dir)(e.into()))?;
         Ok(())
     }
 
