@@ -78,10 +78,31 @@ where
     let mut frame = Vec::new();
     while wire::read_frame_into(r, MAX_REQUEST_FRAME, &mut frame).await? {
         let batch = wire::decode_requests(&frame)?;
-        let replies = answer(ctx, &batch.hashes).await?;
-        send_replies(w, ctx, batch.first_id, &replies).await?;
+        // A batch is answered a reply frame's worth at a time: what a stream holds in memory
+        // is one frame's chunks, however large the chunks a batch asks for.
+        let mut start = 0;
+        while start < batch.hashes.len() {
+            let end = start + group_len(&ctx.content, &batch.hashes[start..]);
+            let replies = answer(ctx, &batch.hashes[start..end]).await?;
+            let first_id = batch.first_id.wrapping_add(start as u32);
+            send_replies(w, ctx, first_id, &replies).await?;
+            start = end;
+        }
     }
     Ok(())
+}
+
+/// How many of `hashes` (at least one) to answer together: those whose chunks fit in
+/// `REPLY_PACK_BYTES` together, by the lengths this node knows (a chunk it lacks costs nothing).
+fn group_len(content: &Content, hashes: &[ContentHash]) -> usize {
+    let mut bytes = 0usize;
+    for (i, hash) in hashes.iter().enumerate() {
+        bytes += content.len_of(hash).unwrap_or(0) as usize;
+        if i > 0 && bytes > REPLY_PACK_BYTES {
+            return i;
+        }
+    }
+    hashes.len()
 }
 
 /// The bytes of each of `hashes` we serve to this peer, `None` for those we lack or hold back.
@@ -639,7 +660,8 @@ impl Lane {
         let reader = async {
             // One buffer for every reply frame on this lane: no fresh memory to fault in per frame.
             let mut frame = Vec::new();
-            loop {
+            // Read only while a reply is awaited: an idle lane waits for its next request.
+            while let Some(first) = exp_rx.recv().await {
                 let more = tokio::time::timeout(
                     CHUNK_TIMEOUT,
                     wire::read_frame_into(&mut r, MAX_CHUNK_FRAME, &mut frame),
@@ -648,8 +670,7 @@ impl Lane {
                 .map_err(|_| WireError::Timeout("chunk reply"))??;
                 if !more {
                     // A stream ending with requests outstanding is a closed connection (a peer
-                    // leaving, a relayed path replaced by a direct one), not abuse. One ending
-                    // with none is not possible here: we only read while we await replies.
+                    // leaving, a relayed path replaced by a direct one), not abuse.
                     return Err(WireError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "stream ended with requests outstanding",
@@ -659,7 +680,7 @@ impl Lane {
                 if let Some(limit) = &self.download {
                     pace(limit, frame.len()).await;
                 }
-                let asked = match match_replies(&frame, &mut exp_rx) {
+                let asked = match match_replies(&frame, first, &mut exp_rx) {
                     Ok(asked) => asked,
                     Err(reason) => {
                         self.bad(reason).await;
@@ -672,6 +693,7 @@ impl Lane {
                     return Ok(());
                 }
             }
+            Ok(())
         };
         let result = tokio::select! {
             r = writer => r,
@@ -752,18 +774,20 @@ impl Lane {
 }
 
 /// The request each reply of `frame` answers (hash and when it was sent), checked against
-/// those outstanding: a malformed frame, or a reply to a request not made or not next in
-/// line, is an error naming it.
+/// those outstanding, `first` and then the rest: a malformed frame, or a reply to a request
+/// not made or not next in line, is an error naming it.
 fn match_replies(
     frame: &[u8],
+    first: (u32, ContentHash, Instant),
     outstanding: &mut mpsc::Receiver<(u32, ContentHash, Instant)>,
 ) -> Result<Vec<Asked>, String> {
     let replies = wire::decode_replies(frame).map_err(|e| e.to_string())?;
     let base = frame.as_ptr() as usize;
     let mut asked = Vec::with_capacity(replies.chunks.len());
+    let mut next = Some(first);
     for (i, chunk) in replies.chunks.iter().enumerate() {
         let got = replies.first_id.wrapping_add(i as u32);
-        let Ok((id, hash, sent)) = outstanding.try_recv() else {
+        let Some((id, hash, sent)) = next.take().or_else(|| outstanding.try_recv().ok()) else {
             return Err(format!("reply {got} to no request"));
         };
         if got != id {
@@ -952,23 +976,25 @@ mod tests {
             f.extend_from_slice(b"ab");
             f
         };
-        let outstanding = |ids: &[u32]| {
-            let (tx, rx) = mpsc::channel(8);
-            for (&id, hash) in ids.iter().zip([a, b]) {
+        // Requests `ids` (for `a`, then `b`) outstanding: the first, and a queue of the rest.
+        let matched = |f: Vec<u8>, ids: &[u32]| {
+            let (tx, mut rx) = mpsc::channel(8);
+            for (&id, hash) in ids[1..].iter().zip([b]) {
                 tx.try_send((id, hash, Instant::now())).unwrap();
             }
-            rx
+            match_replies(&f, (ids[0], a, Instant::now()), &mut rx)
         };
-        let asked =
-            match_replies(&frame(4, vec![Some(1), Some(1)]), &mut outstanding(&[4, 5])).unwrap();
+        let asked = matched(frame(4, vec![Some(1), Some(1)]), &[4, 5]).unwrap();
         let spans: Vec<_> = asked.iter().map(|x| (x.hash, x.span)).collect();
         let header = frame(4, vec![Some(1), Some(1)]).len() - 2;
         assert_eq!(spans, [(a, Some((header, 1))), (b, Some((header + 1, 1)))]);
         let two = vec![Some(1), Some(1)];
-        assert!(match_replies(&frame(4, two.clone()), &mut outstanding(&[4])).is_err());
-        assert!(match_replies(&frame(5, two.clone()), &mut outstanding(&[4, 5])).is_err());
         assert!(
-            match_replies(&frame(4, vec![Some(2), Some(1)]), &mut outstanding(&[4, 5])).is_err()
+            matched(frame(4, two.clone()), &[4]).is_err(),
+            "one too many"
         );
+        assert!(matched(frame(5, two), &[4, 5]).is_err(), "out of order");
+        let bad = frame(4, vec![Some(2), Some(1)]);
+        assert!(matched(bad, &[4, 5]).is_err(), "lengths over the body");
     }
 }
