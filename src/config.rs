@@ -23,19 +23,24 @@ pub use crate::trust::MAX_SUCCESSION;
 
 /// Largest frame on the control stream (heads, hellos, goodbyes are small).
 pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
-/// Largest frame on a chunk stream: one chunk plus its header.
+/// Largest frame on a chunk stream: one chunk plus its header, or small chunks packed together
+/// (at most `wire::REPLY_PACK_BYTES` of them, with a header of at most
+/// `wire::MAX_CHUNKS_PER_FRAME` lengths).
 pub const MAX_CHUNK_FRAME: usize = CHUNK_MAX as usize + 1024;
 /// Largest manifest we are willing to fetch and decode.
 pub const MAX_MANIFEST_SIZE: u64 = 512 * 1024 * 1024;
 
 /// Chunk streams opened to each peer we download from.
 pub const CHUNK_STREAMS_PER_PEER: usize = 2;
-/// Most chunk requests queued on one chunk stream.
-pub const REQUESTS_PER_STREAM: usize = 32;
+/// Most chunk requests queued or outstanding on one chunk stream.
+pub const REQUESTS_PER_STREAM: usize = 512;
 /// Chunk requests in flight per peer before its throughput is measured.
 pub const DEFAULT_IN_FLIGHT: usize = 16;
-/// Most chunk requests in flight per peer, however fast it is.
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Most chunk requests in flight per peer, however fast it is and however small its chunks.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Most chunk bytes in flight per peer (as requests of the peer's mean chunk): 64 chunks of the
+/// average size. What a peer that dies takes with it, whatever the size of the chunks.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 * CHUNK_AVG as usize;
 /// Interval between availability (`Have`) updates while downloading.
 pub const HAVE_INTERVAL: Duration = Duration::from_millis(250);
 /// Inbound chunk streams one peer may hold open against us at once.

@@ -220,6 +220,50 @@ async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_servin
     banned_and_still_serving(lab, &src, p, attacker).await;
 }
 
+/// Chunk requests travel in batches: a batch over `MAX_CHUNKS_PER_FRAME` (so its frame is over
+/// `MAX_REQUEST_FRAME`) and an empty batch (within the cap, but malformed) each get their sender
+/// banned, and the publisher keeps serving an honest subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_malformed_request_batch_gets_the_sender_banned() {
+    use treecast::tree::ContentHash;
+    use treecast::wire::{self, ChunkRequests, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME};
+    let (lab, src, p, oversized) = attack_setup().await;
+    let malformed = subscriber(&lab.dir("malformed"), p.ticket()).await;
+    synced(&malformed, 1).await;
+
+    let too_many = ChunkRequests {
+        first_id: 0,
+        hashes: vec![ContentHash::of(b"a"); MAX_CHUNKS_PER_FRAME + 1],
+    };
+    let empty = ChunkRequests {
+        first_id: 0,
+        hashes: vec![],
+    };
+    let frames = [wire::encode(&too_many), wire::encode(&empty)];
+    assert!(frames[0].len() > MAX_REQUEST_FRAME && frames[1].len() <= MAX_REQUEST_FRAME);
+    for (attacker, frame) in [&oversized, &malformed].into_iter().zip(&frames) {
+        let mut stream = attacker
+            .danger_open_stream(p.peer_id(), CHUNKS_PROTOCOL)
+            .await
+            .unwrap();
+        let _ = wire::write_frame(&mut stream, frame).await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the publisher must close the stream, got {read:?}"
+        );
+    }
+    eventually(WAIT, "the publisher to count both frames", || {
+        p.stats().hostile_frames >= 2
+    })
+    .await;
+    let banned = p.banned_peers().await.unwrap();
+    assert!(banned.contains(&malformed.peer_id()), "{banned:?}");
+    malformed.shutdown().await;
+    banned_and_still_serving(lab, &src, p, oversized).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_version_mismatch_is_a_clear_error_and_the_publisher_keeps_serving() {
     let lab = Lab::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use treecast::config::MAX_CHUNK_FRAME;
 use treecast::tree::ContentHash;
-use treecast::wire::{self, ChunkRequest, CHUNKS_PROTOCOL};
+use treecast::wire::{self, CHUNKS_PROTOCOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
@@ -34,14 +34,14 @@ async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
         .await
         .unwrap();
     let hash = ContentHash::of(&b);
-    let ask = move |id| wire::encode(&ChunkRequest { id, hash });
+    let ask = move |id| wire::encode_requests(id, &[hash]);
     wire::write_frame(&mut stream, &ask(0)).await.unwrap();
     let first = wire::read_frame(&mut stream, MAX_CHUNK_FRAME)
         .await
         .unwrap()
         .unwrap();
     assert!(
-        wire::decode_reply(&first).unwrap().0.found,
+        wire::decode_replies(&first).unwrap().chunks[0].is_some(),
         "the attacker gets it first"
     );
 

@@ -1,14 +1,17 @@
 //! Chunk requests and chunk replies decoded from arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use treecast::wire::{self, ChunkRequest};
+use treecast::wire;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wire::decode::<ChunkRequest>(data);
-    if let Ok((header, body)) = wire::decode_reply(data) {
-        assert!(body.len() <= data.len());
-        if !header.found {
-            assert!(body.is_empty());
-        }
+    if let Ok(requests) = wire::decode_requests(data) {
+        assert!(!requests.hashes.is_empty());
+        assert!(requests.hashes.len() <= wire::MAX_CHUNKS_PER_FRAME);
+    }
+    if let Ok(replies) = wire::decode_replies(data) {
+        let bytes: usize = replies.chunks.iter().flatten().map(|c| c.len()).sum();
+        assert!(bytes <= data.len());
+        assert!(!replies.chunks.is_empty());
+        assert!(replies.chunks.len() <= wire::MAX_CHUNKS_PER_FRAME);
     }
 });

@@ -20,10 +20,10 @@ use crate::config::{CHUNK_TIMEOUT, MAX_CHUNK_FRAME, REQUESTS_PER_STREAM, STREAM_
 use crate::store::StoreError;
 use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy};
 use crate::tree::ContentHash;
-use crate::wire::{self, ChunkRequest, ControlMsg, WireError, CHUNKS_PROTOCOL};
-
-/// Largest chunk request frame.
-const MAX_REQUEST_FRAME: usize = 256;
+use crate::wire::{
+    self, ControlMsg, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME,
+    REPLY_PACK_BYTES,
+};
 
 /// What a chunk server needs.
 pub(crate) struct ServerCtx {
@@ -43,9 +43,9 @@ pub(crate) struct ServerCtx {
 enum ServeError {
     #[error(transparent)]
     Wire(#[from] WireError),
-    /// Our read of a chunk failed (its task panicked): not the peer's doing, and not "not
-    /// found" either, which would tell the peer we lack the chunk.
-    #[error("reading chunk {hash} failed: {source}")]
+    /// Our read of a batch of chunks failed (its task panicked): not the peer's doing, and not
+    /// "not found" either, which would tell the peer we lack the chunks.
+    #[error("reading chunk {hash} or another of its batch failed: {source}")]
     Read {
         hash: ContentHash,
         source: tokio::task::JoinError,
@@ -75,63 +75,183 @@ where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
 {
-    while let Some(frame) = wire::read_frame(r, MAX_REQUEST_FRAME).await? {
-        let req: ChunkRequest = wire::decode(&frame)?;
-        let content = ctx.content.clone();
-        let hash = req.hash;
-        // Manifest blobs are exempt from the seeding policy: every subscriber needs them before
-        // it can fetch anything, and no subscriber serves them before it has applied them.
-        let metadata = ctx.content.is_manifest_blob(&hash);
-        let refuse = !metadata
-            && ctx.seed.as_ref().is_some_and(|seed| {
-                let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-                !seed.should_serve(&ctx.peer, hash, Instant::now())
-            });
-        let mut data = if refuse {
-            None
-        } else {
-            read_chunk(content, hash)
-                .await
-                .map_err(|source| ServeError::Read { hash, source })?
-        };
-        if ctx.corrupt {
-            data = data.filter(|d| !d.is_empty()).map(|d| {
-                let mut bad = d.to_vec();
-                bad[0] ^= 0xff;
-                bytes::Bytes::from(bad)
-            });
+    let mut frame = Vec::new();
+    while wire::read_frame_into(r, MAX_REQUEST_FRAME, &mut frame).await? {
+        let batch = wire::decode_requests(&frame)?;
+        // A batch is answered a reply frame's worth at a time: what a stream holds in memory
+        // is one frame's chunks, however large the chunks a batch asks for.
+        let mut start = 0;
+        while start < batch.hashes.len() {
+            let end = start + group_len(&ctx.content, &batch.hashes[start..]);
+            let replies = answer(ctx, &batch.hashes[start..end]).await?;
+            let first_id = batch.first_id.wrapping_add(start as u32);
+            send_replies(w, ctx, first_id, &replies).await?;
+            start = end;
         }
-        if let (Some(d), Some(bucket)) = (&data, &ctx.upload) {
-            pace(bucket, d.len()).await;
-        }
-        if let Some(d) = &data {
-            Stats::add(&ctx.stats.chunks_sent, 1);
-            Stats::add(&ctx.stats.chunk_bytes_sent, d.len() as u64);
-            ctx.stats.traffic.sent(ctx.peer, d.len() as u64);
-        }
-        let header = wire::encode_reply_header(req.id, data.is_some());
-        let body = data.as_deref().unwrap_or_default();
-        tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &[&header, body]))
-            .await
-            .map_err(|_| WireError::Timeout("chunk reply write"))??;
     }
     Ok(())
 }
 
-/// The bytes of `hash` for a peer: at once when that needs no disk I/O, else read on a
-/// blocking thread.
-async fn read_chunk(
-    content: Content,
-    hash: ContentHash,
-) -> Result<Option<bytes::Bytes>, tokio::task::JoinError> {
+/// How many of `hashes` (at least one) to answer together: those whose chunks fit in
+/// `REPLY_PACK_BYTES` together, by the lengths this node knows (a chunk it lacks costs nothing).
+fn group_len(content: &Content, hashes: &[ContentHash]) -> usize {
+    let mut bytes = 0usize;
+    for (i, hash) in hashes.iter().enumerate() {
+        bytes += content.len_of(hash).unwrap_or(0) as usize;
+        if i > 0 && bytes > REPLY_PACK_BYTES {
+            return i;
+        }
+    }
+    hashes.len()
+}
+
+/// The bytes of each of `hashes` we serve to this peer, `None` for those we lack or hold back.
+/// Reads that need the disk are done together, on one blocking thread.
+async fn answer(
+    ctx: &ServerCtx,
+    hashes: &[ContentHash],
+) -> Result<Vec<Option<bytes::Bytes>>, ServeError> {
+    let now = Instant::now();
+    let mut replies = Vec::with_capacity(hashes.len());
+    let mut from_disk = Vec::new();
+    for (i, hash) in hashes.iter().enumerate() {
+        if refused(ctx, hash, now) {
+            replies.push(None);
+            continue;
+        }
+        match read_now(&ctx.content, hash) {
+            Ok(data) => replies.push(data),
+            Err(_would_block) => {
+                from_disk.push(i);
+                replies.push(None);
+            }
+        }
+    }
+    if !from_disk.is_empty() {
+        let wanted: Vec<ContentHash> = from_disk.iter().map(|&i| hashes[i]).collect();
+        let read = read_blocking(ctx.content.clone(), wanted).await?;
+        for (i, data) in from_disk.into_iter().zip(read) {
+            replies[i] = data;
+        }
+    }
+    if ctx.corrupt {
+        for data in replies.iter_mut() {
+            *data = data.take().map(corrupted);
+        }
+    }
+    Ok(replies)
+}
+
+/// Whether the seeding policy holds `hash` back from this peer now. Manifest blobs are exempt:
+/// every subscriber needs them before it can fetch anything, and no subscriber serves them
+/// before it has applied them.
+fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
+    let Some(seed) = &ctx.seed else {
+        return false;
+    };
+    if ctx.content.is_manifest_blob(hash) {
+        return false;
+    }
+    let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+    !seed.should_serve(&ctx.peer, *hash, now)
+}
+
+/// `data` with its first byte flipped (the danger_ option that serves corrupt chunks).
+fn corrupted(data: bytes::Bytes) -> bytes::Bytes {
+    if data.is_empty() {
+        return data;
+    }
+    let mut bad = data.to_vec();
+    bad[0] ^= 0xff;
+    bytes::Bytes::from(bad)
+}
+
+/// Write `replies` to the requests from `first_id` on, consecutive small ones packed into one
+/// frame up to `REPLY_PACK_BYTES` of chunk bytes, each frame paced by the upload limit.
+async fn send_replies<W>(
+    w: &mut W,
+    ctx: &ServerCtx,
+    first_id: u32,
+    replies: &[Option<bytes::Bytes>],
+) -> Result<(), ServeError>
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    let mut start = 0;
+    while start < replies.len() {
+        let end = pack_end(replies, start);
+        let frame = &replies[start..end];
+        let bytes: usize = frame.iter().flatten().map(|d| d.len()).sum();
+        if let Some(bucket) = &ctx.upload {
+            pace(bucket, bytes).await;
+        }
+        for d in frame.iter().flatten() {
+            Stats::add(&ctx.stats.chunks_sent, 1);
+            Stats::add(&ctx.stats.chunk_bytes_sent, d.len() as u64);
+            ctx.stats.traffic.sent(ctx.peer, d.len() as u64);
+        }
+        let lens = frame
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.len() as u32))
+            .collect();
+        let header = wire::encode_replies_header(first_id.wrapping_add(start as u32), lens);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(frame.len() + 1);
+        parts.push(&header);
+        parts.extend(frame.iter().flatten().map(|d| &d[..]));
+        tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &parts))
+            .await
+            .map_err(|_| WireError::Timeout("chunk reply write"))??;
+        start = end;
+    }
+    Ok(())
+}
+
+/// The end of the reply frame that starts at `start`: replies follow while their chunk bytes
+/// stay within `REPLY_PACK_BYTES`; the first always goes, however large.
+fn pack_end(replies: &[Option<bytes::Bytes>], start: usize) -> usize {
+    let mut bytes = 0;
+    let mut end = start;
+    for data in &replies[start..] {
+        let len = data.as_ref().map_or(0, |d| d.len());
+        if end > start && bytes + len > REPLY_PACK_BYTES {
+            break;
+        }
+        bytes += len;
+        end += 1;
+    }
+    end
+}
+
+/// The bytes of `hash` for a peer if that needs no disk I/O (see [`Content::read_now`]).
+fn read_now(
+    content: &Content,
+    hash: &ContentHash,
+) -> Result<Option<bytes::Bytes>, super::serve::WouldBlock> {
     #[cfg(test)]
-    if tests::read_fails(&hash) {
-        return tokio::task::spawn_blocking(|| panic!("a chunk read fails (test)")).await;
+    if tests::read_fails(hash) {
+        return Err(super::serve::WouldBlock);
     }
-    match content.read_now(&hash) {
-        Ok(data) => Ok(data),
-        Err(_would_block) => tokio::task::spawn_blocking(move || content.read(&hash)).await,
-    }
+    content.read_now(hash)
+}
+
+/// The bytes of each of `hashes`, read on one blocking thread.
+async fn read_blocking(
+    content: Content,
+    hashes: Vec<ContentHash>,
+) -> Result<Vec<Option<bytes::Bytes>>, ServeError> {
+    let first = hashes[0];
+    tokio::task::spawn_blocking(move || {
+        #[cfg(test)]
+        if hashes.iter().any(tests::read_fails) {
+            panic!("a chunk read fails (test)");
+        }
+        hashes.iter().map(|h| content.read(h)).collect()
+    })
+    .await
+    .map_err(|source| ServeError::Read {
+        hash: first,
+        source,
+    })
 }
 
 /// A global bandwidth limit, shared by every chunk stream it applies to.
@@ -215,16 +335,10 @@ pub(crate) enum PeerChange {
 pub(crate) use crate::swarm::OwnAvailability as Availability;
 
 enum LaneEvent {
-    Verified {
+    /// The replies of one frame, in order.
+    Replies {
         lane: LaneId,
-        hash: ContentHash,
-        len: usize,
-        /// From sending the request to having the whole reply.
-        latency: Duration,
-    },
-    NotFound {
-        lane: LaneId,
-        hash: ContentHash,
+        replies: Vec<Reply>,
     },
     Bad {
         lane: LaneId,
@@ -234,6 +348,15 @@ enum LaneEvent {
         lane: LaneId,
     },
     Failed(StoreError),
+}
+
+/// One reply of a frame.
+struct Reply {
+    hash: ContentHash,
+    /// The verified and stored chunk's length; `None`: the peer does not have it.
+    len: Option<usize>,
+    /// From sending the request to having the whole reply.
+    latency: Duration,
 }
 
 /// Everything a fetch needs from the node.
@@ -273,11 +396,22 @@ pub(crate) async fn fetch_all(
         events,
         reported: 0,
     };
+    let started = Instant::now();
+    let chunks = wanted.len() - present.len().min(wanted.len());
+    debug!(chunks, "fetching chunks");
     let result = if f.sched.is_done() {
         Ok(())
     } else {
         f.run(feed, ev_rx, progress).await
     };
+    let secs = started.elapsed().as_secs_f64();
+    debug!(
+        chunks,
+        secs,
+        per_sec = chunks as f64 / secs,
+        ok = result.is_ok(),
+        "fetch ended"
+    );
     if let (Some(avail), Some(own)) = (avail, f.sched.into_own()) {
         *avail = own;
     }
@@ -394,13 +528,14 @@ impl Fetch<'_> {
     fn on_lane_event(&mut self, ev: LaneEvent) -> Result<(), FetchError> {
         let now = Instant::now();
         match ev {
-            LaneEvent::Verified {
-                lane,
-                hash,
-                len,
-                latency,
-            } => self.sched.handle_reply(lane, hash, len, latency),
-            LaneEvent::NotFound { lane, hash } => self.sched.handle_not_found(lane, hash, now),
+            LaneEvent::Replies { lane, replies } => {
+                for r in replies {
+                    match r.len {
+                        Some(len) => self.sched.handle_reply(lane, r.hash, len, r.latency),
+                        None => self.sched.handle_not_found(lane, r.hash, now),
+                    }
+                }
+            }
             LaneEvent::Bad { lane, reason } => {
                 Stats::add(&self.ctx.stats.bad_chunks, 1);
                 self.sched.handle_bad(lane, reason);
@@ -489,7 +624,8 @@ impl Lane {
         }
     }
 
-    /// Send requests as they come and read replies in order, concurrently.
+    /// Send requests as they come, as many to a frame as are waiting, and read replies in
+    /// order, concurrently.
     async fn pump(
         &self,
         stream: Stream,
@@ -497,29 +633,41 @@ impl Lane {
     ) -> Result<(), WireError> {
         let (mut r, mut w) = stream.split();
         let (exp_tx, mut exp_rx) =
-            mpsc::channel::<(u32, ContentHash, Instant)>(REQUESTS_PER_STREAM * 2);
+            mpsc::channel::<(u32, ContentHash, Instant)>(REQUESTS_PER_STREAM);
         let writer = async move {
-            let mut id = 0u32;
+            let mut next_id = 0u32;
+            let mut batch = Vec::with_capacity(MAX_CHUNKS_PER_FRAME);
             while let Some(hash) = requests.recv().await {
-                id = id.wrapping_add(1);
-                if exp_tx.send((id, hash, Instant::now())).await.is_err() {
-                    break;
+                batch.push(hash);
+                while batch.len() < MAX_CHUNKS_PER_FRAME {
+                    let Ok(hash) = requests.try_recv() else { break };
+                    batch.push(hash);
                 }
-                wire::write_frame(&mut w, &wire::encode(&ChunkRequest { id, hash })).await?;
+                let first_id = next_id;
+                let sent = Instant::now();
+                for (i, hash) in batch.iter().enumerate() {
+                    let id = first_id.wrapping_add(i as u32);
+                    if exp_tx.send((id, *hash, sent)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                next_id = first_id.wrapping_add(batch.len() as u32);
+                wire::write_frame(&mut w, &wire::encode_requests(first_id, &batch)).await?;
+                batch.clear();
             }
             Ok::<(), WireError>(())
         };
         let reader = async {
-            // One buffer for every reply on this lane: no fresh memory to fault in per chunk.
+            // One buffer for every reply frame on this lane: no fresh memory to fault in per frame.
             let mut frame = Vec::new();
-            while let Some((id, hash, sent)) = exp_rx.recv().await {
+            // Read only while a reply is awaited: an idle lane waits for its next request.
+            while let Some(first) = exp_rx.recv().await {
                 let more = tokio::time::timeout(
                     CHUNK_TIMEOUT,
                     wire::read_frame_into(&mut r, MAX_CHUNK_FRAME, &mut frame),
                 )
                 .await
                 .map_err(|_| WireError::Timeout("chunk reply"))??;
-                let latency = sent.elapsed();
                 if !more {
                     // A stream ending with requests outstanding is a closed connection (a peer
                     // leaving, a relayed path replaced by a direct one), not abuse.
@@ -532,9 +680,14 @@ impl Lane {
                 if let Some(limit) = &self.download {
                     pace(limit, frame.len()).await;
                 }
-                let (keep_going, buf) = self
-                    .on_reply(id, hash, latency, std::mem::take(&mut frame))
-                    .await;
+                let asked = match match_replies(&frame, first, &mut exp_rx) {
+                    Ok(asked) => asked,
+                    Err(reason) => {
+                        self.bad(reason).await;
+                        return Ok(());
+                    }
+                };
+                let (keep_going, buf) = self.on_replies(asked, std::mem::take(&mut frame)).await;
                 frame = buf;
                 if !keep_going {
                     return Ok(());
@@ -560,75 +713,47 @@ impl Lane {
         result
     }
 
-    /// Handle one reply; false ends the lane. The frame's buffer comes back for the next one.
-    async fn on_reply(
-        &self,
-        id: u32,
-        hash: ContentHash,
-        latency: Duration,
-        frame: Vec<u8>,
-    ) -> (bool, Vec<u8>) {
+    /// Verify and store the replies of one frame (`asked`: the hash and send time of each),
+    /// then report them; false ends the lane. The frame's buffer comes back for the next one.
+    async fn on_replies(&self, asked: Vec<Asked>, frame: Vec<u8>) -> (bool, Vec<u8>) {
         let lane = self.lane;
-        let (header, _) = match wire::decode_reply(&frame) {
-            Ok(x) => x,
-            Err(e) => return (self.bad(e.to_string()).await, frame),
-        };
-        if header.id != id {
-            let reason = format!("reply {} to request {id}", header.id);
-            return (self.bad(reason).await, frame);
-        }
-        if !header.found {
-            let _ = self.events.send(LaneEvent::NotFound { lane, hash }).await;
-            return (true, frame);
-        }
+        let received = Instant::now();
         let sink = self.sink.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let (_, data) = wire::decode_reply(&frame).expect("decoded above");
-            let start = frame.len() - data.len();
-            if !hash.matches(data) {
-                return (Ok(None), frame);
-            }
-            // The verified bytes go to the sink as they are, not copied. If it kept them (to
-            // serve), the lane reads its next reply into fresh memory; if not, into this again.
-            let len = data.len();
-            let whole = bytes::Bytes::from(frame);
-            let verdict = sink.accept(hash, whole.slice(start..)).map(|()| Some(len));
-            let frame = whole
-                .try_into_mut()
-                .map(Vec::from)
-                .unwrap_or_else(|_| Vec::with_capacity(len + start));
-            (verdict, frame)
-        })
-        .await;
-        let (verdict, frame) = match joined {
+        let joined =
+            tokio::task::spawn_blocking(move || check_and_store(&*sink, &asked, frame)).await;
+        let (checked, frame) = match joined {
             Ok(checked) => checked,
             Err(e) => {
-                tracing::error!(peer = %self.peer, %hash, error = %e, "checking a chunk failed: closing the lane");
+                tracing::error!(peer = %self.peer, error = %e, "checking chunks failed: closing the lane");
                 return (false, Vec::new());
             }
         };
-        let keep_going = match verdict {
-            Ok(Some(len)) => {
-                Stats::add(&self.stats.chunks_fetched, 1);
-                Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
-                self.stats.traffic.received(self.peer, len as u64);
-                let _ = self
-                    .events
-                    .send(LaneEvent::Verified {
-                        lane,
-                        hash,
-                        len,
-                        latency,
-                    })
-                    .await;
-                true
-            }
-            Ok(None) => {
+        let replies: Vec<Reply> = checked
+            .good
+            .into_iter()
+            .map(|(hash, len, sent)| Reply {
+                hash,
+                len,
+                latency: received.saturating_duration_since(sent),
+            })
+            .collect();
+        for r in &replies {
+            let Some(len) = r.len else { continue };
+            Stats::add(&self.stats.chunks_fetched, 1);
+            Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
+            self.stats.traffic.received(self.peer, len as u64);
+        }
+        if !replies.is_empty() {
+            let _ = self.events.send(LaneEvent::Replies { lane, replies }).await;
+        }
+        let keep_going = match checked.end {
+            None => true,
+            Some(Stop::Mismatch(hash)) => {
                 warn!(peer = %self.peer, %hash, "chunk failed verification: dropping the peer");
                 self.bad(format!("chunk {hash} does not match its hash"))
                     .await
             }
-            Err(e) => {
+            Some(Stop::Store(e)) => {
                 let _ = self.events.send(LaneEvent::Failed(e)).await;
                 false
             }
@@ -646,6 +771,87 @@ impl Lane {
             .await;
         false
     }
+}
+
+/// The request each reply of `frame` answers (hash and when it was sent), checked against
+/// those outstanding, `first` and then the rest: a malformed frame, or a reply to a request
+/// not made or not next in line, is an error naming it.
+fn match_replies(
+    frame: &[u8],
+    first: (u32, ContentHash, Instant),
+    outstanding: &mut mpsc::Receiver<(u32, ContentHash, Instant)>,
+) -> Result<Vec<Asked>, String> {
+    let replies = wire::decode_replies(frame).map_err(|e| e.to_string())?;
+    let base = frame.as_ptr() as usize;
+    let mut asked = Vec::with_capacity(replies.chunks.len());
+    let mut next = Some(first);
+    for (i, chunk) in replies.chunks.iter().enumerate() {
+        let got = replies.first_id.wrapping_add(i as u32);
+        let Some((id, hash, sent)) = next.take().or_else(|| outstanding.try_recv().ok()) else {
+            return Err(format!("reply {got} to no request"));
+        };
+        if got != id {
+            return Err(format!("reply {got} to request {id}"));
+        }
+        let span = chunk.map(|c| (c.as_ptr() as usize - base, c.len()));
+        asked.push(Asked { hash, sent, span });
+    }
+    Ok(asked)
+}
+
+/// A request a reply of a frame answers, and where its chunk's bytes are in the frame
+/// (`None`: not found).
+struct Asked {
+    hash: ContentHash,
+    sent: Instant,
+    span: Option<(usize, usize)>,
+}
+
+/// What checking a reply frame found: the replies verified and stored (or not found), in
+/// order, and what stopped it early, if anything.
+struct Checked {
+    good: Vec<(ContentHash, Option<usize>, Instant)>,
+    end: Option<Stop>,
+}
+
+enum Stop {
+    /// A chunk that does not match its hash: nothing after it is kept.
+    Mismatch(ContentHash),
+    Store(StoreError),
+}
+
+/// Verify each chunk of a reply frame (already matched to `asked`) against its hash and hand
+/// it to `sink`, in order, until one fails. Blocking. The verified bytes go to the sink as they
+/// are, not copied; if it kept none of them, the frame's buffer comes back for the next read,
+/// else a fresh one does.
+fn check_and_store(sink: &dyn ChunkSink, asked: &[Asked], frame: Vec<u8>) -> (Checked, Vec<u8>) {
+    let capacity = frame.len();
+    let whole = bytes::Bytes::from(frame);
+    let mut checked = Checked {
+        good: Vec::with_capacity(asked.len()),
+        end: None,
+    };
+    for a in asked {
+        let Some((start, len)) = a.span else {
+            checked.good.push((a.hash, None, a.sent));
+            continue;
+        };
+        let data = whole.slice(start..start + len);
+        if !a.hash.matches(&data) {
+            checked.end = Some(Stop::Mismatch(a.hash));
+            break;
+        }
+        if let Err(e) = sink.accept(a.hash, data) {
+            checked.end = Some(Stop::Store(e));
+            break;
+        }
+        checked.good.push((a.hash, Some(len), a.sent));
+    }
+    let frame = whole
+        .try_into_mut()
+        .map(Vec::from)
+        .unwrap_or_else(|_| Vec::with_capacity(capacity));
+    (checked, frame)
 }
 
 #[cfg(test)]
@@ -676,8 +882,11 @@ mod tests {
             upload: None,
             seed: None,
         };
+        let other = ContentHash::of(b"a chunk held in memory");
+        ctx.content
+            .remember(other, bytes::Bytes::from_static(b"a chunk held in memory"));
         let mut request = Vec::new();
-        wire::write_frame(&mut request, &wire::encode(&ChunkRequest { id: 7, hash }))
+        wire::write_frame(&mut request, &wire::encode_requests(7, &[other, hash]))
             .await
             .unwrap();
         let mut r = futures::io::Cursor::new(request);
@@ -685,5 +894,107 @@ mod tests {
         let served = serve_loop(&mut r, &mut w, &ctx).await;
         assert!(w.is_empty(), "answered {} bytes: {served:?}", w.len());
         assert!(served.is_err(), "the stream ended cleanly");
+    }
+
+    fn server() -> ServerCtx {
+        let (net, _net_rx) = mpsc::channel(1);
+        ServerCtx {
+            peer: PeerId::random(),
+            content: Content::default(),
+            stats: Arc::default(),
+            net: NetHandle::new(net),
+            corrupt: false,
+            upload: None,
+            seed: None,
+        }
+    }
+
+    /// A batch of requests is answered in order; small chunks share a frame, a chunk over
+    /// `REPLY_PACK_BYTES` travels alone, and "not found" rides along with the others.
+    #[tokio::test]
+    async fn a_batch_is_answered_in_order_with_small_chunks_packed_and_large_ones_alone() {
+        let ctx = server();
+        let chunk = |n: usize, b: u8| bytes::Bytes::from(vec![b; n]);
+        let held = [
+            chunk(300, 1),
+            chunk(2000, 2),
+            chunk(REPLY_PACK_BYTES + 1, 3),
+            chunk(300, 4),
+        ];
+        for d in &held {
+            ctx.content.remember(ContentHash::of(d), d.clone());
+        }
+        let missing = ContentHash::of(b"not held");
+        let h = |i: usize| ContentHash::of(&held[i]);
+        let asked = [h(0), missing, h(1), h(2), h(3)];
+        let mut request = Vec::new();
+        wire::write_frame(&mut request, &wire::encode_requests(u32::MAX, &asked))
+            .await
+            .unwrap();
+        let mut w: Vec<u8> = Vec::new();
+        serve_loop(&mut futures::io::Cursor::new(request), &mut w, &ctx)
+            .await
+            .unwrap();
+        let mut r = &w[..];
+        let mut frames = Vec::new();
+        while let Some(f) = wire::read_frame(&mut r, MAX_CHUNK_FRAME).await.unwrap() {
+            frames.push(f);
+        }
+        let replies: Vec<_> = frames
+            .iter()
+            .map(|f| wire::decode_replies(f).unwrap())
+            .collect();
+        let shape: Vec<(u32, usize)> = replies
+            .iter()
+            .map(|r| (r.first_id, r.chunks.len()))
+            .collect();
+        assert_eq!(shape, [(u32::MAX, 3), (2, 1), (3, 1)]);
+        let got: Vec<Option<&[u8]>> = replies.iter().flat_map(|r| r.chunks.clone()).collect();
+        let want = [
+            Some(&held[0][..]),
+            None,
+            Some(&held[1]),
+            Some(&held[2]),
+            Some(&held[3]),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(
+            ctx.stats
+                .chunks_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            4
+        );
+    }
+
+    /// Each reply must answer the next request outstanding: a reply to a request not made, or
+    /// out of order, is refused, as is a malformed frame.
+    #[test]
+    fn replies_must_answer_the_requests_outstanding_in_order() {
+        let (a, b) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
+        let frame = |first, lens| {
+            let mut f = wire::encode_replies_header(first, lens);
+            f.extend_from_slice(b"ab");
+            f
+        };
+        // Requests `ids` (for `a`, then `b`) outstanding: the first, and a queue of the rest.
+        let matched = |f: Vec<u8>, ids: &[u32]| {
+            let (tx, mut rx) = mpsc::channel(8);
+            for (&id, hash) in ids[1..].iter().zip([b]) {
+                tx.try_send((id, hash, Instant::now())).unwrap();
+            }
+            match_replies(&f, (ids[0], a, Instant::now()), &mut rx)
+        };
+        let asked = matched(frame(4, vec![Some(1), Some(1)]), &[4, 5]).unwrap();
+        let spans: Vec<_> = asked.iter().map(|x| (x.hash, x.span)).collect();
+        let header = frame(4, vec![Some(1), Some(1)]).len() - 2;
+        assert_eq!(spans, [(a, Some((header, 1))), (b, Some((header + 1, 1)))]);
+        let two = vec![Some(1), Some(1)];
+        assert!(
+            matched(frame(4, two.clone()), &[4]).is_err(),
+            "one too many"
+        );
+        assert!(matched(frame(5, two), &[4, 5]).is_err(), "out of order");
+        let bad = frame(4, vec![Some(2), Some(1)]);
+        assert!(matched(bad, &[4, 5]).is_err(), "lengths over the body");
     }
 }

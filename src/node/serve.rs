@@ -180,6 +180,25 @@ impl Content {
         cache.insert(hash, data);
     }
 
+    /// The length of chunk `hash` if this node holds it, without reading it: what a server
+    /// bounds the bytes of one batch of replies by, before it reads them.
+    pub fn len_of(&self, hash: &ContentHash) -> Option<u32> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(data) = cache.map.get(hash) {
+            return Some(data.len() as u32);
+        }
+        drop(cache);
+        let index = self.current();
+        if let Some(blob) = index.blobs.get(hash) {
+            return Some(blob.len() as u32);
+        }
+        if let Some(place) = index.chunks.get(hash) {
+            return Some(place.len);
+        }
+        let partial = self.partial.read().unwrap_or_else(|p| p.into_inner());
+        partial.get(hash).map(|(_, _, len, _)| *len)
+    }
+
     /// The bytes of `hash`, checked, from memory, the held revision or staging. Blocking.
     pub fn read(&self, hash: &ContentHash) -> Option<Bytes> {
         self.read_with(hash, Io::Block).unwrap_or_default()

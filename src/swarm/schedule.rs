@@ -704,32 +704,37 @@ mod tests {
     }
 
     #[test]
-    fn the_window_follows_rate_and_latency() {
+    fn the_window_follows_rate_latency_and_chunk_size() {
         let t0 = Instant::now();
+        let mut config = config();
+        config.picker.default_in_flight = 16;
         let mut s: Scheduler<u8> =
-            Scheduler::new(config(), (0..=255).map(h), &HashSet::new(), None, t0);
+            Scheduler::new(config, (0..=255).map(h), &HashSet::new(), None, t0);
         s.handle_peer_up(1, &complete());
         let mut out: VecDeque<_> = requests(&drain(&mut s, t0)).into();
         let mut now = t0;
+        // 16 chunks of 250 kB every 100 ms: 40 MB/s.
         let mut step = |s: &mut Scheduler<u8>, out: &mut VecDeque<_>, latency| {
-            // 4 MB every 100 ms: 40 MB/s.
-            let (lane, hash) = out.pop_front().expect("a request out");
-            s.handle_reply(lane, hash, 4_000_000, latency);
+            for _ in 0..16 {
+                let (lane, hash) = out.pop_front().expect("a request out");
+                s.handle_reply(lane, hash, 250_000, latency);
+            }
             now += ms(100);
             s.handle_timeout(now);
             out.extend(requests(&drain(s, now)));
             s.picker.limit(&1).expect("a limit")
         };
-        // A path whose quickest reply takes 100 ms: four round trips at that rate, reached by
-        // doubling from the default.
-        let limits: Vec<usize> = (0..5).map(|_| step(&mut s, &mut out, ms(100))).collect();
-        let target = in_flight_target(40e6, Some(ms(100)));
-        assert_eq!(limits, [8, 16, 32, target, target]);
+        // A path whose quickest reply takes 100 ms: four round trips at that rate, in requests
+        // of the peer's mean chunk, reached by doubling from the default.
+        let limits: Vec<usize> = (0..3).map(|_| step(&mut s, &mut out, ms(100))).collect();
+        let target = in_flight_target(40e6, Some(ms(100)), Some(250e3));
+        assert_eq!(target, 64);
+        assert_eq!(limits, [32, target, target]);
         assert_eq!(out.len(), target);
         // A reply in 1 ms: a short path, 10 ms at that rate. Down at once.
         let limit = step(&mut s, &mut out, ms(1));
-        assert_eq!(limit, in_flight_target(40e6, Some(ms(1))));
-        assert_eq!(out.len(), target - 1, "no request until below the limit");
+        assert_eq!(limit, in_flight_target(40e6, Some(ms(1)), Some(250e3)));
+        assert_eq!(out.len(), target - 16, "no request until below the limit");
     }
 
     #[test]

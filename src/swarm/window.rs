@@ -1,19 +1,26 @@
 //! The request window of one peer: how many chunk requests to keep in flight to it, from the
-//! rate at which it delivers verified bytes and its quickest reply.
+//! rate at which it delivers verified bytes, the mean size of its chunks and its quickest reply.
+//! The window is a number of bytes turned into requests of the peer's mean chunk, so a peer
+//! serving chunks of 300 B gets as many bytes in flight as one serving chunks of 256 KiB, in
+//! many more requests; both bytes (`MAX_IN_FLIGHT_BYTES`) and requests (`MAX_IN_FLIGHT`) are
+//! capped.
 //!
-//! Owns the byte count since the last measurement, the smoothed rate and the quickest reply of
-//! one peer. It does not know the peer's current limit nor how fast the limit may grow: the
+//! Owns the byte and reply counts since the last measurement, the smoothed rate and mean chunk,
+//! and the quickest reply of one peer. It does not know the peer's current limit nor how fast the limit may grow: the
 //! scheduler applies the target it returns. Sans-IO: the caller passes the time elapsed.
 
 use std::time::Duration;
 
-use crate::config::{CHUNK_AVG, MAX_IN_FLIGHT};
+use crate::config::{CHUNK_AVG, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
 /// Measured download rate of one peer, and its quickest reply since its path last changed.
 #[derive(Debug, Default)]
 pub struct RateMeter {
     bytes: u64,
+    replies: u64,
     ewma: Option<f64>,
+    /// Smoothed mean length of the chunks it delivered.
+    mean_chunk: Option<f64>,
     min_latency: Option<Duration>,
 }
 
@@ -21,6 +28,7 @@ impl RateMeter {
     /// The peer delivered `len` verified bytes, `latency` after they were asked for.
     pub fn delivered(&mut self, len: u64, latency: Duration) {
         self.bytes += len;
+        self.replies += 1;
         self.min_latency = Some(self.min_latency.map_or(latency, |m| m.min(latency)));
     }
 
@@ -39,24 +47,40 @@ impl RateMeter {
         let keep = 0.7f64.powf(secs);
         let ewma = self.ewma.map_or(now, |e| keep * e + (1.0 - keep) * now);
         self.ewma = Some(ewma);
-        in_flight_target(ewma, self.min_latency)
+        let replies = std::mem::take(&mut self.replies);
+        if replies > 0 {
+            let mean = now * secs / replies as f64;
+            let smoothed = self
+                .mean_chunk
+                .map_or(mean, |m| keep * m + (1.0 - keep) * mean);
+            self.mean_chunk = Some(smoothed);
+        }
+        in_flight_target(ewma, self.min_latency, self.mean_chunk)
     }
 }
 
-/// How many requests to keep in flight to a peer that delivers `rate` bytes per second and
-/// whose quickest reply took `min_latency`: enough for four times that latency at that rate
-/// (the path's round trip, with room for the rate to grow and for jitter), but at least 10 ms
-/// and at most 0.5 s of it, and 0.5 s while no reply has come. More than needed only queues
+/// How many requests to keep in flight to a peer that delivers `rate` bytes per second in
+/// chunks of `mean_chunk` bytes (the average chunk while unknown) and whose quickest reply took
+/// `min_latency`: enough bytes for four times that latency at that rate (the path's round trip,
+/// with room for the rate to grow and for jitter), but at least 10 ms and at most 0.5 s of it,
+/// and 0.5 s while no reply has come; as requests of the mean chunk, at least 4, at most
+/// `MAX_IN_FLIGHT` and at most `MAX_IN_FLIGHT_BYTES` of such chunks. More than needed only queues
 /// chunks in buffers: on a fast, short link that costs both ends CPU (cold caches), and it is
 /// what a dying peer takes with it.
-pub fn in_flight_target(rate: f64, min_latency: Option<Duration>) -> usize {
+pub fn in_flight_target(
+    rate: f64,
+    min_latency: Option<Duration>,
+    mean_chunk: Option<f64>,
+) -> usize {
     const MIN_QUEUE: f64 = 0.01;
     const MAX_QUEUE: f64 = 0.5;
-    const CHUNK: f64 = CHUNK_AVG as f64;
+    const MIN_REQUESTS: usize = 4;
+    let chunk = mean_chunk.unwrap_or(CHUNK_AVG as f64).max(1.0);
     let queue = min_latency.map_or(MAX_QUEUE, |l| {
         (4.0 * l.as_secs_f64()).clamp(MIN_QUEUE, MAX_QUEUE)
     });
-    ((rate * queue / CHUNK).ceil() as usize).clamp(4, MAX_IN_FLIGHT)
+    let most = ((MAX_IN_FLIGHT_BYTES as f64 / chunk) as usize).clamp(MIN_REQUESTS, MAX_IN_FLIGHT);
+    ((rate * queue / chunk).ceil() as usize).clamp(MIN_REQUESTS, most)
 }
 
 #[cfg(test)]
@@ -71,34 +95,69 @@ mod tests {
         (bytes / CHUNK_AVG as f64).ceil() as usize
     }
 
+    /// The cap in requests of `CHUNK_AVG`: the byte cap.
+    const CAP: usize = MAX_IN_FLIGHT_BYTES / CHUNK_AVG as usize;
+
     #[test]
     fn requests_in_flight_follow_rate_and_latency() {
         // No reply yet: half a second of the rate, as far as the cap allows.
-        assert_eq!(in_flight_target(10e6, None), chunks(5e6));
-        assert_eq!(in_flight_target(500e6, None), MAX_IN_FLIGHT);
+        assert_eq!(in_flight_target(10e6, None, None), chunks(5e6));
+        assert_eq!(in_flight_target(500e6, None, None), CAP);
         // A long path: four round trips of data, enough to keep it full as the rate grows.
-        assert_eq!(in_flight_target(10e6, Some(ms(100))), chunks(4e6));
+        assert_eq!(in_flight_target(10e6, Some(ms(100)), None), chunks(4e6));
         // A short, fast path (loopback, LAN): 10 ms of data, not half a second of it.
-        assert_eq!(in_flight_target(500e6, Some(ms(1))), chunks(5e6));
-        assert!(in_flight_target(500e6, Some(ms(1))) < MAX_IN_FLIGHT);
+        assert_eq!(in_flight_target(500e6, Some(ms(1)), None), chunks(5e6));
+        assert!(in_flight_target(500e6, Some(ms(1)), None) < CAP);
         // A slow reply never asks for more than half a second; a trickle keeps a few.
-        assert_eq!(in_flight_target(10e6, Some(ms(900))), chunks(5e6));
-        assert_eq!(in_flight_target(1e3, Some(ms(5))), 4);
+        assert_eq!(in_flight_target(10e6, Some(ms(900)), None), chunks(5e6));
+        assert_eq!(in_flight_target(1e3, Some(ms(5)), None), 4);
+    }
+
+    /// The window is bytes: a peer serving chunks of 1 KiB gets as many bytes in flight as one
+    /// serving 256 KiB chunks at the same rate, in 256 times the requests, up to the caps.
+    #[test]
+    fn small_chunks_get_as_many_bytes_in_flight_in_more_requests() {
+        let big = in_flight_target(20e6, Some(ms(10)), Some(CHUNK_AVG as f64));
+        let small = in_flight_target(20e6, Some(ms(10)), Some(1024.0));
+        assert_eq!(big, chunks(20e6 * 0.04));
+        assert_eq!(small, (20e6 * 0.04 / 1024.0f64).ceil() as usize);
+        assert!(small >= 256 * (big - 1), "{small} against {big}");
+        // Capped in requests, however small, and in bytes, however large.
+        assert_eq!(in_flight_target(500e6, None, Some(300.0)), MAX_IN_FLIGHT);
+        let huge = (1 << 20) as f64;
+        assert_eq!(in_flight_target(500e6, None, Some(huge)), CAP / 4);
+    }
+
+    #[test]
+    fn the_meter_learns_the_mean_chunk() {
+        let mut m = RateMeter::default();
+        // 1,000 chunks of 1,000 bytes in 10 ms each: 1 MB/s, 40 ms of it in flight.
+        for _ in 0..1000 {
+            m.delivered(1000, ms(10));
+        }
+        assert_eq!(m.measure(Duration::from_secs(1)), 40);
     }
 
     #[test]
     fn the_meter_smooths_the_rate_and_keeps_the_quickest_reply() {
         let mut m = RateMeter::default();
-        // 10 MB in a second, quickest reply 100 ms: four round trips of 10 MB/s.
-        m.delivered(6_000_000, ms(300));
-        m.delivered(4_000_000, ms(100));
-        assert_eq!(m.measure(Duration::from_secs(1)), chunks(4e6));
-        // A silent second: the old rate keeps 70% of its weight.
-        assert_eq!(m.measure(Duration::from_secs(1)), chunks(0.7 * 4e6));
+        // 10 MB in a second in chunks of 250 kB, quickest reply 100 ms: four round trips of
+        // 10 MB/s, in requests of 250 kB.
+        let mean = Some(250e3);
+        (0..24).for_each(|_| m.delivered(250_000, ms(300)));
+        (0..16).for_each(|_| m.delivered(250_000, ms(100)));
+        let target = |rate, latency| in_flight_target(rate, Some(latency), mean);
+        assert_eq!(m.measure(Duration::from_secs(1)), target(10e6, ms(100)));
+        assert_eq!(target(10e6, ms(100)), 16);
+        // A silent second: the old rate keeps 70% of its weight, the mean chunk all of it.
+        assert_eq!(m.measure(Duration::from_secs(1)), target(7e6, ms(100)));
         // A new path: the latency is learnt again, and until then half a second of the rate.
         m.path_changed();
         let rate = 0.7 * 0.7 * 10e6;
-        assert_eq!(m.measure(Duration::from_secs(1)), chunks(rate * 0.5));
+        assert_eq!(
+            m.measure(Duration::from_secs(1)),
+            in_flight_target(rate, None, mean)
+        );
         m.delivered(0, ms(1));
         assert_eq!(m.measure(Duration::ZERO), 4, "10 ms at 4.9 MB/s: the floor");
     }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::WireError;
-use crate::tree::ContentHash;
+use crate::tree::{ContentHash, CHUNK_MAX};
 use crate::trust::SignedHead;
 
 /// Longest goodbye reason kept.
@@ -68,18 +68,37 @@ pub enum ControlMsg {
     },
 }
 
-/// One chunk request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRequest {
-    pub id: u32,
-    pub hash: ContentHash,
+/// Most chunk requests in one request frame, and most replies in one reply frame.
+pub const MAX_CHUNKS_PER_FRAME: usize = 128;
+/// Largest chunk request frame: a full batch of hashes, its first id and its length.
+pub const MAX_REQUEST_FRAME: usize = MAX_CHUNKS_PER_FRAME * 32 + 16;
+/// Chunk bytes a server packs into one reply frame at most; a chunk larger than this travels
+/// alone. Small chunks share a frame (one length, one write, one wakeup), large ones do not
+/// wait for each other.
+pub const REPLY_PACK_BYTES: usize = 64 * 1024;
+
+/// A batch of chunk requests: request `i` has id `first_id + i` (wrapping) and asks for
+/// `hashes[i]`. At least one and at most [`MAX_CHUNKS_PER_FRAME`] hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequests {
+    pub first_id: u32,
+    pub hashes: Vec<ContentHash>,
 }
 
-/// Header of a chunk reply; the chunk bytes follow in the same frame when `found`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkReplyHeader {
-    pub id: u32,
-    pub found: bool,
+/// Header of a reply frame: the replies to the requests `first_id`, `first_id + 1`, … in order,
+/// each the length of the chunk's bytes (which follow the header, one after the other, in the
+/// same order) or `None` for "not found". At least one and at most [`MAX_CHUNKS_PER_FRAME`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRepliesHeader {
+    pub first_id: u32,
+    pub lens: Vec<Option<u32>>,
+}
+
+/// A decoded reply frame: its first id and each reply's bytes (`None`: not found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkReplies<'a> {
+    pub first_id: u32,
+    pub chunks: Vec<Option<&'a [u8]>>,
 }
 
 /// Encode a message.
@@ -92,22 +111,70 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))
 }
 
-/// The header of a chunk reply frame; the chunk's bytes follow it (see `write_frame_parts`).
-pub fn encode_reply_header(id: u32, found: bool) -> Vec<u8> {
-    encode(&ChunkReplyHeader { id, found })
+/// A request frame asking for `hashes` (1 to [`MAX_CHUNKS_PER_FRAME`]) with ids from `first_id`.
+pub fn encode_requests(first_id: u32, hashes: &[ContentHash]) -> Vec<u8> {
+    debug_assert!(!hashes.is_empty() && hashes.len() <= MAX_CHUNKS_PER_FRAME);
+    encode(&ChunkRequests {
+        first_id,
+        hashes: hashes.to_vec(),
+    })
 }
 
-/// Split a chunk reply frame body into its header and bytes.
-pub fn decode_reply(frame: &[u8]) -> Result<(ChunkReplyHeader, &[u8]), WireError> {
-    let (header, body): (ChunkReplyHeader, &[u8]) =
+/// Decode a request frame; an empty batch or one over [`MAX_CHUNKS_PER_FRAME`] is malformed.
+pub fn decode_requests(frame: &[u8]) -> Result<ChunkRequests, WireError> {
+    let requests: ChunkRequests = decode(frame)?;
+    check_count("request", requests.hashes.len())?;
+    Ok(requests)
+}
+
+/// The header of a reply frame whose replies are `lens` (see [`ChunkRepliesHeader`]); the
+/// chunks' bytes follow it (see `write_frame_parts`).
+pub fn encode_replies_header(first_id: u32, lens: Vec<Option<u32>>) -> Vec<u8> {
+    encode(&ChunkRepliesHeader { first_id, lens })
+}
+
+/// Split a reply frame body into its replies. The lengths must account for every byte after
+/// the header, none over `CHUNK_MAX`.
+pub fn decode_replies(frame: &[u8]) -> Result<ChunkReplies<'_>, WireError> {
+    let (header, mut body): (ChunkRepliesHeader, &[u8]) =
         postcard::take_from_bytes(frame).map_err(|e| WireError::Decode(e.to_string()))?;
-    if !header.found && !body.is_empty() {
+    check_count("reply", header.lens.len())?;
+    let mut chunks = Vec::with_capacity(header.lens.len());
+    for len in header.lens {
+        let Some(len) = len else {
+            chunks.push(None);
+            continue;
+        };
+        let len = len as usize;
+        if len > CHUNK_MAX as usize || len > body.len() {
+            return Err(WireError::Decode(format!(
+                "a reply of {len} bytes where {} are left",
+                body.len()
+            )));
+        }
+        let (chunk, rest) = body.split_at(len);
+        chunks.push(Some(chunk));
+        body = rest;
+    }
+    if !body.is_empty() {
         return Err(WireError::Decode(format!(
-            "a not-found reply carrying {} bytes",
+            "{} bytes after the last reply",
             body.len()
         )));
     }
-    Ok((header, body))
+    Ok(ChunkReplies {
+        first_id: header.first_id,
+        chunks,
+    })
+}
+
+fn check_count(what: &str, n: usize) -> Result<(), WireError> {
+    if n == 0 || n > MAX_CHUNKS_PER_FRAME {
+        return Err(WireError::Decode(format!(
+            "a {what} frame of {n} chunks (1 to {MAX_CHUNKS_PER_FRAME})"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -116,36 +183,66 @@ mod tests {
     use crate::wire::{read_frame_into, write_frame_parts};
 
     #[test]
-    fn reply_round_trips() {
+    fn replies_round_trip_packed_in_one_frame() {
         // As a server sends them: header and bytes written as the parts of one frame.
         futures::executor::block_on(async {
             let mut wire = Vec::new();
-            let found = encode_reply_header(9, true);
-            write_frame_parts(&mut wire, &[&found, b"abc"])
-                .await
-                .unwrap();
-            let missing = encode_reply_header(3, false);
-            write_frame_parts(&mut wire, &[&missing, b""])
+            let header = encode_replies_header(9, vec![Some(3), None, Some(0), Some(2)]);
+            write_frame_parts(&mut wire, &[&header, b"abc", b"", b"de"])
                 .await
                 .unwrap();
             let mut r = &wire[..];
             let mut frame = Vec::new();
             assert!(read_frame_into(&mut r, 64, &mut frame).await.unwrap());
-            let (h, data) = decode_reply(&frame).unwrap();
-            assert_eq!(h, ChunkReplyHeader { id: 9, found: true });
-            assert_eq!(data, b"abc");
-            assert!(read_frame_into(&mut r, 64, &mut frame).await.unwrap());
-            let (h, data) = decode_reply(&frame).unwrap();
-            assert!(!h.found && data.is_empty());
+            let replies = decode_replies(&frame).unwrap();
+            assert_eq!(replies.first_id, 9);
+            let expected: Vec<Option<&[u8]>> = vec![Some(b"abc"), None, Some(b""), Some(b"de")];
+            assert_eq!(replies.chunks, expected);
             assert!(!read_frame_into(&mut r, 64, &mut frame).await.unwrap());
         });
     }
 
-    /// Found by `scripts/fuzz` (target chunk_msgs): a not-found reply with bytes after it was
-    /// accepted and the bytes silently ignored.
     #[test]
-    fn a_not_found_reply_with_a_body_is_malformed() {
-        assert!(decode_reply(&[0x00, 0x00, 0x60]).is_err());
+    fn requests_round_trip_and_a_full_batch_fits_its_frame() {
+        let hashes: Vec<_> = (0..MAX_CHUNKS_PER_FRAME as u32)
+            .map(|i| ContentHash::of(&i.to_le_bytes()))
+            .collect();
+        let frame = encode_requests(u32::MAX, &hashes);
+        assert!(frame.len() <= MAX_REQUEST_FRAME, "{} bytes", frame.len());
+        let decoded = decode_requests(&frame).unwrap();
+        assert_eq!((decoded.first_id, decoded.hashes), (u32::MAX, hashes));
+    }
+
+    #[test]
+    fn batches_empty_or_over_the_cap_are_malformed() {
+        let empty = encode(&ChunkRequests {
+            first_id: 0,
+            hashes: vec![],
+        });
+        assert!(decode_requests(&empty).is_err());
+        let over = encode(&ChunkRequests {
+            first_id: 0,
+            hashes: vec![ContentHash::of(b"x"); MAX_CHUNKS_PER_FRAME + 1],
+        });
+        assert!(decode_requests(&over).is_err());
+        assert!(decode_replies(&encode_replies_header(0, vec![])).is_err());
+        let over = encode_replies_header(0, vec![None; MAX_CHUNKS_PER_FRAME + 1]);
+        assert!(decode_replies(&over).is_err());
+    }
+
+    /// Lengths that do not account for the body exactly: too long, too short, over a chunk.
+    #[test]
+    fn replies_whose_lengths_do_not_match_the_body_are_malformed() {
+        let frame = |lens: Vec<Option<u32>>, body: &[u8]| {
+            let mut f = encode_replies_header(1, lens);
+            f.extend_from_slice(body);
+            f
+        };
+        assert!(decode_replies(&frame(vec![Some(4)], b"abc")).is_err());
+        assert!(decode_replies(&frame(vec![Some(2)], b"abc")).is_err());
+        assert!(decode_replies(&frame(vec![None], b"a")).is_err());
+        assert!(decode_replies(&frame(vec![Some(CHUNK_MAX + 1)], b"")).is_err());
+        assert!(decode_replies(&frame(vec![Some(1), Some(2)], b"abc")).is_ok());
     }
 
     #[test]
@@ -153,8 +250,8 @@ mod tests {
         for len in 0..128 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
             let _ = decode::<ControlMsg>(&bytes);
-            let _ = decode::<ChunkRequest>(&bytes);
-            let _ = decode_reply(&bytes);
+            let _ = decode_requests(&bytes);
+            let _ = decode_replies(&bytes);
         }
     }
 }

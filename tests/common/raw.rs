@@ -4,7 +4,7 @@
 
 use treecast::net::streams::Stream;
 use treecast::tree::ContentHash;
-use treecast::wire::{self, ChunkRequest, ControlMsg, Hello, Role, PROTOCOL_VERSION};
+use treecast::wire::{self, ControlMsg, Hello, Role, PROTOCOL_VERSION};
 use treecast::NodeHandle;
 
 use super::{eventually_ok, WAIT};
@@ -74,7 +74,7 @@ pub async fn read_control<R: futures::AsyncRead + Unpin>(r: &mut R) -> Option<Co
 
 /// Ask for the chunk `hash` on a chunk stream; whether it was found.
 pub async fn ask_chunk(s: &mut Stream, id: u32, hash: ContentHash) -> Result<bool, String> {
-    let request = wire::encode(&ChunkRequest { id, hash });
+    let request = wire::encode_requests(id, &[hash]);
     wire::write_frame(s, &request)
         .await
         .map_err(|e| e.to_string())?;
@@ -82,9 +82,13 @@ pub async fn ask_chunk(s: &mut Stream, id: u32, hash: ContentHash) -> Result<boo
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the chunk stream ended")?;
-    let (header, _) = wire::decode_reply(&frame).map_err(|e| e.to_string())?;
-    if header.id != id {
-        return Err(format!("a reply to request {} for {id}", header.id));
+    let replies = wire::decode_replies(&frame).map_err(|e| e.to_string())?;
+    if replies.first_id != id || replies.chunks.len() != 1 {
+        return Err(format!(
+            "{} replies from request {} for {id}",
+            replies.chunks.len(),
+            replies.first_id
+        ));
     }
-    Ok(header.found)
+    Ok(replies.chunks[0].is_some())
 }
