@@ -124,10 +124,15 @@ impl<P: Clone + Eq + Hash> Lanes<P> {
         by_peer
     }
 
-    /// The one of `lanes` with the fewest requests (the oldest of those).
-    pub fn freest(&self, lanes: &[LaneId]) -> Option<LaneId> {
+    /// The lane of `lanes` to put a request on: the oldest with fewer than `room` requests,
+    /// so that a peer's requests queue on one stream and are answered one after the other
+    /// (spread over two streams, they are sent interleaved and each arrives later: the
+    /// publisher's seed hold runs out before others hear who has a chunk). The others take
+    /// over when it is full or gone. With every lane full, the one with the fewest.
+    pub fn lane_for(&self, lanes: &[LaneId], room: usize) -> Option<LaneId> {
         let load = |l: &LaneId| self.lanes.get(l).map_or(0, |l| l.load);
-        lanes.iter().copied().min_by_key(|l| (load(l), *l))
+        let oldest_with_room = lanes.iter().copied().filter(|l| load(l) < room).min();
+        oldest_with_room.or_else(|| lanes.iter().copied().min_by_key(|l| (load(l), *l)))
     }
 
     /// `peer` is asked for `hash` on `lane`, one of its open lanes.
@@ -216,12 +221,37 @@ mod tests {
     }
 
     #[test]
+    fn a_peers_requests_fill_its_oldest_lane_first() {
+        let mut l: Lanes<u8> = Lanes::default();
+        let (a, b) = (l.open(1), l.open(1));
+        assert_eq!(l.lane_for(&[b, a], 2), Some(a), "the oldest");
+        l.assign(h(0), 1, a);
+        assert_eq!(
+            l.lane_for(&[b, a], 2),
+            Some(a),
+            "the oldest while it has room"
+        );
+        l.assign(h(1), 1, a);
+        assert_eq!(l.lane_for(&[b, a], 2), Some(b), "the next once it is full");
+        l.assign(h(2), 1, b);
+        l.assign(h(3), 1, b);
+        assert_eq!(
+            l.lane_for(&[b, a], 2),
+            Some(a),
+            "all full: the oldest of the least loaded"
+        );
+        l.assign(h(4), 1, a);
+        assert_eq!(l.lane_for(&[b, a], 2), Some(b));
+        l.settle(h(0));
+        assert_eq!(l.lane_for(&[b, a], 2), Some(a), "room again");
+        l.assert_invariant();
+    }
+
+    #[test]
     fn requests_leave_with_their_lane_and_their_peer() {
         let mut l: Lanes<u8> = Lanes::default();
         let (a, b, c) = (l.open(1), l.open(1), l.open(2));
-        assert_eq!(l.freest(&[a, b]), Some(a), "the oldest of the least loaded");
         l.assign(h(0), 1, a);
-        assert_eq!(l.freest(&[a, b]), Some(b));
         l.assign(h(1), 1, b);
         l.assign(h(0), 2, c);
         l.assert_invariant();

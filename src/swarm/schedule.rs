@@ -17,8 +17,9 @@
 //! forgotten when its end is reported, the last event a lane sends.
 //!
 //! Policy, beside the picker's:
-//! - Each peer in the download gets `lanes_per_peer` lanes; a request goes to its peer's lane
-//!   with the fewest outstanding.
+//! - Each peer in the download gets `lanes_per_peer` lanes; a request goes to its peer's oldest
+//!   lane with room (`REQUESTS_PER_STREAM`), so a peer answers in order on one stream and the
+//!   others take over when it is full or lost.
 //! - A lane that closes while its peer is in the download (the session moved to another
 //!   connection, e.g. from a relay to a direct path) is opened again at once, `max_reopens`
 //!   times per `reopen_window`; more wait `reopen_delay`. A peer is never given up while it is
@@ -459,10 +460,14 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         }
     }
 
-    /// Hand out requests: each peer's picks go to its open lane with the fewest outstanding.
+    /// Hand out requests: each peer's picks go to its oldest open lane with room (see
+    /// [`Lanes::lane_for`]).
     fn assign(&mut self, now: Instant) {
         for (peer, lanes) in self.lanes.open_by_peer() {
-            while let Some(lane) = self.lanes.freest(&lanes) {
+            while let Some(lane) = self
+                .lanes
+                .lane_for(&lanes, crate::config::REQUESTS_PER_STREAM)
+            {
                 let Some(hash) = self.picker.next_for(&peer, now) else {
                     break;
                 };
@@ -586,7 +591,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_spread_over_the_lanes_of_a_peer_up_to_its_limit() {
+    fn requests_queue_on_the_oldest_lane_of_a_peer_up_to_its_limit() {
         let t0 = Instant::now();
         let mut s = scheduler(10, t0);
         s.handle_peer_up(1, &complete());
@@ -595,9 +600,10 @@ mod tests {
         assert!(actions.contains(&Action::PeersMayAsk(false)));
         let reqs = requests(&actions);
         assert_eq!(reqs.len(), 4, "the default limit");
-        for lane in [LaneId(0), LaneId(1)] {
-            assert_eq!(reqs.iter().filter(|(l, _)| *l == lane).count(), 2);
-        }
+        assert!(
+            reqs.iter().all(|(l, _)| *l == LaneId(0)),
+            "one stream, answered in order: {reqs:?}"
+        );
         assert!(
             drain(&mut s, t0).is_empty(),
             "nothing more until something happens"
@@ -611,7 +617,7 @@ mod tests {
         s.handle_peer_up(1, &complete());
         let reqs = requests(&drain(&mut s, t0));
         let lost: Vec<_> = reqs.into_iter().filter(|(l, _)| *l == LaneId(0)).collect();
-        assert_eq!(lost.len(), 2);
+        assert_eq!(lost.len(), 4);
         s.handle_closed(LaneId(0), t0);
         let actions = drain(&mut s, t0);
         assert_eq!(opened(&actions), [(LaneId(2), 1)], "reopened at once");
@@ -622,8 +628,8 @@ mod tests {
             "the rarest again: the lost ones"
         );
         assert!(
-            again.iter().all(|(l, _)| *l == LaneId(2)),
-            "on the lane with the fewest outstanding"
+            again.iter().all(|(l, _)| *l == LaneId(1)),
+            "on the oldest lane left"
         );
     }
 
