@@ -872,16 +872,7 @@ mod tests {
     async fn a_failed_chunk_read_ends_the_stream_instead_of_answering_not_found() {
         let hash = ContentHash::of(b"a chunk whose read fails");
         READ_FAILS.lock().unwrap().push(hash);
-        let (net, _net_rx) = mpsc::channel(1);
-        let ctx = ServerCtx {
-            peer: PeerId::random(),
-            content: Content::default(),
-            stats: Arc::default(),
-            net: NetHandle::new(net),
-            corrupt: false,
-            upload: None,
-            seed: None,
-        };
+        let ctx = server();
         let other = ContentHash::of(b"a chunk held in memory");
         ctx.content
             .remember(other, bytes::Bytes::from_static(b"a chunk held in memory"));

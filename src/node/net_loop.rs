@@ -1066,18 +1066,22 @@ impl NetLoop {
         }
     }
 
+    /// The revision this node holds and serves, if any.
+    fn our_revision(&self) -> Option<u64> {
+        self.content
+            .current()
+            .head
+            .as_ref()
+            .map(|h| h.body.revision)
+    }
+
     /// `peer` has proven useful to this node: a live session that sent us verified chunks or
     /// holds the revision we hold.
     fn is_useful(&self, peer: &PeerId) -> bool {
         if !self.sessions.contains_key(peer) {
             return false;
         }
-        let ours = self
-            .content
-            .current()
-            .head
-            .as_ref()
-            .map(|h| h.body.revision);
+        let ours = self.our_revision();
         let theirs = self.table.get(peer).and_then(|r| r.revision);
         self.stats.traffic.moved_with(peer).down > 0 || ours.is_some_and(|o| theirs >= Some(o))
     }
@@ -1583,12 +1587,7 @@ impl NetLoop {
     /// whether it holds the revision we hold.
     fn observe_slots(&mut self, traffic: &super::traffic::TrafficSnapshot) {
         let now = Instant::now();
-        let ours = self
-            .content
-            .current()
-            .head
-            .as_ref()
-            .map(|h| h.body.revision);
+        let ours = self.our_revision();
         let seen: Vec<(PeerId, u64, bool)> = self
             .sessions
             .keys()
