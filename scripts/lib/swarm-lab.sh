@@ -12,7 +12,7 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 NETLAB=${NETLAB:-$REPO/../shared/scripts/netlab}
-BIN=${BIN:-$REPO/target/release/treecast}
+BIN=${BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/treecast}
 export NETLAB_PREFIX=${NETLAB_PREFIX:-tc$$-}
 
 lab_cleanup() {
