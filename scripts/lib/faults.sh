@@ -315,8 +315,18 @@ faults_partition() {
   return $failed
 }
 
+# fl_wait_joined HOST N: waits until HOST's log has more than N "peer joined" lines.
+fl_wait_joined() {
+  local deadline=$(( $(date +%s) + FL_DEADLINE ))
+  until [ "$(grep -c 'peer joined' "$LAB_WORK/$1.log" || true)" -gt "$2" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "  $1 did not rejoin the swarm after its restart"; return 1; }
+    sleep 0.1
+  done
+}
+
 # Case 5. Rolling restarts during a rollout: each subscriber in turn, once it holds a third of
-# the tree, is killed with SIGKILL and started again at once. All end on the revision, and the
+# the tree, is killed with SIGKILL and started again at once; the next one's turn comes when
+# the restarted one has a peer again. All end on the revision, and the
 # publisher's upload stays under 1.5 copies of the tree.
 faults_rolling_restarts() {
   local hosts start failed=0 h killed=0
@@ -329,19 +339,24 @@ faults_rolling_restarts() {
     fl_wait_held "$h" $(( TREE_BYTES / 3 )) || failed=1
     if fl_applied "$h" 1; then echo "  $h had already applied the revision: not killed"; continue; fi
     printf '  %s: SIGKILL at %ss holding %s MiB, started again\n' "$h" "$(fl_secs "$start")" "$(fl_mib "$(fl_disk "$LAB_WORK/$h")")"
+    local joined
+    joined=$(grep -c 'peer joined' "$LAB_WORK/$h.log" || true)
     fl_signal KILL "$h"
     fl_start "$h"
     killed=$((killed + 1))
+    # A rolling restart moves on once the restarted node is back in the swarm.
+    fl_wait_joined "$h" "$joined" || failed=1
   done
   fl_wait_rev 1 "${hosts[@]}" || failed=1
   local tx=$(( $(tx_bytes pub1) - TX0 )) copies
   fl_slowest "$start" 1 "${hosts[@]}"
-  fl_status "${hosts[@]}"
+  fl_status pub "${hosts[@]}"
   fl_stop_all
   copies=$(echo "$tx / $TREE_BYTES" | bc -l)
   printf '  %d of %d subscribers killed mid-rollout; slowest %.1fs = %.2fx the clean run (all: %s)\n' \
     "$killed" "${#hosts[@]}" "$SLOWEST_S" "$(echo "$SLOWEST_S / $CLEAN_S" | bc -l)" "$TIMES_S"
-  printf '  publisher sent %.2f copies (clean run %.2f)\n' "$copies" "$(echo "$CLEAN_TX / $TREE_BYTES" | bc -l)"
+  printf '  publisher sent %.2f copies (clean run %.2f); %.2f copies of it as chunks\n' "$copies" \
+    "$(echo "$CLEAN_TX / $TREE_BYTES" | bc -l)" "$(echo "$(jq -r '.counters.chunk_bytes_sent' "$LAB_WORK/pub.json") / $TREE_BYTES" | bc -l)"
   [ "$killed" -gt 0 ] || { echo "  no subscriber was killed mid-rollout"; failed=1; }
   [ "$(echo "$copies < 1.5" | bc -l)" = 1 ] || { echo "  the publisher uploaded 1.5 copies or more"; failed=1; }
   fl_check 1 "${hosts[@]}" || failed=1
@@ -362,18 +377,32 @@ fl_dht_start() {
   [ -n "$DHT" ]
 }
 
-# Case 4. Infrastructure dies: the mixed NAT swarm (publisher behind a cone NAT; subscribers: 2
-# public, 3 behind cone NATs, 3 behind symmetric NATs; 20 Mbit/s links) with the dht-node,
-# which is also the only relay, killed with SIGKILL once a cone subscriber holds a quarter of
-# the tree, and started again 30 s later. Public and cone subscribers go on meanwhile (their
-# paths are direct); symmetric ones recover once it is back, from what they had. Every mirror
-# verifies and equals the tree.
+# Case 4. Infrastructure dies: the dht-node (also the only relay) on pub1 is killed with SIGKILL
+# once the watched subscriber holds a quarter of the tree, and started again (same state, same
+# address) 30 s later. The publisher is behind a cone NAT (nat1-h1); 20 Mbit/s links.
+#
+# faults_relay_dies: the mixed swarm (subscribers: 2 public, 3 behind cone NATs, 3 behind
+# symmetric NATs). Public and cone subscribers go on meanwhile (their paths are direct), and
+# must make progress while it is down; everyone completes.
 faults_relay_dies() {
-  local size_mib=${FL_NAT_SIZE_MIB:-32} start failed=0 h
-  local hosts=(pub2 pub3 nat2-h1 nat3-h1 nat4-h1 nat5-h1 nat6-h1 nat7-h1)
+  fl_relay_case nat2-h1 "pub2 pub3 nat2-h1 nat3-h1 nat4-h1 nat5-h1 nat6-h1 nat7-h1" \
+    "pub2 pub3 nat2-h1 nat3-h1 nat4-h1" --public 3 --nat 7 --nat-type cone,cone,cone,cone,symmetric,symmetric,symmetric
+}
+
+# faults_relay_dies_symmetric: only 2 subscribers, both behind symmetric NATs: every chunk
+# comes through the relay, so they stall while it is down, and must resume once it is back
+# from the chunks they hold (no verified chunk fetched again).
+faults_relay_dies_symmetric() {
+  fl_relay_case nat2-h1 "nat2-h1 nat3-h1" "" --public 1 --nat 3 --nat-type cone,symmetric,symmetric
+}
+
+# fl_relay_case WATCH "HOST..." "DIRECT..." NETLAB-UP-ARGS...: subscribers on HOSTs; those in
+# DIRECT have direct paths and must make progress (or be done) while the relay is down.
+fl_relay_case() {
+  local watch=$1 size_mib=${FL_NAT_SIZE_MIB:-32} start failed=0 h hosts direct=" $3 "
+  read -r -a hosts <<< "$2"; shift 3
   LAB_WORK=$(mktemp -d)
-  "$NETLAB" up --public 3 --nat 7 --hosts-per-nat 1 --rate 20mbit --delay 10ms \
-    --nat-type cone,cone,cone,cone,symmetric,symmetric,symmetric >/dev/null
+  "$NETLAB" up --hosts-per-nat 1 --rate 20mbit --delay 10ms "$@" >/dev/null
   mkdir -p "$LAB_WORK/pub"
   head -c $((size_mib << 20)) /dev/urandom > "$LAB_WORK/pub/data.bin"
   TREE_BYTES=$((size_mib << 20))
@@ -391,7 +420,7 @@ faults_relay_dies() {
       --listen 0.0.0.0:4433 --bootstrap "$DHT" --connect-timeout 120 2>> "$LAB_WORK/$h.log" &
     echo $! > "$LAB_WORK/$h.pid"
   done
-  fl_wait_held nat2-h1 $(( TREE_BYTES / 4 )) || failed=1
+  fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
   declare -A at_kill
   for h in "${hosts[@]}"; do at_kill[$h]=$(fl_disk "$LAB_WORK/$h"); done
   local killed_at
@@ -405,7 +434,7 @@ faults_relay_dies() {
     if fl_applied "$h" 1; then line="$line $h=done"; else
       line="$line $h=$(fl_mib "${at_kill[$h]}")->$(fl_mib "$now_b")"
       # Public and cone subscribers have direct paths: they must go on without the relay.
-      case $h in pub*|nat[234]-h1) [ "$now_b" -gt "${at_kill[$h]}" ] || grew_fail=1;; esac
+      case $direct in *" $h "*) [ "$now_b" -gt "${at_kill[$h]}" ] || grew_fail=1;; esac
     fi
   done
   echo "   $line"
@@ -414,7 +443,7 @@ faults_relay_dies() {
   local back; back=$(fl_now)
   fl_wait_rev 1 "${hosts[@]}" || failed=1
   fl_slowest "$start" 1 "${hosts[@]}"
-  printf '  all complete %.1fs after the start, %s after the dht-node came back (all: %s)\n' \
+  printf '  all complete %.1fs after the start, %ss after the dht-node came back (all: %s)\n' \
     "$SLOWEST_S" "$(fl_secs "$back")" "$TIMES_S"
   fl_status "${hosts[@]}"
   fl_stop_all
@@ -425,6 +454,7 @@ faults_relay_dies() {
   done
   printf '  subscribers received %.2f trees in all (%.2f through the relay) for %d mirrors (counters since each start)\n' \
     "$(echo "$total / $TREE_BYTES" | bc -l)" "$(echo "$relayed / $TREE_BYTES" | bc -l)" "${#hosts[@]}"
+  fl_no_refetch "${hosts[@]}" || failed=1
   fl_check 1 "${hosts[@]}" || failed=1
   return $failed
 }
