@@ -385,7 +385,7 @@ fl_dht_start() {
 # symmetric NATs). Public and cone subscribers go on meanwhile (their paths are direct), and
 # must make progress while it is down; everyone completes.
 faults_relay_dies() {
-  fl_relay_case nat2-h1 "pub2 pub3 nat2-h1 nat3-h1 nat4-h1 nat5-h1 nat6-h1 nat7-h1" \
+  fl_relay_twice nat2-h1 "pub2 pub3 nat2-h1 nat3-h1 nat4-h1 nat5-h1 nat6-h1 nat7-h1" \
     "pub2 pub3 nat2-h1 nat3-h1 nat4-h1" --public 3 --nat 7 --nat-type cone,cone,cone,cone,symmetric,symmetric,symmetric
 }
 
@@ -393,7 +393,16 @@ faults_relay_dies() {
 # comes through the relay, so they stall while it is down, and must resume once it is back
 # from the chunks they hold (no verified chunk fetched again).
 faults_relay_dies_symmetric() {
-  fl_relay_case nat2-h1 "nat2-h1 nat3-h1" "" --public 1 --nat 3 --nat-type cone,symmetric,symmetric
+  fl_relay_twice nat2-h1 "nat2-h1 nat3-h1" "" --public 1 --nat 3 --nat-type cone,symmetric,symmetric
+}
+
+# fl_relay_twice ARGS...: fl_relay_case ARGS without the fault (the clean run), then with it.
+fl_relay_twice() {
+  FL_RELAY_KILL=0 fl_relay_case "$@" || { echo "  the clean run failed"; return 1; }
+  local clean=$SLOWEST_S
+  lab_cleanup
+  FL_RELAY_KILL=1 fl_relay_case "$@" || return 1
+  printf '  clean run %.1fs, with the fault %.1fs (%.2fx)\n' "$clean" "$SLOWEST_S" "$(echo "$SLOWEST_S / $clean" | bc -l)"
 }
 
 # fl_relay_case WATCH "HOST..." "DIRECT..." NETLAB-UP-ARGS...: subscribers on HOSTs; those in
@@ -420,6 +429,14 @@ fl_relay_case() {
       --listen 0.0.0.0:4433 --bootstrap "$DHT" --connect-timeout 120 2>> "$LAB_WORK/$h.log" &
     echo $! > "$LAB_WORK/$h.pid"
   done
+  if [ "${FL_RELAY_KILL:-1}" = 0 ]; then
+    fl_wait_rev 1 "${hosts[@]}" || failed=1
+    fl_slowest "$start" 1 "${hosts[@]}"
+    fl_stop_all
+    printf '  clean run: all complete %.1fs after the start (all: %s)\n' "$SLOWEST_S" "$TIMES_S"
+    fl_check 1 "${hosts[@]}" || failed=1
+    return $failed
+  fi
   fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
   declare -A at_kill
   for h in "${hosts[@]}"; do at_kill[$h]=$(fl_disk "$LAB_WORK/$h"); done
@@ -440,11 +457,11 @@ fl_relay_case() {
   echo "   $line"
   [ $grew_fail = 0 ] || { echo "  a public or cone subscriber made no progress without the relay"; failed=1; }
   fl_dht_start || { echo "  the dht-node did not start again"; failed=1; }
-  local back; back=$(fl_now)
+  local back; back=$(echo "$(fl_now) - $start" | bc -l)
   fl_wait_rev 1 "${hosts[@]}" || failed=1
   fl_slowest "$start" 1 "${hosts[@]}"
-  printf '  all complete %.1fs after the start, %ss after the dht-node came back (all: %s)\n' \
-    "$SLOWEST_S" "$(fl_secs "$back")" "$TIMES_S"
+  printf '  all complete %.1fs after the start; the dht-node was back at %.1fs (all: %s)\n' \
+    "$SLOWEST_S" "$back" "$TIMES_S"
   fl_status "${hosts[@]}"
   fl_stop_all
   local relayed=0 total=0
