@@ -341,6 +341,7 @@ faults_rolling_restarts() {
     printf '  %s: SIGKILL at %ss holding %s MiB, started again\n' "$h" "$(fl_secs "$start")" "$(fl_mib "$(fl_disk "$LAB_WORK/$h")")"
     local joined
     joined=$(grep -c 'peer joined' "$LAB_WORK/$h.log" || true)
+    fl_disk "$LAB_WORK/$h" > "$LAB_WORK/$h.held"
     fl_signal KILL "$h"
     fl_start "$h"
     killed=$((killed + 1))
@@ -358,6 +359,16 @@ faults_rolling_restarts() {
   printf '  publisher sent %.2f copies (clean run %.2f); %.2f copies of it as chunks\n' "$copies" \
     "$(echo "$CLEAN_TX / $TREE_BYTES" | bc -l)" "$(echo "$(jq -r '.counters.chunk_bytes_sent' "$LAB_WORK/pub.json") / $TREE_BYTES" | bc -l)"
   [ "$killed" -gt 0 ] || { echo "  no subscriber was killed mid-rollout"; failed=1; }
+  # A restart resumes from the staged chunks: what a node held at its kill (on disk, its state
+  # database included) and what it verified after it come to about one tree.
+  local sum line=""
+  for h in "${hosts[@]}"; do
+    [ -f "$LAB_WORK/$h.held" ] || continue
+    sum=$(( $(cat "$LAB_WORK/$h.held") + $(fl_fetched "$h") ))
+    line="$line $h=$(printf '%.2f' "$(echo "$sum / $TREE_BYTES" | bc -l)")"
+    [ "$sum" -le $(( TREE_BYTES * 115 / 100 )) ] || { echo "  $h fetched chunks it held again"; failed=1; }
+  done
+  echo "  held at the kill + verified after it, in trees:$line"
   [ "$(echo "$copies < 1.5" | bc -l)" = 1 ] || { echo "  the publisher uploaded 1.5 copies or more"; failed=1; }
   fl_check 1 "${hosts[@]}" || failed=1
   return $failed
