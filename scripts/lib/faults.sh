@@ -121,6 +121,13 @@ fl_wait_held() {
   done
 }
 
+# fl_mid HOST: fails (saying so) if HOST already applied a revision: the fault would not fall
+# mid-transfer.
+fl_mid() {
+  ! grep -q 'revision applied' "$LAB_WORK/$1.log" 2>/dev/null \
+    || { echo "  $1 completed before the fault: it is not mid-transfer"; return 1; }
+}
+
 # fl_status HOST...: each running node's `status --json` into $LAB_WORK/HOST.json.
 fl_status() {
   local h
@@ -131,7 +138,7 @@ fl_status() {
 fl_fetched() { jq -r '.counters.chunk_bytes_fetched // 0' "$LAB_WORK/$1.json"; }
 
 # fl_check REV HOST...: every HOST's mirror verifies, equals the publisher's tree byte for byte,
-# holds revision REV (its status says so), and its log shows it applied revisions in strictly
+# holds revision REV (its status, taken by fl_status while it ran, says so), and its log shows it applied revisions in strictly
 # increasing order, never one older than one it had.
 fl_check() {
   local rev=$1 failed=0 h applied held; shift
@@ -141,7 +148,8 @@ fl_check() {
       echo "  $h differs from the publisher's tree"; failed=1
     fi
     held=$(jq -r '.revision // empty' "$LAB_WORK/$h.json" 2>/dev/null)
-    if [ -n "$held" ] && [ "$held" != "$rev" ]; then echo "  $h holds revision $held, not $rev"; failed=1; fi
+    if [ -z "$held" ]; then echo "  $h gave no status (was it still running?)"; failed=1
+    elif [ "$held" != "$rev" ]; then echo "  $h holds revision $held, not $rev"; failed=1; fi
     applied=$(grep -o 'revision applied.*revision=[0-9]*' "$LAB_WORK/$h.log" | grep -o '[0-9]*$' | tr '\n' ' ')
     if ! echo "$applied" | tr ' ' '\n' | sed '/^$/d' | sort -n -c -u 2>/dev/null; then
       echo "  $h applied revisions out of order: $applied"; failed=1
@@ -227,6 +235,7 @@ fl_link_down_case() {
   for h in "${hosts[@]}"; do fl_start "$h"; done
   local watch=pub2; [ "$cut" = pub1 ] || watch=$cut
   fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
+  fl_mid "$watch" || failed=1
   held=$(fl_disk "$LAB_WORK/$watch")
   down_at=$(fl_secs "$start")
   "$NETLAB" exec "$cut" -- ip link set eth0 down
@@ -280,6 +289,7 @@ faults_partition() {
   start=$(fl_now)
   for h in "${hosts[@]}"; do fl_start "$h"; done
   fl_wait_held "${far[0]}" $(( TREE_BYTES / 4 )) || failed=1
+  fl_mid "${far[0]}" || failed=1
   for h in "${near[@]}"; do addrs_near+=("$("$NETLAB" addr "$h")"); done
   for h in "${far[@]}"; do addrs_far+=("$("$NETLAB" addr "$h")"); done
   fl_block "$(IFS=,; echo "${addrs_far[*]}")" "${near[@]}"
@@ -443,12 +453,14 @@ fl_relay_case() {
   if [ "${FL_RELAY_KILL:-1}" = 0 ]; then
     fl_wait_rev 1 "${hosts[@]}" || failed=1
     fl_slowest "$start" 1 "${hosts[@]}"
+    fl_status "${hosts[@]}"
     fl_stop_all
     printf '  clean run: all complete %.1fs after the start (all: %s)\n' "$SLOWEST_S" "$TIMES_S"
     fl_check 1 "${hosts[@]}" || failed=1
     return $failed
   fi
   fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
+  fl_mid "$watch" || failed=1
   declare -A at_kill
   for h in "${hosts[@]}"; do at_kill[$h]=$(fl_disk "$LAB_WORK/$h"); done
   local killed_at
