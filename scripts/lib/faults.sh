@@ -209,13 +209,19 @@ faults_loss() {
   return $failed
 }
 
+# FL_REFETCH_LIMIT: the chunk bytes a subscriber may verify, in percent of the tree. Duplicates
+# are normal: an end-game request outstanding for 1 s goes to a second peer too (up to 8% in
+# clean runs), and requests on connections that die mid-reply are asked again elsewhere (18%
+# seen on a subscriber whose relayed connections died with the relay). The faults fall when a
+# node holds half the tree (a third in rolling_restarts), so fetching its verified chunks
+# again would show 133% or more.
+FL_REFETCH_LIMIT=${FL_REFETCH_LIMIT:-125}
+
 # fl_no_refetch HOST...: each HOST (running since the start, so its counters cover the whole
-# transfer) verified at most the tree plus end-game duplicates (a request outstanding for 1 s
-# goes to a second peer too: up to 8% in clean runs; 15% allowed): a node that fetched its
-# verified chunks again after a fault would show the quarter of the tree it held or more.
+# transfer) verified at most FL_REFETCH_LIMIT percent of the tree.
 fl_no_refetch() {
   local failed=0 h got limit
-  limit=$(( TREE_BYTES * 115 / 100 ))
+  limit=$(( TREE_BYTES * FL_REFETCH_LIMIT / 100 ))
   for h in "$@"; do
     got=$(fl_fetched "$h")
     printf '  %s verified %.2f trees from peers\n' "$h" "$(echo "$got / $TREE_BYTES" | bc -l)"
@@ -224,7 +230,7 @@ fl_no_refetch() {
   return $failed
 }
 
-# fl_link_down_case HOST: the shared topology; once pub2 holds a quarter of the tree, HOST's
+# fl_link_down_case HOST: the shared topology; once pub2 (or HOST) holds half the tree, HOST's
 # link goes down for 30 s, then up. Every subscriber completes without fetching verified
 # chunks again.
 fl_link_down_case() {
@@ -234,7 +240,7 @@ fl_link_down_case() {
   start=$(fl_now)
   for h in "${hosts[@]}"; do fl_start "$h"; done
   local watch=pub2; [ "$cut" = pub1 ] || watch=$cut
-  fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
+  fl_wait_held "$watch" $(( TREE_BYTES / 2 )) || failed=1
   fl_mid "$watch" || failed=1
   held=$(fl_disk "$LAB_WORK/$watch")
   down_at=$(fl_secs "$start")
@@ -376,7 +382,7 @@ faults_rolling_restarts() {
     [ -f "$LAB_WORK/$h.held" ] || continue
     sum=$(( $(cat "$LAB_WORK/$h.held") + $(fl_fetched "$h") ))
     line="$line $h=$(printf '%.2f' "$(echo "$sum / $TREE_BYTES" | bc -l)")"
-    [ "$sum" -le $(( TREE_BYTES * 115 / 100 )) ] || { echo "  $h fetched chunks it held again"; failed=1; }
+    [ "$sum" -le $(( TREE_BYTES * FL_REFETCH_LIMIT / 100 )) ] || { echo "  $h fetched chunks it held again"; failed=1; }
   done
   echo "  held at the kill + verified after it, in trees:$line"
   [ "$(echo "$copies < 1.5" | bc -l)" = 1 ] || { echo "  the publisher uploaded 1.5 copies or more"; failed=1; }
@@ -399,7 +405,7 @@ fl_dht_start() {
 }
 
 # Case 4. Infrastructure dies: the dht-node (also the only relay) on pub1 is killed with SIGKILL
-# once the watched subscriber holds a quarter of the tree, and started again (same state, same
+# once the watched subscriber holds half the tree, and started again (same state, same
 # address) 30 s later. The publisher is behind a cone NAT (nat1-h1); 20 Mbit/s links.
 #
 # faults_relay_dies: the mixed swarm (subscribers: 2 public, 3 behind cone NATs, 3 behind
@@ -459,7 +465,7 @@ fl_relay_case() {
     fl_check 1 "${hosts[@]}" || failed=1
     return $failed
   fi
-  fl_wait_held "$watch" $(( TREE_BYTES / 4 )) || failed=1
+  fl_wait_held "$watch" $(( TREE_BYTES / 2 )) || failed=1
   fl_mid "$watch" || failed=1
   declare -A at_kill
   for h in "${hosts[@]}"; do at_kill[$h]=$(fl_disk "$LAB_WORK/$h"); done
