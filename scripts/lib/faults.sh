@@ -128,7 +128,8 @@ fl_mid() {
     || { echo "  $1 completed before the fault: it is not mid-transfer"; return 1; }
 }
 
-# fl_status HOST...: each running node's `status --json` into $LAB_WORK/HOST.json.
+# fl_status HOST...: each running node's `status --json` into $LAB_WORK/HOST.json ("pub" is
+# the publisher: kept with KEEP=1, for its counters such as connections_refused).
 fl_status() {
   local h
   for h in "$@"; do "$BIN" status "$LAB_WORK/$h" --json > "$LAB_WORK/$h.json" 2>/dev/null || echo '{}' > "$LAB_WORK/$h.json"; done
@@ -180,7 +181,7 @@ fl_run_clean_or_lossy() {
   fl_wait_rev 1 "${hosts[@]}" || failed=1
   RUN_TX=$(( $(tx_bytes pub1) - TX0 ))
   fl_slowest "$start" 1 "${hosts[@]}"
-  fl_status "${hosts[@]}"
+  fl_status pub "${hosts[@]}"
   fl_stop_all
   RUN_FETCH_MAX=0
   for h in "${hosts[@]}"; do
@@ -251,7 +252,7 @@ fl_link_down_case() {
   fl_wait_rev 1 "${hosts[@]}" || failed=1
   local tx=$(( $(tx_bytes pub1) - TX0 ))
   fl_slowest "$start" 1 "${hosts[@]}"
-  fl_status "${hosts[@]}"
+  fl_status pub "${hosts[@]}"
   fl_stop_all
   printf '  slowest %.1fs = clean %.1fs + %.1fs (the outage is 30s; all: %s); publisher sent %.2f copies\n' \
     "$SLOWEST_S" "$CLEAN_S" "$(echo "$SLOWEST_S - $CLEAN_S" | bc -l)" "$TIMES_S" "$(echo "$tx / $TREE_BYTES" | bc -l)"
@@ -321,7 +322,7 @@ faults_partition() {
   fl_slowest "$healed" 2 "${far[@]}"
   printf '  far half on revision 2 %.1fs after healing (all: %s); publisher sent %.2f copies of revision 1'"'"'s tree in all\n' \
     "$SLOWEST_S" "$TIMES_S" "$(echo "$tx / $TREE_BYTES" | bc -l)"
-  fl_status "${hosts[@]}"
+  fl_status pub "${hosts[@]}"
   fl_stop_all
   fl_check 2 "${hosts[@]}" || failed=1
   for h in "${hosts[@]}"; do
@@ -459,7 +460,7 @@ fl_relay_case() {
   if [ "${FL_RELAY_KILL:-1}" = 0 ]; then
     fl_wait_rev 1 "${hosts[@]}" || failed=1
     fl_slowest "$start" 1 "${hosts[@]}"
-    fl_status "${hosts[@]}"
+    fl_status pub "${hosts[@]}"
     fl_stop_all
     printf '  clean run: all complete %.1fs after the start (all: %s)\n' "$SLOWEST_S" "$TIMES_S"
     fl_check 1 "${hosts[@]}" || failed=1
@@ -491,7 +492,7 @@ fl_relay_case() {
   fl_slowest "$start" 1 "${hosts[@]}"
   printf '  all complete %.1fs after the start; the dht-node was back at %.1fs (all: %s)\n' \
     "$SLOWEST_S" "$back" "$TIMES_S"
-  fl_status "${hosts[@]}"
+  fl_status pub "${hosts[@]}"
   fl_stop_all
   local relayed=0 total=0
   for h in "${hosts[@]}"; do
