@@ -7,6 +7,7 @@
 #   TREE_BYTES  size of the published tree
 #   TIMES_S     every subscriber's completion time (s, sorted)
 #   $LAB_WORK/pub-tx  sampled every 2 s: "secs publisher-tx-bytes sub2-bytes-on-disk ..."
+# The tree is one file of SIZE_MIB plus SMALL (env, default 0) files of 40,000 bytes.
 # It fails (returns non-zero) if any subscriber does not complete or verify. KEEP=1 keeps the
 # logs and trees.
 
@@ -35,6 +36,11 @@ swarm_case() {
   head -c $((size_mib << 20)) /dev/urandom > "$LAB_WORK/pub/data.bin"
   echo "hello" > "$LAB_WORK/pub/docs/readme.txt"
   TREE_BYTES=$((size_mib << 20))
+  if [ "${SMALL:-0}" -gt 0 ]; then
+    mkdir -p "$LAB_WORK/pub/small"
+    for i in $(seq 1 "$SMALL"); do head -c 40000 /dev/urandom > "$LAB_WORK/pub/small/f$i"; done
+    TREE_BYTES=$((TREE_BYTES + SMALL * 40000))
+  fi
 
   "$NETLAB" exec pub1 -- "$BIN" publish "$LAB_WORK/pub" --listen 0.0.0.0:4433 --no-watch \
     > "$LAB_WORK/ticket" 2> "$LAB_WORK/pub.log" &
@@ -96,4 +102,13 @@ swarm_case() {
   done
   TIMES_S=$(echo "$TIMES_S" | tr ' ' '\n' | sed '/^$/d' | sort -n | tr '\n' ' ')
   return $failed
+}
+
+# swarm_bound RATE_MBIT N: the lower bound (s) on the slowest completion when every host has
+# the same up and down rate U: max(F/U_pub, N*F/(U_pub + N*U), F/D_sub), F = $TREE_BYTES. tbf
+# goodput is ~94% of the line rate, which the bound ignores (it is a bound).
+swarm_bound() {
+  echo "f=$TREE_BYTES; u=$1*1000000/8; n=$2;
+    a=f/u; b=n*f/(u + n*u); c=f/u;
+    m=a; if (b>m) m=b; if (c>m) m=c; m" | bc -l
 }

@@ -83,9 +83,13 @@ where
         let mut start = 0;
         while start < batch.hashes.len() {
             let end = start + group_len(&ctx.content, &batch.hashes[start..]);
-            let replies = answer(ctx, &batch.hashes[start..end]).await?;
+            let hashes = &batch.hashes[start..end];
+            let replies = answer(ctx, hashes).await?;
             let first_id = batch.first_id.wrapping_add(start as u32);
-            send_replies(w, ctx, first_id, &replies).await?;
+            if let Err(e) = send_replies(w, ctx, first_id, &replies).await {
+                unsent(ctx, hashes, &replies);
+                return Err(e);
+            }
             start = end;
         }
     }
@@ -154,6 +158,17 @@ fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
     }
     let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
     !seed.should_serve(&ctx.peer, *hash, now)
+}
+
+/// The replies to `hashes` could not be sent: the seeding policy may give them to others.
+fn unsent(ctx: &ServerCtx, hashes: &[ContentHash], replies: &[Option<bytes::Bytes>]) {
+    let Some(seed) = &ctx.seed else {
+        return;
+    };
+    let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+    for (hash, _) in hashes.iter().zip(replies).filter(|(_, r)| r.is_some()) {
+        seed.unsent(&ctx.peer, hash);
+    }
 }
 
 /// `data` with its first byte flipped (the danger_ option that serves corrupt chunks).

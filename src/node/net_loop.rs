@@ -79,9 +79,9 @@ impl PeerRecord {
     }
 }
 
-/// How long the publisher holds back a chunk it just sent from other subscribers, who should
-/// get it from the first receiver instead.
-const SEED_HOLD: Duration = Duration::from_secs(2);
+/// The longest the publisher holds back a chunk it sent from other subscribers, who should get
+/// it from its first receiver, while no other peer lists it (see [`SeedPolicy`]).
+const SEED_HOLD: Duration = Duration::from_secs(10);
 
 /// Most peers remembered in the table (offline ones are forgotten first).
 const MAX_KNOWN_PEERS: usize = 1024;
@@ -601,9 +601,27 @@ impl NetLoop {
                 rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
                 rec.last_seen = std::time::SystemTime::now();
             }
-            PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
+            PeerEvent::Have {
+                peer,
+                revision,
+                bitfield,
+            } => self.seed_evidence(peer, *revision, bitfield),
+            PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
         }
         self.tell_engine(ev);
+    }
+
+    /// A publisher's seeding policy learns from `peer`'s bitfield which chunks spread.
+    fn seed_evidence(&self, peer: &PeerId, revision: u64, bitfield: &[u8]) {
+        let Some(seed) = &self.seed else {
+            return;
+        };
+        let current = self.content.current();
+        if current.head.as_ref().map(|h| h.body.revision) != Some(revision) {
+            return;
+        }
+        let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+        seed.have(peer, revision, current.chunk_order(), bitfield);
     }
 
     fn tell_engine(&self, ev: PeerEvent) {
@@ -633,6 +651,11 @@ impl NetLoop {
 
     /// The peer is offline, and the engine hears that session `session` is down.
     fn went_down(&mut self, peer: PeerId, session: u64) {
+        if let Some(seed) = &self.seed {
+            seed.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peer_left(&peer);
+        }
         let rec = self.record(peer);
         rec.online = false;
         rec.last_seen = std::time::SystemTime::now();

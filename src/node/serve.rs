@@ -24,6 +24,9 @@ pub(crate) struct ServeIndex {
     /// Where each chunk is: file, offset, length, the read check it is served against, and
     /// the identity the file must still have.
     chunks: HashMap<ContentHash, Place>,
+    /// Every chunk of the revision, sorted and de-duplicated: the order availability
+    /// bitfields index into.
+    order: Vec<ContentHash>,
     blobs: HashMap<ContentHash, Bytes>,
 }
 
@@ -376,7 +379,9 @@ impl ServeIndex {
         checks: &FileChecks,
     ) -> Self {
         let mut chunks = HashMap::new();
+        let mut order = Vec::new();
         for (path, _, _, hash, refs) in manifest.files() {
+            order.extend(refs.iter().map(|c| c.hash));
             let Some(indexed) = checks.get(path).filter(|i| i.hash == hash) else {
                 continue;
             };
@@ -393,13 +398,21 @@ impl ServeIndex {
                 offset += c.len as u64;
             }
         }
+        order.sort_unstable();
+        order.dedup();
         ServeIndex {
             root_dir: std::fs::File::open(&root).ok(),
             root,
             head: Some(head),
             chunks,
+            order,
             blobs,
         }
+    }
+
+    /// The revision's chunks in the order availability bitfields index into.
+    pub fn chunk_order(&self) -> &[ContentHash] {
+        &self.order
     }
 
     /// The bytes of `hash`, read from disk and checked, or `None`. Only read from the file

@@ -889,7 +889,12 @@ async fn download(
             area.check_of(hash),
         );
     }
-    let mut avail = Availability::new(revision, positions.keys().copied());
+    // Bitfields index the revision's whole chunk list, the same on every node, not the chunks
+    // this node stages: a node updating from an older revision stages only what changed.
+    let chunks = manifest
+        .files()
+        .flat_map(|(_, _, _, _, refs)| refs.iter().map(|c| c.hash));
+    let mut avail = Availability::new(revision, chunks);
     fetch_all(
         &env.fetch,
         needed,

@@ -10,10 +10,11 @@
 //!   broken by this node's salt, so that different downloaders pick different chunks. Missing
 //!   chunks are kept in that order, so a pick looks at the rarest first and usually stops at
 //!   the first one instead of scanning them all.
-//! - Last-resort seeds (the publisher) are only asked for chunks no other peer has while there
-//!   are any, so that its upload goes to chunks that are new to the swarm and subscribers trade
-//!   the rest. Once every chunk we miss has a holder, the seed is asked for the rarest ones
-//!   like any peer, so its upload does not sit idle in the end game.
+//! - Last-resort seeds (the publisher) are only asked for chunks no other peer has (or every
+//!   peer listing it said it lacks it after all), in the end game too: its upload goes to
+//!   chunks that are new to the swarm, and subscribers trade the rest. (Asking it for the
+//!   rarest held chunks once none was new sent each chunk to the swarm again and again: in a
+//!   big swarm there is always a subscriber at that point.)
 //! - Faster peers get more requests in flight (`set_limit`, from measured throughput).
 //! - A request older than `stall_timeout` is taken back and given to someone else.
 //! - End game: once every missing chunk is requested, a peer with room is also asked for a
@@ -252,14 +253,12 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         if state.in_flight >= state.limit {
             return None;
         }
-        // The rarest chunks come first in both queues.
-        let new_chunks_left = state.last_resort
-            && (self.queue.first().is_some_and(|r| self.unheld(r))
-                || self.requested_queue.first().is_some_and(|r| self.unheld(r)));
+        // The rarest chunks come first: a seed's are at the front.
+        let seed = state.last_resort;
         let hash = self
             .queue
             .iter()
-            .take_while(|r| !new_chunks_left || self.unheld(r))
+            .take_while(|r| !seed || self.unheld(r))
             .map(|r| r.2)
             .find(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), *h)));
         let Some(hash) = hash else {
@@ -273,11 +272,13 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         Some(hash)
     }
 
-    /// End game: a second request for the oldest chunk outstanding elsewhere.
+    /// End game: a second request for the oldest chunk outstanding elsewhere (of a seed, only
+    /// one no other peer has).
     fn endgame_for(&mut self, peer: &P, now: Instant) -> Option<ContentHash> {
         if !self.missing.is_empty() {
             return None;
         }
+        let seed = self.peers.get(peer).is_some_and(|s| s.last_resort);
         let after = self.config.endgame_after;
         let hash = self
             .requested
@@ -288,6 +289,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                     && !self.second.contains_key(*h)
                     && self.has(peer, h)
                     && !self.lacks.contains_key(&(peer.clone(), **h))
+                    && (!seed || self.unheld(&self.rank(h)))
             })
             .min_by_key(|(_, (_, since))| *since)
             .map(|(h, _)| *h)?;
@@ -614,10 +616,51 @@ mod tests {
         p.on_verified(h(2));
         assert_eq!(
             p.next_for(&0, t0),
-            Some(h(0)),
-            "every chunk has a holder now: the seed gets the rarest"
+            None,
+            "every chunk has a holder now: the peers serve them"
         );
-        assert_eq!(p.next_for(&0, t0), Some(h(1)), "the most common comes last");
+        p.on_not_found(&1, h(0), t0);
+        assert_eq!(
+            p.next_for(&0, t0),
+            Some(h(0)),
+            "the only holder lacked it after all"
+        );
+    }
+
+    #[test]
+    fn seed_gets_no_end_game_copy_of_a_chunk_another_peer_has() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(5);
+        let mut p: Picker<u8> = Picker::new(cfg(), (0..2).map(h), &HashSet::new());
+        p.set_peer(0, Availability::All, true);
+        p.set_peer(1, some(&[0]), false);
+        assert_eq!(p.next_for(&1, t0), Some(h(0)));
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(p.next_for(&0, t1), Some(h(1)), "nobody else has chunk 1");
+        assert_eq!(
+            p.next_for(&0, late),
+            None,
+            "chunk 0 is slow to come from peer 1, but peer 1 has it: no copy from the seed"
+        );
+        p.set_peer(2, Availability::All, false);
+        assert_eq!(
+            p.next_for(&2, late),
+            Some(h(0)),
+            "another subscriber gets the end-game copy"
+        );
+        let mut q: Picker<u8> = Picker::new(cfg(), (0..2).map(h), &HashSet::new());
+        q.set_peer(0, Availability::All, true);
+        q.set_peer(1, Availability::All, false);
+        assert!(q.next_for(&1, t0).is_some() && q.next_for(&1, t0).is_some());
+        assert_eq!(
+            q.next_for(&0, late),
+            None,
+            "both asked of peer 1, which has them"
+        );
+        q.on_peer_gone(&1);
+        q.set_peer(3, some(&[]), false);
+        let both: HashSet<_> = (0..2).filter_map(|_| q.next_for(&0, late)).collect();
+        assert_eq!(both.len(), 2, "their holder left: the seed serves them");
     }
 
     #[test]

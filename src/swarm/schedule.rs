@@ -39,7 +39,7 @@ use tracing::debug;
 use super::availability::OwnAvailability;
 use super::lanes::{LaneId, Lanes};
 use super::picker::{Availability, Picker, PickerConfig};
-use super::window::RateMeter;
+use super::window::{RateMeter, MIN_REQUESTS, MIN_SEED_REQUESTS};
 use crate::tree::ContentHash;
 
 /// Scheduler limits and intervals.
@@ -49,7 +49,7 @@ pub struct ScheduleConfig {
     /// Lanes opened to each peer.
     pub lanes_per_peer: usize,
     /// How often each peer's request limit follows its measured rate. Until the first
-    /// measurement a peer has only its default limit (the publisher, 4 requests), so this is
+    /// measurement a peer has only its default limit (the publisher, 1 request), so this is
     /// also how long a download runs at that limit.
     pub rate_interval: Duration,
     /// How often our bitfield is announced, if it changed.
@@ -71,7 +71,7 @@ impl ScheduleConfig {
         ScheduleConfig {
             picker: PickerConfig {
                 default_in_flight: DEFAULT_IN_FLIGHT,
-                seed_in_flight: 4,
+                seed_in_flight: super::window::MIN_SEED_REQUESTS,
                 stall_timeout: CHUNK_TIMEOUT,
                 lack_retry: Duration::from_secs(1),
                 endgame_after: ENDGAME_AFTER,
@@ -423,7 +423,13 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let elapsed = now.saturating_duration_since(self.measured_at);
         self.measured_at = now;
         for (peer, meter) in &mut self.rates {
-            let target = meter.measure(elapsed);
+            let seed = self.peers.get(peer).is_some_and(|m| m.last_resort);
+            let floor = if seed {
+                MIN_SEED_REQUESTS
+            } else {
+                MIN_REQUESTS
+            };
+            let target = meter.measure(elapsed, floor);
             // Up at most twofold per measurement (down at once): requests in flight when a node
             // dies are lost, and a limit that grows with what the peer proved it delivers
             // keeps that small for downloads cut short.
@@ -733,14 +739,48 @@ mod tests {
         // A path whose quickest reply takes 100 ms: four round trips at that rate, in requests
         // of the peer's mean chunk, reached by doubling from the default.
         let limits: Vec<usize> = (0..3).map(|_| step(&mut s, &mut out, ms(100))).collect();
-        let target = in_flight_target(40e6, Some(ms(100)), Some(250e3));
+        let target = in_flight_target(40e6, Some(ms(100)), Some(250e3), MIN_REQUESTS);
         assert_eq!(target, 64);
         assert_eq!(limits, [32, target, target]);
         assert_eq!(out.len(), target);
         // A reply in 1 ms: a short path, 10 ms at that rate. Down at once.
         let limit = step(&mut s, &mut out, ms(1));
-        assert_eq!(limit, in_flight_target(40e6, Some(ms(1)), Some(250e3)));
+        assert_eq!(
+            limit,
+            in_flight_target(40e6, Some(ms(1)), Some(250e3), MIN_REQUESTS)
+        );
         assert_eq!(out.len(), target - 16, "no request until below the limit");
+    }
+
+    #[test]
+    fn a_slow_publisher_is_kept_one_request_deep_and_a_slow_peer_four() {
+        let t0 = Instant::now();
+        for (info, floor) in [
+            (
+                FeedPeer {
+                    last_resort: true,
+                    ..complete()
+                },
+                1,
+            ),
+            (complete(), 4),
+        ] {
+            let mut s = scheduler(64, t0);
+            s.handle_peer_up(1, &info);
+            let mut out: VecDeque<_> = requests(&drain(&mut s, t0)).into();
+            // One 250 kB chunk a second, each 100 ms after it was asked for: a publisher shared
+            // by many subscribers.
+            let mut now = t0;
+            for _ in 0..5 {
+                let (lane, hash) = out.pop_front().expect("a request out");
+                now += Duration::from_secs(1);
+                s.handle_reply(lane, hash, 250_000, ms(100));
+                s.handle_timeout(now);
+                out.extend(requests(&drain(&mut s, now)));
+            }
+            assert_eq!(s.picker.limit(&1), Some(floor));
+            assert_eq!(out.len(), floor, "requests out: the limit");
+        }
     }
 
     #[test]

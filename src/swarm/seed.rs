@@ -1,58 +1,135 @@
 //! The seeding policy of the publisher: send each chunk of a revision to as few subscribers as
-//! it can, so that subscribers soon hold different chunks and trade them.
+//! it can, so that subscribers soon hold different chunks and trade them (BitTorrent's
+//! super-seeding, on the evidence of the subscribers' own availability messages).
 //!
-//! A chunk already sent to one peer is refused to others for `hold` after that (the reply is
-//! "not found": ask your peers, who will have announced it by then). The same peer may ask
-//! again (its reply may have been lost), but that does not restart the hold: `hold` after the
-//! first send anyone may ask, so a chunk whose first receiver vanished, or keeps asking for it
-//! to keep it from everyone else, is never stuck.
+//! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
+//! peers) until there is evidence that it spread: another peer's bitfield lists it. The hold
+//! also ends when its receiver leaves, when the send failed, and at the latest `backstop` after
+//! it began, so that a receiver that never passes it on (slow, or hostile, asking for chunks to
+//! keep them from everyone else) cannot keep a chunk stuck. The same peer may ask again (its
+//! reply may have been lost); that does not restart the hold.
+//!
+//! Evidence, not a fixed time: a hold that ran out on a timer before the first receiver had the
+//! chunk (the publisher's queue grows with the number of subscribers) sent it again to others,
+//! and a long timer kept chunks reserved for receivers that had gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::tree::ContentHash;
 
-/// Sends remembered before old ones (past the hold) are forgotten.
+/// Holds kept before those past the backstop are dropped.
 const MAX_TRACKED: usize = 100_000;
 
-/// Tracks what the seed sent to whom and when.
+/// A chunk reserved for its first receiver.
+#[derive(Debug)]
+struct Hold<P> {
+    to: P,
+    since: Instant,
+}
+
+/// Tracks what the seed sent to whom, and what spread since.
 #[derive(Debug)]
 pub struct SeedPolicy<P> {
-    hold: Duration,
-    sent: HashMap<ContentHash, (P, Instant)>,
+    backstop: Duration,
+    holds: HashMap<ContentHash, Hold<P>>,
+    /// Chunks some peer other than their first receiver listed: served to anyone.
+    spread: HashSet<ContentHash>,
+    /// The revision `spread` and `bits` are about.
+    revision: u64,
+    /// Each peer's last bitfield, so that a new one costs what changed.
+    bits: HashMap<P, Vec<u8>>,
 }
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
-    pub fn new(hold: Duration) -> Self {
+    /// A policy whose holds end at the latest `backstop` after they began.
+    pub fn new(backstop: Duration) -> Self {
         SeedPolicy {
-            hold,
-            sent: HashMap::new(),
+            backstop,
+            holds: HashMap::new(),
+            spread: HashSet::new(),
+            revision: 0,
+            bits: HashMap::new(),
         }
     }
 
     /// Should the seed send `hash` to `peer` now? Records the send if so.
     pub fn should_serve(&mut self, peer: &P, hash: ContentHash, now: Instant) -> bool {
-        let serve = match self.sent.get(&hash) {
-            None => true,
-            // A retry: served, and the hold keeps counting from the first send.
-            Some((to, _)) if to == peer => return true,
-            Some((_, at)) => now.saturating_duration_since(*at) >= self.hold,
-        };
-        if serve {
-            if self.sent.len() >= MAX_TRACKED {
-                let hold = self.hold;
-                self.sent
-                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < hold);
-            }
-            self.sent.insert(hash, (peer.clone(), now));
+        if self.spread.contains(&hash) {
+            return true;
         }
-        serve
+        match self.holds.get(&hash) {
+            None => {}
+            // A retry: served, and the hold keeps counting from the first send.
+            Some(hold) if hold.to == *peer => return true,
+            Some(hold) if now.saturating_duration_since(hold.since) < self.backstop => {
+                return false
+            }
+            Some(_) => {}
+        }
+        if self.holds.len() >= MAX_TRACKED {
+            let backstop = self.backstop;
+            self.holds
+                .retain(|_, h| now.saturating_duration_since(h.since) < backstop);
+        }
+        let hold = Hold {
+            to: peer.clone(),
+            since: now,
+        };
+        self.holds.insert(hash, hold);
+        true
     }
 
-    /// A new revision: forget what was sent.
-    pub fn reset(&mut self) {
-        self.sent.clear();
+    /// The send of `hash` to `peer` failed: it may go to someone else at once.
+    pub fn unsent(&mut self, peer: &P, hash: &ContentHash) {
+        if self.holds.get(hash).is_some_and(|h| h.to == *peer) {
+            self.holds.remove(hash);
+        }
+    }
+
+    /// `peer` lists `hash` in its bitfield: if it is not the chunk's first receiver, the chunk
+    /// has spread and anyone may have it.
+    pub fn seen(&mut self, peer: &P, hash: ContentHash) {
+        if self.holds.get(&hash).is_some_and(|h| h.to == *peer) {
+            return;
+        }
+        self.holds.remove(&hash);
+        self.spread.insert(hash);
+    }
+
+    /// `peer`'s bitfield over `revision`, whose chunk order is `order`. Only what it added since
+    /// its last bitfield is looked at. A newer revision than before forgets what spread.
+    pub fn have(&mut self, peer: &P, revision: u64, order: &[ContentHash], bitfield: &[u8]) {
+        if revision > self.revision {
+            self.revision = revision;
+            self.spread.clear();
+            self.bits.clear();
+        } else if revision < self.revision {
+            return;
+        }
+        let old = self.bits.remove(peer).unwrap_or_default();
+        let bytes = bitfield.len().min(order.len().div_ceil(8));
+        for (at, &byte) in bitfield[..bytes].iter().enumerate() {
+            let added = byte & !old.get(at).copied().unwrap_or(0);
+            if added == 0 {
+                continue;
+            }
+            for bit in 0..8 {
+                if added & (1 << bit) != 0 {
+                    if let Some(hash) = order.get(at * 8 + bit) {
+                        self.seen(peer, *hash);
+                    }
+                }
+            }
+        }
+        self.bits.insert(peer.clone(), bitfield[..bytes].to_vec());
+    }
+
+    /// `peer` left: the chunks held for it that did not spread may go to others at once.
+    pub fn peer_left(&mut self, peer: &P) {
+        self.holds.retain(|_, h| h.to != *peer);
+        self.bits.remove(peer);
     }
 }
 
@@ -60,33 +137,109 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
 mod tests {
     use super::*;
 
+    fn h(i: u8) -> ContentHash {
+        ContentHash::of(&[i])
+    }
+
+    fn secs(t: Instant, s: f64) -> Instant {
+        t + Duration::from_secs_f64(s)
+    }
+
+    fn policy() -> SeedPolicy<u8> {
+        SeedPolicy::new(Duration::from_secs(10))
+    }
+
     #[test]
-    fn a_chunk_goes_to_one_peer_then_others_wait_for_the_hold() {
+    fn a_chunk_is_held_for_its_first_receiver_until_another_peer_lists_it() {
         let t0 = Instant::now();
-        let h = ContentHash::of(b"c");
-        let mut s: SeedPolicy<u8> = SeedPolicy::new(Duration::from_secs(2));
-        assert!(s.should_serve(&1, h, t0));
-        assert!(!s.should_serve(&2, h, t0 + Duration::from_secs(1)));
+        let mut s = policy();
+        assert!(s.should_serve(&1, h(1), t0));
+        assert!(!s.should_serve(&2, h(1), secs(t0, 1.0)));
         assert!(
-            s.should_serve(&1, h, t0 + Duration::from_secs(1)),
-            "same peer may retry"
+            s.should_serve(&1, h(1), secs(t0, 2.0)),
+            "its receiver may retry"
         );
+        s.seen(&1, h(1));
         assert!(
-            s.should_serve(&1, h, t0 + Duration::from_millis(1900)),
-            "and again"
+            !s.should_serve(&2, h(1), secs(t0, 3.0)),
+            "the receiver listing it is no evidence it spread"
         );
+        s.seen(&2, h(1));
         assert!(
-            s.should_serve(&2, h, t0 + Duration::from_millis(2000)),
-            "retries do not restart the hold: it ends 2 s after the first send"
+            s.should_serve(&3, h(1), secs(t0, 3.0)),
+            "listed by a second peer: anyone may have it"
         );
+        assert!(s.should_serve(&4, h(1), secs(t0, 3.0)));
         assert!(
-            !s.should_serve(&1, h, t0 + Duration::from_secs(3)),
-            "now 2's"
+            s.should_serve(&3, h(2), secs(t0, 3.0)),
+            "other chunks are free"
         );
-        assert!(s.should_serve(&1, h, t0 + Duration::from_secs(4)));
-        let other = ContentHash::of(b"d");
-        assert!(s.should_serve(&3, other, t0));
-        s.reset();
-        assert!(s.should_serve(&2, other, t0));
+    }
+
+    #[test]
+    fn a_hold_ends_when_its_receiver_leaves_or_the_send_failed() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        assert!(s.should_serve(&1, h(1), t0));
+        assert!(s.should_serve(&1, h(2), t0));
+        assert!(s.should_serve(&3, h(3), t0));
+        s.peer_left(&1);
+        assert!(
+            s.should_serve(&2, h(1), secs(t0, 0.1)),
+            "1 left: 2 is the receiver now"
+        );
+        assert!(!s.should_serve(&1, h(1), secs(t0, 0.2)), "and held for 2");
+        assert!(
+            !s.should_serve(&2, h(3), secs(t0, 0.1)),
+            "3's hold is untouched"
+        );
+        s.unsent(&2, &h(3));
+        assert!(
+            !s.should_serve(&2, h(3), secs(t0, 0.1)),
+            "only 3's own send failing ends it"
+        );
+        s.unsent(&3, &h(3));
+        assert!(s.should_serve(&2, h(3), secs(t0, 0.1)));
+    }
+
+    #[test]
+    fn a_receiver_that_never_passes_a_chunk_on_loses_it_at_the_backstop() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        assert!(s.should_serve(&1, h(1), t0));
+        // Asking again and again does not restart the hold.
+        for i in 1..10 {
+            assert!(s.should_serve(&1, h(1), secs(t0, i as f64)));
+            assert!(!s.should_serve(&2, h(1), secs(t0, i as f64 + 0.5)));
+        }
+        assert!(s.should_serve(&2, h(1), secs(t0, 10.0)), "backstop reached");
+        assert!(!s.should_serve(&1, h(1), secs(t0, 10.5)), "now held for 2");
+    }
+
+    #[test]
+    fn bitfields_count_only_what_they_add_and_only_for_the_newest_revision() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        let order: Vec<ContentHash> = (0..10).map(h).collect();
+        for i in 0..10 {
+            assert!(s.should_serve(&1, h(i), t0));
+        }
+        // Peer 2 lists chunks 0 and 9; bits past the order and bytes past it are ignored.
+        s.have(&2, 5, &order, &[0b0000_0001, 0b1111_1110, 0xff]);
+        assert!(s.should_serve(&3, h(0), t0));
+        assert!(s.should_serve(&3, h(9), t0));
+        assert!(!s.should_serve(&3, h(1), t0));
+        // The receiver's own bitfield is no evidence.
+        s.have(&1, 5, &order, &[0xff, 0xff]);
+        assert!(!s.should_serve(&3, h(1), t0));
+        // An old revision's bitfield is ignored.
+        s.have(&2, 4, &order, &[0xff, 0xff]);
+        assert!(!s.should_serve(&3, h(1), t0));
+        s.have(&2, 5, &order, &[0b0000_0011]);
+        assert!(s.should_serve(&3, h(1), t0), "what 2 added counts");
+        // A new revision forgets what spread in the old one.
+        s.have(&2, 6, &order, &[]);
+        assert!(s.should_serve(&3, h(0), t0));
+        assert!(!s.should_serve(&1, h(0), t0), "held for 3 again");
     }
 }
