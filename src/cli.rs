@@ -952,4 +952,32 @@ mod tests {
         .unwrap();
         assert!(Cli::try_parse_from(["treecast", "publish", "d", "--max-upload", "x"]).is_err());
     }
+
+    #[test]
+    fn the_public_dht_is_on_by_default_and_off_when_told_or_on_loopback_only() {
+        let net = |args: &[&str]| {
+            let argv = ["treecast", "publish", "d"].iter().chain(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Publish { net, .. } => net,
+                _ => unreachable!(),
+            }
+        };
+        let dht = |args: &[&str]| {
+            let net = net(args);
+            let listen = parse_addrs(&net.listen).unwrap();
+            public_dht(&net, &listen)
+        };
+        let amino = crate::net::default_bootstrap();
+        assert_eq!(dht(&[]).unwrap(), Some(amino), "0.0.0.0: Amino's list");
+        assert_eq!(dht(&["--no-public-dht"]).unwrap(), None);
+        assert_eq!(dht(&["--listen", "127.0.0.1:0"]).unwrap(), None);
+        let own =
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLMaMHKABs1CiEsHv7u3UFrbp4z6As43GB9awawptuLym";
+        let listed = dht(&["--listen", "127.0.0.1:0", "--public-dht-bootstrap", own]).unwrap();
+        assert_eq!(listed, Some(vec![own.parse().unwrap()]), "its own list: on");
+        let none = ["--public-dht-bootstrap", own, "--no-public-dht"];
+        assert_eq!(dht(&none).unwrap(), None, "the flag wins");
+        let err = dht(&["--public-dht-bootstrap", "/ip4/198.18.1.1/tcp/4001"]).unwrap_err();
+        assert!(format!("{err:#}").contains("/p2p/"), "{err:#}");
+    }
 }

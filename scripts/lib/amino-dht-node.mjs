@@ -38,9 +38,11 @@ const [port, control, ...bootstrap] = process.argv.slice(2)
 // address filter), so that nobody dials a peer at 127.0.0.1 or a LAN address. The lab's internet
 // is 198.18.0.0/16 (its NATed LANs are 198.19/16), which js counts as private, so the same rule
 // is written out here: an address is public if it starts at a host in 198.18/16 (relayed
-// addresses too: they start at the relay).
+// addresses too: they start at the relay). AMINO_PUBLIC_PREFIX changes it (/ip4/127.0.0.1/ for
+// nodes all on one machine's loopback).
+const publicPrefix = process.env.AMINO_PUBLIC_PREFIX ?? '/ip4/198.18.'
 function labPublicAddresses (peer) {
-  return { ...peer, multiaddrs: peer.multiaddrs.filter(a => a.toString().startsWith('/ip4/198.18.')) }
+  return { ...peer, multiaddrs: peer.multiaddrs.filter(a => a.toString().startsWith(publicPrefix)) }
 }
 const datastore = new MemoryDatastore()
 const node = await createLibp2p({
