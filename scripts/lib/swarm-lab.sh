@@ -15,6 +15,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 NETLAB=${NETLAB:-$REPO/../shared/scripts/netlab}
 BIN=${BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/treecast}
 export NETLAB_PREFIX=${NETLAB_PREFIX:-tc$$-}
+# The lab has no route to the public DHT's bootstrap peers: keep nodes from trying (the amino_*
+# cases of lab-tests turn it on for theirs, pointed at the lab's own nodes).
+export TREECAST_NO_PUBLIC_DHT=${TREECAST_NO_PUBLIC_DHT-1}
 
 lab_cleanup() {
   "$NETLAB" down >/dev/null 2>&1 || true

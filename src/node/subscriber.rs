@@ -184,10 +184,16 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         )));
     }
     let saved_peers = state.join("peers").exists();
-    if ticket.addrs.is_empty() && config.bootstrap.is_empty() && !saved_peers && !config.mdns {
+    let public_dht = config.public_dht.is_some();
+    if ticket.addrs.is_empty()
+        && config.bootstrap.is_empty()
+        && !saved_peers
+        && !config.mdns
+        && !public_dht
+    {
         return Err(NodeError::Refused(
             "no way to find peers: the ticket has no addresses, there is no --bootstrap, no \
-             peer table saved from an earlier run, and mDNS is off"
+             peer table saved from an earlier run, mDNS is off, and so is the public DHT"
                 .into(),
         ));
     }

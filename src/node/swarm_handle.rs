@@ -85,6 +85,19 @@ pub(crate) struct NetReport {
     pub reachability: &'static str,
     /// Addresses told to peers (listen, external, relayed).
     pub addrs: Vec<String>,
+    /// The public DHT (Amino), when on.
+    pub public_dht: Option<PublicDhtReport>,
+}
+
+/// What the swarm task knows of the public DHT (Amino).
+#[derive(Debug, Clone)]
+pub(crate) struct PublicDhtReport {
+    /// Peers in its routing table.
+    pub routing_peers: usize,
+    /// Serving it (AutoNAT says public) rather than a client.
+    pub server: bool,
+    /// When an announcement of the swarm last reached a node of it.
+    pub last_announce: Option<std::time::SystemTime>,
 }
 
 /// What a node says about itself in hellos.
