@@ -498,6 +498,12 @@ impl NetLoop {
                     }
                 }
             }
+            NetCommand::SendTo { peer, msg } => {
+                let queued = self.sessions.get(&peer).map(|s| s.out.try_send(msg));
+                if let Some(Err(_)) = queued {
+                    warn!(%peer, "control queue full: message dropped for this peer");
+                }
+            }
             NetCommand::Ban { peer, reason } => self.ban(peer, &reason),
             NetCommand::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -601,7 +607,10 @@ impl NetLoop {
                 rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
                 rec.last_seen = std::time::SystemTime::now();
             }
-            PeerEvent::Have { .. } | PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
+            PeerEvent::Have { .. }
+            | PeerEvent::HaveSync { .. }
+            | PeerEvent::Incompatible { .. }
+            | PeerEvent::Down { .. } => {}
         }
         self.tell_engine(ev);
     }
