@@ -499,8 +499,11 @@ impl NetLoop {
                 }
             }
             NetCommand::SendTo { peer, msg } => {
-                let queued = self.sessions.get(&peer).map(|s| s.out.try_send(msg));
-                if let Some(Err(_)) = queued {
+                let dropped = self
+                    .sessions
+                    .get(&peer)
+                    .is_some_and(|s| s.out.try_send(msg).is_err());
+                if dropped {
                     warn!(%peer, "control queue full: message dropped for this peer");
                 }
             }
