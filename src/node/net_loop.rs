@@ -575,6 +575,15 @@ impl NetLoop {
                     }
                 }
             }
+            NetCommand::SendTo { peer, msg } => {
+                let dropped = self
+                    .sessions
+                    .get(&peer)
+                    .is_some_and(|s| s.out.try_send(msg).is_err());
+                if dropped {
+                    warn!(%peer, "control queue full: message dropped for this peer");
+                }
+            }
             NetCommand::Ban { peer, reason } => self.ban(peer, &reason),
             NetCommand::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -679,27 +688,30 @@ impl NetLoop {
                 rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
                 rec.last_seen = std::time::SystemTime::now();
             }
-            PeerEvent::Have {
-                peer,
-                revision,
-                bitfield,
-            } => self.seed_evidence(peer, *revision, bitfield),
-            PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
+            PeerEvent::Have { peer, have } => self.seed_evidence(peer, have),
+            PeerEvent::HaveSync { .. }
+            | PeerEvent::Incompatible { .. }
+            | PeerEvent::Down { .. } => {}
         }
         self.tell_engine(ev);
     }
 
-    /// A publisher's seeding policy learns from `peer`'s bitfield which chunks spread.
-    fn seed_evidence(&self, peer: &PeerId, revision: u64, bitfield: &[u8]) {
+    /// A publisher's seeding policy learns from `peer`'s `Have` which chunks spread. (A
+    /// malformed one is only ignored here: the engine bans its sender.)
+    fn seed_evidence(&self, peer: &PeerId, have: &crate::wire::Have) {
         let Some(seed) = &self.seed else {
             return;
         };
         let current = self.content.current();
-        if current.head.as_ref().map(|h| h.body.revision) != Some(revision) {
+        if current.head.as_ref().map(|h| h.body.revision) != Some(have.revision) {
             return;
         }
+        let order = current.chunk_order();
+        let Ok(indices) = have.chunks.indices(order.len()) else {
+            return;
+        };
         let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-        seed.have(peer, revision, current.chunk_order(), bitfield);
+        seed.have(peer, have.revision, order, &indices);
     }
 
     fn tell_engine(&self, ev: PeerEvent) {
