@@ -537,7 +537,7 @@ mod tests {
             hash: ContentHash::of(d),
             len: 5,
         });
-        let file = ContentHash::of(b"0123456789");
+        let file = crate::tree::file_hash(&refs);
         let manifest = Manifest::from_entries(vec![crate::tree::Entry {
             path: RelPath::new("f").unwrap(),
             kind: crate::tree::EntryKind::File {

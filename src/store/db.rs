@@ -1,5 +1,6 @@
 //! The redb state database: pins, swarm identity, the applied head, the file index and the
-//! blobs (manifest chunks and index) of the current revision.
+//! blobs (manifest chunks and index) of the current revision; and its format, brought up to
+//! date when it is opened.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +19,13 @@ const KEY_PIN: &str = "publisher_key";
 const KEY_HEAD: &str = "head";
 const KEY_LINEAGE: &str = "succession";
 const KEY_APPLYING: &str = "applying";
+const KEY_FORMAT: &str = "format";
+
+/// Format of the state database. 1 (no `format` key): file records hold the BLAKE3 of each
+/// file's bytes. 2: they hold its hash by chunk list (`tree::file_hash`), as manifests of
+/// format 3 do. A database of format 1 is brought to 2 when opened, from the chunk lists its
+/// records hold; one of a later format (a newer treecast) is refused.
+pub const STATE_FORMAT: u32 = 2;
 
 /// Handle to the state database, and the file it is in (for messages).
 pub struct Db(redb::Database, std::path::PathBuf);
@@ -49,13 +57,34 @@ impl StoredState {
 }
 
 impl Db {
-    /// Open or create the database at `path`.
+    /// Open or create the database at `path`, bringing one of an older format up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = redb::Database::create(path)?;
         let txn = db.begin_write()?;
-        txn.open_table(META)?;
-        txn.open_table(FILES)?;
-        txn.open_table(BLOBS)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut files = txn.open_table(FILES)?;
+            txn.open_table(BLOBS)?;
+            let format = match meta.get(KEY_FORMAT)? {
+                Some(b) => u32::from_le_bytes(
+                    b.value()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("state format: length".into()))?,
+                ),
+                None => 1,
+            };
+            if format > STATE_FORMAT {
+                return Err(StoreError::NewerState {
+                    path: path.to_owned(),
+                    format,
+                    reads: STATE_FORMAT,
+                });
+            }
+            if format < 2 {
+                hash_files_by_chunks(&mut files)?;
+            }
+            meta.insert(KEY_FORMAT, &STATE_FORMAT.to_le_bytes()[..])?;
+        }
         txn.commit()?;
         Ok(Db(db, path.to_owned()))
     }
@@ -219,6 +248,30 @@ impl Db {
     }
 }
 
+/// Give every file record the hash of its chunk list in place of the BLAKE3 of its bytes
+/// (state format 1 to 2). The chunk lists were verified when recorded, so they name the same
+/// bytes; nothing is read.
+fn hash_files_by_chunks(files: &mut redb::Table<&str, &[u8]>) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    for item in files.iter()? {
+        let (k, v) = item?;
+        let mut rec = decode_record(v.value())?;
+        rec.hash = crate::tree::file_hash(&rec.chunks);
+        records.push((k.value().to_owned(), rec));
+    }
+    for (path, rec) in &records {
+        let bytes = postcard::to_stdvec(rec).expect("file record encodes");
+        files.insert(path.as_str(), bytes.as_slice())?;
+    }
+    if !records.is_empty() {
+        tracing::info!(
+            files = records.len(),
+            "state database: file hashes now by chunk list"
+        );
+    }
+    Ok(())
+}
+
 /// A file record as treecast wrote it before read checks.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FileRecordV1 {
@@ -330,6 +383,71 @@ mod tests {
         );
         assert!(db.file_index().unwrap().is_empty());
         assert!(db.blob(&blob.0).unwrap().is_none());
+    }
+
+    /// A database of format 1 (file hashes of the bytes) is brought to format 2 when opened:
+    /// every record gets the hash of its chunk list, the rest stays; one written by a newer
+    /// treecast is refused, naming its file and what to do.
+    #[test]
+    fn an_older_database_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let data = vec![5u8; 400_000];
+        let chunked = crate::tree::chunk_reader(&data[..]).unwrap();
+        let old = FileRecord {
+            size: chunked.size,
+            mtime_ns: 2,
+            inode: 3,
+            executable: false,
+            hash: ContentHash::of(&data),
+            chunks: chunked.chunks.clone(),
+            checks: chunked.checks.clone(),
+            dev: 4,
+        };
+        {
+            // As a treecast of format 1 left it: no format key, records hashed by bytes.
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(KEY_HEAD, &b"head"[..])
+                .unwrap();
+            let bytes = postcard::to_stdvec(&old).unwrap();
+            txn.open_table(FILES)
+                .unwrap()
+                .insert("a/b", bytes.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let index = db.file_index().unwrap();
+        let rec = &index[&RelPath::new("a/b").unwrap()];
+        assert_eq!(rec.hash, chunked.hash, "hashed by its chunk list");
+        assert_eq!(
+            FileRecord {
+                hash: old.hash,
+                ..rec.clone()
+            },
+            old,
+            "nothing else changed"
+        );
+        assert_eq!(db.state().unwrap().head.as_deref(), Some(&b"head"[..]));
+        {
+            let txn = db.0.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(KEY_FORMAT, &(STATE_FORMAT + 1).to_le_bytes()[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        drop(db);
+        let err = Db::open(&path).err().expect("a newer format is refused");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("newer treecast"),
+            "{shown}"
+        );
+        assert!(matches!(err, StoreError::NewerState { format: 3, .. }));
     }
 
     #[test]

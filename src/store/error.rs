@@ -15,8 +15,20 @@ pub enum StoreError {
     },
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
-    #[error("staged file {0} does not match its hash after download")]
-    StagedMismatch(crate::tree::ContentHash),
+    #[error(
+        "{path} was written by a newer treecast (state format {format}; this one reads formats \
+         up to {reads}): run that newer treecast on this tree"
+    )]
+    NewerState {
+        path: std::path::PathBuf,
+        format: u32,
+        reads: u32,
+    },
+    #[error("staged file {file} lacks its verified chunk {chunk}")]
+    StagedIncomplete {
+        file: crate::tree::ContentHash,
+        chunk: crate::tree::ContentHash,
+    },
 }
 
 macro_rules! impl_from_redb {

@@ -21,7 +21,7 @@ mod staging;
 
 pub use apply::{apply_revision, verify_tree, ApplyStats, VerifyReport};
 pub use conflicts::move_to_conflicts;
-pub use db::{Db, StoredState};
+pub use db::{Db, StoredState, STATE_FORMAT};
 pub(crate) use error::io_err;
 pub use error::StoreError;
 pub use local::{local_changes, user_entries, LocalChanges};

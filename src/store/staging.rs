@@ -3,8 +3,11 @@
 //! Each staged file is named by its file hash and has a sidecar `<hash>.chunks` listing its
 //! chunks, so that after a crash or a retarget every verified chunk already on disk is found
 //! again by rehashing (no separate journal to keep consistent). A file of one chunk (most small
-//! files) has none: its one chunk is the file, named by the same hash, and a sidecar would
-//! cost a file written, synced and deleted for each of them. A staged file is created when
+//! files) has none: its bytes are its one chunk, found again by hashing them, and a sidecar
+//! would cost a file written, synced and deleted for each of them. Only verified chunks are
+//! written here, and a file's hash is the hash of its chunk list (`tree::file_hash`), so a
+//! file whose every chunk was written is verified: finishing it reads none of its bytes again.
+//! A staged file is created when
 //! its first chunk arrives (or when it is finished, if it has none), and at most
 //! [`OPEN_STAGED_FILES`] are open at a time, whatever the number of files. Nothing here is
 //! visible in the mirror until `apply_revision` renames it into place.
@@ -38,9 +41,6 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 /// often 1024.
 pub const OPEN_STAGED_FILES: usize = 64;
 
-/// Files above this size are hashed mapped, on every core; smaller ones are read.
-const HASH_MAPPED_OVER: u64 = 1 << 20;
-
 /// The staged files of one target revision.
 pub struct StagingArea {
     dir: PathBuf,
@@ -51,7 +51,8 @@ pub struct StagingArea {
     /// Files whose writeback to start, for a thread of their own: starting writeback can block
     /// while the disk's queue is full, and chunk writes should not wait for that.
     writeback: std::sync::mpsc::SyncSender<Arc<File>>,
-    /// The [`read_check`] of every verified chunk staged, to index the files with.
+    /// The [`read_check`] of every verified chunk staged, to index the files with. A chunk is
+    /// here only once it is written at every place it belongs.
     checks: Mutex<HashMap<ContentHash, u64>>,
 }
 
@@ -96,20 +97,36 @@ impl StagingArea {
             writeback,
             checks: Mutex::default(),
         };
-        let mut present = HashSet::new();
+        let mut present = area.find_verified(wanted)?;
+        area.salvage_stale(&positions, &mut present)?;
+        Ok((area, positions, present))
+    }
+
+    /// The chunks of `wanted` already verified in place, every place they belong (a kill
+    /// between the writes of one chunk to two places leaves it in one: it is fetched again),
+    /// with their read checks recorded.
+    fn find_verified(
+        &self,
+        wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
+    ) -> Result<HashSet<ContentHash>, StoreError> {
+        let mut valid: HashMap<ContentHash, u64> = HashMap::new();
+        let mut invalid: HashSet<ContentHash> = HashSet::new();
         for (hash, _, chunks) in wanted {
-            let path = area.path_of(hash);
+            let path = self.path_of(hash);
             if !path.exists() {
+                invalid.extend(chunks.iter().map(|c| c.hash));
                 continue;
             }
             make_writable(&path)?;
-            let file = area.file(hash)?;
-            let valid = valid_chunks(&file, chunks);
-            present.extend(valid.keys());
-            area.checks_mut().extend(valid);
+            let file = self.file(hash)?;
+            let (good, bad) = valid_chunks(&file, chunks);
+            valid.extend(good);
+            invalid.extend(bad);
         }
-        area.salvage_stale(&positions, &mut present)?;
-        Ok((area, positions, present))
+        valid.retain(|h, _| !invalid.contains(h));
+        let present = valid.keys().copied().collect();
+        self.checks_mut().extend(valid);
+        Ok(present)
     }
 
     fn path_of(&self, hash: &ContentHash) -> PathBuf {
@@ -141,7 +158,7 @@ impl StagingArea {
             .get(hash)
             .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
         let path = self.path_of(hash);
-        if !is_one_chunk(hash, chunks) {
+        if !is_one_chunk(chunks) {
             let sidecar = path.with_extension("chunks");
             std::fs::write(
                 &sidecar,
@@ -190,7 +207,7 @@ impl StagingArea {
             let path = entry.path();
             let sidecar = path.with_extension("chunks");
             if let Ok(file) = File::open(&path) {
-                if let Some(chunks) = stale_chunks(name, &sidecar, &file) {
+                if let Some(chunks) = stale_chunks(&sidecar, &file) {
                     self.copy_needed(&file, &chunks, positions, present);
                 }
             }
@@ -272,46 +289,43 @@ impl StagingArea {
         Ok(check)
     }
 
-    /// Verify complete staged files against their hashes, then make them all durable at once:
-    /// each file's writeback is started as it is verified, and one sync of the file system
+    /// Check that every chunk of each staged file was verified and written (which verifies the
+    /// file: its hash is that of its chunk list), then make them all durable at once: each
+    /// file's writeback is started as it is checked, and one sync of the file system
     /// (`syncfs`; elsewhere an fsync of each) waits for all of them, rather than one disk flush
-    /// per file. Nothing is renamed here: `apply_revision` does that once this returned.
+    /// per file. No byte is read again. Nothing is renamed here: `apply_revision` does that once
+    /// this returned.
     pub fn finish(&self, hashes: &[ContentHash]) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let mut buf = Vec::new();
         for hash in hashes {
-            self.verify(hash, &mut buf)?;
+            self.check_complete(hash)?;
         }
-        let hashed = started.elapsed();
+        let checked = started.elapsed();
         self.sync(hashes)?;
-        tracing::debug!(files = hashes.len(), ?hashed, synced = ?(started.elapsed() - hashed), "staged files finished");
+        tracing::debug!(files = hashes.len(), ?checked, synced = ?(started.elapsed() - checked), "staged files finished");
         Ok(())
     }
 
-    /// Check the staged file of `hash` against it, and start its writeback.
-    fn verify(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-        let path = self.path_of(hash);
+    /// Check that every chunk of the staged file of `hash` is verified in it, and start its
+    /// writeback.
+    fn check_complete(&self, hash: &ContentHash) -> Result<(), StoreError> {
+        let (_, chunks) = self
+            .wanted
+            .get(hash)
+            .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
+        if let Some(c) = chunks.iter().find(|c| self.check_of(&c.hash).is_none()) {
+            return Err(StoreError::StagedIncomplete {
+                file: *hash,
+                chunk: c.hash,
+            });
+        }
+        // Created here if it has no chunks (an empty file).
         let f = self.file(hash)?;
-        // The disk writes what is still dirty while the rest is hashed, so the sync has less
+        // The disk writes what is still dirty while the rest is checked, so the sync has less
         // to wait for.
         start_writeback(&f);
-        let size = f.metadata().map_err(io_err(&path))?.len();
-        let actual = if size > HASH_MAPPED_OVER {
-            // Mapped, not read: no copy out of the page cache; and hashed on every core, since
-            // this runs once the transfer, which kept them busy, is over.
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap_rayon(&path).map_err(io_err(&path))?;
-            ContentHash::from(hasher.finalize())
-        } else {
-            buf.resize(size as usize, 0);
-            f.read_exact_at(buf, 0).map_err(io_err(&path))?;
-            ContentHash::of(buf)
-        };
         // Written for good: its descriptor can go.
         self.open.close(hash);
-        if actual != *hash {
-            return Err(StoreError::StagedMismatch(*hash));
-        }
         Ok(())
     }
 
@@ -340,25 +354,27 @@ impl StagingArea {
     }
 }
 
-/// True if the file `hash` is its one chunk `chunks`: then it has no sidecar.
-fn is_one_chunk(hash: &ContentHash, chunks: &[ChunkRef]) -> bool {
-    matches!(chunks, [only] if only.hash == *hash)
+/// True if a file of `chunks` is its one chunk: then it has no sidecar.
+fn is_one_chunk(chunks: &[ChunkRef]) -> bool {
+    chunks.len() == 1
 }
 
-/// The chunks of a stale staged file named `name`: from its sidecar, else (a file of one
-/// chunk) the file itself. Whatever this says is checked against the hashes before use.
-fn stale_chunks(name: &str, sidecar: &Path, file: &File) -> Option<Vec<ChunkRef>> {
+/// The chunks of a stale staged file: from its sidecar, else (a file of one chunk) the file
+/// itself, hashed. (Staging written before file hashes came from chunk lists named a file of
+/// one chunk by that chunk's hash; hashing the bytes finds its chunk all the same.) Whatever
+/// a sidecar says is checked against the hashes before use.
+fn stale_chunks(sidecar: &Path, file: &File) -> Option<Vec<ChunkRef>> {
     if let Ok(bytes) = std::fs::read(sidecar) {
         return postcard::from_bytes(&bytes).ok();
     }
-    let hash: [u8; 32] = data_encoding::HEXLOWER
-        .decode(name.as_bytes())
-        .ok()?
-        .try_into()
-        .ok()?;
     let len = u32::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 || len > crate::tree::CHUNK_MAX {
+        return None;
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0).ok()?;
     Some(vec![ChunkRef {
-        hash: ContentHash(hash),
+        hash: ContentHash::of(&buf),
         len,
     }])
 }
@@ -387,9 +403,14 @@ fn start_writeback(file: &File) {
     }
 }
 
-/// Chunks of `file` whose bytes match their hash, with their read checks.
-fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> HashMap<ContentHash, u64> {
-    let mut out = HashMap::new();
+/// Chunks of `file` whose bytes match their hash, with their read checks, and those that do
+/// not (at one of their places in it, if at several).
+fn valid_chunks(
+    file: &File,
+    chunks: &[ChunkRef],
+) -> (HashMap<ContentHash, u64>, HashSet<ContentHash>) {
+    let mut good = HashMap::new();
+    let mut bad = HashSet::new();
     let mut off = 0u64;
     let mut buf = Vec::new();
     for c in chunks {
@@ -401,15 +422,15 @@ fn valid_chunks(file: &File, chunks: &[ChunkRef]) -> HashMap<ContentHash, u64> {
             Data::None => false,
             Data::Unknown => true,
         };
-        if written {
-            buf.resize(c.len as usize, 0);
-            if file.read_exact_at(&mut buf, off).is_ok() && c.hash.matches(&buf) {
-                out.insert(c.hash, read_check(&buf));
-            }
+        buf.resize(c.len as usize, 0);
+        if written && file.read_exact_at(&mut buf, off).is_ok() && c.hash.matches(&buf) {
+            good.insert(c.hash, read_check(&buf));
+        } else {
+            bad.insert(c.hash);
         }
         off = end;
     }
-    out
+    (good, bad)
 }
 
 enum Data {
@@ -582,7 +603,9 @@ mod tests {
         {
             let wanted = vec![(c.hash, c.size, c.chunks.clone())];
             let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
-            area.write_chunk(&c.hash, &pos[&c.hash], &data).unwrap();
+            let chunk = c.chunks[0].hash;
+            area.write_chunk(&chunk, &pos[&chunk], &data).unwrap();
+            assert!(area.staged_path(&c.hash).exists());
             assert!(!area.staged_path(&c.hash).with_extension("chunks").exists());
         }
         // Retarget: a larger file whose first chunk is that file.
@@ -594,7 +617,10 @@ mod tests {
         let bigger = ContentHash::of(b"a file made of both");
         let size = chunks.iter().map(|ch| ch.len as u64).sum();
         let (area, _, present) = StagingArea::open(dir.path(), &[(bigger, size, chunks)]).unwrap();
-        assert!(present.contains(&c.hash), "the stale file's chunk is kept");
+        assert!(
+            present.contains(&c.chunks[0].hash),
+            "the stale file's chunk is kept"
+        );
         assert!(
             !area.staged_path(&c.hash).exists(),
             "the stale file is removed"
@@ -602,19 +628,78 @@ mod tests {
     }
 
     #[test]
-    fn finish_rejects_a_wrong_file() {
+    fn finish_refuses_a_file_not_wholly_verified_and_reads_nothing_back() {
         let dir = tempfile::tempdir().unwrap();
-        let data = noise(100_000, 2);
+        let data = noise(3 << 20, 2);
         let c = chunk_reader(&data[..]).unwrap();
         let (area, pos, _) =
             StagingArea::open(dir.path(), &[(c.hash, c.size, c.chunks.clone())]).unwrap();
-        assert!(matches!(
-            area.finish(&[c.hash]),
-            Err(StoreError::StagedMismatch(_))
-        ));
-        area.write_chunk(&c.chunks[0].hash, &pos[&c.chunks[0].hash], &data)
+        let mut off = 0;
+        for ch in &c.chunks[..c.chunks.len() - 1] {
+            let bytes = &data[off..off + ch.len as usize];
+            area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
+            off += ch.len as usize;
+        }
+        let last = c.chunks.last().unwrap();
+        match area.finish(&[c.hash]) {
+            Err(StoreError::StagedIncomplete { file, chunk }) => {
+                assert_eq!((file, chunk), (c.hash, last.hash))
+            }
+            other => panic!("finished a file lacking a chunk: {other:?}"),
+        }
+        area.write_chunk(&last.hash, &pos[&last.hash], &data[off..])
             .unwrap();
         area.finish(&[c.hash]).unwrap();
         assert_eq!(area.staged_checks(&c.chunks), c.checks);
+        assert_eq!(std::fs::read(area.staged_path(&c.hash)).unwrap(), data);
+    }
+
+    /// Killed between the writes of one chunk to its two places: the chunk is not taken as
+    /// present (the file missing it would be finished with a hole), so it is fetched again.
+    #[test]
+    fn a_chunk_written_to_one_of_its_places_is_not_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = noise(2 << 20, 5);
+        let (a, b) = ([&shared[..], b"a"].concat(), [&shared[..], b"b"].concat());
+        let (ca, cb) = (chunk_reader(&a[..]).unwrap(), chunk_reader(&b[..]).unwrap());
+        let one = ca.chunks[0];
+        assert_eq!(cb.chunks[0], one, "both files start with the same chunk");
+        let wanted = vec![
+            (ca.hash, ca.size, ca.chunks.clone()),
+            (cb.hash, cb.size, cb.chunks.clone()),
+        ];
+        {
+            let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
+            let places = &pos[&one.hash];
+            assert_eq!(places.len(), 2);
+            area.write_chunk(&one.hash, &places[..1], &a[..one.len as usize])
+                .unwrap();
+        }
+        let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        assert!(!present.contains(&one.hash), "held at one place of two");
+        assert_eq!(area.check_of(&one.hash), None);
+        area.write_chunk(&one.hash, &pos[&one.hash], &a[..one.len as usize])
+            .unwrap();
+        drop(area);
+        let (_, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        assert!(present.contains(&one.hash), "held at both places");
+    }
+
+    /// Staging written before file hashes came from chunk lists named a file of one chunk by
+    /// the chunk's hash; its chunk is still found and kept.
+    #[test]
+    fn a_file_of_one_chunk_staged_under_its_chunk_hash_is_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = noise(1500, 11);
+        let c = chunk_reader(&data[..]).unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let old_name = dir.path().join(c.chunks[0].hash.to_hex());
+        std::fs::write(&old_name, &data).unwrap();
+        let wanted = vec![(c.hash, c.size, c.chunks.clone())];
+        let (area, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        assert!(present.contains(&c.chunks[0].hash));
+        assert!(!old_name.exists(), "the file under its old name is gone");
+        area.finish(&[c.hash]).unwrap();
+        assert_eq!(std::fs::read(area.staged_path(&c.hash)).unwrap(), data);
     }
 }

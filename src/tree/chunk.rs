@@ -1,5 +1,6 @@
-//! FastCDC chunking with BLAKE3 per chunk and per file (and a read check per chunk, see
-//! [`read_check`]).
+//! FastCDC chunking with BLAKE3 per chunk (and a read check per chunk, see [`read_check`]), and
+//! a file's identity, [`file_hash`]: a hash of its chunk list, so that verifying every chunk
+//! verifies the file.
 
 use std::io::Read;
 
@@ -21,9 +22,27 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// BLAKE3 key-derivation context of [`file_hash`]: it keeps a file's hash apart from every
+/// plain BLAKE3 hash (a chunk's, a manifest's), also for a file of one chunk.
+const FILE_HASH_CONTEXT: &str = "treecast 2026-12 file hash from its chunk list v1";
+
+/// A file's identity: BLAKE3 in key-derivation mode ([`FILE_HASH_CONTEXT`]) over each chunk's
+/// hash (32 bytes) and length (`u32` LE), in order. Fixed-width records, so no two chunk lists
+/// give the same input. Bytes that match every chunk hash of the list, in order, are the file:
+/// verifying each chunk verifies the file, without a second pass over its bytes.
+pub fn file_hash(chunks: &[ChunkRef]) -> ContentHash {
+    let mut hasher = blake3::Hasher::new_derive_key(FILE_HASH_CONTEXT);
+    for c in chunks {
+        hasher.update(&c.hash.0);
+        hasher.update(&c.len.to_le_bytes());
+    }
+    hasher.finalize().into()
+}
+
 /// The result of chunking one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkedFile {
+    /// [`file_hash`] of `chunks`.
     pub hash: ContentHash,
     pub size: u64,
     pub chunks: Vec<ChunkRef>,
@@ -33,7 +52,6 @@ pub struct ChunkedFile {
 
 /// Chunk everything `reader` yields.
 pub fn chunk_reader(reader: impl Read) -> std::io::Result<ChunkedFile> {
-    let mut file_hasher = blake3::Hasher::new();
     let mut chunks = Vec::new();
     let mut checks = Vec::new();
     let mut size = 0u64;
@@ -43,7 +61,6 @@ pub fn chunk_reader(reader: impl Read) -> std::io::Result<ChunkedFile> {
             fastcdc::v2020::Error::IoError(io) => io,
             other => std::io::Error::other(other.to_string()),
         })?;
-        file_hasher.update(&chunk.data);
         size += chunk.data.len() as u64;
         chunks.push(ChunkRef {
             hash: ContentHash::of(&chunk.data),
@@ -52,7 +69,7 @@ pub fn chunk_reader(reader: impl Read) -> std::io::Result<ChunkedFile> {
         checks.push(read_check(&chunk.data));
     }
     Ok(ChunkedFile {
-        hash: file_hasher.finalize().into(),
+        hash: file_hash(&chunks),
         size,
         chunks,
         checks,
@@ -113,7 +130,32 @@ mod tests {
             .iter()
             .all(|c| c.len >= CHUNK_MIN && c.len <= CHUNK_MAX));
         assert!(last.len <= CHUNK_MAX);
-        assert_eq!(streamed.hash, ContentHash::of(&data));
-        assert!(chunk_reader(&[][..]).unwrap().chunks.is_empty());
+        assert_eq!(streamed.hash, file_hash(&blob));
+        let empty = chunk_reader(&[][..]).unwrap();
+        assert!(empty.chunks.is_empty());
+        assert_eq!(empty.hash, file_hash(&[]));
+    }
+
+    /// The file hash names the chunk list and nothing else: another order, another length or
+    /// another chunk is another file, and a file of one chunk is not named like its chunk.
+    #[test]
+    fn the_file_hash_is_the_chunk_list_and_only_it() {
+        let data = noise(3 << 20, 4);
+        let c = chunk_reader(&data[..]).unwrap();
+        assert!(c.chunks.len() > 2);
+        let mut swapped = c.chunks.clone();
+        swapped.swap(0, 1);
+        let mut longer = c.chunks.clone();
+        longer[0].len += 1;
+        let mut other = c.chunks.clone();
+        other[1].hash = ContentHash::of(b"another chunk");
+        for list in [&swapped, &longer, &other, &c.chunks[1..].to_vec()] {
+            assert_ne!(file_hash(list), c.hash);
+        }
+        let small = chunk_reader(&b"one chunk"[..]).unwrap();
+        assert_eq!(small.chunks.len(), 1);
+        assert_ne!(small.hash, small.chunks[0].hash, "domain-separated");
+        assert_ne!(small.hash, ContentHash::of(b"one chunk"));
+        assert_ne!(file_hash(&[]), ContentHash::of(b""));
     }
 }

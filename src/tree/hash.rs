@@ -1,4 +1,5 @@
-//! `ContentHash`: a BLAKE3 digest naming a chunk, a file or a manifest.
+//! `ContentHash`: a BLAKE3 digest naming a chunk, a manifest, or a file (by its chunk list, see
+//! `chunk::file_hash`).
 
 use std::fmt;
 

@@ -8,14 +8,17 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::error::TreeError;
-use super::{ChunkRef, ContentHash, RelPath, CHUNK_MAX};
+use super::{file_hash, ChunkRef, ContentHash, RelPath, CHUNK_MAX};
 
 /// Most entries in one manifest.
 pub const MAX_ENTRIES: usize = 10_000_000;
 
-/// Version of the manifest encoding. Format 1 had an exec bit where format 2 has a file's mode;
-/// both are read.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// Version of the manifest encoding. Format 1 had an exec bit where format 2 has a file's mode.
+/// Format 3 has the encoding of format 2, and each file's hash is its [`file_hash`] (of its
+/// chunk list) where formats 1 and 2 had the BLAKE3 of its bytes. All three are read: a file
+/// hash of format 1 or 2 is replaced by the file hash of its chunks (their chunk lists name the
+/// bytes already), so revisions applied before the change stay held and served.
+pub const MANIFEST_FORMAT: u32 = 3;
 
 /// The permission bits a manifest may give a file: read and execute, for owner, group and
 /// others. Never write, setuid, setgid or sticky.
@@ -83,7 +86,7 @@ impl From<ManifestWireV1> for ManifestWire {
             },
         };
         ManifestWire {
-            format: MANIFEST_FORMAT,
+            format: 2,
             entries: old
                 .entries
                 .into_iter()
@@ -94,6 +97,17 @@ impl From<ManifestWireV1> for ManifestWire {
                 .collect(),
         }
     }
+}
+
+/// A format 2 manifest as format 3: each file's hash becomes the file hash of its chunks.
+fn hash_by_chunks(mut wire: ManifestWire) -> ManifestWire {
+    for e in &mut wire.entries {
+        if let EntryKind::File { hash, chunks, .. } = &mut e.kind {
+            *hash = file_hash(chunks);
+        }
+    }
+    wire.format = MANIFEST_FORMAT;
+    wire
 }
 
 /// A manifest entry as it travels.
@@ -179,15 +193,18 @@ impl Manifest {
         postcard::to_stdvec(&wire).expect("manifest encodes")
     }
 
-    /// Decode and validate; a format 1 manifest is read too.
+    /// Decode and validate; a manifest of format 1 or 2 is read too (see [`MANIFEST_FORMAT`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
         let bad = |e: postcard::Error| TreeError::BadManifest(e.to_string());
-        // The format comes first in both encodings.
+        // The format comes first in every encoding.
         let format: u32 = postcard::take_from_bytes(bytes).map_err(bad)?.0;
         let wire: ManifestWire = match format {
-            1 => postcard::from_bytes::<ManifestWireV1>(bytes)
-                .map_err(bad)?
-                .into(),
+            1 => hash_by_chunks(
+                postcard::from_bytes::<ManifestWireV1>(bytes)
+                    .map_err(bad)?
+                    .into(),
+            ),
+            2 => hash_by_chunks(postcard::from_bytes(bytes).map_err(bad)?),
             _ => postcard::from_bytes(bytes).map_err(bad)?,
         };
         Manifest::try_from(wire)
@@ -235,7 +252,10 @@ impl TryFrom<ManifestWire> for Manifest {
 
 fn check_kind(path: &RelPath, kind: &EntryKind) -> Result<(), TreeError> {
     let EntryKind::File {
-        size, chunks, mode, ..
+        size,
+        chunks,
+        mode,
+        hash,
     } = kind
     else {
         return Ok(());
@@ -252,6 +272,11 @@ fn check_kind(path: &RelPath, kind: &EntryKind) -> Result<(), TreeError> {
     if sum != *size {
         return Err(TreeError::BadManifest(format!(
             "{path}: chunks add up to {sum}, size says {size}"
+        )));
+    }
+    if *hash != file_hash(chunks) {
+        return Err(TreeError::BadManifest(format!(
+            "{path}: the file hash is not the hash of its chunk list"
         )));
     }
     Ok(())
@@ -318,6 +343,8 @@ mod tests {
             with_mode(0o4555),
             with_mode(0o644),
             with_mode(0o044),
+            with_hash(ContentHash::of(b"x")),
+            with_hash(ContentHash::of(b"y")),
         ];
         for c in cases {
             assert!(Manifest::try_from(c.clone()).is_err(), "{c:?} accepted");
@@ -328,6 +355,16 @@ mod tests {
         let mut e = file("a", b"x");
         if let EntryKind::File { mode: m, .. } = &mut e.kind {
             *m = mode;
+        }
+        wire(vec![e])
+    }
+
+    /// A file whose hash is not its chunk list's: the bytes of `x` (the hash of formats 1
+    /// and 2), or another file's.
+    fn with_hash(hash: ContentHash) -> ManifestWire {
+        let mut e = file("a", b"x");
+        if let EntryKind::File { hash: h, .. } = &mut e.kind {
+            *h = hash;
         }
         wire(vec![e])
     }
@@ -354,9 +391,38 @@ mod tests {
         let m = Manifest::decode(&bytes).unwrap();
         let modes: Vec<_> = m.files().map(|f| (f.0.as_str(), f.2)).collect();
         assert_eq!(modes, vec![("a", 0o555), ("b", 0o444)]);
-        let mut v3 = postcard::to_stdvec(&3u32).unwrap();
-        v3.extend(&bytes[1..]);
-        assert!(Manifest::decode(&v3).is_err(), "an unknown format");
+        let mut v4 = postcard::to_stdvec(&4u32).unwrap();
+        v4.extend(&bytes[1..]);
+        assert!(Manifest::decode(&v4).is_err(), "an unknown format");
+    }
+
+    /// A revision published before file hashes came from chunk lists (format 2: the BLAKE3 of
+    /// the bytes) is still read, its file hashes replaced by those of the chunk lists; the same
+    /// bytes as format 3 are refused, since their hashes do not name the chunk lists.
+    #[test]
+    fn format_2_manifests_decode_with_file_hashes_of_their_chunks() {
+        let data = vec![7u8; 3 << 20];
+        let c = crate::tree::chunk_reader(&data[..]).unwrap();
+        assert!(c.chunks.len() > 1);
+        let old = |format| ManifestWire {
+            format,
+            entries: vec![EntryWire {
+                path: "a".into(),
+                kind: EntryKind::File {
+                    size: c.size,
+                    mode: 0o444,
+                    hash: ContentHash::of(&data),
+                    chunks: c.chunks.clone(),
+                },
+            }],
+        };
+        let m = Manifest::decode(&postcard::to_stdvec(&old(2)).unwrap()).unwrap();
+        let hashes: Vec<_> = m.files().map(|f| f.3).collect();
+        assert_eq!(hashes, vec![c.hash]);
+        let new = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(new, m, "and encodes as format 3");
+        let err = Manifest::decode(&postcard::to_stdvec(&old(3)).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("chunk list"), "{err}");
     }
 
     #[test]

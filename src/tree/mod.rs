@@ -8,7 +8,7 @@
 //! - `error`: [`TreeError`]; `hash`: [`ContentHash`] and read checks.
 //! - `path`: [`RelPath`] and the state directory's name; `open`: opening a tree's files
 //!   without following links, and telling a file's identity ([`FileId`]).
-//! - `chunk`: FastCDC chunking; `ignore`: a publisher's ignore rules.
+//! - `chunk`: FastCDC chunking and a file's hash (of its chunk list); `ignore`: a publisher's ignore rules.
 //! - `manifest`: the [`Manifest`] and its canonical encoding; `scan`: a directory into one.
 
 mod chunk;
@@ -21,7 +21,7 @@ mod path;
 mod scan;
 
 pub use chunk::{
-    chunk_bytes, chunk_reader, ChunkRef, ChunkedFile, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
+    chunk_bytes, chunk_reader, file_hash, ChunkRef, ChunkedFile, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
 };
 pub use error::TreeError;
 pub use hash::{read_check, ContentHash};
