@@ -186,6 +186,9 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     // The scan (metadata, and hashing what changed) runs on the blocking pool meanwhile: a
     // restart costs the longer of the two, not their sum. Nothing is published before both
     // are done and the guard in `first_scan` has passed.
+    // The watcher starts first: a change made while the first scan runs (which the scan may
+    // have missed) starts a rescan as soon as the node runs, not at the periodic backstop.
+    let watch = Watch::start(&config);
     let scan = engine.start_scan();
     let known_peers = !config.bootstrap.is_empty() || state.join("peers").exists();
     if known_peers || config.mdns {
@@ -228,7 +231,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         memory: Default::default(),
     };
     let served = start_services(&config, &reporter, &mut tasks, &cancel).await?;
-    tasks.spawn(engine.run(events, cmd_rx, config, cancel.clone()));
+    tasks.spawn(engine.run(events, cmd_rx, watch, config, cancel.clone()));
     Ok(NodeHandle {
         net: started.net,
         publisher: Some(cmd_tx),
@@ -251,15 +254,10 @@ impl Publisher {
         mut self,
         mut events: EventReceiver,
         mut commands: mpsc::Receiver<PublisherCommand>,
+        mut watch: Watch,
         config: NodeConfig,
         cancel: CancellationToken,
     ) {
-        let (watch_tx, mut watch_rx) = mpsc::channel::<()>(1);
-        let _watcher = if config.watch {
-            start_watcher(&self.dir, watch_tx)
-        } else {
-            None
-        };
         let mut rescan_tick = tokio::time::interval(config.rescan_interval);
         rescan_tick.tick().await;
         loop {
@@ -279,8 +277,8 @@ impl Publisher {
                     Some(ev) => self.on_peer_event(ev),
                     None => break,
                 },
-                Some(()) = watch_rx.recv() => {
-                    settle(&mut watch_rx, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX).await;
+                Some(()) = watch.changes.recv() => {
+                    settle(&mut watch.changes, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX).await;
                     self.rescan_logged().await;
                 }
                 _ = rescan_tick.tick() => self.rescan_logged().await,
@@ -610,6 +608,28 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NodeError::Refused(format!("publisher task failed: {e}")))?
+}
+
+/// The file watcher of the tree, and the changes it saw: at most one pending, since any number
+/// of them asks for the same thing, one rescan.
+struct Watch {
+    changes: mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Watch {
+    /// Watch `config.dir` if `config.watch`; else a watch that never sees a change.
+    fn start(config: &NodeConfig) -> Self {
+        let (tx, changes) = mpsc::channel(1);
+        let watcher = match config.watch {
+            true => start_watcher(&config.dir, tx),
+            false => None,
+        };
+        Watch {
+            changes,
+            _watcher: watcher,
+        }
+    }
 }
 
 fn start_watcher(

@@ -32,4 +32,4 @@ pub use manifest::{
 };
 pub use open::{mtime_ns, open_beneath, open_beneath_cached, open_cached, FileId};
 pub use path::{is_state_dir, RelPath, MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, STATE_DIR};
-pub use scan::{scan, scan_with_progress, FileRecord, Scan, ScanProgress, ScanStats};
+pub use scan::{scan, scan_with_progress, FileRecord, ListedHook, Scan, ScanProgress, ScanStats};

@@ -89,6 +89,19 @@ pub struct Scan {
 pub struct ScanProgress {
     pub files: std::sync::atomic::AtomicU64,
     pub bytes_hashed: std::sync::atomic::AtomicU64,
+    /// A test hook: told, on the scan's thread, each directory's path (relative; empty for the
+    /// root) once it is listed and before any of its entries is opened. The scan goes on when
+    /// it returns, so a test can change the tree at a known point of a scan.
+    pub danger_listed: Option<ListedHook>,
+}
+
+/// The hook [`ScanProgress::danger_listed`] holds.
+pub struct ListedHook(pub Box<dyn Fn(&Path) + Send + Sync>);
+
+impl std::fmt::Debug for ListedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListedHook")
+    }
 }
 
 /// Counts bytes read into a [`ScanProgress`].
@@ -170,6 +183,9 @@ impl Walk<'_> {
             if name != "." && name != ".." {
                 names.push((name.to_owned(), entry.file_type()));
             }
+        }
+        if let Some(hook) = self.progress.and_then(|p| p.danger_listed.as_ref()) {
+            (hook.0)(rel);
         }
         for (name, kind) in names {
             rel.push(&name);
@@ -454,5 +470,43 @@ mod tests {
             .unwrap();
         assert!(walk.records.is_empty() && walk.entries.is_empty());
         assert_eq!(walk.stats.skipped, 1);
+    }
+
+    /// Entries of a listing that vanish before they are opened, or a directory removed once
+    /// opened: skipped, never an error that ends the scan (the next scan sees the tree as it
+    /// is then).
+    #[test]
+    fn entries_that_vanish_after_listing_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("z/gone-dir")).unwrap();
+        std::fs::write(root.join("z/x"), b"x").unwrap();
+        std::fs::write(root.join("z/y"), b"y").unwrap();
+        let (progress, rel) = (ScanProgress::default(), PathBuf::from("z"));
+        let mut walk = Walk {
+            known: &HashMap::new(),
+            ignore: &IgnoreRules::none(),
+            progress: Some(&progress),
+            root,
+            stats: ScanStats::default(),
+            entries: Vec::new(),
+            records: Vec::new(),
+        };
+        let z = File::open(root.join("z")).unwrap();
+        // Listed, then gone: a file, and a directory (which vanishes with its parent).
+        std::fs::remove_file(root.join("z/x")).unwrap();
+        let mut at = rel.join("x");
+        walk.entry(&z, OsStr::new("x"), FileType::RegularFile, &mut at, 2)
+            .unwrap();
+        let gone = File::open(root.join("z/gone-dir")).unwrap();
+        std::fs::rename(root.join("z"), root.join("z.old")).unwrap();
+        std::fs::remove_dir(root.join("z.old/gone-dir")).unwrap();
+        walk.dir(gone, &mut rel.join("gone-dir"), 3).unwrap();
+        let mut at = rel.join("y");
+        walk.entry(&z, OsStr::new("y"), FileType::RegularFile, &mut at, 2)
+            .unwrap();
+        let paths: Vec<_> = walk.records.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["z/y"]);
+        assert_eq!(walk.stats.skipped, 0);
     }
 }
