@@ -174,18 +174,20 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
 }
 
 fn row(n: usize, tree: u64, bound: f64, out: &Outcome, wall: Duration) -> String {
-    let done: Vec<f64> = out
+    let mut done: Vec<f64> = out
         .completions
         .iter()
         .flatten()
         .map(|d| d.as_secs_f64())
         .collect();
-    let slowest = done.iter().copied().fold(0.0, f64::max);
+    done.sort_by(f64::total_cmp);
+    let slowest = done.last().copied().unwrap_or(0.0);
+    let median = done.get(done.len() / 2).copied().unwrap_or(0.0);
     let stayed = out.completions.len();
     let secs = out.end.as_secs_f64().max(1e-9);
     let per_node = |x: u64| x as f64 / (n + 1) as f64 / secs;
     format!(
-        "| {n} | {}/{stayed} | {slowest:.1} | {bound:.1} | {:.2}x | {:.2} | {:.1} | {:.0} | {:.1} | {:.1} |",
+        "| {n} | {}/{stayed} | {median:.1} | {slowest:.1} | {bound:.1} | {:.2}x | {:.2} | {:.1} | {:.0} | {:.1} | {:.1} |",
         done.len(),
         slowest / bound,
         out.publisher_sent as f64 / tree as f64,
@@ -215,10 +217,10 @@ fn main() -> Result<()> {
         args.once
     );
     println!(
-        "| N | done | slowest s | bound s | / bound | publisher copies | ctrl msgs/node/s | \
+        "| N | done | median s | slowest s | bound s | / bound | publisher copies | ctrl msgs/node/s | \
          ctrl B/node/s | requests/node/s | wall s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.n {
         if n == 0 {
             bail!("--n needs at least one subscriber per run");
@@ -298,5 +300,28 @@ mod tests {
             out.publisher_sent >= tree,
             "every chunk left the publisher once"
         );
+    }
+
+    #[test]
+    fn subscribers_that_stay_finish_while_others_join_late_and_leave() {
+        let args = Args::parse_from([
+            "swarm-sim",
+            "--tree",
+            "1x4194304",
+            "--join-spread",
+            "2",
+            "--leave",
+            "0.5",
+            "--once",
+        ]);
+        let chunks = parse_tree(&args.tree).unwrap();
+        let setup = setup(&args, 12, &chunks).unwrap();
+        let leaving = setup.leaves.iter().filter(|l| l.is_some()).count();
+        assert!(leaving > 0 && leaving < 12, "some leave: {leaving}");
+        let stayed: Vec<bool> = setup.leaves.iter().map(|l| l.is_none()).collect();
+        let out = Sim::new(setup).run();
+        for (done, stayed) in out.completions.iter().zip(stayed) {
+            assert!(!stayed || done.is_some(), "{out:?}");
+        }
     }
 }

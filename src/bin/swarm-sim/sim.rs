@@ -407,11 +407,11 @@ impl Sim {
     }
 
     fn leave(&mut self, n: u32) {
+        self.nodes[n as usize].gone = true;
         let peers: Vec<u32> = self.nodes[n as usize].peers.iter().copied().collect();
         for p in peers {
             self.disconnect(n, p);
         }
-        self.nodes[n as usize].gone = true;
         self.present.retain(|&p| p != n);
     }
 
