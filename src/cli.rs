@@ -100,6 +100,16 @@ pub struct NetArgs {
     /// on a non-loopback address.
     #[arg(long, env = "TREECAST_NO_UPNP")]
     pub no_upnp: bool,
+    /// Do not use the public IPFS DHT (Amino) to find the swarm or announce this node there.
+    /// It is on by default: anyone who knows the swarm ID can then learn the addresses of the
+    /// swarm's members. It is also off when every listen address is loopback and no
+    /// --public-dht-bootstrap is given.
+    #[arg(long, env = "TREECAST_NO_PUBLIC_DHT")]
+    pub no_public_dht: bool,
+    /// A public-DHT bootstrap peer, a multiaddr ending in /p2p/<peer ID>; repeatable. Replaces
+    /// Amino's public bootstrap list (for a private network or a test lab).
+    #[arg(long, env = "TREECAST_PUBLIC_DHT_BOOTSTRAP", value_delimiter = ',')]
+    pub public_dht_bootstrap: Vec<String>,
     /// An address this node is reachable at from outside (public IP, port forward), as
     /// IP:PORT or a multiaddr; repeatable.
     #[arg(long, env = "TREECAST_EXTERNAL", value_delimiter = ',')]
@@ -464,6 +474,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::DhtNode { state, net } => {
             let mut config = node_config(&state, &net)?;
             config.relay_circuit_bytes = Some(net.relay_max_circuit_mib << 20);
+            // A DHT node serves the swarm's own DHT and has no swarm to announce.
+            config.public_dht = None;
             let node = Node::dht_node(config).await?;
             for addr in node.listen_addrs() {
                 println!("{addr}");
@@ -560,10 +572,29 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     // A loopback listener has no router to ask for a port forward.
     let loopback = |a: &libp2p::Multiaddr| crate::net::ip_of(a).is_some_and(|ip| ip.is_loopback());
     config.upnp = !net.no_upnp && config.listen.iter().any(|a| !loopback(a));
+    config.public_dht = public_dht(net, &config.listen)?;
     config.external = parse_addrs(&net.external)?;
     config.relay_circuit_bytes = net.relay.then_some(net.relay_max_circuit_mib << 20);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(config)
+}
+
+/// The public DHT's bootstrap list, or `None` when it is off: `--no-public-dht`, or only
+/// loopback listeners (nothing outside this machine could reach the node) and no bootstrap list
+/// of one's own.
+fn public_dht(net: &NetArgs, listen: &[Multiaddr]) -> Result<Option<Vec<Multiaddr>>> {
+    let own = parse_addrs(&net.public_dht_bootstrap)?;
+    for addr in &own {
+        crate::net::bootstrap_peer(addr).context("--public-dht-bootstrap")?;
+    }
+    let loopback = |a: &Multiaddr| crate::net::ip_of(a).is_some_and(|ip| ip.is_loopback());
+    let local_only = listen.iter().all(loopback);
+    Ok(match (net.no_public_dht, own.is_empty()) {
+        (true, _) => None,
+        (false, true) if local_only => None,
+        (false, true) => Some(crate::net::default_bootstrap()),
+        (false, false) => Some(own),
+    })
 }
 
 fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
@@ -920,5 +951,33 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["treecast", "publish", "d", "--max-upload", "x"]).is_err());
+    }
+
+    #[test]
+    fn the_public_dht_is_on_by_default_and_off_when_told_or_on_loopback_only() {
+        let net = |args: &[&str]| {
+            let argv = ["treecast", "publish", "d"].iter().chain(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Publish { net, .. } => net,
+                _ => unreachable!(),
+            }
+        };
+        let dht = |args: &[&str]| {
+            let net = net(args);
+            let listen = parse_addrs(&net.listen).unwrap();
+            public_dht(&net, &listen)
+        };
+        let amino = crate::net::default_bootstrap();
+        assert_eq!(dht(&[]).unwrap(), Some(amino), "0.0.0.0: Amino's list");
+        assert_eq!(dht(&["--no-public-dht"]).unwrap(), None);
+        assert_eq!(dht(&["--listen", "127.0.0.1:0"]).unwrap(), None);
+        let own =
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLMaMHKABs1CiEsHv7u3UFrbp4z6As43GB9awawptuLym";
+        let listed = dht(&["--listen", "127.0.0.1:0", "--public-dht-bootstrap", own]).unwrap();
+        assert_eq!(listed, Some(vec![own.parse().unwrap()]), "its own list: on");
+        let none = ["--public-dht-bootstrap", own, "--no-public-dht"];
+        assert_eq!(dht(&none).unwrap(), None, "the flag wins");
+        let err = dht(&["--public-dht-bootstrap", "/ip4/198.18.1.1/tcp/4001"]).unwrap_err();
+        assert!(format!("{err:#}").contains("/p2p/"), "{err:#}");
     }
 }

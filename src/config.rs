@@ -134,6 +134,11 @@ pub struct NodeConfig {
     /// Ask a UPnP gateway on the LAN to forward our port (the CLI turns it on when listening
     /// on a non-loopback address).
     pub upnp: bool,
+    /// Find the swarm in the public IPFS DHT (Amino) too, bootstrapping from these peers (each
+    /// address ends in `/p2p/<peer ID>`); `None`: off. Off here (a library caller, a test or
+    /// the demo opts in); the CLI turns it on with Amino's public bootstrap list unless told
+    /// otherwise.
+    pub public_dht: Option<Vec<Multiaddr>>,
     /// Publisher only: gitignore-style patterns never published, after `.treecastignore`.
     pub ignore: Vec<String>,
     /// Serve as a relay for nodes behind NATs; the value caps the bytes of one relayed
@@ -186,6 +191,7 @@ impl NodeConfig {
             session_idle: SESSION_IDLE,
             mdns: true,
             upnp: false,
+            public_dht: None,
             ignore: Vec::new(),
             relay_circuit_bytes: None,
             external: Vec::new(),

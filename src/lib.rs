@@ -16,8 +16,10 @@
 //!   seeding policy, session slots, which peers learned by peer exchange to dial, discovery
 //!   (DHT lookups, provider announcements, redials) and NAT traversal (relay reservations,
 //!   reachability).
-//! - [`net`]: the libp2p swarm on QUIC and our small stream behaviour; the DHT's keys, which
-//!   head records it stores and which provider records it keeps (spread over networks).
+//! - [`net`]: the libp2p swarm on QUIC (TCP and DNS beside it for the public DHT) and our small
+//!   stream behaviour; the DHT's keys, which head records it stores and which provider records
+//!   it keeps (spread over networks); the public IPFS DHT (Amino): its key, bootstrap peers and
+//!   when to announce there.
 //! - [`node`]: the pump that carries those decisions out: one task owns the libp2p swarm and
 //!   never waits on anyone (`node::net_loop`, reached through `node::swarm_handle`, handing
 //!   events on through `node::events`), control sessions, chunk streams, the publisher and

@@ -215,6 +215,19 @@ mod tests {
     }
 
     #[test]
+    fn the_public_dht_keys() {
+        let boot =
+            "/ip4/198.18.1.1/tcp/4001/p2p/12D3KooWLMaMHKABs1CiEsHv7u3UFrbp4z6As43GB9awawptuLym";
+        let file = format!("no-public-dht = true\npublic-dht-bootstrap = [\"{boot}\"]\n");
+        let cli = parse(&file, &["treecast", "subscribe", "t", "d"]).unwrap();
+        let crate::cli::Command::Subscribe { net, .. } = cli.command else {
+            panic!("subscribe")
+        };
+        assert!(net.no_public_dht);
+        assert_eq!(net.public_dht_bootstrap, vec![boot.to_string()]);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let err = |f: &str| parse(f, &["treecast", "publish", "d"]).unwrap_err();
         assert!(err("max-peerz = 1").contains("max-peerz"));

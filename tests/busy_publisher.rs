@@ -231,7 +231,7 @@ async fn read_session(mut r: futures::io::ReadHalf<Stream>, seen: &Mutex<Seen>) 
 
 /// Send `Have` for the newest revision heard of at `CONTROL_MSGS_PER_SEC`, the most the
 /// publisher accepts for good (its bucket starts full, so the burst is there to spare for
-/// jitter). The bitfield is as long as the tree's chunk list. Returns the write error.
+/// jitter). Each is a full map as long as the tree's chunk list. Returns the write error.
 async fn send_haves(mut w: futures::io::WriteHalf<Stream>, seen: &Mutex<Seen>) -> wire::WireError {
     let bitfield = vec![0xff; (FILES + 1).div_ceil(8)];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / CONTROL_MSGS_PER_SEC as u32);
@@ -240,10 +240,15 @@ async fn send_haves(mut w: futures::io::WriteHalf<Stream>, seen: &Mutex<Seen>) -
     loop {
         tick.tick().await;
         let revision = seen.lock().unwrap().newest_head;
-        let have = ControlMsg::Have {
+        let have = ControlMsg::Have(wire::Have {
             revision,
-            bitfield: bitfield.clone(),
-        };
+            seq: 1,
+            sync: true,
+            chunks: wire::ChunkSet::Bits {
+                first: 0,
+                bits: bitfield.clone(),
+            },
+        });
         if let Err(e) = send_control(&mut w, &have).await {
             return e;
         }

@@ -1,5 +1,5 @@
 //! The behaviours of a node's libp2p swarm, its connection limits, and building the swarm on
-//! QUIC.
+//! QUIC, with TCP (noise + yamux) and DNS beside it for the public DHT's nodes.
 
 use libp2p::allow_block_list::{self, BlockedPeers};
 use libp2p::connection_limits::{self, ConnectionLimits};
@@ -24,6 +24,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// The public IPFS DHT (Amino), when on (see `amino`).
+    pub amino: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub autonat: autonat::Behaviour,
     pub relay_client: relay::client::Behaviour,
@@ -44,6 +46,8 @@ pub struct SwarmOptions {
     /// Ask a UPnP gateway (a home router) to forward our port. The search multicasts on the
     /// LAN at start, so it is off unless asked for.
     pub upnp: bool,
+    /// Speak the public IPFS DHT (Amino) beside the swarm's own.
+    pub public_dht: bool,
 }
 
 /// Most connections established with one peer. One relayed, one each way when both sides dial
@@ -69,11 +73,21 @@ pub fn limits() -> ConnectionLimits {
 pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// Build the swarm on QUIC with explicit flow-control windows. Relayed connections run noise
-/// and yamux inside the relay circuit (a circuit is a plain stream to the relay).
+/// and yamux inside the relay circuit (a circuit is a plain stream to the relay). TCP (noise +
+/// yamux) is there for public-DHT nodes that speak no QUIC; it listens only where the net loop
+/// asks it to. DNS resolves `/dns` and `/dnsaddr` addresses (Amino's bootstrap list) with the
+/// system's resolver, and only when such an address is dialled.
 pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>, NetError> {
     let mdns = opts.mdns;
+    let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| build(&e))?
         .with_quic_config(|mut c| {
             c.max_stream_data = QUIC_STREAM_WINDOW;
             c.max_connection_data = QUIC_CONNECTION_WINDOW;
@@ -81,8 +95,10 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
             c.keep_alive_interval = std::time::Duration::from_secs(5);
             c
         })
+        .with_dns()
+        .map_err(|e| build(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Build(e.to_string()))?
+        .map_err(|e| build(&e))?
         .with_behaviour(|key, relay_client| Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits()),
@@ -107,6 +123,10 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
                 kad.set_mode(Some(kad::Mode::Server));
                 kad
             },
+            amino: Toggle::from(
+                opts.public_dht
+                    .then(|| super::amino::behaviour(key.public().to_peer_id())),
+            ),
             upnp: Toggle::from(opts.upnp.then(libp2p::upnp::tokio::Behaviour::default)),
             mdns: Toggle::from(
                 mdns.then(|| {

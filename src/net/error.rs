@@ -10,6 +10,8 @@ pub enum NetError {
     BadAddr(String),
     #[error("could not listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error("{0} names no peer: a DHT bootstrap address ends in /p2p/<peer ID>")]
+    NoPeerId(Multiaddr),
     #[error("building the swarm: {0}")]
     Build(String),
 }

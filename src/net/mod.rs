@@ -1,4 +1,4 @@
-//! The libp2p swarm: one QUIC endpoint carrying identify, ping, kad, mDNS, AutoNAT, relay
+//! The libp2p swarm: one QUIC endpoint (and TCP for the public DHT's nodes) carrying identify, ping, kad, mDNS, AutoNAT, relay
 //! (client, and server where enabled), DCUtR and our own stream protocols.
 //!
 //! NAT traversal follows what was measured in the lab (reference/dcutr-netlab.md): the
@@ -18,10 +18,13 @@
 //! - `error`: [`NetError`]; `addr`: parsing addresses and the order to dial them in.
 //! - `dht`: the DHT's keys, head records and store policy; `providers`: which provider
 //!   records of other nodes the store keeps.
+//! - `amino`: the public IPFS DHT (`/ipfs/kad/1.0.0`): its key, bootstrap peers, behaviour and
+//!   when to announce there.
 //! - `streams`: our small stream behaviour with bounded queues; `udp`: socket buffers.
 //! - `behaviour`: the node's [`Behaviour`], its connection limits, and [`build_swarm`].
 
 mod addr;
+mod amino;
 mod behaviour;
 mod dht;
 mod error;
@@ -30,6 +33,10 @@ pub mod streams;
 pub mod udp;
 
 pub use addr::{dial_order, ip_of, is_relayed, is_relayed_endpoint, parse_addr, peer_of};
+pub use amino::{
+    amino_key, bootstrap_peer, default_bootstrap, Announcer, AMINO_BOOTSTRAP, AMINO_PROTOCOL,
+    AMINO_REANNOUNCE, AMINO_RECORD_TTL,
+};
 pub use behaviour::{
     build_swarm, limits, Behaviour, BehaviourEvent, SwarmOptions, MAX_CONNECTIONS_PER_PEER,
     MAX_PENDING_INCOMING, RELAY_HOP_PROTOCOL,

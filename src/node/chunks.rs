@@ -21,7 +21,7 @@ use crate::store::StoreError;
 use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy};
 use crate::tree::ContentHash;
 use crate::wire::{
-    self, ControlMsg, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME,
+    self, ControlMsg, Have, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME,
     REPLY_PACK_BYTES,
 };
 
@@ -312,10 +312,12 @@ pub(crate) use crate::swarm::FeedPeer;
 
 /// Peers that can serve the target, and changes to that set.
 ///
-/// Joins and leaves come on their own unbounded queue so none is ever lost (one entry per
-/// session event, so their number is bounded by session churn); availability updates come on a
-/// bounded queue and may be dropped when it is full, since each one is a whole bitfield that
-/// the next one supersedes.
+/// Joins, leaves and requests for our full map come on their own unbounded queue so none is
+/// ever lost (one entry per session event or control message, so their number is bounded by
+/// session churn and the control flood limit); availability updates come on a bounded queue.
+/// Each `Have` only adds to the last, so none may be lost unnoticed: the engine that cannot
+/// queue one asks its sender for a full map, and the scheduler notices the gap in the
+/// numbering too.
 pub(crate) struct PeerFeed {
     pub peers: HashMap<PeerId, FeedPeer>,
     pub members: mpsc::UnboundedReceiver<PeerChange>,
@@ -339,14 +341,17 @@ pub(crate) enum PeerChange {
     Up(PeerId, FeedPeer),
     Have {
         peer: PeerId,
+        have: Have,
+    },
+    /// `peer` asked for our full map of `revision`.
+    SyncWanted {
+        peer: PeerId,
         revision: u64,
-        bitfield: Vec<u8>,
     },
     Down(PeerId),
 }
 
-/// The chunk order of a revision, which availability bitfields index into, and this node's
-/// own bitfield over it.
+/// The chunk order of a revision, which `Have`s index into, and this node's own bits over it.
 pub(crate) use crate::swarm::OwnAvailability as Availability;
 
 enum LaneEvent {
@@ -493,11 +498,26 @@ impl Fetch<'_> {
                 }
                 Action::Request { lane, hash } => self.request(lane, hash),
                 Action::PeersMayAsk(yes) => self.sink.peers_may_ask(yes),
-                Action::Announce { revision, bitfield } => {
-                    let msg = ControlMsg::Have { revision, bitfield };
-                    if !self.ctx.net.broadcast(msg) {
+                Action::Announce(msgs) => {
+                    let sent = msgs
+                        .into_iter()
+                        .all(|m| self.ctx.net.broadcast(ControlMsg::Have(m)));
+                    if !sent {
                         self.sched.handle_announce_dropped();
                     }
+                }
+                Action::SendHave { peer, msgs } => {
+                    // One lost is asked for again (the peer sees no full map come).
+                    for m in msgs {
+                        if !self.ctx.net.send_to(peer, ControlMsg::Have(m)) {
+                            break;
+                        }
+                    }
+                }
+                Action::AskSync { peer, revision } => {
+                    self.ctx
+                        .net
+                        .send_to(peer, ControlMsg::HaveSync { revision });
                 }
                 Action::Ban { peer, reason } => {
                     feed.peers.remove(&peer);
@@ -567,17 +587,14 @@ impl Fetch<'_> {
                 self.sched.handle_peer_up(peer, &info);
                 feed.peers.insert(peer, info);
             }
-            PeerChange::Have {
-                peer,
-                revision,
-                bitfield,
-            } => {
+            PeerChange::Have { peer, have } => {
                 // Joins come first (see `PeerFeed`), so an unknown peer has left.
-                let Some(entry) = feed.peers.get_mut(&peer) else {
-                    return;
-                };
-                self.sched.handle_have(peer, revision, &bitfield);
-                entry.have = Some((revision, bitfield));
+                if feed.peers.contains_key(&peer) {
+                    self.sched.handle_have(peer, &have, Instant::now());
+                }
+            }
+            PeerChange::SyncWanted { peer, revision } => {
+                self.sched.handle_sync_wanted(peer, revision);
             }
             PeerChange::Down(peer) => {
                 feed.peers.remove(&peer);

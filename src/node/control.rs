@@ -1,4 +1,5 @@
-//! One control session per peer: handshake, hello, then heads, heartbeats and goodbye.
+//! One control session per peer: handshake, hello, then heads, availability, heartbeats and
+//! goodbye.
 
 use crate::net::streams::Stream;
 use futures::AsyncReadExt;
@@ -152,14 +153,14 @@ where
                         return Ok(());
                     }
                 }
-                Some(ControlMsg::Have { revision, bitfield }) => {
-                    if !forward(PeerEvent::Have {
-                        peer,
-                        revision,
-                        bitfield,
-                    })
-                    .await
-                    {
+                Some(ControlMsg::Have(have)) => {
+                    have.chunks.check_size()?;
+                    if !forward(PeerEvent::Have { peer, have }).await {
+                        return Ok(());
+                    }
+                }
+                Some(ControlMsg::HaveSync { revision }) => {
+                    if !forward(PeerEvent::HaveSync { peer, revision }).await {
                         return Ok(());
                     }
                 }
@@ -359,10 +360,15 @@ mod tests {
     /// `Have` frame written, and return that message and what the peer then reads, frame by
     /// frame, as the peer's own reader reads it.
     async fn cancel_mid_frame(missing: usize) -> (ControlMsg, Vec<Result<ControlMsg, WireError>>) {
-        let have = ControlMsg::Have {
+        let have = ControlMsg::Have(wire::Have {
             revision: 1,
-            bitfield: vec![0xa5; 4096],
-        };
+            seq: 1,
+            sync: true,
+            chunks: wire::ChunkSet::Bits {
+                first: 0,
+                bits: vec![0xa5; 4096],
+            },
+        });
         let frame_len = 4 + wire::encode(&have).len();
         let (out_tx, out_rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
@@ -418,7 +424,7 @@ mod tests {
         let shown: Vec<String> = frames
             .iter()
             .map(|f| match f {
-                Ok(ControlMsg::Have { bitfield, .. }) => format!("Have({} bytes)", bitfield.len()),
+                Ok(ControlMsg::Have(h)) => format!("Have(seq {})", h.seq),
                 Ok(m) => format!("{m:?}"),
                 Err(e) => format!("error: {e} (hostile, the peer bans us: {})", e.is_hostile()),
             })

@@ -2,10 +2,10 @@
 //! the engine without ever making the swarm task wait.
 //!
 //! The swarm task pushes with [`EventSender::push`], which never blocks and never fails: events
-//! that only say "the newest state of this peer" (its availability `Have`, its `Head`, its
-//! `Complete`) replace the one of the same kind still waiting for that peer, so a peer sending
-//! them at any rate holds at most one of each in the queue. Session changes (`Up`, `Down`,
-//! `Incompatible`) keep their order. `Up` and `Down` are never dropped, so an engine that counts
+//! that only say "the newest state of this peer" (its `Head`, its `Complete`) replace the one
+//! of the same kind still waiting for that peer, so a peer sending them at any rate holds at
+//! most one of each in the queue. Session changes (`Up`, `Down`, `Incompatible`) and
+//! availability (`Have`, each adding to the one before, and `HaveSync`) keep their order. `Up` and `Down` are never dropped, so an engine that counts
 //! them never drifts; a session that went `Down` while its `Up` still waited is taken out whole
 //! (the engine never hears of it), so a peer holds at most one waiting `Down` (of the session
 //! the engine heard of) and one waiting `Up`. Past `MAX_QUEUED` waiting events (a cap a swarm of
@@ -21,7 +21,7 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 
 use crate::trust::SignedHead;
-use crate::wire::{Hello, PeerInfo};
+use crate::wire::{Have, Hello, PeerInfo};
 
 /// Most events waiting for the engine; more (but `Up` and `Down`) are dropped and logged by the
 /// swarm task.
@@ -55,8 +55,11 @@ pub(crate) enum PeerEvent {
     },
     Have {
         peer: PeerId,
+        have: Have,
+    },
+    HaveSync {
+        peer: PeerId,
         revision: u64,
-        bitfield: Vec<u8>,
     },
     Complete {
         peer: PeerId,
@@ -67,7 +70,6 @@ pub(crate) enum PeerEvent {
 /// The kinds of event where only the newest of a peer matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Latest {
-    Have,
     Head,
     Complete,
 }
@@ -75,7 +77,6 @@ enum Latest {
 impl PeerEvent {
     fn latest(&self) -> Option<(PeerId, Latest)> {
         match self {
-            PeerEvent::Have { peer, .. } => Some((*peer, Latest::Have)),
             PeerEvent::Head { peer, .. } => Some((*peer, Latest::Head)),
             PeerEvent::Complete { peer, .. } => Some((*peer, Latest::Complete)),
             _ => None,
@@ -220,11 +221,17 @@ mod tests {
     use super::*;
 
     fn have(peer: PeerId, revision: u64, bit: u8) -> PeerEvent {
-        PeerEvent::Have {
-            peer,
+        let have = Have {
             revision,
-            bitfield: vec![bit],
-        }
+            seq: u32::from(bit),
+            sync: false,
+            chunks: crate::wire::ChunkSet::Gaps(vec![u32::from(bit)]),
+        };
+        PeerEvent::Have { peer, have }
+    }
+
+    fn complete(peer: PeerId, revision: u64) -> PeerEvent {
+        PeerEvent::Complete { peer, revision }
     }
 
     fn down(peer: PeerId, session: u64) -> PeerEvent {
@@ -260,19 +267,31 @@ mod tests {
     }
 
     #[test]
-    fn only_the_newest_have_of_a_peer_waits_in_its_place() {
+    fn only_the_newest_completion_of_a_peer_waits_in_its_place() {
         let (tx, mut rx) = queue();
         let (a, b) = (PeerId::random(), PeerId::random());
-        tx.push(have(a, 1, 1));
+        tx.push(complete(a, 1));
         tx.push(down(b, 7));
-        for bit in 2..1000u16 {
-            tx.push(have(a, 1, bit as u8));
+        for revision in 2..1000 {
+            tx.push(complete(a, revision));
         }
-        tx.push(have(b, 2, 9));
+        tx.push(complete(b, 2));
         assert_eq!(
             drain(&mut rx),
-            vec![have(a, 1, (999u16 % 256) as u8), down(b, 7), have(b, 2, 9)]
+            vec![complete(a, 999), down(b, 7), complete(b, 2)]
         );
+    }
+
+    /// Each `Have` adds to the one before: none replaces another.
+    #[test]
+    fn haves_keep_their_order_and_are_never_merged() {
+        let (tx, mut rx) = queue();
+        let a = PeerId::random();
+        let haves: Vec<_> = (0..200).map(|i| have(a, 1, i)).collect();
+        for ev in haves.iter().cloned() {
+            tx.push(ev);
+        }
+        assert_eq!(drain(&mut rx), haves);
     }
 
     #[test]
@@ -287,14 +306,14 @@ mod tests {
     }
 
     #[test]
-    fn a_have_read_by_the_engine_lets_the_next_one_queue_again() {
+    fn a_completion_read_by_the_engine_lets_the_next_one_queue_again() {
         let (tx, mut rx) = queue();
         let a = PeerId::random();
-        tx.push(have(a, 1, 1));
-        assert_eq!(drain(&mut rx), vec![have(a, 1, 1)]);
+        tx.push(complete(a, 1));
+        assert_eq!(drain(&mut rx), vec![complete(a, 1)]);
         tx.push(down(a, 1));
-        tx.push(have(a, 1, 2));
-        assert_eq!(drain(&mut rx), vec![down(a, 1), have(a, 1, 2)]);
+        tx.push(complete(a, 2));
+        assert_eq!(drain(&mut rx), vec![down(a, 1), complete(a, 2)]);
     }
 
     #[test]

@@ -108,6 +108,32 @@ pub fn render(r: &StatusReport) -> String {
         "Peers learned by peer exchange and refused a dial (over the dial budget)",
         c.pex_dials_refused,
     );
+    if let Some(d) = &r.public_dht {
+        gauge(
+            &mut reg,
+            "public_dht_routing_peers",
+            "Peers in the public DHT's (Amino's) routing table",
+            d.routing_peers as i64,
+        );
+        gauge(
+            &mut reg,
+            "public_dht_last_announce_unix_ms",
+            "When an announcement of the swarm last reached a public-DHT node (-1: not yet)",
+            d.last_announce_unix_ms.map_or(-1, |v| v as i64),
+        );
+        counter(
+            &mut reg,
+            "public_dht_providers_found",
+            "Providers of the swarm's key the public DHT named",
+            d.providers_found,
+        );
+        counter(
+            &mut reg,
+            "public_dht_announces",
+            "Announcements of the swarm that reached a public-DHT node",
+            c.public_dht_announces,
+        );
+    }
     let punches = Family::<Labels, Counter>::default();
     punches
         .get_or_create(&vec![("result", "ok".to_string())])

@@ -31,7 +31,9 @@ use crate::config::{
     NodeConfig, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL, STREAM_OPEN_TIMEOUT,
 };
 use crate::net::streams;
-use crate::net::{build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions};
+use crate::net::{
+    build_swarm, is_relayed, Behaviour, BehaviourEvent, NetError, SwarmOptions, KAD_PROTOCOL,
+};
 use crate::swarm::{
     Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, Gone, HeadLookups, Learned,
     Nat, NatConfig, NewHead, Open, PexDials, Reserve, SeedPolicy, Seen, SessionTable, View,
@@ -126,6 +128,8 @@ struct NetLoop {
     /// The swarm's DHT key (None for a DHT-only node).
     swarm_key: Option<libp2p::kad::RecordKey>,
     head_key: Option<libp2p::kad::RecordKey>,
+    /// The public DHT (Amino), when on.
+    amino: Option<Amino>,
     /// Head lookups under way: who asked (None: our own periodic lookup) and the best found.
     head_lookups:
         HeadLookups<libp2p::kad::QueryId, SignedHead, oneshot::Sender<Option<SignedHead>>>,
@@ -139,6 +143,15 @@ struct NetLoop {
     /// Relay reservations, reachability, relayed connections giving way to direct ones (the
     /// relays themselves are in `book`).
     nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
+}
+
+/// This node in the public DHT (Amino): what it announces and when, and the provider records
+/// it holds for others (in server mode).
+struct Amino {
+    /// The swarm's Amino key (None for a DHT-only node).
+    key: Option<libp2p::kad::RecordKey>,
+    announcer: crate::net::Announcer,
+    providers: crate::net::ProviderBook,
 }
 
 /// How often every session is told again who else we are connected to, so a dial that
@@ -167,6 +180,7 @@ pub(crate) async fn start(
         mdns: config.mdns,
         upnp: config.upnp,
         relay_circuit_bytes: config.relay_circuit_bytes,
+        public_dht: config.public_dht.is_some(),
     };
     let mut swarm = build_swarm(key, opts)?;
     let peer_id = *swarm.local_peer_id();
@@ -196,6 +210,9 @@ pub(crate) async fn start(
     let is_publisher = local.role == Role::Publisher;
     let swarm_id = local.swarm_id;
     let publisher = local.publisher;
+    if let Some(bootstrap) = &config.public_dht {
+        join_public_dht(&mut swarm, &config.listen, bootstrap)?;
+    }
     dial_saved_peers(&mut swarm, &config.state_dir().join("peers"));
     for addr in &config.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
@@ -243,6 +260,11 @@ pub(crate) async fn start(
         ),
         swarm_key: (!swarm_id.is_nil()).then(|| crate::net::swarm_key(&swarm_id)),
         head_key: publisher.map(|k| crate::net::head_key(&swarm_id, &k)),
+        amino: config.public_dht.as_ref().map(|_| Amino {
+            key: (!swarm_id.is_nil()).then(|| crate::net::amino_key(&swarm_id)),
+            announcer: Default::default(),
+            providers: Default::default(),
+        }),
         head_lookups: HeadLookups::default(),
         peers_file: config.state_dir().join("peers"),
         next_save: tokio::time::Instant::now() + SAVE_PEERS_EVERY,
@@ -292,6 +314,51 @@ async fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), No
             }
         }
     }
+}
+
+/// Join the public DHT: listen on TCP beside each QUIC address (its nodes may speak only TCP;
+/// the same port when one was given), and bootstrap from `bootstrap`.
+fn join_public_dht(
+    swarm: &mut Swarm<Behaviour>,
+    listen: &[Multiaddr],
+    bootstrap: &[Multiaddr],
+) -> Result<(), NodeError> {
+    for addr in listen {
+        let Some(tcp) = tcp_beside(addr) else {
+            continue;
+        };
+        let any_port = tcp.replace(1, |_| Some(Protocol::Tcp(0)));
+        if let Err(e) = swarm.listen_on(tcp.clone()) {
+            debug!(%tcp, error = ?e, "TCP port taken; listening on another");
+            if let Some(any) = any_port {
+                let _ = swarm
+                    .listen_on(any)
+                    .map_err(|e| warn!(error = ?e, "cannot listen on TCP"));
+            }
+        }
+    }
+    let Some(amino) = swarm.behaviour_mut().amino.as_mut() else {
+        return Ok(());
+    };
+    for addr in bootstrap {
+        let (peer, addr) = crate::net::bootstrap_peer(addr)?;
+        amino.add_address(&peer, addr);
+    }
+    if let Err(e) = amino.bootstrap() {
+        warn!(error = %e, "public DHT: no bootstrap peer");
+    }
+    Ok(())
+}
+
+/// The TCP address on the IP and port of a QUIC listen address.
+fn tcp_beside(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut it = addr.iter();
+    let ip = it.next()?;
+    let Some(Protocol::Udp(port)) = it.next() else {
+        return None;
+    };
+    matches!(ip, Protocol::Ip4(_) | Protocol::Ip6(_))
+        .then(|| Multiaddr::empty().with(ip).with(Protocol::Tcp(port)))
 }
 
 /// Dial the peers saved by the last run, and seed the DHT routing table with them.
@@ -379,6 +446,14 @@ fn grow_socket_buffers(addrs: &[Multiaddr]) {
 }
 
 /// Sleep until `deadline` (a `std` instant, as the sans-IO machines use).
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
 }
@@ -421,6 +496,7 @@ impl NetLoop {
             self.on_swarm_event(ev);
         }
         loop {
+            let amino_due = self.amino_due();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -432,6 +508,7 @@ impl NetLoop {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = sleep_until(self.discovery.poll_timeout()) => self.discovery_tick(),
+                _ = sleep_until_some(amino_due) => self.amino_tick(),
                 _ = tokio::time::sleep_until(self.next_save) => {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
@@ -498,6 +575,15 @@ impl NetLoop {
                     }
                 }
             }
+            NetCommand::SendTo { peer, msg } => {
+                let dropped = self
+                    .sessions
+                    .get(&peer)
+                    .is_some_and(|s| s.out.try_send(msg).is_err());
+                if dropped {
+                    warn!(%peer, "control queue full: message dropped for this peer");
+                }
+            }
             NetCommand::Ban { peer, reason } => self.ban(peer, &reason),
             NetCommand::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -513,6 +599,7 @@ impl NetLoop {
                     peers: self.peer_table(),
                     reachability: self.reachability(),
                     addrs: self.local.addrs.iter().map(|a| a.to_string()).collect(),
+                    public_dht: self.public_dht_report(),
                 });
             }
             NetCommand::Peer(_) => unreachable!("handled in run"),
@@ -601,27 +688,30 @@ impl NetLoop {
                 rec.revision = Some((*revision).max(rec.revision.unwrap_or(0)));
                 rec.last_seen = std::time::SystemTime::now();
             }
-            PeerEvent::Have {
-                peer,
-                revision,
-                bitfield,
-            } => self.seed_evidence(peer, *revision, bitfield),
-            PeerEvent::Incompatible { .. } | PeerEvent::Down { .. } => {}
+            PeerEvent::Have { peer, have } => self.seed_evidence(peer, have),
+            PeerEvent::HaveSync { .. }
+            | PeerEvent::Incompatible { .. }
+            | PeerEvent::Down { .. } => {}
         }
         self.tell_engine(ev);
     }
 
-    /// A publisher's seeding policy learns from `peer`'s bitfield which chunks spread.
-    fn seed_evidence(&self, peer: &PeerId, revision: u64, bitfield: &[u8]) {
+    /// A publisher's seeding policy learns from `peer`'s `Have` which chunks spread. (A
+    /// malformed one is only ignored here: the engine bans its sender.)
+    fn seed_evidence(&self, peer: &PeerId, have: &crate::wire::Have) {
         let Some(seed) = &self.seed else {
             return;
         };
         let current = self.content.current();
-        if current.head.as_ref().map(|h| h.body.revision) != Some(revision) {
+        if current.head.as_ref().map(|h| h.body.revision) != Some(have.revision) {
             return;
         }
+        let order = current.chunk_order();
+        let Ok(indices) = have.chunks.indices(order.len()) else {
+            return;
+        };
         let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-        seed.have(peer, revision, current.chunk_order(), bitfield);
+        seed.have(peer, have.revision, order, &indices);
     }
 
     fn tell_engine(&self, ev: PeerEvent) {
@@ -882,7 +972,8 @@ impl NetLoop {
     /// What discovery needs to know of the swarm around it.
     fn discovery_view(&mut self) -> View {
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let routable = kad.kbuckets().any(|b| b.num_entries() > 0);
+        let own = kad.kbuckets().any(|b| b.num_entries() > 0);
+        let routable = own || self.amino_routing_peers() > 0;
         View {
             routable,
             sessions: self.sessions.len(),
@@ -951,6 +1042,10 @@ impl NetLoop {
         }
         Stats::add(&self.stats.dht_lookups, 1);
         self.swarm.behaviour_mut().kad.get_providers(key);
+        let amino_key = self.amino.as_ref().and_then(|a| a.key.clone());
+        if let (Some(amino), Some(key)) = (self.swarm.behaviour_mut().amino.as_mut(), amino_key) {
+            amino.get_providers(key);
+        }
     }
 
     /// Look the swarm's head record up in the DHT, for `asker` or (`None`) for the engine.
@@ -1020,6 +1115,166 @@ impl NetLoop {
                 is_new_peer: true, ..
             } => self.discovery.handle_routing_updated(Instant::now()),
             _ => {}
+        }
+    }
+
+    /// When the public DHT's announcer has something to do.
+    fn amino_due(&self) -> Option<Instant> {
+        self.amino.as_ref()?.announcer.poll_timeout()
+    }
+
+    /// Announce this node as a provider of the swarm's Amino key, if it is time.
+    fn amino_tick(&mut self) {
+        let Some(amino) = self.amino.as_mut() else {
+            return;
+        };
+        if !amino.announcer.handle_timeout(Instant::now()) {
+            return;
+        }
+        let (Some(key), Some(kad)) = (amino.key.clone(), self.swarm.behaviour_mut().amino.as_mut())
+        else {
+            return;
+        };
+        if let Err(e) = kad.start_providing(key) {
+            warn!(error = %e, "public DHT: cannot announce the swarm");
+            amino.announcer.handle_done(Instant::now(), false);
+        }
+    }
+
+    /// Peers in the public DHT's routing table (0 when it is off).
+    fn amino_routing_peers(&mut self) -> usize {
+        let Some(kad) = self.swarm.behaviour_mut().amino.as_mut() else {
+            return 0;
+        };
+        kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
+    /// Amino expects servers to be reachable: serve its DHT only while AutoNAT says public.
+    fn set_amino_mode(&mut self, nat: AutoNat) {
+        let Some(kad) = self.swarm.behaviour_mut().amino.as_mut() else {
+            return;
+        };
+        let mode = match nat {
+            AutoNat::Public => libp2p::kad::Mode::Server,
+            AutoNat::Private | AutoNat::Unknown => libp2p::kad::Mode::Client,
+        };
+        if kad.mode() != mode {
+            info!(?mode, "public DHT mode");
+            kad.set_mode(Some(mode));
+        }
+    }
+
+    /// What `status` shows of the public DHT.
+    fn public_dht_report(&mut self) -> Option<super::swarm_handle::PublicDhtReport> {
+        let routing_peers = self.amino_routing_peers();
+        let server = self
+            .swarm
+            .behaviour_mut()
+            .amino
+            .as_mut()
+            .is_some_and(|k| k.mode() == libp2p::kad::Mode::Server);
+        let amino = self.amino.as_ref()?;
+        let since = |at: Instant| std::time::SystemTime::now() - at.elapsed();
+        Some(super::swarm_handle::PublicDhtReport {
+            routing_peers,
+            server,
+            last_announce: amino.announcer.last().map(since),
+        })
+    }
+
+    fn on_amino_event(&mut self, ev: libp2p::kad::Event) {
+        use libp2p::kad::{Event, GetProvidersOk, InboundRequest, QueryResult};
+        match ev {
+            Event::OutboundQueryProgressed {
+                result:
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
+                ..
+            } => {
+                let me = *self.swarm.local_peer_id();
+                for peer in providers.into_iter().filter(|p| *p != me) {
+                    Stats::add(&self.stats.public_dht_providers_found, 1);
+                    let (seen, sessions) = (self.seen(&peer), self.sessions.len());
+                    if let Some(dial) = self.discovery.handle_provider(peer, seen, sessions) {
+                        info!(%peer, "found a swarm peer in the public DHT");
+                        self.discover(dial);
+                    }
+                }
+            }
+            Event::OutboundQueryProgressed {
+                result: QueryResult::StartProviding(result),
+                stats,
+                ..
+            } => {
+                let stored = result.is_ok() && stats.num_successes() > 0;
+                info!(
+                    stored,
+                    nodes = stats.num_successes(),
+                    "public DHT: announced the swarm"
+                );
+                if stored {
+                    Stats::add(&self.stats.public_dht_announces, 1);
+                }
+                if let Some(amino) = self.amino.as_mut() {
+                    amino.announcer.handle_done(Instant::now(), stored);
+                }
+            }
+            Event::InboundRequest {
+                request:
+                    InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => self.on_amino_add_provider(record),
+            Event::RoutingUpdated {
+                is_new_peer: true, ..
+            } => {
+                let now = Instant::now();
+                if let Some(amino) = self.amino.as_mut() {
+                    amino.announcer.handle_routing_updated(now);
+                }
+                self.discovery.handle_routing_updated(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// In server mode, a public-DHT node asks us to keep its provider record: kept within the
+    /// same per-network and per-key bounds as our own DHT's (`net::providers`), none of them
+    /// our swarm's.
+    fn on_amino_add_provider(&mut self, record: libp2p::kad::ProviderRecord) {
+        use crate::net::{Admit, Network, Offer};
+        use libp2p::kad::store::RecordStore;
+        let network = Network::of(self.book.remote_ip(&record.provider));
+        let (Some(amino), Some(kad)) = (
+            self.amino.as_mut(),
+            self.swarm.behaviour_mut().amino.as_mut(),
+        ) else {
+            return;
+        };
+        let (key, provider) = (record.key.clone(), record.provider);
+        let offer = Offer {
+            key: &key,
+            provider,
+            network,
+            expires: record.expires,
+        };
+        let store = kad.store_mut();
+        let stored = match amino
+            .providers
+            .admit(offer, Instant::now(), None, |_| false)
+        {
+            Admit::Store => store.add_provider(record),
+            Admit::Replace { evict } => {
+                store.remove_provider(&key, &evict);
+                store.add_provider(record)
+            }
+            Admit::Refuse(why) => {
+                Stats::add(&self.stats.dht_records_refused, 1);
+                debug!(%provider, ?network, why, "public DHT: provider record not stored");
+                return;
+            }
+        };
+        if let Err(e) = stored {
+            debug!(error = %e, "public DHT: provider record not stored");
         }
     }
 
@@ -1278,6 +1533,14 @@ impl NetLoop {
         for (key, provider) in self.providers.expire(now) {
             libp2p::kad::store::RecordStore::remove_provider(store, &key, &provider);
         }
+        if let (Some(amino), Some(kad)) = (
+            self.amino.as_mut(),
+            self.swarm.behaviour_mut().amino.as_mut(),
+        ) {
+            for (key, provider) in amino.providers.expire(now) {
+                libp2p::kad::store::RecordStore::remove_provider(kad.store_mut(), &key, &provider);
+            }
+        }
         for peer in self.book.sweep(now) {
             debug!(%peer, "ban over");
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
@@ -1350,6 +1613,9 @@ impl NetLoop {
                 self.local.addrs = public_first(addrs);
                 // Provide again, so that the DHT hands out the new address.
                 self.discovery.handle_new_address(Instant::now());
+                if let Some(amino) = self.amino.as_mut() {
+                    amino.announcer.handle_new_address(Instant::now());
+                }
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.local.addrs.retain(|a| *a != address);
@@ -1367,6 +1633,7 @@ impl NetLoop {
                 libp2p::autonat::Event::StatusChanged { old, new },
             )) => {
                 info!(from = ?old, to = ?new, "reachability (AutoNAT)");
+                self.set_amino_mode(auto_nat(&new));
                 let reserves = self
                     .nat
                     .handle_status(auto_nat(&new), &self.connected_relays());
@@ -1420,6 +1687,7 @@ impl NetLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Amino(ev)) => self.on_amino_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
                 self.on_mdns(list)
             }
@@ -1427,9 +1695,18 @@ impl NetLoop {
                 libp2p::identify::Event::Received { peer_id, info, .. },
             )) => {
                 let addrs = public_first(info.listen_addrs);
+                let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
+                let (amino, own) = (speaks(crate::net::AMINO_PROTOCOL), speaks(KAD_PROTOCOL));
                 for addr in addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
-                    if !is_relayed(&addr) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if is_relayed(&addr) {
+                        continue;
+                    }
+                    let behaviour = self.swarm.behaviour_mut();
+                    if let Some(kad) = behaviour.amino.as_mut().filter(|_| amino) {
+                        kad.add_address(&peer_id, addr.clone());
+                    }
+                    if own {
+                        behaviour.kad.add_address(&peer_id, addr);
                     }
                 }
                 let hop = info
@@ -1544,6 +1821,10 @@ impl NetLoop {
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {
                 Ok(Ok(Ok(stream))) => {
                     net.control_stream(peer, stream, true).await;
+                }
+                // A public-DHT node, not a treecast peer.
+                Ok(Ok(Err(e @ streams::OpenError::Unsupported(_)))) => {
+                    debug!(%peer, error = %e, "no control stream")
                 }
                 Ok(Ok(Err(e))) => warn!(%peer, error = %e, "cannot open control stream"),
                 _ => warn!(%peer, "opening the control stream timed out"),

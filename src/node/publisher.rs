@@ -413,6 +413,7 @@ impl Publisher {
             PeerEvent::Incompatible { .. }
             | PeerEvent::Peers { .. }
             | PeerEvent::Have { .. }
+            | PeerEvent::HaveSync { .. }
             | PeerEvent::Complete { .. } => {}
         }
     }

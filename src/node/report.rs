@@ -78,6 +78,22 @@ pub struct StatusReport {
     /// Publisher: how far the current revision has spread.
     pub rollout: Option<Rollout>,
     pub counters: StatsSnapshot,
+    /// The public IPFS DHT (Amino); null when it is off.
+    #[serde(default)]
+    pub public_dht: Option<PublicDht>,
+}
+
+/// Where the node stands in the public IPFS DHT (Amino).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PublicDht {
+    /// "server" (AutoNAT says public) or "client".
+    pub mode: String,
+    /// Peers in its routing table.
+    pub routing_peers: usize,
+    /// When an announcement of the swarm last reached a node (null: not yet).
+    pub last_announce_unix_ms: Option<u64>,
+    /// Providers of the swarm's key it named (this node left out), since the start.
+    pub providers_found: u64,
 }
 
 /// A download under way.
@@ -231,8 +247,11 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms(SystemTime::now())
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -294,6 +313,7 @@ impl Reporter {
             })
             .collect();
         let now_ms = unix_ms_now();
+        let counters = self.stats.snapshot();
         let rollout = match (self.role, status.revision) {
             (Role::Publisher, Some(revision)) => Some(self.rollout(now_ms, revision, &peers)),
             _ => None,
@@ -315,6 +335,12 @@ impl Reporter {
             reachability: net.reachability.to_string(),
             addrs: net.addrs,
             uptime_secs: self.started.elapsed().as_secs(),
+            public_dht: net.public_dht.map(|d| PublicDht {
+                mode: if d.server { "server" } else { "client" }.to_string(),
+                routing_peers: d.routing_peers,
+                last_announce_unix_ms: d.last_announce.map(unix_ms),
+                providers_found: counters.public_dht_providers_found,
+            }),
             now_unix_ms: now_ms,
             traffic: TrafficReport {
                 total: traffic.total,
@@ -327,7 +353,7 @@ impl Reporter {
             },
             peers,
             rollout,
-            counters: self.stats.snapshot(),
+            counters,
         })
     }
 
@@ -634,6 +660,19 @@ impl StatusReport {
             let _ = writeln!(o, "  error        {e}");
         }
         let _ = writeln!(o, "  reachability {}", self.reachability);
+        if let Some(d) = &self.public_dht {
+            let announced = d
+                .last_announce_unix_ms
+                .map_or("not announced yet".into(), |at| {
+                    let ago = self.now_unix_ms.saturating_sub(at) / 1000;
+                    format!("announced {ago}s ago")
+                });
+            let _ = writeln!(
+                o,
+                "  public DHT   {} · {} peers · {announced} · {} providers found",
+                d.mode, d.routing_peers, d.providers_found
+            );
+        }
         let t = &self.traffic;
         let _ = writeln!(
             o,

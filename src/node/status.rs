@@ -57,6 +57,10 @@ pub struct Stats {
     pub pex_dials_refused: AtomicU64,
     /// Connections refused at the handshake: the peer is banned, or over a connection limit.
     pub connections_refused: AtomicU64,
+    /// Providers of the swarm's key the public DHT (Amino) named (this node left out).
+    pub public_dht_providers_found: AtomicU64,
+    /// Announcements of the swarm that reached at least one public-DHT node.
+    pub public_dht_announces: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -85,6 +89,10 @@ pub struct StatsSnapshot {
     pub pex_dials_refused: u64,
     #[serde(default)]
     pub connections_refused: u64,
+    #[serde(default)]
+    pub public_dht_providers_found: u64,
+    #[serde(default)]
+    pub public_dht_announces: u64,
 }
 
 impl Stats {
@@ -116,6 +124,8 @@ impl Stats {
             pex_dials: r(&self.pex_dials),
             pex_dials_refused: r(&self.pex_dials_refused),
             connections_refused: r(&self.connections_refused),
+            public_dht_providers_found: r(&self.public_dht_providers_found),
+            public_dht_announces: r(&self.public_dht_announces),
         }
     }
 }

@@ -69,8 +69,6 @@ struct KnownPeer {
     /// Newest verified revision it holds completely.
     revision: u64,
     role: Role,
-    /// Its latest availability bitfield and the revision it is for.
-    have: Option<(u64, Vec<u8>)>,
 }
 
 impl KnownPeer {
@@ -78,7 +76,6 @@ impl KnownPeer {
         FeedPeer {
             complete: self.revision == target,
             last_resort: self.role == Role::Publisher,
-            have: self.have.clone(),
         }
     }
 }
@@ -184,10 +181,16 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         )));
     }
     let saved_peers = state.join("peers").exists();
-    if ticket.addrs.is_empty() && config.bootstrap.is_empty() && !saved_peers && !config.mdns {
+    let public_dht = config.public_dht.is_some();
+    if ticket.addrs.is_empty()
+        && config.bootstrap.is_empty()
+        && !saved_peers
+        && !config.mdns
+        && !public_dht
+    {
         return Err(NodeError::Refused(
             "no way to find peers: the ticket has no addresses, there is no --bootstrap, no \
-             peer table saved from an earlier run, and mDNS is off"
+             peer table saved from an earlier run, mDNS is off, and so is the public DHT"
                 .into(),
         ));
     }
@@ -373,7 +376,6 @@ impl Subscriber {
                 let known = KnownPeer {
                     revision: held,
                     role: hello.role,
-                    have: None,
                 };
                 self.peers.insert(peer, known);
                 self.tell_download(peer);
@@ -401,23 +403,26 @@ impl Subscriber {
                     let _ = d.members.send(PeerChange::Down(peer));
                 }
             }
-            PeerEvent::Have {
-                peer,
-                revision,
-                bitfield,
-            } => {
-                // Only from a peer in session: a late bitfield must not bring back one that left.
-                let Some(p) = self.peers.get_mut(&peer) else {
+            PeerEvent::Have { peer, have } => {
+                // Only from a peer in session, for the revision downloaded (a download asks
+                // each peer for its full map when it starts): a late `Have` must not bring
+                // back a peer that left.
+                let Some(d) = &self.download else {
                     return;
                 };
-                p.have = Some((revision, bitfield.clone()));
-                if let Some(d) = &self.download {
-                    let change = PeerChange::Have {
-                        peer,
-                        revision,
-                        bitfield,
-                    };
-                    let _ = d.changes.try_send(change);
+                if !self.peers.contains_key(&peer) || have.revision != d.revision {
+                    return;
+                }
+                let revision = have.revision;
+                if d.changes.try_send(PeerChange::Have { peer, have }).is_err() {
+                    // It adds to the ones before: lost, the peer's view would miss chunks.
+                    warn!(%peer, "availability queue full: asking the peer for its full map");
+                    self.net.send_to(peer, ControlMsg::HaveSync { revision });
+                }
+            }
+            PeerEvent::HaveSync { peer, revision } => {
+                if let (Some(d), true) = (&self.download, self.peers.contains_key(&peer)) {
+                    let _ = d.members.send(PeerChange::SyncWanted { peer, revision });
                 }
             }
             PeerEvent::Complete { peer, revision } => {

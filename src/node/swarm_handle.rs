@@ -3,7 +3,7 @@
 //!
 //! The swarm task never waits on anyone who holds this handle (it hands events on through
 //! [`super::events`], which never blocks), so awaiting a command here cannot close a cycle of
-//! full channels. Commands that only inform (`broadcast`, `put_head`) never wait: when the
+//! full channels. Commands that only inform (`broadcast`, `send_to`, `put_head`) never wait: when the
 //! swarm task is that far behind they are dropped, and the caller says so in its log.
 //!
 //! A leaf: it imports nothing from the node's other modules but [`super::events`] and
@@ -27,6 +27,11 @@ pub(crate) enum NetCommand {
         reply: oneshot::Sender<Result<Stream, OpenError>>,
     },
     Broadcast(ControlMsg),
+    /// Tell one session's peer `msg`.
+    SendTo {
+        peer: PeerId,
+        msg: ControlMsg,
+    },
     Ban {
         peer: PeerId,
         reason: String,
@@ -85,6 +90,19 @@ pub(crate) struct NetReport {
     pub reachability: &'static str,
     /// Addresses told to peers (listen, external, relayed).
     pub addrs: Vec<String>,
+    /// The public DHT (Amino), when on.
+    pub public_dht: Option<PublicDhtReport>,
+}
+
+/// What the swarm task knows of the public DHT (Amino).
+#[derive(Debug, Clone)]
+pub(crate) struct PublicDhtReport {
+    /// Peers in its routing table.
+    pub routing_peers: usize,
+    /// Serving it (AutoNAT says public) rather than a client.
+    pub server: bool,
+    /// When an announcement of the swarm last reached a node of it.
+    pub last_announce: Option<std::time::SystemTime>,
 }
 
 /// What a node says about itself in hellos.
@@ -156,6 +174,11 @@ impl NetHandle {
     /// Tell every session's peer `msg`; false if it was dropped.
     pub fn broadcast(&self, msg: ControlMsg) -> bool {
         self.offer(NetCommand::Broadcast(msg))
+    }
+
+    /// Tell `peer` `msg`, if it is in session; false if it was dropped.
+    pub fn send_to(&self, peer: PeerId, msg: ControlMsg) -> bool {
+        self.offer(NetCommand::SendTo { peer, msg })
     }
 
     /// Store `head` in the DHT; false if it was dropped.

@@ -24,7 +24,7 @@ mod sessions;
 mod slots;
 mod window;
 
-pub use availability::OwnAvailability;
+pub use availability::{OwnAvailability, PeerView};
 pub use bucket::TokenBucket;
 pub use dials::{Dial, DialLimits, Learned, PexDials};
 pub use discovery::{

@@ -445,6 +445,11 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         self.peers.get(peer).map(|s| s.limit)
     }
 
+    /// True if `peer` is a last-resort seed.
+    pub fn is_last_resort(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.last_resort)
+    }
+
     /// Requests outstanding to `peer`.
     pub fn in_flight(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.in_flight)
@@ -501,6 +506,44 @@ mod tests {
         }
         assert!(p.is_done());
         assert_eq!(p.progress(), (5, 5));
+    }
+
+    /// Chunks told one at a time (`peer_has`, as `Have`s arrive) rank and are picked exactly as
+    /// the same set told whole (`set_peer`), never counted twice; a seed's are not counted, and
+    /// a peer not set up, or holding everything, is left alone.
+    #[test]
+    fn chunks_told_one_at_a_time_count_as_the_set_told_whole() {
+        let t0 = Instant::now();
+        let held: [&[u8]; 3] = [&[1, 2, 3, 4], &[2, 3, 4], &[3, 4, 9]];
+        let mut whole: Picker<u8> = Picker::new(cfg(), (0..10).map(h), &HashSet::new());
+        let mut by_one: Picker<u8> = Picker::new(cfg(), (0..10).map(h), &HashSet::new());
+        for (peer, chunks) in held.iter().enumerate() {
+            whole.set_peer(peer as u8, some(chunks), false);
+            by_one.set_peer(peer as u8, some(&[]), false);
+            for c in chunks.iter().chain(chunks.iter()) {
+                by_one.peer_has(&(peer as u8), h(*c));
+            }
+        }
+        by_one.set_peer(7, Availability::All, false);
+        by_one.peer_has(&7, h(0));
+        by_one.peer_has(&8, h(0));
+        by_one.set_peer(5, some(&[]), true);
+        by_one.peer_has(&5, h(0));
+        whole.set_peer(7, Availability::All, false);
+        whole.set_peer(5, some(&[0]), true);
+        assert_eq!(by_one.holder_counts, whole.holder_counts);
+        assert_eq!(by_one.holder_counts.get(&h(4)), Some(&3));
+        assert_eq!(
+            by_one.holder_counts.get(&h(0)),
+            None,
+            "the seed's chunk is not counted"
+        );
+        assert_queues_match(&by_one);
+        assert_eq!(by_one.queue, whole.queue);
+        let picks: Vec<_> = [0, 1, 2].map(|peer| by_one.next_for(&peer, t0)).into();
+        let expected: Vec<_> = [0, 1, 2].map(|peer| whole.next_for(&peer, t0)).into();
+        assert_eq!(picks, expected);
+        assert_eq!(picks[0], Some(h(1)), "the rarest peer 0 holds");
     }
 
     /// The ordered queues hold exactly the missing and requested chunks, at their current rank.

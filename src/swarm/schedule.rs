@@ -27,7 +27,13 @@
 //! - Each `rate_interval`, every peer's limit follows its measured rate and quickest reply
 //!   ([`RateMeter`]): down at once, up at most twofold.
 //! - A bad reply drops the peer (its requests go back to missing) and bans it.
-//! - Our bitfield is announced every `have_interval` when it changed, and once more at the end.
+//! - What we hold is announced every `have_interval` when it changed, and once more at the end
+//!   (a full map first, then what changed; see [`OwnAvailability`]). A peer that asks for our
+//!   full map gets it at the next announcement.
+//! - A peer's `Have`s add to what the picker knows it holds, one chunk at a time. A peer that
+//!   joins without the revision is asked for its full map; one whose `Have`s do not follow on
+//!   (see [`PeerView`]) is asked again, at most every `sync_retry`. A `Have` naming a chunk the
+//!   revision does not have gets its peer banned.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Display;
@@ -36,11 +42,12 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::availability::OwnAvailability;
+use super::availability::{OwnAvailability, PeerView};
 use super::lanes::{LaneId, Lanes};
 use super::picker::{Availability, Picker, PickerConfig};
-use super::window::RateMeter;
+use super::window::{RateMeter, MIN_REQUESTS, MIN_SEED_REQUESTS};
 use crate::tree::ContentHash;
+use crate::wire::Have;
 
 /// Scheduler limits and intervals.
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +56,13 @@ pub struct ScheduleConfig {
     /// Lanes opened to each peer.
     pub lanes_per_peer: usize,
     /// How often each peer's request limit follows its measured rate. Until the first
-    /// measurement a peer has only its default limit (the publisher, 4 requests), so this is
+    /// measurement a peer has only its default limit (the publisher, 1 request), so this is
     /// also how long a download runs at that limit.
     pub rate_interval: Duration,
-    /// How often our bitfield is announced, if it changed.
+    /// How often what we hold is announced, if it changed.
     pub have_interval: Duration,
+    /// A peer whose `Have`s do not follow on is asked for its full map again after this long.
+    pub sync_retry: Duration,
     /// How often requests are checked for a stall.
     pub stall_check: Duration,
     /// Lanes to one peer reopened at once within `reopen_window`; more wait `reopen_delay`.
@@ -71,7 +80,7 @@ impl ScheduleConfig {
         ScheduleConfig {
             picker: PickerConfig {
                 default_in_flight: DEFAULT_IN_FLIGHT,
-                seed_in_flight: 4,
+                seed_in_flight: super::window::MIN_SEED_REQUESTS,
                 stall_timeout: CHUNK_TIMEOUT,
                 lack_retry: Duration::from_secs(1),
                 endgame_after: ENDGAME_AFTER,
@@ -80,6 +89,7 @@ impl ScheduleConfig {
             lanes_per_peer: CHUNK_STREAMS_PER_PEER,
             rate_interval: Duration::from_millis(100),
             have_interval: HAVE_INTERVAL,
+            sync_retry: Duration::from_secs(2),
             stall_check: Duration::from_secs(1),
             max_reopens: 8,
             reopen_window: Duration::from_secs(10),
@@ -95,8 +105,6 @@ pub struct FeedPeer {
     pub complete: bool,
     /// The publisher: asked only for chunks no other peer has.
     pub last_resort: bool,
-    /// Its latest availability bitfield, with the revision it is for.
-    pub have: Option<(u64, Vec<u8>)>,
 }
 
 /// What the caller is to do, from [`Scheduler::poll`].
@@ -112,9 +120,13 @@ pub enum Action<P> {
     /// Whether a peer in the download may still ask us for chunks (one that does not hold the
     /// target completely). Told first, then whenever it changes.
     PeersMayAsk(bool),
-    /// Tell every peer what we hold of `revision`; if that fails, say so
-    /// ([`Scheduler::handle_announce_dropped`]).
-    Announce { revision: u64, bitfield: Vec<u8> },
+    /// Tell every peer these, in order (what we hold of the revision); if one cannot be
+    /// queued, send no more of them and say so ([`Scheduler::handle_announce_dropped`]).
+    Announce(Vec<Have>),
+    /// Tell `peer` these, in order: our full map, which it asked for.
+    SendHave { peer: P, msgs: Vec<Have> },
+    /// Ask `peer` for its full map of `revision`.
+    AskSync { peer: P, revision: u64 },
     /// Ban `peer`, already dropped from the download (its lanes are closed first).
     Ban { peer: P, reason: String },
     /// Every wanted chunk is verified.
@@ -124,7 +136,7 @@ pub enum Action<P> {
 #[derive(Debug)]
 struct Member {
     complete: bool,
-    last_resort: bool,
+    view: PeerView,
 }
 
 /// The scheduling decisions of one download. `P` is the peer identifier.
@@ -150,6 +162,10 @@ pub struct Scheduler<P> {
     actions: VecDeque<Action<P>>,
     /// Something changed since requests were last handed out.
     assign_due: bool,
+    /// Peers that asked for our full map since the last announcement.
+    sync_wanted: HashSet<P>,
+    /// The latest `now` reported.
+    now: Instant,
 }
 
 impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
@@ -182,6 +198,8 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             told_may_ask: None,
             actions: VecDeque::new(),
             assign_due: true,
+            sync_wanted: HashSet::new(),
+            now,
         }
     }
 
@@ -232,11 +250,13 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// Do what is due at `now`: measure rates, announce, take back stalled requests, reopen
     /// lanes.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if now >= self.next_measure() {
             self.measure(now);
         }
         if self.own.is_some() && now >= self.next_announce {
             self.announce();
+            self.ask_out_of_step(now);
             self.next_announce = now + self.config.have_interval;
         }
         if now >= self.next_stall_check {
@@ -248,29 +268,75 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     }
 
     /// `peer` joined the download (or its session was replaced).
+    /// `peer` joined the download (or its session was replaced, or it now holds the
+    /// revision). One without the revision is asked for its full map (at the next
+    /// announcement if it cannot be asked now): until then it is taken to hold nothing.
     pub fn handle_peer_up(&mut self, peer: P, info: &FeedPeer) {
+        let mut view = PeerView::default();
+        let ask = match &self.own {
+            Some(own) if !info.complete => {
+                view.ask_due(self.now, self.config.sync_retry);
+                Some(own.revision)
+            }
+            _ => None,
+        };
         let member = Member {
             complete: info.complete,
-            last_resort: info.last_resort,
+            view,
         };
         self.peers.insert(peer.clone(), member);
-        let have = info
-            .have
-            .as_ref()
-            .map(|(rev, bits)| (*rev, bits.as_slice()));
-        let have = self.have_of(info.complete, have);
-        self.add_peer(peer, have, info.last_resort);
+        let have = if info.complete {
+            Availability::All
+        } else {
+            Availability::Some(HashSet::new())
+        };
+        self.add_peer(peer.clone(), have, info.last_resort);
+        if let Some(revision) = ask {
+            self.actions.push_back(Action::AskSync { peer, revision });
+        }
     }
 
-    /// `peer` holds what `bitfield` says of `revision`. Ignored unless it is in the download
-    /// (joins are reported first, so an unknown peer has left).
-    pub fn handle_have(&mut self, peer: P, revision: u64, bitfield: &[u8]) {
-        let Some(m) = self.peers.get(&peer) else {
+    /// `peer` says it holds the chunks of `have` (of a revision). Ignored unless it is in the
+    /// download (joins are reported first, so an unknown peer has left) and the revision is
+    /// ours. A chunk the revision does not have bans the peer; a `Have` that does not follow on
+    /// from its last one is applied, and a full map asked for.
+    pub fn handle_have(&mut self, peer: P, have: &Have, now: Instant) {
+        self.now = now;
+        let Some(own) = self.own.as_ref().filter(|o| o.revision == have.revision) else {
             return;
         };
-        let (complete, last_resort) = (m.complete, m.last_resort);
-        let have = self.have_of(complete, Some((revision, bitfield)));
-        self.add_peer(peer, have, last_resort);
+        let Some(m) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if m.complete {
+            return;
+        }
+        let indices = match have.chunks.indices(own.len()) {
+            Ok(indices) => indices,
+            Err(e) => return self.handle_bad_peer(peer, e.to_string()),
+        };
+        if !m.view.follow(have) && m.view.ask_due(now, self.config.sync_retry) {
+            let revision = have.revision;
+            debug!(%peer, seq = have.seq, "availability out of step: asking for a full map");
+            self.actions.push_back(Action::AskSync {
+                peer: peer.clone(),
+                revision,
+            });
+        }
+        let hashes = indices.into_iter().filter_map(|i| own.hash(i));
+        for hash in hashes {
+            self.picker.peer_has(&peer, hash);
+        }
+        self.assign_due = true;
+    }
+
+    /// `peer` asked for our full map of `revision`: it goes out at the next announcement, if
+    /// `peer` is in the download and we are downloading that revision.
+    pub fn handle_sync_wanted(&mut self, peer: P, revision: u64) {
+        let ours = self.own.as_ref().is_some_and(|o| o.revision == revision);
+        if ours && self.peers.contains_key(&peer) {
+            self.sync_wanted.insert(peer);
+        }
     }
 
     /// `peer` left the download: its lanes close and its requests go back to missing.
@@ -312,6 +378,10 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
+        self.handle_bad_peer(peer, reason);
+    }
+
+    fn handle_bad_peer(&mut self, peer: P, reason: String) {
         self.peers.remove(&peer);
         self.drop_peer(&peer);
         self.actions.push_back(Action::Ban { peer, reason });
@@ -346,18 +416,6 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     pub fn handle_announce_dropped(&mut self) {
         if let Some(own) = self.own.as_mut() {
             own.unsent();
-        }
-    }
-
-    fn have_of(&self, complete: bool, have: Option<(u64, &[u8])>) -> Availability {
-        if complete {
-            return Availability::All;
-        }
-        match (&self.own, have) {
-            (Some(own), Some((rev, bits))) if rev == own.revision => {
-                Availability::Some(own.decode(bits))
-            }
-            _ => Availability::Some(HashSet::new()),
         }
     }
 
@@ -423,7 +481,13 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let elapsed = now.saturating_duration_since(self.measured_at);
         self.measured_at = now;
         for (peer, meter) in &mut self.rates {
-            let target = meter.measure(elapsed);
+            let seed = self.picker.is_last_resort(peer);
+            let floor = if seed {
+                MIN_SEED_REQUESTS
+            } else {
+                MIN_REQUESTS
+            };
+            let target = meter.measure(elapsed, floor);
             // Up at most twofold per measurement (down at once): requests in flight when a node
             // dies are lost, and a limit that grows with what the peer proved it delivers
             // keeps that small for downloads cut short.
@@ -453,10 +517,29 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let Some(own) = self.own.as_mut() else {
             return;
         };
-        if let Some(bitfield) = own.take_changed() {
-            let revision = own.revision;
-            self.actions
-                .push_back(Action::Announce { revision, bitfield });
+        let msgs = own.take_announcement();
+        if !msgs.is_empty() {
+            self.actions.push_back(Action::Announce(msgs));
+        }
+        for peer in std::mem::take(&mut self.sync_wanted) {
+            if self.peers.contains_key(&peer) {
+                let msgs = own.full_map();
+                self.actions.push_back(Action::SendHave { peer, msgs });
+            }
+        }
+    }
+
+    /// Ask again for the full map of peers still out of step `sync_retry` after we asked.
+    fn ask_out_of_step(&mut self, now: Instant) {
+        let Some(revision) = self.own.as_ref().map(|o| o.revision) else {
+            return;
+        };
+        let retry = self.config.sync_retry;
+        for (peer, m) in &mut self.peers {
+            if !m.complete && m.view.ask_due(now, retry) {
+                let peer = peer.clone();
+                self.actions.push_back(Action::AskSync { peer, revision });
+            }
         }
     }
 
@@ -482,6 +565,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 mod tests {
     use super::*;
     use crate::swarm::window::in_flight_target;
+    use crate::wire::ChunkSet;
 
     fn h(i: u8) -> ContentHash {
         ContentHash::of(&[i])
@@ -508,6 +592,7 @@ mod tests {
             lanes_per_peer: 2,
             rate_interval: ms(100),
             have_interval: ms(250),
+            sync_retry: Duration::from_secs(2),
             stall_check: Duration::from_secs(1),
             max_reopens: 2,
             reopen_window: Duration::from_secs(10),
@@ -560,12 +645,36 @@ mod tests {
         actions.iter().filter_map(open).collect()
     }
 
-    fn announced(actions: &[Action<u8>]) -> Vec<Vec<u8>> {
+    /// Per announcement, the indices it names.
+    fn announced(actions: &[Action<u8>]) -> Vec<Vec<u32>> {
         let announce = |a: &Action<u8>| match a {
-            Action::Announce { bitfield, .. } => Some(bitfield.clone()),
+            Action::Announce(msgs) => Some(indices(msgs)),
             _ => None,
         };
         actions.iter().filter_map(announce).collect()
+    }
+
+    fn indices(msgs: &[Have]) -> Vec<u32> {
+        let of = |m: &Have| m.chunks.indices(usize::MAX).expect("valid");
+        msgs.iter().flat_map(of).collect()
+    }
+
+    fn asked(actions: &[Action<u8>]) -> Vec<u8> {
+        let ask = |a: &Action<u8>| match a {
+            Action::AskSync { peer, .. } => Some(*peer),
+            _ => None,
+        };
+        actions.iter().filter_map(ask).collect()
+    }
+
+    fn have(revision: u64, seq: u32, sync: bool, bits: Vec<u8>) -> Have {
+        let chunks = ChunkSet::Bits { first: 0, bits };
+        Have {
+            revision,
+            seq,
+            sync,
+            chunks,
+        }
     }
 
     /// The chunks of `0..n` in the order bitfields index.
@@ -733,14 +842,48 @@ mod tests {
         // A path whose quickest reply takes 100 ms: four round trips at that rate, in requests
         // of the peer's mean chunk, reached by doubling from the default.
         let limits: Vec<usize> = (0..3).map(|_| step(&mut s, &mut out, ms(100))).collect();
-        let target = in_flight_target(40e6, Some(ms(100)), Some(250e3));
+        let target = in_flight_target(40e6, Some(ms(100)), Some(250e3), MIN_REQUESTS);
         assert_eq!(target, 64);
         assert_eq!(limits, [32, target, target]);
         assert_eq!(out.len(), target);
         // A reply in 1 ms: a short path, 10 ms at that rate. Down at once.
         let limit = step(&mut s, &mut out, ms(1));
-        assert_eq!(limit, in_flight_target(40e6, Some(ms(1)), Some(250e3)));
+        assert_eq!(
+            limit,
+            in_flight_target(40e6, Some(ms(1)), Some(250e3), MIN_REQUESTS)
+        );
         assert_eq!(out.len(), target - 16, "no request until below the limit");
+    }
+
+    #[test]
+    fn a_slow_publisher_is_kept_one_request_deep_and_a_slow_peer_four() {
+        let t0 = Instant::now();
+        for (info, floor) in [
+            (
+                FeedPeer {
+                    last_resort: true,
+                    ..complete()
+                },
+                1,
+            ),
+            (complete(), 4),
+        ] {
+            let mut s = scheduler(64, t0);
+            s.handle_peer_up(1, &info);
+            let mut out: VecDeque<_> = requests(&drain(&mut s, t0)).into();
+            // One 250 kB chunk a second, each 100 ms after it was asked for: a publisher shared
+            // by many subscribers.
+            let mut now = t0;
+            for _ in 0..5 {
+                let (lane, hash) = out.pop_front().expect("a request out");
+                now += Duration::from_secs(1);
+                s.handle_reply(lane, hash, 250_000, ms(100));
+                s.handle_timeout(now);
+                out.extend(requests(&drain(&mut s, now)));
+            }
+            assert_eq!(s.picker.limit(&1), Some(floor));
+            assert_eq!(out.len(), floor, "requests out: the limit");
+        }
     }
 
     #[test]
@@ -760,15 +903,21 @@ mod tests {
         let actions = drain(&mut s, t1);
         let second = requests(&actions);
         assert_eq!(hashes(&second), hashes(&first));
-        let bits = announced(&actions);
-        assert_eq!(bits.len(), 1);
-        assert_eq!(bits[0].iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        let full = announced(&actions);
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].len(), 1, "a full map: the chunk held");
         for (lane, hash) in first.iter().chain(&second) {
             s.handle_reply(*lane, *hash, 10, ms(1));
         }
         let end = drain(&mut s, t1);
         assert_eq!(s.fetched_bytes(), 30, "three chunks, each counted once");
-        assert_eq!(announced(&end), [vec![0b1111]], "the last bitfield, once");
+        let last = announced(&end);
+        assert_eq!(last.len(), 1, "once");
+        assert_eq!(
+            last[0],
+            [0, 1, 2, 3],
+            "a full map: here smaller than 3 chunks gained"
+        );
         assert_eq!(end.last(), Some(&Action::Done));
         assert!(s.is_done());
     }
@@ -802,29 +951,32 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_asked_for_what_their_bitfield_says_and_the_sink_told_who_may_ask() {
+    fn peers_are_asked_for_what_their_haves_say_and_the_sink_told_who_may_ask() {
         let t0 = Instant::now();
         let mut s = with_own(3, 16, t0);
         let order = order(16);
-        let partial = FeedPeer {
-            have: Some((3, vec![0b11, 0])),
-            ..FeedPeer::default()
-        };
-        s.handle_peer_up(1, &partial);
+        s.handle_peer_up(1, &FeedPeer::default());
         let actions = drain(&mut s, t0);
         assert!(actions.contains(&Action::PeersMayAsk(true)));
+        assert_eq!(asked(&actions), [1], "a full map asked of a partial peer");
+        assert!(requests(&actions).is_empty(), "it holds nothing yet");
+        s.handle_have(1, &have(3, 0, true, vec![0b11, 0]), t0);
         assert_eq!(
-            hashes(&requests(&actions)),
+            hashes(&requests(&drain(&mut s, t0))),
             order[..2].iter().copied().collect()
         );
-        // A bitfield for another revision says nothing; a newer one for ours adds chunks.
-        s.handle_have(1, 2, &[0xff, 0xff]);
+        // A Have for another revision says nothing; the next one for ours adds chunks.
+        s.handle_have(1, &have(2, 1, false, vec![0xff, 0xff]), t0);
         assert!(requests(&drain(&mut s, t0)).is_empty());
-        s.handle_have(1, 3, &[0b1111, 0]);
-        let more = requests(&drain(&mut s, t0));
-        assert_eq!(hashes(&more), order[2..4].iter().copied().collect());
+        s.handle_have(1, &have(3, 1, false, vec![0b1100]), t0);
+        let actions = drain(&mut s, t0);
+        assert!(asked(&actions).is_empty(), "in step");
+        assert_eq!(
+            hashes(&requests(&actions)),
+            order[2..4].iter().copied().collect()
+        );
         // A peer not in the download is not asked.
-        s.handle_have(5, 3, &[0xff, 0xff]);
+        s.handle_have(5, &have(3, 0, true, vec![0xff, 0xff]), t0);
         assert!(drain(&mut s, t0).is_empty());
         // Only a complete peer left: nobody may ask us.
         s.handle_peer_up(2, &complete());
@@ -832,29 +984,103 @@ mod tests {
         assert!(drain(&mut s, t0).contains(&Action::PeersMayAsk(false)));
     }
 
+    /// Hostile and out-of-step `Have`s: one missed (or an update before any full map) is
+    /// applied and a full map asked for, at most every `sync_retry`; a chunk past the
+    /// revision's end bans the peer and nothing of that `Have` is kept.
     #[test]
-    fn our_bitfield_is_announced_when_it_changed_at_most_every_interval() {
+    fn haves_out_of_step_ask_for_a_full_map_and_out_of_range_ones_ban() {
         let t0 = Instant::now();
-        let mut s = with_own(3, 4, t0);
+        let mut s = with_own(3, 16, t0);
+        let order = order(16);
+        s.handle_peer_up(1, &FeedPeer::default());
+        s.handle_peer_up(2, &FeedPeer::default());
+        drain(&mut s, t0);
+        s.handle_have(1, &have(3, 7, false, vec![0b1]), t0);
+        let actions = drain(&mut s, t0);
+        assert!(
+            asked(&actions).is_empty(),
+            "asked at its join, not again at once"
+        );
+        assert_eq!(
+            hashes(&requests(&actions)),
+            [order[0]].into(),
+            "kept: still true"
+        );
+        let t1 = t0 + ms(2000);
+        s.handle_have(1, &have(3, 9, false, vec![0b10]), t1);
+        assert_eq!(
+            asked(&drain(&mut s, t1)),
+            [1],
+            "asked again after the retry"
+        );
+        s.handle_have(1, &have(3, 9, true, vec![0b111]), t1);
+        s.handle_have(1, &have(3, 10, false, vec![0b1000]), t1);
+        assert!(
+            asked(&drain(&mut s, t1)).is_empty(),
+            "in step after the full map"
+        );
+        // Peer 2 asked at its join, never answered: asked again at an announcement.
+        s.handle_timeout(t1);
+        assert_eq!(asked(&drain(&mut s, t1)), [2]);
+        // Chunk 16 of 16: out of range.
+        s.handle_have(2, &have(3, 0, true, vec![0, 0, 0b1]), t1);
+        let actions = drain(&mut s, t1);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Ban { peer: 2, .. })));
+        assert!(requests(&actions).is_empty());
+        s.handle_have(2, &have(3, 0, true, vec![0xff]), t1);
+        assert!(
+            drain(&mut s, t1).is_empty(),
+            "banned: no longer in the download"
+        );
+    }
+
+    #[test]
+    fn our_availability_is_announced_when_it_changed_at_most_every_interval() {
+        let t0 = Instant::now();
+        let mut s = with_own(3, 64, t0);
         s.handle_peer_up(1, &complete());
         let reqs = requests(&drain(&mut s, t0));
         assert_eq!(s.poll_timeout(), t0, "at once: we hold nothing");
         s.handle_timeout(t0);
-        assert_eq!(announced(&drain(&mut s, t0)), [vec![0]]);
+        let empty: Vec<u32> = Vec::new();
+        assert_eq!(announced(&drain(&mut s, t0)), [empty]);
         s.handle_reply(reqs[0].0, reqs[0].1, 10, ms(1));
         let at = |s: &mut Scheduler<u8>, t| {
             s.handle_timeout(t);
-            announced(&drain(s, t))
+            drain(s, t)
         };
         assert!(
-            at(&mut s, t0 + ms(100)).is_empty(),
+            announced(&at(&mut s, t0 + ms(100))).is_empty(),
             "not before the interval"
         );
-        let bits = at(&mut s, t0 + ms(250));
-        assert_eq!(bits.len(), 1);
+        let delta = at(&mut s, t0 + ms(250));
+        let gained = announced(&delta);
+        assert_eq!(gained.len(), 1);
+        assert_eq!(gained[0].len(), 1, "the chunk gained, alone");
+        assert!(matches!(&delta[0], Action::Announce(m) if !m[0].sync));
         s.handle_announce_dropped();
-        assert_eq!(at(&mut s, t0 + ms(500)), bits, "offered again");
-        assert!(at(&mut s, t0 + ms(750)).is_empty(), "unchanged");
+        let again = at(&mut s, t0 + ms(500));
+        assert_eq!(announced(&again), gained, "offered again");
+        assert!(
+            matches!(&again[0], Action::Announce(m) if m.iter().all(|m| m.sync)),
+            "as a full map"
+        );
+        assert!(announced(&at(&mut s, t0 + ms(750))).is_empty(), "unchanged");
+        // A peer that asks for our full map gets it at the next announcement, alone.
+        s.handle_sync_wanted(1, 3);
+        s.handle_sync_wanted(1, 2);
+        let sent = at(&mut s, t0 + ms(1000));
+        assert!(announced(&sent).is_empty());
+        let to_1: Vec<_> = sent
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendHave { peer: 1, msgs } => Some(indices(msgs)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to_1, gained, "once, for our revision only");
     }
 
     /// Track lanes opened and requests sent, as a caller would; true at the end.
@@ -898,6 +1124,7 @@ mod tests {
             now += ms(next(300));
             let peer = next(4) as u8;
             let bits = vec![next(256) as u8, next(256) as u8, next(256) as u8, 0];
+            let msg = have(1, next(4) as u32, next(2) == 0, bits);
             let pick = |out: &Vec<(LaneId, ContentHash)>, i: u64| {
                 (!out.is_empty()).then(|| (i as usize) % out.len())
             };
@@ -906,11 +1133,10 @@ mod tests {
                     let info = FeedPeer {
                         complete: next(3) == 0,
                         last_resort: peer == 0,
-                        have: Some((1, bits)),
                     };
                     s.handle_peer_up(peer, &info);
                 }
-                1 => s.handle_have(peer, 1, &bits),
+                1 => s.handle_have(peer, &msg, now),
                 2 => s.handle_peer_down(&peer),
                 3 => {
                     if let Some(i) = pick(&out, next(1000)) {

@@ -36,10 +36,8 @@ pub struct SeedPolicy<P> {
     holds: HashMap<ContentHash, Hold<P>>,
     /// Chunks some peer other than their first receiver listed: served to anyone.
     spread: HashSet<ContentHash>,
-    /// The revision `spread` and `bits` are about.
+    /// The revision `spread` is about.
     revision: u64,
-    /// Each peer's last bitfield, so that a new one costs what changed.
-    bits: HashMap<P, Vec<u8>>,
 }
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
@@ -50,7 +48,6 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             holds: HashMap::new(),
             spread: HashSet::new(),
             revision: 0,
-            bits: HashMap::new(),
         }
     }
 
@@ -98,38 +95,25 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         self.spread.insert(hash);
     }
 
-    /// `peer`'s bitfield over `revision`, whose chunk order is `order`. Only what it added since
-    /// its last bitfield is looked at. A newer revision than before forgets what spread.
-    pub fn have(&mut self, peer: &P, revision: u64, order: &[ContentHash], bitfield: &[u8]) {
+    /// `peer` holds the chunks at `indices` of `revision`'s chunk order `order` (a `Have`:
+    /// each only adds). A newer revision than before forgets what spread.
+    pub fn have(&mut self, peer: &P, revision: u64, order: &[ContentHash], indices: &[u32]) {
         if revision > self.revision {
             self.revision = revision;
             self.spread.clear();
-            self.bits.clear();
         } else if revision < self.revision {
             return;
         }
-        let old = self.bits.remove(peer).unwrap_or_default();
-        let bytes = bitfield.len().min(order.len().div_ceil(8));
-        for (at, &byte) in bitfield[..bytes].iter().enumerate() {
-            let added = byte & !old.get(at).copied().unwrap_or(0);
-            if added == 0 {
-                continue;
-            }
-            for bit in 0..8 {
-                if added & (1 << bit) != 0 {
-                    if let Some(hash) = order.get(at * 8 + bit) {
-                        self.seen(peer, *hash);
-                    }
-                }
+        for &i in indices {
+            if let Some(hash) = order.get(i as usize) {
+                self.seen(peer, *hash);
             }
         }
-        self.bits.insert(peer.clone(), bitfield[..bytes].to_vec());
     }
 
     /// `peer` left: the chunks held for it that did not spread may go to others at once.
     pub fn peer_left(&mut self, peer: &P) {
         self.holds.retain(|_, h| h.to != *peer);
-        self.bits.remove(peer);
     }
 }
 
@@ -217,26 +201,26 @@ mod tests {
     }
 
     #[test]
-    fn bitfields_count_only_what_they_add_and_only_for_the_newest_revision() {
+    fn haves_are_evidence_only_from_others_and_for_the_newest_revision() {
         let t0 = Instant::now();
         let mut s = policy();
         let order: Vec<ContentHash> = (0..10).map(h).collect();
         for i in 0..10 {
             assert!(s.should_serve(&1, h(i), t0));
         }
-        // Peer 2 lists chunks 0 and 9; bits past the order and bytes past it are ignored.
-        s.have(&2, 5, &order, &[0b0000_0001, 0b1111_1110, 0xff]);
+        // Peer 2 holds chunks 0 and 9; an index past the order names nothing.
+        s.have(&2, 5, &order, &[0, 9, 10]);
         assert!(s.should_serve(&3, h(0), t0));
         assert!(s.should_serve(&3, h(9), t0));
         assert!(!s.should_serve(&3, h(1), t0));
-        // The receiver's own bitfield is no evidence.
-        s.have(&1, 5, &order, &[0xff, 0xff]);
+        // The receiver's own Have is no evidence.
+        s.have(&1, 5, &order, &[1, 2, 3]);
         assert!(!s.should_serve(&3, h(1), t0));
-        // An old revision's bitfield is ignored.
-        s.have(&2, 4, &order, &[0xff, 0xff]);
+        // An old revision's Have is ignored.
+        s.have(&2, 4, &order, &[1]);
         assert!(!s.should_serve(&3, h(1), t0));
-        s.have(&2, 5, &order, &[0b0000_0011]);
-        assert!(s.should_serve(&3, h(1), t0), "what 2 added counts");
+        s.have(&2, 5, &order, &[1]);
+        assert!(s.should_serve(&3, h(1), t0), "2 holds it now");
         // A new revision forgets what spread in the old one.
         s.have(&2, 6, &order, &[]);
         assert!(s.should_serve(&3, h(0), t0));

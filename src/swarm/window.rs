@@ -13,6 +13,17 @@ use std::time::Duration;
 
 use crate::config::{CHUNK_AVG, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
+/// The fewest requests kept in flight to a peer, whatever its rate: a slow measurement must not
+/// leave a peer's path idle between replies.
+pub const MIN_REQUESTS: usize = 4;
+
+/// The fewest requests kept in flight to a last-resort seed (the publisher). It serves every
+/// subscriber at once, so the requests queued at it add up over the swarm: 4 each, with 40
+/// subscribers sharing 10 Mbit/s, was 32 s of its upload, past the chunk timeout, and every
+/// chunk it sent was decided that long before it arrived. Its other requests wait at the
+/// subscriber, which may still get them from a peer.
+pub const MIN_SEED_REQUESTS: usize = 1;
+
 /// Measured download rate of one peer, and its quickest reply since its path last changed.
 #[derive(Debug, Default)]
 pub struct RateMeter {
@@ -39,8 +50,8 @@ impl RateMeter {
     }
 
     /// Fold the bytes delivered over the `elapsed` since the last call into the smoothed rate,
-    /// and return the window it calls for (see [`in_flight_target`]).
-    pub fn measure(&mut self, elapsed: Duration) -> usize {
+    /// and return the window it calls for, at least `floor` requests (see [`in_flight_target`]).
+    pub fn measure(&mut self, elapsed: Duration, floor: usize) -> usize {
         let secs = elapsed.as_secs_f64().max(0.001);
         let now = std::mem::take(&mut self.bytes) as f64 / secs;
         // Old rates keep 70% of their weight per second, however often this runs.
@@ -55,7 +66,7 @@ impl RateMeter {
                 .map_or(mean, |m| keep * m + (1.0 - keep) * mean);
             self.mean_chunk = Some(smoothed);
         }
-        in_flight_target(ewma, self.min_latency, self.mean_chunk)
+        in_flight_target(ewma, self.min_latency, self.mean_chunk, floor)
     }
 }
 
@@ -63,24 +74,25 @@ impl RateMeter {
 /// chunks of `mean_chunk` bytes (the average chunk while unknown) and whose quickest reply took
 /// `min_latency`: enough bytes for four times that latency at that rate (the path's round trip,
 /// with room for the rate to grow and for jitter), but at least 10 ms and at most 0.5 s of it,
-/// and 0.5 s while no reply has come; as requests of the mean chunk, at least 4, at most
-/// `MAX_IN_FLIGHT` and at most `MAX_IN_FLIGHT_BYTES` of such chunks. More than needed only queues
-/// chunks in buffers: on a fast, short link that costs both ends CPU (cold caches), and it is
-/// what a dying peer takes with it.
+/// and 0.5 s while no reply has come; as requests of the mean chunk, at least `floor` (see
+/// [`MIN_REQUESTS`]), at most `MAX_IN_FLIGHT` and at most `MAX_IN_FLIGHT_BYTES` of such chunks.
+/// More than needed only queues chunks in buffers: on a fast, short link that costs both ends
+/// CPU (cold caches), and it is what a dying peer takes with it.
 pub fn in_flight_target(
     rate: f64,
     min_latency: Option<Duration>,
     mean_chunk: Option<f64>,
+    floor: usize,
 ) -> usize {
     const MIN_QUEUE: f64 = 0.01;
     const MAX_QUEUE: f64 = 0.5;
-    const MIN_REQUESTS: usize = 4;
+    let floor = floor.clamp(1, MAX_IN_FLIGHT);
     let chunk = mean_chunk.unwrap_or(CHUNK_AVG as f64).max(1.0);
     let queue = min_latency.map_or(MAX_QUEUE, |l| {
         (4.0 * l.as_secs_f64()).clamp(MIN_QUEUE, MAX_QUEUE)
     });
-    let most = ((MAX_IN_FLIGHT_BYTES as f64 / chunk) as usize).clamp(MIN_REQUESTS, MAX_IN_FLIGHT);
-    ((rate * queue / chunk).ceil() as usize).clamp(MIN_REQUESTS, most)
+    let most = ((MAX_IN_FLIGHT_BYTES as f64 / chunk) as usize).clamp(floor, MAX_IN_FLIGHT);
+    ((rate * queue / chunk).ceil() as usize).clamp(floor, most)
 }
 
 #[cfg(test)]
@@ -101,31 +113,54 @@ mod tests {
     #[test]
     fn requests_in_flight_follow_rate_and_latency() {
         // No reply yet: half a second of the rate, as far as the cap allows.
-        assert_eq!(in_flight_target(10e6, None, None), chunks(5e6));
-        assert_eq!(in_flight_target(500e6, None, None), CAP);
+        assert_eq!(
+            in_flight_target(10e6, None, None, MIN_REQUESTS),
+            chunks(5e6)
+        );
+        assert_eq!(in_flight_target(500e6, None, None, MIN_REQUESTS), CAP);
         // A long path: four round trips of data, enough to keep it full as the rate grows.
-        assert_eq!(in_flight_target(10e6, Some(ms(100)), None), chunks(4e6));
+        assert_eq!(
+            in_flight_target(10e6, Some(ms(100)), None, MIN_REQUESTS),
+            chunks(4e6)
+        );
         // A short, fast path (loopback, LAN): 10 ms of data, not half a second of it.
-        assert_eq!(in_flight_target(500e6, Some(ms(1)), None), chunks(5e6));
-        assert!(in_flight_target(500e6, Some(ms(1)), None) < CAP);
+        assert_eq!(
+            in_flight_target(500e6, Some(ms(1)), None, MIN_REQUESTS),
+            chunks(5e6)
+        );
+        assert!(in_flight_target(500e6, Some(ms(1)), None, MIN_REQUESTS) < CAP);
         // A slow reply never asks for more than half a second; a trickle keeps a few.
-        assert_eq!(in_flight_target(10e6, Some(ms(900)), None), chunks(5e6));
-        assert_eq!(in_flight_target(1e3, Some(ms(5)), None), 4);
+        assert_eq!(
+            in_flight_target(10e6, Some(ms(900)), None, MIN_REQUESTS),
+            chunks(5e6)
+        );
+        assert_eq!(in_flight_target(1e3, Some(ms(5)), None, MIN_REQUESTS), 4);
+        assert_eq!(
+            in_flight_target(1e3, Some(ms(5)), None, MIN_SEED_REQUESTS),
+            1,
+            "a seed's floor is lower"
+        );
     }
 
     /// The window is bytes: a peer serving chunks of 1 KiB gets as many bytes in flight as one
     /// serving 256 KiB chunks at the same rate, in 256 times the requests, up to the caps.
     #[test]
     fn small_chunks_get_as_many_bytes_in_flight_in_more_requests() {
-        let big = in_flight_target(20e6, Some(ms(10)), Some(CHUNK_AVG as f64));
-        let small = in_flight_target(20e6, Some(ms(10)), Some(1024.0));
+        let big = in_flight_target(20e6, Some(ms(10)), Some(CHUNK_AVG as f64), MIN_REQUESTS);
+        let small = in_flight_target(20e6, Some(ms(10)), Some(1024.0), MIN_REQUESTS);
         assert_eq!(big, chunks(20e6 * 0.04));
         assert_eq!(small, (20e6 * 0.04 / 1024.0f64).ceil() as usize);
         assert!(small >= 256 * (big - 1), "{small} against {big}");
         // Capped in requests, however small, and in bytes, however large.
-        assert_eq!(in_flight_target(500e6, None, Some(300.0)), MAX_IN_FLIGHT);
+        assert_eq!(
+            in_flight_target(500e6, None, Some(300.0), MIN_REQUESTS),
+            MAX_IN_FLIGHT
+        );
         let huge = (1 << 20) as f64;
-        assert_eq!(in_flight_target(500e6, None, Some(huge)), CAP / 4);
+        assert_eq!(
+            in_flight_target(500e6, None, Some(huge), MIN_REQUESTS),
+            CAP / 4
+        );
     }
 
     #[test]
@@ -135,7 +170,7 @@ mod tests {
         for _ in 0..1000 {
             m.delivered(1000, ms(10));
         }
-        assert_eq!(m.measure(Duration::from_secs(1)), 40);
+        assert_eq!(m.measure(Duration::from_secs(1), MIN_REQUESTS), 40);
     }
 
     #[test]
@@ -146,19 +181,29 @@ mod tests {
         let mean = Some(250e3);
         (0..24).for_each(|_| m.delivered(250_000, ms(300)));
         (0..16).for_each(|_| m.delivered(250_000, ms(100)));
-        let target = |rate, latency| in_flight_target(rate, Some(latency), mean);
-        assert_eq!(m.measure(Duration::from_secs(1)), target(10e6, ms(100)));
+        let target = |rate, latency| in_flight_target(rate, Some(latency), mean, MIN_REQUESTS);
+        assert_eq!(
+            m.measure(Duration::from_secs(1), MIN_REQUESTS),
+            target(10e6, ms(100))
+        );
         assert_eq!(target(10e6, ms(100)), 16);
         // A silent second: the old rate keeps 70% of its weight, the mean chunk all of it.
-        assert_eq!(m.measure(Duration::from_secs(1)), target(7e6, ms(100)));
+        assert_eq!(
+            m.measure(Duration::from_secs(1), MIN_REQUESTS),
+            target(7e6, ms(100))
+        );
         // A new path: the latency is learnt again, and until then half a second of the rate.
         m.path_changed();
         let rate = 0.7 * 0.7 * 10e6;
         assert_eq!(
-            m.measure(Duration::from_secs(1)),
-            in_flight_target(rate, None, mean)
+            m.measure(Duration::from_secs(1), MIN_REQUESTS),
+            in_flight_target(rate, None, mean, MIN_REQUESTS)
         );
         m.delivered(0, ms(1));
-        assert_eq!(m.measure(Duration::ZERO), 4, "10 ms at 4.9 MB/s: the floor");
+        assert_eq!(
+            m.measure(Duration::ZERO, MIN_REQUESTS),
+            4,
+            "10 ms at 4.9 MB/s: the floor"
+        );
     }
 }

@@ -22,10 +22,29 @@
 //!    swarm and duplicates die out), [`ControlMsg::Peers`] (peer exchange, on connect and when
 //!    peers join; a hint, not an order: the receiver dials few of them, within budgets per sender
 //!    and in total, see `swarm::dials`), [`ControlMsg::Have`] (which chunks of the revision being
-//!    downloaded the sender holds, a bitfield, sent when it changes), [`ControlMsg::Complete`] when
+//!    downloaded the sender holds: a full map once, then what it gained since; see Availability
+//!    below), [`ControlMsg::HaveSync`] (asks for a full map), [`ControlMsg::Complete`] when
 //!    the sender has applied a revision (a head announcement alone says nothing about what the
 //!    sender holds), [`ControlMsg::Heartbeat`] every `HEARTBEAT_INTERVAL`, and
 //!    [`ControlMsg::Goodbye`] before a graceful close. Silence for `PEER_TIMEOUT` means gone.
+//!
+//! ## Availability
+//! A downloading node numbers the chunks of the revision in its chunk order (the sorted,
+//! de-duplicated chunk hashes of its files) and tells its peers which it holds, at most every
+//! `HAVE_INTERVAL` and only when that changed. Chunks held stay held, so every [`Have`] only
+//! adds, and a message costs what changed, never the revision's size:
+//! - The first broadcast of a revision is a full map: one [`Have`] per 1,048,576 chunks at most
+//!   ([`ChunkSet::Bits`] of up to [`MAX_HAVE_BITS`] bytes, or [`ChunkSet::Gaps`] where that is
+//!   fewer bytes), all marked `sync`; parts holding nothing are left out, but the first. At 10M
+//!   chunks a full map is at most ten frames of about 128 KiB, under `MAX_CONTROL_FRAME`.
+//! - Then each broadcast says what the sender gained since the last one, as gaps (up to
+//!   [`MAX_HAVE_INDICES`] a message), or a full map when that is smaller.
+//! - Broadcasts are numbered (`seq`); a full map carries the number of the last broadcast it
+//!   includes. A receiver that sees a number other than the next one, or an update before any
+//!   full map, asks for a full map with [`ControlMsg::HaveSync`] and keeps what it was told (it
+//!   is still true). A node that could not queue a broadcast sends a full map next. A node
+//!   that joins a download asks each peer not holding the revision for its full map.
+//! - An index at or past the revision's chunk count, or a set over its cap, is hostile.
 //!
 //! A head (in a hello or a `Head`) carries at most `MAX_SUCCESSION` handover records, outside
 //! its signature. A receiver keeps and passes on only the chain from the swarm's first key to
@@ -67,8 +86,8 @@ pub use frame::{
 };
 pub use msg::{
     decode, decode_replies, decode_requests, encode, encode_replies_header, encode_requests,
-    ChunkReplies, ChunkRepliesHeader, ChunkRequests, ControlMsg, Hello, PeerInfo, Role,
-    MAX_ADDRS_PER_PEER, MAX_CHUNKS_PER_FRAME, MAX_PEERS_PER_MSG, MAX_REASON_LEN, MAX_REQUEST_FRAME,
-    REPLY_PACK_BYTES,
+    ChunkReplies, ChunkRepliesHeader, ChunkRequests, ChunkSet, ControlMsg, Have, Hello, PeerInfo,
+    Role, MAX_ADDRS_PER_PEER, MAX_CHUNKS_PER_FRAME, MAX_HAVE_BITS, MAX_HAVE_INDICES,
+    MAX_PEERS_PER_MSG, MAX_REASON_LEN, MAX_REQUEST_FRAME, REPLY_PACK_BYTES,
 };
 pub use protocol::{CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAGIC, PROTOCOL_VERSION};

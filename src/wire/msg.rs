@@ -56,16 +56,121 @@ pub enum ControlMsg {
     },
     /// Peer exchange: peers the sender is connected to, at most `MAX_PEERS_PER_MSG`.
     Peers(Vec<PeerInfo>),
-    /// Availability while downloading `revision`: bit i set = the sender holds chunk i of the
-    /// revision's chunk order (the sorted, de-duplicated chunk hashes of its files).
-    Have {
-        revision: u64,
-        bitfield: Vec<u8>,
-    },
+    /// Availability while downloading a revision: chunks the sender holds (a part of its full
+    /// map, or what it gained since its last `Have`). See [`Have`].
+    Have(Have),
     /// Completion notice: the sender now holds `revision` completely (flooded once).
     Complete {
         revision: u64,
     },
+    /// "Send me your full map of `revision`": the receiver answers with `Have`s marked `sync`
+    /// if it is downloading that revision, and ignores it otherwise.
+    HaveSync {
+        revision: u64,
+    },
+}
+
+/// Most bitfield bytes in one [`ChunkSet::Bits`]: 1,048,576 chunks.
+pub const MAX_HAVE_BITS: usize = 128 * 1024;
+/// Most indices in one [`ChunkSet::Gaps`].
+pub const MAX_HAVE_INDICES: usize = 32 * 1024;
+
+/// Chunks of a revision, as indices into its chunk order (the sorted, de-duplicated chunk
+/// hashes of its files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkSet {
+    /// Bit `i` of `bits` (least significant bit of each byte first) set: chunk `first + i`.
+    /// At most [`MAX_HAVE_BITS`] bytes.
+    Bits { first: u32, bits: Vec<u8> },
+    /// Strictly ascending indices, each written as its distance from the one before (the
+    /// first from 0), so that close indices take a byte each. At most [`MAX_HAVE_INDICES`].
+    Gaps(Vec<u32>),
+}
+
+/// One availability message. Chunks a node holds stay held while it downloads a revision, so
+/// every `Have` only adds: the receiver's view of the sender is the union of what it was told.
+///
+/// `seq` numbers the sender's broadcasts of a revision (1, 2, …). A full map (the first
+/// broadcast of a revision, the answer to [`ControlMsg::HaveSync`], or after the sender could
+/// not queue a broadcast) is one or more messages marked `sync`, all with the `seq` of the
+/// last broadcast they include. A receiver expects `seq + 1` next; any other number (or a
+/// message that is not `sync` before any that is) means it missed one, and it asks for a full
+/// map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    pub revision: u64,
+    pub seq: u32,
+    pub sync: bool,
+    pub chunks: ChunkSet,
+}
+
+impl ChunkSet {
+    /// `indices` (strictly ascending) as gaps.
+    pub fn gaps(indices: &[u32]) -> Self {
+        let mut prev = 0;
+        let gaps = indices
+            .iter()
+            .map(|&i| {
+                let gap = i - prev;
+                prev = i;
+                gap
+            })
+            .collect();
+        ChunkSet::Gaps(gaps)
+    }
+
+    /// Over its size cap: a hostile message.
+    pub fn check_size(&self) -> Result<(), WireError> {
+        let (n, max, what) = match self {
+            ChunkSet::Bits { bits, .. } => (bits.len(), MAX_HAVE_BITS, "bitfield bytes"),
+            ChunkSet::Gaps(gaps) => (gaps.len(), MAX_HAVE_INDICES, "indices"),
+        };
+        if n > max {
+            return Err(WireError::Decode(format!(
+                "a Have of {n} {what} (at most {max})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The indices this names, ascending, each below `len` (the revision's chunk count).
+    /// An index out of range, gaps that are not ascending or overflow, or a set over its cap
+    /// is malformed.
+    pub fn indices(&self, len: usize) -> Result<Vec<u32>, WireError> {
+        self.check_size()?;
+        let out_of_range =
+            |i: u64| WireError::Decode(format!("a Have names chunk {i}, the revision has {len}"));
+        match self {
+            ChunkSet::Bits { first, bits } => {
+                let mut out = Vec::new();
+                for (byte_at, byte) in bits.iter().enumerate().filter(|(_, b)| **b != 0) {
+                    for bit in (0..8).filter(|b| byte & (1 << b) != 0) {
+                        let i = u64::from(*first) + byte_at as u64 * 8 + bit;
+                        if i >= len as u64 {
+                            return Err(out_of_range(i));
+                        }
+                        out.push(i as u32);
+                    }
+                }
+                Ok(out)
+            }
+            ChunkSet::Gaps(gaps) => {
+                let mut out = Vec::with_capacity(gaps.len());
+                let mut at = 0u64;
+                for (k, gap) in gaps.iter().enumerate() {
+                    if k > 0 && *gap == 0 {
+                        return Err(WireError::Decode("a Have names a chunk twice".into()));
+                    }
+                    at += u64::from(*gap);
+                    if at >= len as u64 {
+                        return Err(out_of_range(at));
+                    }
+                    out.push(at as u32);
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// Most chunk requests in one request frame, and most replies in one reply frame.

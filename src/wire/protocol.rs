@@ -3,8 +3,10 @@
 
 /// Protocol version spoken by this build. 3: manifests carry each file's mode (format 2), which
 /// a node of version 2 cannot read. 4: chunk requests and replies travel in batches (several
-/// per frame), which a node of version 3 cannot read.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// per frame), which a node of version 3 cannot read. 5: availability travels as a full map once
+/// and then as what changed (`Have` with sequence numbers, `HaveSync`), which a node of version
+/// 4 cannot read.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Magic bytes at the start of every control stream.
 pub const MAGIC: &[u8; 8] = b"treecast";
 /// Protocol name of the control stream.

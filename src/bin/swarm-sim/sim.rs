@@ -6,9 +6,10 @@
 //!
 //! Owns what the node's I/O does around those machines, modelled: lanes (a request travels one
 //! latency, a server answers a lane's requests in order, a chunk crosses the [`Links`] and one
-//! latency), `Have` broadcasts to every session, peer exchange on each new session, bootstrap
-//! dials (the ticket's publisher and a few joined subscribers, standing in for the DHT), joins
-//! and leaves. It decides nothing the node decides.
+//! latency), `Have` deltas broadcast to every session and full maps (`SendHave`, `AskSync`) to
+//! one peer, peer exchange on each new session, bootstrap dials (the ticket's publisher and a
+//! few joined subscribers, standing in for the DHT), joins and leaves. It decides nothing the
+//! node decides.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -21,6 +22,7 @@ use treecast::swarm::{
     Scheduler, SeedPolicy, Slots,
 };
 use treecast::tree::ContentHash;
+use treecast::wire::{encode, ControlMsg, Have};
 
 use crate::link::{FlowId, Links};
 
@@ -28,8 +30,7 @@ use crate::link::{FlowId, Links};
 const REVISION: u64 = 1;
 /// Peers named in one peer-exchange message.
 const PEX_PEERS: usize = 8;
-/// Bytes of a `Have` besides its bitfield, and of a peer-exchange entry (id and address).
-const HAVE_OVERHEAD: u64 = 16;
+/// Bytes of a peer-exchange entry (id and address).
 const PEX_ENTRY: u64 = 48;
 /// How often a node short of peers dials its bootstrap peers again.
 const REDIAL: Duration = Duration::from_secs(5);
@@ -99,7 +100,12 @@ enum Ev {
     Have {
         from: u32,
         to: u32,
-        bits: Rc<Vec<u8>>,
+        have: Rc<Have>,
+    },
+    AskSync {
+        from: u32,
+        to: u32,
+        revision: u64,
     },
     Pex {
         from: u32,
@@ -153,7 +159,6 @@ struct Node {
     sched: Option<Scheduler<u32>>,
     done: Option<u64>,
     holds: Vec<bool>,
-    bits: Rc<Vec<u8>>,
     peers: HashSet<u32>,
     slots: Slots<u32>,
     pex: PexDials<u32, u32>,
@@ -268,18 +273,12 @@ impl Sim {
 
     fn node(setup: &Setup, publisher: bool, base: Instant) -> Node {
         let chunks = setup.chunks.len();
-        let bits = if publisher {
-            vec![0xff; chunks.div_ceil(8)]
-        } else {
-            vec![0; chunks.div_ceil(8)]
-        };
         Node {
             joined: false,
             gone: false,
             sched: None,
             done: None,
             holds: vec![publisher; chunks],
-            bits: Rc::new(bits),
             peers: HashSet::new(),
             slots: Slots::new(setup.max_peers, SESSION_IDLE),
             pex: PexDials::new(Default::default(), base),
@@ -360,7 +359,8 @@ impl Sim {
                 asked,
             } => self.reply_arrived(client, lane, chunk, served, asked),
             Ev::Closed { client, lane } => self.lane_closed(client, lane),
-            Ev::Have { from, to, bits } => self.have_arrived(from, to, &bits),
+            Ev::Have { from, to, have } => self.have_arrived(from, to, &have),
+            Ev::AskSync { from, to, revision } => self.sync_wanted(from, to, revision),
             Ev::Pex { from, to, peers } => self.pex_arrived(from, to, peers),
             Ev::Dial { from, to } => self.dial_arrived(from, to),
             Ev::Dialled { from, to, ok } => self.dialled(from, to, ok),
@@ -475,11 +475,9 @@ impl Sim {
             if !self.nodes[x as usize].downloading() {
                 continue;
             }
-            let other = &self.nodes[y as usize];
             let info = FeedPeer {
-                complete: y == PUBLISHER || other.done.is_some(),
+                complete: y == PUBLISHER || self.nodes[y as usize].done.is_some(),
                 last_resort: y == PUBLISHER,
-                have: Some((REVISION, other.bits.to_vec())),
             };
             if let Some(s) = self.nodes[x as usize].sched.as_mut() {
                 s.handle_peer_up(y, &info);
@@ -586,7 +584,9 @@ impl Sim {
                 Action::CloseLane(lane) => self.end_lane(n, lane),
                 Action::Request { lane, hash } => self.send_request(n, lane, hash),
                 Action::PeersMayAsk(_) => {}
-                Action::Announce { bitfield, .. } => self.announce(n, bitfield),
+                Action::Announce(msgs) => self.announce(n, msgs),
+                Action::SendHave { peer, msgs } => self.send_have(n, peer, msgs),
+                Action::AskSync { peer, revision } => self.ask_sync(n, peer, revision),
                 Action::Ban { peer, .. } => self.disconnect(n, peer),
                 Action::Done => return self.finished(n),
             }
@@ -786,30 +786,80 @@ impl Sim {
 
     // Availability.
 
-    fn announce(&mut self, n: u32, bitfield: Vec<u8>) {
-        let bits = Rc::new(bitfield);
-        self.nodes[n as usize].bits = bits.clone();
+    /// `n` tells every session peer what it gained (as the node broadcasts its `Have`s).
+    fn announce(&mut self, n: u32, msgs: Vec<Have>) {
         let peers: Vec<u32> = self.nodes[n as usize].peers.iter().copied().collect();
-        for to in peers {
-            self.out.control_msgs += 1;
-            self.out.control_bytes += HAVE_OVERHEAD + bits.len() as u64;
-            let bits = bits.clone();
-            self.push_after_latency(Ev::Have { from: n, to, bits });
+        for have in msgs {
+            let have = Rc::new(have);
+            let size = encode(&ControlMsg::Have((*have).clone())).len() as u64;
+            for &to in &peers {
+                self.out.control_msgs += 1;
+                self.out.control_bytes += size;
+                let have = have.clone();
+                self.push_after_latency(Ev::Have { from: n, to, have });
+            }
         }
     }
 
-    fn have_arrived(&mut self, from: u32, to: u32, bits: &[u8]) {
+    /// `n` sends `peer` alone its `Have`s (a full map it was asked for).
+    fn send_have(&mut self, n: u32, peer: u32, msgs: Vec<Have>) {
+        if !self.nodes[n as usize].peers.contains(&peer) {
+            return;
+        }
+        for have in msgs {
+            self.out.control_msgs += 1;
+            self.out.control_bytes += encode(&ControlMsg::Have(have.clone())).len() as u64;
+            let have = Rc::new(have);
+            self.push_after_latency(Ev::Have {
+                from: n,
+                to: peer,
+                have,
+            });
+        }
+    }
+
+    /// `n` asks `peer` for its full map of `revision`.
+    fn ask_sync(&mut self, n: u32, peer: u32, revision: u64) {
+        if !self.nodes[n as usize].peers.contains(&peer) {
+            return;
+        }
+        self.out.control_msgs += 1;
+        self.out.control_bytes += encode(&ControlMsg::HaveSync { revision }).len() as u64;
+        self.push_after_latency(Ev::AskSync {
+            from: n,
+            to: peer,
+            revision,
+        });
+    }
+
+    fn have_arrived(&mut self, from: u32, to: u32, have: &Have) {
         if !self.nodes[to as usize].peers.contains(&from) {
             return;
         }
         if to == PUBLISHER {
-            return self.seed.have(&from, REVISION, &self.order, bits);
+            let Ok(indices) = have.chunks.indices(self.order.len()) else {
+                return;
+            };
+            return self.seed.have(&from, have.revision, &self.order, &indices);
         }
         if !self.nodes[to as usize].downloading() {
             return;
         }
+        let now = self.instant();
         if let Some(s) = self.nodes[to as usize].sched.as_mut() {
-            s.handle_have(from, REVISION, bits);
+            s.handle_have(from, have, now);
+        }
+        self.carry_out(to);
+    }
+
+    /// `from` asked `to` for its full map: a download answers it at its next announcement.
+    fn sync_wanted(&mut self, from: u32, to: u32, revision: u64) {
+        if !self.nodes[to as usize].peers.contains(&from) || !self.nodes[to as usize].downloading()
+        {
+            return;
+        }
+        if let Some(s) = self.nodes[to as usize].sched.as_mut() {
+            s.handle_sync_wanted(from, revision);
         }
         self.carry_out(to);
     }
