@@ -28,6 +28,8 @@
 //!   `/api/status`), and the [`node::NodeHandle`] that the CLI and tests drive.
 //! - [`settings`]: the TOML config file, folded into the command line's defaults.
 //! - [`cli`]: the command line (`main.rs` only parses, sets up tracing and runs it).
+//! - `src/bin/swarm-sim/` (a binary beside the library): the swarm simulator, which drives
+//!   [`swarm`]'s state machines in simulated time over modelled links.
 
 pub mod cli;
 pub mod config;

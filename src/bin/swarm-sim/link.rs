@@ -1,0 +1,223 @@
+//! The simulator's link model: chunk transfers ("flows") between nodes, each node with an
+//! uplink and a downlink of its own rate. A flow moves at its fair share of both ends: the
+//! smaller of its sender's uplink split evenly over the flows it sends, and its receiver's
+//! downlink split evenly over the flows it receives. When a flow starts or ends, only the flows
+//! of its two ends change rate, so each event costs the flows at two nodes, never the swarm.
+//!
+//! Owns flows, rates and when each flow finishes; knows nothing of chunks or peers (a flow
+//! carries a caller's tag). Time is simulated: nanoseconds since the simulation began.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// A flow's handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowId(usize);
+
+#[derive(Debug)]
+struct Flow<T> {
+    src: usize,
+    dst: usize,
+    /// Bytes left at `at`.
+    remaining: f64,
+    /// Bytes per second since `at`.
+    rate: f64,
+    at: u64,
+    /// Set whenever the finish time changes, unique over all flows (a freed slot is reused):
+    /// heap entries with another are stale.
+    version: u64,
+    tag: T,
+}
+
+/// Every node's links and the flows between them.
+#[derive(Debug)]
+pub struct Links<T> {
+    up: Vec<f64>,
+    down: Vec<f64>,
+    sending: Vec<Vec<usize>>,
+    receiving: Vec<Vec<usize>>,
+    flows: Vec<Option<Flow<T>>>,
+    free: Vec<usize>,
+    finishes: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    versions: u64,
+}
+
+impl<T: Copy> Links<T> {
+    /// Nodes with uplink rates `up` and downlink rates `down`, in bytes per second.
+    pub fn new(up: Vec<f64>, down: Vec<f64>) -> Self {
+        let n = up.len();
+        Links {
+            up,
+            down,
+            sending: vec![Vec::new(); n],
+            receiving: vec![Vec::new(); n],
+            flows: Vec::new(),
+            free: Vec::new(),
+            finishes: BinaryHeap::new(),
+            versions: 0,
+        }
+    }
+
+    /// Start sending `bytes` from `src` to `dst` at `now`.
+    pub fn start(&mut self, src: usize, dst: usize, bytes: u64, tag: T, now: u64) -> FlowId {
+        let flow = Flow {
+            src,
+            dst,
+            remaining: bytes as f64,
+            rate: 0.0,
+            at: now,
+            version: 0,
+            tag,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.flows[id] = Some(flow);
+                id
+            }
+            None => {
+                self.flows.push(Some(flow));
+                self.flows.len() - 1
+            }
+        };
+        self.sending[src].push(id);
+        self.receiving[dst].push(id);
+        self.reshare(src, dst, now);
+        FlowId(id)
+    }
+
+    /// Stop `flow` before it finished (its stream ended); its tag is handed back.
+    pub fn cancel(&mut self, flow: FlowId, now: u64) -> Option<T> {
+        let f = self.flows.get_mut(flow.0)?.take()?;
+        self.free.push(flow.0);
+        self.sending[f.src].retain(|&i| i != flow.0);
+        self.receiving[f.dst].retain(|&i| i != flow.0);
+        self.reshare(f.src, f.dst, now);
+        Some(f.tag)
+    }
+
+    /// When the next flow finishes, if any flows.
+    pub fn next_finish(&mut self) -> Option<u64> {
+        while let Some(&Reverse((at, version, id))) = self.finishes.peek() {
+            if self.is_current(id, version) {
+                return Some(at);
+            }
+            self.finishes.pop();
+        }
+        None
+    }
+
+    /// The flow that finishes next, ended at its finish time; with that time and its tag.
+    pub fn pop_finished(&mut self) -> Option<(u64, FlowId, T)> {
+        let at = self.next_finish()?;
+        let Reverse((_, _, id)) = self.finishes.pop()?;
+        let tag = self.cancel(FlowId(id), at)?;
+        Some((at, FlowId(id), tag))
+    }
+
+    fn is_current(&self, id: usize, version: u64) -> bool {
+        matches!(&self.flows[id], Some(f) if f.version == version)
+    }
+
+    /// The flows sent by `src` and received by `dst` take their new shares at `now`.
+    fn reshare(&mut self, src: usize, dst: usize, now: u64) {
+        let ids: Vec<usize> = self.sending[src]
+            .iter()
+            .chain(&self.receiving[dst])
+            .copied()
+            .collect();
+        for id in ids {
+            self.rerate(id, now);
+        }
+    }
+
+    fn rerate(&mut self, id: usize, now: u64) {
+        let Some(f) = self.flows[id].as_ref() else {
+            return;
+        };
+        let share_up = self.up[f.src] / self.sending[f.src].len() as f64;
+        let share_down = self.down[f.dst] / self.receiving[f.dst].len() as f64;
+        let rate = share_up.min(share_down);
+        let Some(f) = self.flows[id].as_mut() else {
+            return;
+        };
+        let moved = f.rate * (now - f.at) as f64 / 1e9;
+        f.remaining = (f.remaining - moved).max(0.0);
+        f.at = now;
+        if f.rate == rate && f.version > 0 {
+            return;
+        }
+        f.rate = rate;
+        self.versions += 1;
+        f.version = self.versions;
+        if rate <= 0.0 {
+            return;
+        }
+        let finish = now + (f.remaining / rate * 1e9).ceil() as u64;
+        self.finishes.push(Reverse((finish, f.version, id)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1_000_000.0;
+    const SEC: u64 = 1_000_000_000;
+
+    /// Finish times (in ms) of every flow, in order of finishing.
+    fn drain(links: &mut Links<u32>) -> Vec<(u64, u32)> {
+        std::iter::from_fn(|| links.pop_finished())
+            .map(|(at, _, tag)| ((at + 500_000) / 1_000_000, tag))
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_flow_moves_at_the_slower_of_its_two_ends() {
+        let mut links = Links::new(vec![10.0 * MB, 1.0 * MB], vec![1.0 * MB, 4.0 * MB]);
+        links.start(0, 1, 8_000_000, 7, 0);
+        assert_eq!(drain(&mut links), vec![(2_000, 7)], "8 MB at 4 MB/s");
+    }
+
+    #[test]
+    fn flows_from_one_uplink_share_it_evenly_and_the_survivor_speeds_up() {
+        let mut links = Links::new(vec![2.0 * MB, 0.0, 0.0], vec![0.0, 10.0 * MB, 10.0 * MB]);
+        links.start(0, 1, 1_000_000, 1, 0);
+        links.start(0, 2, 3_000_000, 2, 0);
+        // 1 MB/s each until the first ends at 1 s (2 MB left), then 2 MB/s for the rest.
+        assert_eq!(drain(&mut links), vec![(1_000, 1), (2_000, 2)]);
+    }
+
+    #[test]
+    fn a_downlink_shared_by_two_senders_caps_each_at_half() {
+        let mut links = Links::new(vec![5.0 * MB, 5.0 * MB, 0.0], vec![0.0, 0.0, 2.0 * MB]);
+        links.start(0, 2, 2_000_000, 1, 0);
+        links.start(1, 2, 2_000_000, 2, SEC / 2);
+        // Flow 1 alone at 2 MB/s for 0.5 s (1 MB), then both at 1 MB/s: flow 1 ends at 1.5 s,
+        // flow 2 has 1 MB left then and finishes it alone at 2 MB/s.
+        assert_eq!(drain(&mut links), vec![(1_500, 1), (2_000, 2)]);
+    }
+
+    #[test]
+    fn a_cancelled_flow_gives_its_share_back_and_never_finishes() {
+        let mut links = Links::new(vec![2.0 * MB, 0.0, 0.0], vec![0.0, 10.0 * MB, 10.0 * MB]);
+        let gone = links.start(0, 1, 4_000_000, 1, 0);
+        links.start(0, 2, 3_000_000, 2, 0);
+        assert_eq!(links.cancel(gone, SEC), Some(1));
+        assert_eq!(links.cancel(gone, SEC), None, "cancelled once");
+        // 1 MB moved in the first second, 2 MB left at 2 MB/s.
+        assert_eq!(drain(&mut links), vec![(2_000, 2)]);
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_inherit_the_finish_of_the_flow_before_it() {
+        let mut links = Links::new(vec![1.0 * MB, 1.0 * MB], vec![1.0 * MB, 1.0 * MB]);
+        let first = links.start(0, 1, 1_000_000, 1, 0);
+        links.cancel(first, SEC / 2);
+        links.start(0, 1, 3_000_000, 2, SEC / 2);
+        assert_eq!(
+            drain(&mut links),
+            vec![(3_500, 2)],
+            "not at the first's 1 s"
+        );
+    }
+}

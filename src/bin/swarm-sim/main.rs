@@ -1,0 +1,327 @@
+//! swarm-sim: a discrete-event simulator of one publisher and N subscribers that runs the
+//! node's own swarm state machines (the fetch scheduler and picker, the seeding policy, session
+//! slots, peer-exchange dials) in simulated time over modelled links, and prints, for each N,
+//! the slowest completion against the lower bound, the publisher's upload in copies of the tree
+//! and control traffic per node per second.
+//!
+//! Owns the command line, the tree and link-rate draws, and the table; the swarm is in `sim`,
+//! the link model in `link`.
+
+mod link;
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use sim::{Outcome, Rng, Setup, Sim};
+
+/// Simulate a treecast swarm and print how fast it spreads one revision.
+#[derive(Debug, Parser)]
+#[command(name = "swarm-sim")]
+struct Args {
+    /// Subscriber counts to simulate, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+    n: Vec<usize>,
+    /// The tree, as COUNTxBYTES groups of files (`1x33554432,200x40000`). A file is cut into
+    /// 256 KiB chunks (the last shorter); files under that are one chunk each.
+    #[arg(long, default_value = "1x67108864")]
+    tree: String,
+    /// Subscribers' uplink in Mbit/s: `20` (fixed) or `10-50` (uniform, drawn per node).
+    #[arg(long, default_value = "20")]
+    up: String,
+    /// Subscribers' downlink in Mbit/s, as --up.
+    #[arg(long, default_value = "20")]
+    down: String,
+    /// The publisher's uplink in Mbit/s.
+    #[arg(long, default_value_t = 20.0)]
+    publisher_up: f64,
+    /// One-way latency between any two nodes, in milliseconds.
+    #[arg(long, default_value_t = 20.0)]
+    latency_ms: f64,
+    /// Each node's peer-set bound (the node's --max-peers).
+    #[arg(long, default_value_t = 32)]
+    max_peers: usize,
+    /// Joined subscribers a newcomer dials besides the publisher (the DHT, in the node).
+    #[arg(long, default_value_t = 4)]
+    bootstrap: usize,
+    /// Subscribers join at uniform random times over this many seconds (0: all at the start).
+    #[arg(long, default_value_t = 0.0)]
+    join_spread: f64,
+    /// Fraction of subscribers that leave for good at a uniform random time before the lower
+    /// bound; they are not counted in the completions.
+    #[arg(long, default_value_t = 0.0)]
+    leave: f64,
+    /// Subscribers leave as soon as they are done (the node's --once), instead of seeding.
+    #[arg(long)]
+    once: bool,
+    /// The seeding policy's backstop in seconds (the node's SEED_HOLD).
+    #[arg(long, default_value_t = 10.0)]
+    seed_backstop: f64,
+    /// Simulated seconds after which a run stops, done or not.
+    #[arg(long, default_value_t = 3600.0)]
+    max_time: f64,
+    /// Seed of the random draws (rates, salts, joins, peer choices).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// How a link rate is drawn, in bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    Fixed(f64),
+    Uniform(f64, f64),
+}
+
+impl Rate {
+    fn parse(s: &str) -> Result<Rate> {
+        let mbit = |v: &str| -> Result<f64> {
+            let x: f64 = v.trim().parse().with_context(|| format!("rate {v:?}"))?;
+            if !(x > 0.0 && x.is_finite()) {
+                bail!("rate {v:?} must be a positive number of Mbit/s");
+            }
+            Ok(x * 1e6 / 8.0)
+        };
+        match s.split_once('-') {
+            Some((a, b)) if mbit(a)? <= mbit(b)? => Ok(Rate::Uniform(mbit(a)?, mbit(b)?)),
+            Some(_) => bail!("rate range {s:?} must go from low to high"),
+            None => Ok(Rate::Fixed(mbit(s)?)),
+        }
+    }
+
+    fn draw(self, rng: &mut Rng) -> f64 {
+        match self {
+            Rate::Fixed(r) => r,
+            Rate::Uniform(a, b) => a + (b - a) * rng.unit(),
+        }
+    }
+}
+
+const CHUNK: u64 = treecast::tree::CHUNK_AVG as u64;
+
+/// Chunk sizes of a tree given as `COUNTxBYTES,...`.
+fn parse_tree(s: &str) -> Result<Vec<u64>> {
+    let mut chunks = Vec::new();
+    for group in s.split(',') {
+        let (count, bytes) = group
+            .split_once('x')
+            .with_context(|| format!("tree group {group:?} is not COUNTxBYTES"))?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .with_context(|| format!("count in {group:?}"))?;
+        let bytes: u64 = bytes
+            .trim()
+            .parse()
+            .with_context(|| format!("bytes in {group:?}"))?;
+        for _ in 0..count {
+            let mut left = bytes;
+            while left > 0 {
+                chunks.push(left.min(CHUNK));
+                left -= left.min(CHUNK);
+            }
+        }
+    }
+    if chunks.is_empty() {
+        bail!("the tree {s:?} holds no bytes");
+    }
+    Ok(chunks)
+}
+
+/// The lower bound on the slowest completion: the publisher must send the tree once, the
+/// swarm's uploads must carry N copies, and the slowest downlink must take one.
+fn lower_bound(tree: u64, up: &[f64], down: &[f64]) -> f64 {
+    let f = tree as f64;
+    let subs = (up.len() - 1) as f64;
+    let total_up: f64 = up.iter().sum();
+    let slowest_down = down[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    (f / up[0]).max(subs * f / total_up).max(f / slowest_down)
+}
+
+fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
+    let (up_rate, down_rate) = (Rate::parse(&args.up)?, Rate::parse(&args.down)?);
+    let publisher = Rate::parse(&args.publisher_up.to_string())?;
+    let mut rng = Rng::new(args.seed ^ n as u64);
+    let mut up = vec![publisher.draw(&mut rng)];
+    let mut down = vec![f64::MAX / 4.0];
+    for _ in 0..n {
+        up.push(up_rate.draw(&mut rng));
+        down.push(down_rate.draw(&mut rng));
+    }
+    let tree: u64 = chunks.iter().sum();
+    let bound = lower_bound(tree, &up, &down);
+    let joins = (0..n)
+        .map(|_| Duration::from_secs_f64(args.join_spread * rng.unit()))
+        .collect();
+    let leaves = (0..n)
+        .map(|_| (rng.unit() < args.leave).then(|| Duration::from_secs_f64(bound * rng.unit())))
+        .collect();
+    Ok(Setup {
+        chunks: chunks.to_vec(),
+        up,
+        down,
+        latency: Duration::from_secs_f64(args.latency_ms / 1000.0),
+        max_peers: args.max_peers,
+        bootstrap: args.bootstrap,
+        joins,
+        leaves,
+        once: args.once,
+        seed_backstop: Duration::from_secs_f64(args.seed_backstop),
+        max_time: Duration::from_secs_f64(args.max_time),
+        rng_seed: rng.next_u64(),
+    })
+}
+
+fn row(n: usize, tree: u64, bound: f64, out: &Outcome, wall: Duration) -> String {
+    let mut done: Vec<f64> = out
+        .completions
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64())
+        .collect();
+    done.sort_by(f64::total_cmp);
+    let slowest = done.last().copied().unwrap_or(0.0);
+    let median = done.get(done.len() / 2).copied().unwrap_or(0.0);
+    let stayed = out.completions.len();
+    let secs = out.end.as_secs_f64().max(1e-9);
+    let per_node = |x: u64| x as f64 / (n + 1) as f64 / secs;
+    format!(
+        "| {n} | {}/{stayed} | {median:.1} | {slowest:.1} | {bound:.1} | {:.2}x | {:.2} | {:.1} | {:.0} | {:.1} | {:.1} |",
+        done.len(),
+        slowest / bound,
+        out.publisher_sent as f64 / tree as f64,
+        per_node(out.control_msgs),
+        per_node(out.control_bytes),
+        per_node(out.requests),
+        wall.as_secs_f64(),
+    )
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let chunks = parse_tree(&args.tree)?;
+    let tree: u64 = chunks.iter().sum();
+    println!(
+        "tree {} bytes in {} chunks; up {} Mbit/s, down {} Mbit/s, publisher {} Mbit/s, \
+         latency {} ms one way, max_peers {}, join spread {} s, leave {}, once {}",
+        tree,
+        chunks.len(),
+        args.up,
+        args.down,
+        args.publisher_up,
+        args.latency_ms,
+        args.max_peers,
+        args.join_spread,
+        args.leave,
+        args.once
+    );
+    println!(
+        "| N | done | median s | slowest s | bound s | / bound | publisher copies | ctrl msgs/node/s | \
+         ctrl B/node/s | requests/node/s | wall s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.n {
+        if n == 0 {
+            bail!("--n needs at least one subscriber per run");
+        }
+        let setup = setup(&args, n, &chunks)?;
+        let bound = lower_bound(tree, &setup.up, &setup.down);
+        let stayed: Vec<bool> = setup.leaves.iter().map(|l| l.is_none()).collect();
+        let started = Instant::now();
+        let mut out = Sim::new(setup).run();
+        out.completions = out
+            .completions
+            .into_iter()
+            .zip(stayed)
+            .filter_map(|(c, stayed)| stayed.then_some(c))
+            .collect();
+        println!("{}", row(n, tree, bound, &out, started.elapsed()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_as_fixed_or_uniform_mbit() {
+        assert_eq!(Rate::parse("8").unwrap(), Rate::Fixed(1e6));
+        assert_eq!(Rate::parse("8-16").unwrap(), Rate::Uniform(1e6, 2e6));
+        assert!(Rate::parse("16-8").is_err());
+        assert!(Rate::parse("0").is_err());
+        assert!(Rate::parse("fast").is_err());
+    }
+
+    #[test]
+    fn a_tree_is_cut_into_chunks_and_small_files_stay_whole() {
+        let chunks = parse_tree("1x600000,2x40000").unwrap();
+        assert_eq!(
+            chunks,
+            vec![CHUNK, CHUNK, 600_000 - 2 * CHUNK, 40_000, 40_000]
+        );
+        assert!(parse_tree("3").is_err());
+        assert!(parse_tree("1x0").is_err());
+    }
+
+    #[test]
+    fn the_bound_is_the_largest_of_its_three_terms() {
+        // Publisher-bound: F/U_pub.
+        assert_eq!(lower_bound(100, &[10.0, 1000.0], &[0.0, 1000.0]), 10.0);
+        // Swarm-bound: 3 copies over 20 + 3 × 10 of upload (the publisher alone: 5).
+        let up = [20.0, 10.0, 10.0, 10.0];
+        assert_eq!(lower_bound(100, &up, &[0.0, 1e9, 1e9, 1e9]), 6.0);
+        // Downlink-bound: the slowest subscriber's downlink.
+        assert_eq!(lower_bound(100, &[100.0, 100.0], &[0.0, 5.0]), 20.0);
+    }
+
+    #[test]
+    fn a_small_swarm_finishes_every_mirror_and_the_publisher_sends_at_least_one_copy() {
+        let args = Args::parse_from(["swarm-sim", "--tree", "1x8388608", "--latency-ms", "5"]);
+        let chunks = parse_tree(&args.tree).unwrap();
+        let tree: u64 = chunks.iter().sum();
+        let setup = setup(&args, 5, &chunks).unwrap();
+        let bound = lower_bound(tree, &setup.up, &setup.down);
+        let out = Sim::new(setup).run();
+        assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");
+        let slowest = out
+            .completions
+            .iter()
+            .flatten()
+            .max()
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            slowest >= bound,
+            "no run beats the bound: {slowest} < {bound}"
+        );
+        assert!(
+            out.publisher_sent >= tree,
+            "every chunk left the publisher once"
+        );
+    }
+
+    #[test]
+    fn subscribers_that_stay_finish_while_others_join_late_and_leave() {
+        let args = Args::parse_from([
+            "swarm-sim",
+            "--tree",
+            "1x4194304",
+            "--join-spread",
+            "2",
+            "--leave",
+            "0.5",
+            "--once",
+        ]);
+        let chunks = parse_tree(&args.tree).unwrap();
+        let setup = setup(&args, 12, &chunks).unwrap();
+        let leaving = setup.leaves.iter().filter(|l| l.is_some()).count();
+        assert!(leaving > 0 && leaving < 12, "some leave: {leaving}");
+        let stayed: Vec<bool> = setup.leaves.iter().map(|l| l.is_none()).collect();
+        let out = Sim::new(setup).run();
+        for (done, stayed) in out.completions.iter().zip(stayed) {
+            assert!(!stayed || done.is_some(), "{out:?}");
+        }
+    }
+}
