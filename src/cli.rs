@@ -94,17 +94,17 @@ pub struct NetArgs {
     #[arg(long, env = "TREECAST_MAX_PEERS", default_value_t = 32)]
     pub max_peers: usize,
     /// Do not look for peers on the local network (mDNS).
-    #[arg(long, env = "TREECAST_NO_MDNS")]
+    #[arg(long, env = "TREECAST_NO_MDNS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_mdns: bool,
     /// Do not ask the router (UPnP IGD) to forward our port. UPnP is used only when listening
     /// on a non-loopback address.
-    #[arg(long, env = "TREECAST_NO_UPNP")]
+    #[arg(long, env = "TREECAST_NO_UPNP", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_upnp: bool,
     /// Do not use the public IPFS DHT (Amino) to find the swarm or announce this node there.
     /// It is on by default: anyone who knows the swarm ID can then learn the addresses of the
     /// swarm's members. It is also off when every listen address is loopback and no
     /// --public-dht-bootstrap is given.
-    #[arg(long, env = "TREECAST_NO_PUBLIC_DHT")]
+    #[arg(long, env = "TREECAST_NO_PUBLIC_DHT", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_public_dht: bool,
     /// A public-DHT bootstrap peer, a multiaddr ending in /p2p/<peer ID>; repeatable. Replaces
     /// Amino's public bootstrap list (for a private network or a test lab).
@@ -157,7 +157,7 @@ pub enum Command {
         #[arg(long, env = "TREECAST_RESCAN_SECS", default_value_t = 30)]
         rescan_secs: u64,
         /// Do not watch DIR for changes; rely on periodic rescans.
-        #[arg(long, env = "TREECAST_NO_WATCH")]
+        #[arg(long, env = "TREECAST_NO_WATCH", value_parser = clap::builder::FalseyValueParser::new())]
         no_watch: bool,
         /// Never publish paths matching this gitignore-style pattern (repeatable; applied
         /// after DIR/.treecastignore). Env: comma-separated.

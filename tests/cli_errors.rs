@@ -288,3 +288,28 @@ async fn subscribe_help_says_what_adopt_does_with_existing_files() {
         assert!(help.contains(said), "no {said:?} in {help}");
     }
 }
+
+/// Scripts set the `TREECAST_NO_*` switches as shells do (`1`, `yes`, `0`): each is taken as
+/// the flag it stands for, not refused as "not true or false" before the node could start.
+#[test]
+fn switches_from_the_environment_take_1_and_0() {
+    let lab = Lab::new();
+    let missing = lab.tmp.path().join("gone");
+    let out = Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .args(["publish".as_ref(), missing.as_os_str()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TREECAST_NO_PUBLIC_DHT", "1")
+        .env("TREECAST_NO_MDNS", "yes")
+        .env("TREECAST_NO_UPNP", "1")
+        .env("TREECAST_NO_WATCH", "0")
+        .env("XDG_CONFIG_HOME", lab.tmp.path().join("no-config"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run treecast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.display())),
+        "the flags parsed and the node went on to the directory: {stderr}"
+    );
+}

@@ -1241,8 +1241,7 @@ impl NetLoop {
     /// same per-network and per-key bounds as our own DHT's (`net::providers`), none of them
     /// our swarm's.
     fn on_amino_add_provider(&mut self, record: libp2p::kad::ProviderRecord) {
-        use crate::net::{Admit, Network, Offer};
-        use libp2p::kad::store::RecordStore;
+        use crate::net::{Network, Offer};
         let network = Network::of(self.book.remote_ip(&record.provider));
         let (Some(amino), Some(kad)) = (
             self.amino.as_mut(),
@@ -1257,25 +1256,10 @@ impl NetLoop {
             network,
             expires: record.expires,
         };
-        let store = kad.store_mut();
-        let stored = match amino
+        let admit = amino
             .providers
-            .admit(offer, Instant::now(), None, |_| false)
-        {
-            Admit::Store => store.add_provider(record),
-            Admit::Replace { evict } => {
-                store.remove_provider(&key, &evict);
-                store.add_provider(record)
-            }
-            Admit::Refuse(why) => {
-                Stats::add(&self.stats.dht_records_refused, 1);
-                debug!(%provider, ?network, why, "public DHT: provider record not stored");
-                return;
-            }
-        };
-        if let Err(e) = stored {
-            debug!(error = %e, "public DHT: provider record not stored");
-        }
+            .admit(offer, Instant::now(), None, |_| false);
+        store_admitted(kad.store_mut(), admit, record, &self.stats, "public DHT");
     }
 
     /// Peers on the LAN: add them to the DHT and dial them while we have room.
@@ -1301,7 +1285,7 @@ impl NetLoop {
 
     /// A peer asks us to store its provider record (kad checked that it names the sender).
     fn on_add_provider(&mut self, record: libp2p::kad::ProviderRecord) {
-        use crate::net::{Admit, Network, Offer};
+        use crate::net::{Network, Offer};
         use libp2p::kad::store::RecordStore;
         let network = Network::of(self.book.remote_ip(&record.provider));
         let useful: HashSet<PeerId> = self
@@ -1326,22 +1310,7 @@ impl NetLoop {
         let own = own.as_ref().map(|k| (k, own_held));
         let useful = |p: &PeerId| useful.contains(p);
         let admit = self.providers.admit(offer, Instant::now(), own, useful);
-        let stored = match admit {
-            Admit::Store => store.add_provider(record),
-            Admit::Replace { evict } => {
-                debug!(%evict, for_ = %provider, "provider record replaced");
-                store.remove_provider(&key, &evict);
-                store.add_provider(record)
-            }
-            Admit::Refuse(why) => {
-                Stats::add(&self.stats.dht_records_refused, 1);
-                debug!(%provider, ?network, why, "provider record not stored");
-                return;
-            }
-        };
-        if let Err(e) = stored {
-            warn!(error = %e, "provider record not stored");
-        }
+        store_admitted(store, admit, record, &self.stats, "swarm DHT");
     }
 
     /// The revision this node holds and serves, if any.
@@ -1963,5 +1932,34 @@ impl NetLoop {
             cancel,
         };
         self.tasks.spawn(control::run(stream, ctx));
+    }
+}
+
+/// Carry out the provider book's decision on `record` in the `dht`'s (named in logs) store.
+fn store_admitted(
+    store: &mut libp2p::kad::store::MemoryStore,
+    admit: crate::net::Admit,
+    record: libp2p::kad::ProviderRecord,
+    stats: &Stats,
+    dht: &str,
+) {
+    use crate::net::Admit;
+    use libp2p::kad::store::RecordStore;
+    let provider = record.provider;
+    let stored = match admit {
+        Admit::Store => store.add_provider(record),
+        Admit::Replace { evict } => {
+            debug!(%evict, for_ = %provider, dht, "provider record replaced");
+            store.remove_provider(&record.key, &evict);
+            store.add_provider(record)
+        }
+        Admit::Refuse(why) => {
+            Stats::add(&stats.dht_records_refused, 1);
+            debug!(%provider, why, dht, "provider record not stored");
+            return;
+        }
+    };
+    if let Err(e) = stored {
+        warn!(error = %e, dht, "provider record not stored");
     }
 }
