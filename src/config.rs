@@ -212,6 +212,9 @@ impl NodeConfig {
         self.dir.join(STATE_DIR)
     }
 }
+/// The longest the publisher holds back a chunk it sent from other subscribers, who should get
+/// it from its first receiver, while no other peer lists it (see `swarm::SeedPolicy`).
+pub const SEED_HOLD: Duration = Duration::from_secs(10);
 /// End game: once every missing chunk is requested, a request outstanding this long may also
 /// go to another peer that has the chunk.
 pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);

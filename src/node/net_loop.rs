@@ -81,10 +81,6 @@ impl PeerRecord {
     }
 }
 
-/// The longest the publisher holds back a chunk it sent from other subscribers, who should get
-/// it from its first receiver, while no other peer lists it (see [`SeedPolicy`]).
-const SEED_HOLD: Duration = Duration::from_secs(10);
-
 /// Most peers remembered in the table (offline ones are forgotten first).
 const MAX_KNOWN_PEERS: usize = 1024;
 
@@ -246,7 +242,11 @@ pub(crate) async fn start(
         table: HashMap::new(),
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
         upload: config.max_upload.map(super::chunks::limiter),
-        seed: (is_publisher).then(|| Arc::new(std::sync::Mutex::new(SeedPolicy::new(SEED_HOLD)))),
+        seed: (is_publisher).then(|| {
+            Arc::new(std::sync::Mutex::new(SeedPolicy::new(
+                crate::config::SEED_HOLD,
+            )))
+        }),
         discovery: Discovery::new(
             DiscoveryConfig {
                 local: peer_id,

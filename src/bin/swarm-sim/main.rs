@@ -56,8 +56,8 @@ struct Args {
     /// Subscribers leave as soon as they are done (the node's --once), instead of seeding.
     #[arg(long)]
     once: bool,
-    /// The seeding policy's backstop in seconds (the node's SEED_HOLD).
-    #[arg(long, default_value_t = 10.0)]
+    /// The seeding policy's backstop in seconds (default: the node's SEED_HOLD).
+    #[arg(long, default_value_t = treecast::config::SEED_HOLD.as_secs_f64())]
     seed_backstop: f64,
     /// Simulated seconds after which a run stops, done or not.
     #[arg(long, default_value_t = 3600.0)]
