@@ -213,3 +213,61 @@ async fn subscribers_that_dial_each_other_at_once_stay_in_session() {
     }
     p.shutdown().await;
 }
+
+/// A subscriber the publisher turns away (its peer limit) gets the manifest, and then chunks,
+/// from a subscriber still downloading: peers that indexed the revision serve its manifest.
+/// (Only complete peers were asked before, so it waited for the first subscriber to finish;
+/// in the lab, 7 of 40 subscribers waited two minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_the_publisher_refuses_gets_the_manifest_from_a_downloading_peer() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let size = 32 * MIB;
+    write(&src, "data.bin", &noise(size as usize, 13));
+    let mut cfg = config(&src);
+    cfg.max_peers = 1;
+    let p = Node::publish(cfg, test_key()).await.unwrap();
+
+    // The first subscriber takes the publisher's only session, and downloads slowly: at
+    // 128 KiB/s it holds the whole tree after about four minutes, past the waits below.
+    let mut cfg = config(&lab.dir("first"));
+    cfg.max_download = Some(128 * 1024);
+    let first = Node::subscribe(cfg, p.ticket().clone()).await.unwrap();
+    first
+        .wait_for(WAIT, "the first subscriber's chunk download", |st| {
+            st.progress.is_some_and(|(done, _)| done > 0)
+        })
+        .await
+        .unwrap();
+
+    // The second knows the publisher (refused) and the first subscriber.
+    let mut cfg = config(&lab.dir("second"));
+    cfg.bootstrap = first.listen_addrs().to_vec();
+    let second = Node::subscribe(cfg, p.ticket().clone()).await.unwrap();
+    let st = second
+        .wait_for(
+            WAIT,
+            "the second subscriber's manifest and first chunks",
+            |st| {
+                st.progress
+                    .is_some_and(|(done, total)| done > 0 && total == size)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.newest_known, Some(1), "{st:?}");
+    let first_now = first.status().borrow().clone();
+    assert_eq!(
+        first_now.revision, None,
+        "the first subscriber is still downloading: {first_now:?}"
+    );
+    let table = p.peers().await.unwrap();
+    let second_id = second.peer_id().to_string();
+    assert!(
+        !table.iter().any(|r| r.peer == second_id && r.online),
+        "the publisher does not have the second subscriber in session: {table:#?}"
+    );
+    second.shutdown().await;
+    first.shutdown().await;
+    p.shutdown().await;
+}

@@ -85,11 +85,15 @@ pub(crate) fn file_checks<'a>(
 }
 
 /// What this node serves, shared between the engine (writer) and chunk servers (readers): the
-/// index of the revision it holds, plus verified chunks of the one it is downloading.
+/// index of the revision it holds, plus the manifest blobs and verified chunks of the one it is
+/// downloading.
 #[derive(Clone, Default)]
 pub(crate) struct Content {
     index: Arc<RwLock<Arc<ServeIndex>>>,
     partial: Arc<RwLock<Partial>>,
+    /// The verified manifest blobs of the revision being downloaded: peers that learn it from
+    /// us fetch its manifest from us too, not only from peers that hold it all.
+    pending_blobs: Arc<RwLock<HashMap<ContentHash, Bytes>>>,
     cache: Arc<Mutex<ChunkCache>>,
 }
 
@@ -146,13 +150,31 @@ impl Content {
         *index = Arc::new(ServeIndex::build_from(root, head, manifest, blobs, checks));
     }
 
-    /// Make `index` the revision served; forget partial chunks.
+    /// Make `index` the revision served; forget partial chunks and pending manifest blobs.
     pub fn replace(&self, index: ServeIndex) {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
         self.partial
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.pending_blobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The manifest of the revision being downloaded is verified: serve its `blobs` (in place
+    /// of those of a download before it).
+    pub fn set_pending_blobs(&self, blobs: impl IntoIterator<Item = (ContentHash, Bytes)>) {
+        *self
+            .pending_blobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = blobs.into_iter().collect();
+    }
+
+    fn pending_blob(&self, hash: &ContentHash) -> Option<Bytes> {
+        let pending = self.pending_blobs.read().unwrap_or_else(|p| p.into_inner());
+        pending.get(hash).cloned()
     }
 
     /// A chunk of the revision being downloaded is verified at `path`/`offset` in staging,
@@ -198,6 +220,9 @@ impl Content {
         if let Some(place) = index.chunks.get(hash) {
             return Some(place.len);
         }
+        if let Some(blob) = self.pending_blob(hash) {
+            return Some(blob.len() as u32);
+        }
         let partial = self.partial.read().unwrap_or_else(|p| p.into_inner());
         partial.get(hash).map(|(_, _, len, _)| *len)
     }
@@ -221,7 +246,7 @@ impl Content {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(hash);
-        if let Some(data) = cached {
+        if let Some(data) = cached.or_else(|| self.pending_blob(hash)) {
             return Ok(Some(data));
         }
         let data = match self.current().read(hash, io)? {

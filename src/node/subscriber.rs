@@ -68,14 +68,19 @@ struct Download {
 struct KnownPeer {
     /// Newest verified revision it holds completely.
     revision: u64,
+    /// Newest revision it sent a `Have` of: it indexed that revision's chunks, so it holds
+    /// (and serves) its manifest.
+    mapped: u64,
     role: Role,
 }
 
 impl KnownPeer {
     fn feed(&self, target: u64) -> FeedPeer {
+        let complete = self.revision == target;
         FeedPeer {
-            complete: self.revision == target,
+            complete,
             last_resort: self.role == Role::Publisher,
+            has_manifest: complete || self.mapped == target,
         }
     }
 }
@@ -375,6 +380,7 @@ impl Subscriber {
                     .map_or(0, |h| h.revision());
                 let known = KnownPeer {
                     revision: held,
+                    mapped: 0,
                     role: hello.role,
                 };
                 self.peers.insert(peer, known);
@@ -404,6 +410,9 @@ impl Subscriber {
                 }
             }
             PeerEvent::Have { peer, have } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.mapped = p.mapped.max(have.revision);
+                }
                 // Only from a peer in session, for the revision downloaded (a download asks
                 // each peer for its full map when it starts): a late `Have` must not bring
                 // back a peer that left.
@@ -1043,6 +1052,10 @@ async fn fetch_manifest(
         ));
     }
     let manifest = Manifest::decode(&bytes).map_err(|e| reject(e.to_string()))?;
+    let serve = blobs
+        .iter()
+        .map(|(h, d)| (*h, bytes::Bytes::copy_from_slice(d)));
+    env.content.set_pending_blobs(serve);
     Ok((manifest, blobs))
 }
 

@@ -105,6 +105,10 @@ pub struct FeedPeer {
     pub complete: bool,
     /// The publisher: asked only for chunks no other peer has.
     pub last_resort: bool,
+    /// The peer holds the target revision's manifest: it is complete, or it sent a `Have` of
+    /// the revision (it indexed the revision's chunks, so it verified the manifest, and serves
+    /// it). What a download without availability (the manifest's) asks peers on.
+    pub has_manifest: bool,
 }
 
 /// What the caller is to do, from [`Scheduler::poll`].
@@ -135,7 +139,10 @@ pub enum Action<P> {
 
 #[derive(Debug)]
 struct Member {
+    /// Holds everything this download wants (the revision, or for a manifest's download the
+    /// manifest).
     complete: bool,
+    last_resort: bool,
     view: PeerView,
 }
 
@@ -170,8 +177,8 @@ pub struct Scheduler<P> {
 
 impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// A download of `wanted` chunks, of which `present` are held already. With `own`, peers'
-    /// bitfields say what they hold and ours is announced; without, only complete peers are
-    /// asked.
+    /// bitfields say what they hold and ours is announced; without (a revision's manifest),
+    /// peers that hold the manifest ([`FeedPeer::has_manifest`]) are asked.
     pub fn new(
         config: ScheduleConfig,
         wanted: impl IntoIterator<Item = ContentHash>,
@@ -267,7 +274,6 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         self.assign_due = true;
     }
 
-    /// `peer` joined the download (or its session was replaced).
     /// `peer` joined the download (or its session was replaced, or it now holds the
     /// revision). One without the revision is asked for its full map (at the next
     /// announcement if it cannot be asked now): until then it is taken to hold nothing.
@@ -280,12 +286,17 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             }
             _ => None,
         };
+        let holds_all = match self.own {
+            Some(_) => info.complete,
+            None => info.complete || info.has_manifest,
+        };
         let member = Member {
-            complete: info.complete,
+            complete: holds_all,
+            last_resort: info.last_resort,
             view,
         };
         self.peers.insert(peer.clone(), member);
-        let have = if info.complete {
+        let have = if holds_all {
             Availability::All
         } else {
             Availability::Some(HashSet::new())
@@ -299,9 +310,15 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// `peer` says it holds the chunks of `have` (of a revision). Ignored unless it is in the
     /// download (joins are reported first, so an unknown peer has left) and the revision is
     /// ours. A chunk the revision does not have bans the peer; a `Have` that does not follow on
-    /// from its last one is applied, and a full map asked for.
+    /// from its last one is applied, and a full map asked for. Without availability (a
+    /// manifest's download, whose caller passes only `Have`s of the revision the manifest
+    /// belongs to), a `Have` says the peer indexed the revision's chunks, so it holds the
+    /// manifest: it is asked from then on.
     pub fn handle_have(&mut self, peer: P, have: &Have, now: Instant) {
         self.now = now;
+        if self.own.is_none() {
+            return self.holds_manifest(peer);
+        }
         let Some(own) = self.own.as_ref().filter(|o| o.revision == have.revision) else {
             return;
         };
@@ -420,6 +437,17 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     }
 
     /// Tell the picker what `peer` has, opening lanes to it if it has none.
+    /// In a manifest's download, `peer` holds the manifest.
+    fn holds_manifest(&mut self, peer: P) {
+        let Some(m) = self.peers.get_mut(&peer).filter(|m| !m.complete) else {
+            return;
+        };
+        m.complete = true;
+        let last_resort = m.last_resort;
+        self.picker.set_peer(peer, Availability::All, last_resort);
+        self.assign_due = true;
+    }
+
     fn add_peer(&mut self, peer: P, have: Availability, last_resort: bool) {
         self.picker.set_peer(peer.clone(), have, last_resort);
         if self.lanes.open_to(&peer) == 0 {
@@ -856,6 +884,38 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_is_asked_of_peers_that_hold_it_and_of_one_that_shows_it_has_it() {
+        // A node the publisher refused (its peer limit) downloads the manifest from the
+        // subscribers: those that said (a `Have`) they indexed the revision hold it.
+        let t0 = Instant::now();
+        let mut s = scheduler(1, t0);
+        let holder = FeedPeer {
+            has_manifest: true,
+            ..FeedPeer::default()
+        };
+        s.handle_peer_up(1, &FeedPeer::default());
+        s.handle_peer_up(2, &holder);
+        let out = drain(&mut s, t0);
+        let asked: HashSet<u8> = opened(&out).into_iter().map(|(_, p)| p).collect();
+        let lane_peer: HashMap<LaneId, u8> = opened(&out).into_iter().collect();
+        let to: Vec<u8> = requests(&out).iter().map(|(l, _)| lane_peer[l]).collect();
+        assert_eq!(to, [2], "only the peer known to hold the manifest is asked");
+        assert!(asked.contains(&1), "lanes are open to both");
+
+        // Peer 2 leaves before it answers; peer 1 then shows it indexed the revision.
+        s.handle_peer_down(&2);
+        let t1 = secs(t0, 0.5);
+        assert!(
+            requests(&drain(&mut s, t1)).is_empty(),
+            "nobody else holds it"
+        );
+        s.handle_have(1, &have(7, 0, true, vec![]), t1);
+        let out = drain(&mut s, t1);
+        let to: Vec<u8> = requests(&out).iter().map(|(l, _)| lane_peer[l]).collect();
+        assert_eq!(to, [1], "asked once its `Have` shows it holds the manifest");
+    }
+
+    #[test]
     fn a_slow_publisher_is_kept_one_request_deep_and_a_slow_peer_four() {
         let t0 = Instant::now();
         for (info, floor) in [
@@ -1133,6 +1193,7 @@ mod tests {
                     let info = FeedPeer {
                         complete: next(3) == 0,
                         last_resort: peer == 0,
+                        has_manifest: next(2) == 0,
                     };
                     s.handle_peer_up(peer, &info);
                 }

@@ -478,6 +478,7 @@ impl Sim {
             let info = FeedPeer {
                 complete: y == PUBLISHER || self.nodes[y as usize].done.is_some(),
                 last_resort: y == PUBLISHER,
+                has_manifest: true,
             };
             if let Some(s) = self.nodes[x as usize].sched.as_mut() {
                 s.handle_peer_up(y, &info);
