@@ -213,8 +213,12 @@ impl NodeConfig {
     }
 }
 /// The longest the publisher holds back a chunk it sent from other subscribers, who should get
-/// it from its first receiver, while no other peer lists it (see `swarm::SeedPolicy`).
+/// it from its first receiver, while no other peer lists it (see `swarm::SeedPolicy`): from
+/// when the receiver listed it,
 pub const SEED_HOLD: Duration = Duration::from_secs(10);
+/// or from the send while the receiver has not listed it (it may still be on its way; its
+/// request times out after `CHUNK_TIMEOUT`).
+pub const SEED_HOLD_UNLISTED: Duration = CHUNK_TIMEOUT;
 /// End game: once every missing chunk is requested, a request outstanding this long may also
 /// go to another peer that has the chunk.
 pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);

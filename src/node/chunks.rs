@@ -147,8 +147,8 @@ async fn answer(
 }
 
 /// Whether the seeding policy holds `hash` back from this peer now. Manifest blobs are exempt:
-/// every subscriber needs them before it can fetch anything, and no subscriber serves them
-/// before it has applied them.
+/// every subscriber needs them before it can fetch anything, and serves them only once it has
+/// verified them.
 fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
     let Some(seed) = &ctx.seed else {
         return false;

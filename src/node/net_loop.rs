@@ -245,6 +245,7 @@ pub(crate) async fn start(
         seed: (is_publisher).then(|| {
             Arc::new(std::sync::Mutex::new(SeedPolicy::new(
                 crate::config::SEED_HOLD,
+                crate::config::SEED_HOLD_UNLISTED,
             )))
         }),
         discovery: Discovery::new(
@@ -711,7 +712,7 @@ impl NetLoop {
             return;
         };
         let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-        seed.have(peer, have.revision, order, &indices);
+        seed.have(peer, have.revision, order, &indices, Instant::now());
     }
 
     fn tell_engine(&self, ev: PeerEvent) {

@@ -4,14 +4,17 @@
 //!
 //! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
 //! peers) until there is evidence that it spread: another peer's bitfield lists it. The hold
-//! also ends when its receiver leaves, when the send failed, and at the latest `backstop` after
-//! it began, so that a receiver that never passes it on (slow, or hostile, asking for chunks to
-//! keep them from everyone else) cannot keep a chunk stuck. The same peer may ask again (its
+//! also ends when its receiver leaves, when the send failed, and on a backstop, so that a
+//! receiver that never passes it on (slow, or hostile, asking for chunks to keep them from
+//! everyone else) cannot keep a chunk stuck: `backstop` after the receiver listed the chunk
+//! (it had it and nobody got it from it), or `unlisted` after the send if it never listed it
+//! (it never got it: its own request has timed out by then). The same peer may ask again (its
 //! reply may have been lost); that does not restart the hold.
 //!
 //! Evidence, not a fixed time: a hold that ran out on a timer before the first receiver had the
-//! chunk (the publisher's queue grows with the number of subscribers) sent it again to others,
-//! and a long timer kept chunks reserved for receivers that had gone.
+//! chunk (the publisher's queue grows with the number of subscribers, and with a CPU-starved
+//! machine's delays) sent it again to others, and a long timer kept chunks reserved for
+//! receivers that had gone.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -26,13 +29,17 @@ const MAX_TRACKED: usize = 100_000;
 #[derive(Debug)]
 struct Hold<P> {
     to: P,
+    /// When it was first sent.
     since: Instant,
+    /// When the receiver first listed it.
+    listed: Option<Instant>,
 }
 
 /// Tracks what the seed sent to whom, and what spread since.
 #[derive(Debug)]
 pub struct SeedPolicy<P> {
     backstop: Duration,
+    unlisted: Duration,
     holds: HashMap<ContentHash, Hold<P>>,
     /// Chunks some peer other than their first receiver listed: served to anyone.
     spread: HashSet<ContentHash>,
@@ -41,10 +48,12 @@ pub struct SeedPolicy<P> {
 }
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
-    /// A policy whose holds end at the latest `backstop` after they began.
-    pub fn new(backstop: Duration) -> Self {
+    /// A policy whose holds end at the latest `backstop` after their receiver listed the chunk,
+    /// or `unlisted` after the send while it has not.
+    pub fn new(backstop: Duration, unlisted: Duration) -> Self {
         SeedPolicy {
             backstop,
+            unlisted,
             holds: HashMap::new(),
             spread: HashSet::new(),
             revision: 0,
@@ -59,20 +68,24 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         match self.holds.get(&hash) {
             None => {}
             // A retry: served, and the hold keeps counting from the first send.
-            Some(hold) if hold.to == *peer => return true,
-            Some(hold) if now.saturating_duration_since(hold.since) < self.backstop => {
-                return false
+            Some(hold) if hold.to == *peer => {
+                tracing::debug!(%hash, "seed serves a chunk again to its receiver (a retry)");
+                return true;
             }
-            Some(_) => {}
+            Some(hold) if !self.ran_out(hold, now) => return false,
+            Some(_) => {
+                tracing::debug!(%hash, "seed hold ran out: the chunk goes to a second receiver");
+            }
         }
         if self.holds.len() >= MAX_TRACKED {
-            let backstop = self.backstop;
+            let (backstop, unlisted) = (self.backstop, self.unlisted);
             self.holds
-                .retain(|_, h| now.saturating_duration_since(h.since) < backstop);
+                .retain(|_, h| !ran_out(backstop, unlisted, h, now));
         }
         let hold = Hold {
             to: peer.clone(),
             since: now,
+            listed: None,
         };
         self.holds.insert(hash, hold);
         true
@@ -85,19 +98,31 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         }
     }
 
-    /// `peer` lists `hash` in its bitfield: if it is not the chunk's first receiver, the chunk
-    /// has spread and anyone may have it.
-    pub fn seen(&mut self, peer: &P, hash: ContentHash) {
-        if self.holds.get(&hash).is_some_and(|h| h.to == *peer) {
+    fn ran_out(&self, hold: &Hold<P>, now: Instant) -> bool {
+        ran_out(self.backstop, self.unlisted, hold, now)
+    }
+
+    /// `peer` lists `hash` in its bitfield at `now`: if it is not the chunk's first receiver,
+    /// the chunk has spread and anyone may have it.
+    pub fn seen(&mut self, peer: &P, hash: ContentHash, now: Instant) {
+        if let Some(hold) = self.holds.get_mut(&hash).filter(|h| h.to == *peer) {
+            hold.listed.get_or_insert(now);
             return;
         }
         self.holds.remove(&hash);
         self.spread.insert(hash);
     }
 
-    /// `peer` holds the chunks at `indices` of `revision`'s chunk order `order` (a `Have`:
-    /// each only adds). A newer revision than before forgets what spread.
-    pub fn have(&mut self, peer: &P, revision: u64, order: &[ContentHash], indices: &[u32]) {
+    /// `peer` holds the chunks at `indices` of `revision`'s chunk order `order` (a `Have`
+    /// heard at `now`: each only adds). A newer revision than before forgets what spread.
+    pub fn have(
+        &mut self,
+        peer: &P,
+        revision: u64,
+        order: &[ContentHash],
+        indices: &[u32],
+        now: Instant,
+    ) {
         if revision > self.revision {
             self.revision = revision;
             self.spread.clear();
@@ -106,7 +131,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         }
         for &i in indices {
             if let Some(hash) = order.get(i as usize) {
-                self.seen(peer, *hash);
+                self.seen(peer, *hash, now);
             }
         }
     }
@@ -114,6 +139,15 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
     /// `peer` left: the chunks held for it that did not spread may go to others at once.
     pub fn peer_left(&mut self, peer: &P) {
         self.holds.retain(|_, h| h.to != *peer);
+    }
+}
+
+/// Whether `hold` ran out at `now`: `backstop` after its receiver listed the chunk, or
+/// `unlisted` after the send while it has not.
+fn ran_out<P>(backstop: Duration, unlisted: Duration, hold: &Hold<P>, now: Instant) -> bool {
+    match hold.listed {
+        Some(at) => now.saturating_duration_since(at) >= backstop,
+        None => now.saturating_duration_since(hold.since) >= unlisted,
     }
 }
 
@@ -130,7 +164,7 @@ mod tests {
     }
 
     fn policy() -> SeedPolicy<u8> {
-        SeedPolicy::new(Duration::from_secs(10))
+        SeedPolicy::new(Duration::from_secs(10), Duration::from_secs(30))
     }
 
     #[test]
@@ -143,12 +177,12 @@ mod tests {
             s.should_serve(&1, h(1), secs(t0, 2.0)),
             "its receiver may retry"
         );
-        s.seen(&1, h(1));
+        s.seen(&1, h(1), secs(t0, 2.5));
         assert!(
             !s.should_serve(&2, h(1), secs(t0, 3.0)),
             "the receiver listing it is no evidence it spread"
         );
-        s.seen(&2, h(1));
+        s.seen(&2, h(1), secs(t0, 3.0));
         assert!(
             s.should_serve(&3, h(1), secs(t0, 3.0)),
             "listed by a second peer: anyone may have it"
@@ -196,8 +230,31 @@ mod tests {
             assert!(s.should_serve(&1, h(1), secs(t0, i as f64)));
             assert!(!s.should_serve(&2, h(1), secs(t0, i as f64 + 0.5)));
         }
-        assert!(s.should_serve(&2, h(1), secs(t0, 10.0)), "backstop reached");
-        assert!(!s.should_serve(&1, h(1), secs(t0, 10.5)), "now held for 2");
+        // Listed at 5 s: held 10 s from then.
+        s.seen(&1, h(1), secs(t0, 5.0));
+        assert!(!s.should_serve(&2, h(1), secs(t0, 14.9)));
+        assert!(s.should_serve(&2, h(1), secs(t0, 15.0)), "backstop reached");
+        assert!(!s.should_serve(&1, h(1), secs(t0, 15.5)), "now held for 2");
+    }
+
+    #[test]
+    fn a_chunk_its_receiver_has_not_listed_is_held_until_its_request_timed_out() {
+        // A deep queue at the publisher, or a starved CPU: the chunk may still be on its way
+        // after 10 s. Sending it to a second receiver then would be a duplicate.
+        let t0 = Instant::now();
+        let mut s = policy();
+        assert!(s.should_serve(&1, h(1), t0));
+        assert!(!s.should_serve(&2, h(1), secs(t0, 12.0)), "not listed yet");
+        assert!(!s.should_serve(&2, h(1), secs(t0, 29.9)));
+        assert!(
+            s.should_serve(&2, h(1), secs(t0, 30.0)),
+            "never listed: its receiver gave up on it"
+        );
+        // Listed late, at 25 s: held until 35 s.
+        assert!(s.should_serve(&3, h(2), t0));
+        s.seen(&3, h(2), secs(t0, 25.0));
+        assert!(!s.should_serve(&2, h(2), secs(t0, 34.9)));
+        assert!(s.should_serve(&2, h(2), secs(t0, 35.0)));
     }
 
     #[test]
@@ -209,20 +266,20 @@ mod tests {
             assert!(s.should_serve(&1, h(i), t0));
         }
         // Peer 2 holds chunks 0 and 9; an index past the order names nothing.
-        s.have(&2, 5, &order, &[0, 9, 10]);
+        s.have(&2, 5, &order, &[0, 9, 10], t0);
         assert!(s.should_serve(&3, h(0), t0));
         assert!(s.should_serve(&3, h(9), t0));
         assert!(!s.should_serve(&3, h(1), t0));
         // The receiver's own Have is no evidence.
-        s.have(&1, 5, &order, &[1, 2, 3]);
+        s.have(&1, 5, &order, &[1, 2, 3], t0);
         assert!(!s.should_serve(&3, h(1), t0));
         // An old revision's Have is ignored.
-        s.have(&2, 4, &order, &[1]);
+        s.have(&2, 4, &order, &[1], t0);
         assert!(!s.should_serve(&3, h(1), t0));
-        s.have(&2, 5, &order, &[1]);
+        s.have(&2, 5, &order, &[1], t0);
         assert!(s.should_serve(&3, h(1), t0), "2 holds it now");
         // A new revision forgets what spread in the old one.
-        s.have(&2, 6, &order, &[]);
+        s.have(&2, 6, &order, &[], t0);
         assert!(s.should_serve(&3, h(0), t0));
         assert!(!s.should_serve(&1, h(0), t0), "held for 3 again");
     }

@@ -245,7 +245,10 @@ impl Sim {
         };
         let mut sim = Sim {
             rng: Rng::new(setup.rng_seed),
-            seed: SeedPolicy::new(setup.seed_backstop),
+            seed: SeedPolicy::new(
+                setup.seed_backstop,
+                treecast::config::SEED_HOLD_UNLISTED.max(setup.seed_backstop),
+            ),
             setup,
             base,
             now: 0,
@@ -841,7 +844,10 @@ impl Sim {
             let Ok(indices) = have.chunks.indices(self.order.len()) else {
                 return;
             };
-            return self.seed.have(&from, have.revision, &self.order, &indices);
+            let now = self.instant();
+            return self
+                .seed
+                .have(&from, have.revision, &self.order, &indices, now);
         }
         if !self.nodes[to as usize].downloading() {
             return;
