@@ -71,6 +71,13 @@ pub struct Config {
 
     /// Parameters governing MTU discovery. See [`MtuDiscoveryConfig`] for details.
     mtu_discovery_config: Option<MtuDiscoveryConfig>,
+
+    // TREECAST PATCH (see TREECAST-PATCH.md): the congestion controller of every connection;
+    // `None` keeps quinn's default (Cubic).
+    /// The congestion controller, as [`quinn::TransportConfig::congestion_controller_factory`]
+    /// takes it; `None` keeps quinn's default.
+    pub congestion_controller:
+        Option<Arc<dyn quinn::congestion::ControllerFactory + Send + Sync>>,
 }
 
 #[expect(deprecated)]
@@ -98,6 +105,8 @@ impl Config {
             max_stream_data: 10_000_000,
             keypair: keypair.clone(),
             mtu_discovery_config: Some(Default::default()),
+            // TREECAST PATCH: quinn's default controller unless one is set.
+            congestion_controller: None,
         }
     }
 
@@ -139,6 +148,7 @@ impl From<Config> for QuinnConfig {
             handshake_timeout: _,
             keypair,
             mtu_discovery_config,
+            congestion_controller, // TREECAST PATCH
         } = config;
         let mut transport = quinn::TransportConfig::default();
         // Disable uni-directional streams.
@@ -152,6 +162,10 @@ impl From<Config> for QuinnConfig {
         transport.stream_receive_window(max_stream_data.into());
         transport.receive_window(max_connection_data.into());
         transport.mtu_discovery_config(mtu_discovery_config);
+        // TREECAST PATCH: the congestion controller, when one is set.
+        if let Some(factory) = congestion_controller {
+            transport.congestion_controller_factory(factory);
+        }
         let transport = Arc::new(transport);
 
         let mut server_config = quinn::ServerConfig::with_crypto(server_tls_config);
