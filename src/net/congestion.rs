@@ -3,11 +3,11 @@
 //! lets it take one: `vendor/libp2p-quic/TREECAST-PATCH.md`). A leaf: no I/O but reading the
 //! environment variable.
 //!
-//! Why BBR: quinn's default, Cubic, takes every lost packet as congestion and halves its window,
-//! so under random loss a connection carries at most about MSS/RTT × 1.22/√p (Mathis et al.):
-//! some 3.5 Mbit/s at 1% loss and 1.6 Mbit/s at 5% with a 40 ms RTT, far under a 50 Mbit/s
-//! link. BBR paces at the bottleneck bandwidth and minimum RTT it measures, and does not cut
-//! its rate for loss.
+//! Why BBR: quinn's default, Cubic, takes every lost packet as congestion and shrinks its
+//! window, so under random loss a connection carries at most about MSS/RTT × 1.22/√p (Mathis
+//! et al.): some 3 Mbit/s at 1% loss and 1.5 Mbit/s at 5% with a 40 ms RTT and 1,200–1,450-byte
+//! packets, far under a 50 Mbit/s link. BBR paces at the bottleneck bandwidth and minimum RTT
+//! it measures, and does not cut its rate for loss.
 
 use std::sync::Arc;
 
