@@ -8,6 +8,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
 use libp2p::{autonat, dcutr, identify, kad, mdns, noise, ping, relay, yamux, Swarm};
 
+use super::congestion::Congestion;
 use super::dht::KAD_PROTOCOL;
 use super::error::NetError;
 use super::streams;
@@ -72,7 +73,8 @@ pub fn limits() -> ConnectionLimits {
 /// The relay protocol a peer lists in identify when it serves as a relay.
 pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
-/// Build the swarm on QUIC with explicit flow-control windows. Relayed connections run noise
+/// Build the swarm on QUIC with explicit flow-control windows and the congestion controller
+/// `TREECAST_QUIC_CC` names (BBR unless set, see `congestion`). Relayed connections run noise
 /// and yamux inside the relay circuit (a circuit is a plain stream to the relay). TCP (noise +
 /// yamux) is there for public-DHT nodes that speak no QUIC; it listens only where the net loop
 /// asks it to. DNS resolves `/dns` and `/dnsaddr` addresses (Amino's bootstrap list) with the
@@ -80,6 +82,8 @@ pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>, NetError> {
     let mdns = opts.mdns;
     let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let congestion = Congestion::from_env()?;
+    tracing::debug!(congestion = congestion.name(), "QUIC congestion controller");
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -93,6 +97,7 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
             c.max_connection_data = QUIC_CONNECTION_WINDOW;
             // Short enough to keep NAT mappings (about 30 s for UDP on many routers) alive.
             c.keep_alive_interval = std::time::Duration::from_secs(5);
+            c.congestion_controller = Some(congestion.factory());
             c
         })
         .with_dns()

@@ -14,4 +14,6 @@ pub enum NetError {
     NoPeerId(Multiaddr),
     #[error("building the swarm: {0}")]
     Build(String),
+    #[error("TREECAST_QUIC_CC={0:?} names no congestion controller (expected bbr or cubic)")]
+    Congestion(String),
 }

@@ -21,11 +21,13 @@
 //! - `amino`: the public IPFS DHT (`/ipfs/kad/1.0.0`): its key, bootstrap peers, behaviour and
 //!   when to announce there.
 //! - `streams`: our small stream behaviour with bounded queues; `udp`: socket buffers.
+//! - `congestion`: which congestion controller QUIC runs (BBR, or Cubic by `TREECAST_QUIC_CC`).
 //! - `behaviour`: the node's [`Behaviour`], its connection limits, and [`build_swarm`].
 
 mod addr;
 mod amino;
 mod behaviour;
+mod congestion;
 mod dht;
 mod error;
 mod providers;
@@ -41,6 +43,7 @@ pub use behaviour::{
     build_swarm, limits, Behaviour, BehaviourEvent, SwarmOptions, MAX_CONNECTIONS_PER_PEER,
     MAX_PENDING_INCOMING, RELAY_HOP_PROTOCOL,
 };
+pub use congestion::{Congestion, QUIC_CC_ENV};
 pub use dht::{
     head_key, make_room, swarm_key, validate_head_record, HeadRecordError, Room, KAD_PROTOCOL,
 };

@@ -1,0 +1,102 @@
+//! The congestion controller of our QUIC connections: which one (`TREECAST_QUIC_CC`, BBR unless
+//! set) and the quinn factory for it, handed to libp2p-quic (vendored with the one change that
+//! lets it take one: `vendor/libp2p-quic/TREECAST-PATCH.md`). A leaf: no I/O but reading the
+//! environment variable.
+//!
+//! Why BBR: quinn's default, Cubic, takes every lost packet as congestion and shrinks its
+//! window, so under random loss a connection carries at most about MSS/RTT × 1.22/√p (Mathis
+//! et al.): some 3 Mbit/s at 1% loss and 1.5 Mbit/s at 5% with a 40 ms RTT and 1,200–1,450-byte
+//! packets, far under a 50 Mbit/s link. BBR paces at the bottleneck bandwidth and minimum RTT
+//! it measures, and does not cut its rate for loss.
+
+use std::sync::Arc;
+
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig};
+
+use super::error::NetError;
+
+/// The environment variable that picks the controller: `bbr` (the default) or `cubic`.
+pub const QUIC_CC_ENV: &str = "TREECAST_QUIC_CC";
+
+/// A congestion controller our QUIC connections can run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// Bottleneck bandwidth and round-trip time: random loss does not slow it down.
+    #[default]
+    Bbr,
+    /// Loss-based (quinn's own default): every lost packet shrinks the window.
+    Cubic,
+}
+
+impl Congestion {
+    /// The controller named by `TREECAST_QUIC_CC`, BBR when it is unset or empty. Any other
+    /// value is an error that names it and the values allowed.
+    pub fn from_env() -> Result<Self, NetError> {
+        match std::env::var(QUIC_CC_ENV) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Self::default()),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(NetError::Congestion(v.to_string_lossy().into_owned()))
+            }
+        }
+    }
+
+    /// The quinn factory that builds this controller for each connection.
+    pub fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
+        match self {
+            Self::Bbr => Arc::new(BbrConfig::default()),
+            Self::Cubic => Arc::new(CubicConfig::default()),
+        }
+    }
+
+    /// Its name, as `TREECAST_QUIC_CC` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bbr => "bbr",
+            Self::Cubic => "cubic",
+        }
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bbr" => Ok(Self::Bbr),
+            "cubic" => Ok(Self::Cubic),
+            _ => Err(NetError::Congestion(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for cc in [Congestion::Bbr, Congestion::Cubic] {
+            assert_eq!(cc.name().parse::<Congestion>().unwrap(), cc);
+        }
+        assert_eq!(" BBR ".parse::<Congestion>().unwrap(), Congestion::Bbr);
+        assert_eq!(Congestion::default(), Congestion::Bbr);
+    }
+
+    #[test]
+    fn an_unknown_name_is_an_error_naming_it() {
+        let err = "reno".parse::<Congestion>().unwrap_err().to_string();
+        assert!(err.contains("\"reno\""), "{err}");
+        assert!(err.contains("bbr") && err.contains("cubic"), "{err}");
+    }
+
+    #[test]
+    fn each_builds_its_own_controller() {
+        use quinn::congestion::{Bbr, Cubic};
+        let now = std::time::Instant::now();
+        let bbr = Congestion::Bbr.factory().build(now, 1200);
+        assert!(bbr.into_any().downcast::<Bbr>().is_ok());
+        let cubic = Congestion::Cubic.factory().build(now, 1200);
+        assert!(cubic.into_any().downcast::<Cubic>().is_ok());
+    }
+}
