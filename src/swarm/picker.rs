@@ -291,7 +291,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                     && !self.lacks.contains_key(&(peer.clone(), **h))
                     && (!seed || self.unheld(&self.rank(h)))
             })
-            .min_by_key(|(_, (_, since))| *since)
+            .min_by_key(|(h, (_, since))| (*since, mix(h, self.config.local_salt), **h))
             .map(|(h, _)| *h)?;
         self.second.insert(hash, (peer.clone(), now));
         if let Some(s) = self.peers.get_mut(peer) {

@@ -438,7 +438,9 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 
     fn drop_peer(&mut self, peer: &P) {
         self.picker.on_peer_gone(peer);
-        for lane in self.lanes.close_peer(peer) {
+        let mut closed = self.lanes.close_peer(peer);
+        closed.sort_unstable();
+        for lane in closed {
             self.actions.push_back(Action::CloseLane(lane));
         }
         self.assign_due = true;
@@ -521,7 +523,9 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if !msgs.is_empty() {
             self.actions.push_back(Action::Announce(msgs));
         }
-        for peer in std::mem::take(&mut self.sync_wanted) {
+        let mut wanted: Vec<P> = self.sync_wanted.drain().collect();
+        wanted.sort_by_cached_key(|p| peer_order(p, self.config.picker.local_salt));
+        for peer in wanted {
             if self.peers.contains_key(&peer) {
                 let msgs = own.full_map();
                 self.actions.push_back(Action::SendHave { peer, msgs });
@@ -535,18 +539,26 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             return;
         };
         let retry = self.config.sync_retry;
+        let salt = self.config.picker.local_salt;
+        let mut due: Vec<P> = Vec::new();
         for (peer, m) in &mut self.peers {
             if !m.complete && m.view.ask_due(now, retry) {
-                let peer = peer.clone();
-                self.actions.push_back(Action::AskSync { peer, revision });
+                due.push(peer.clone());
             }
+        }
+        due.sort_by_cached_key(|p| peer_order(p, salt));
+        for peer in due {
+            self.actions.push_back(Action::AskSync { peer, revision });
         }
     }
 
     /// Hand out requests: each peer's picks go to its oldest open lane with room (see
     /// [`Lanes::lane_for`]).
     fn assign(&mut self, now: Instant) {
-        for (peer, lanes) in self.lanes.open_by_peer() {
+        let salt = self.config.picker.local_salt;
+        let mut by_peer: Vec<(P, Vec<LaneId>)> = self.lanes.open_by_peer().into_iter().collect();
+        by_peer.sort_by_cached_key(|(p, _)| peer_order(p, salt));
+        for (peer, lanes) in by_peer {
             while let Some(lane) = self
                 .lanes
                 .lane_for(&lanes, crate::config::REQUESTS_PER_STREAM)
@@ -559,6 +571,19 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             }
         }
     }
+}
+
+/// The order peers are served in when several could be: the same for the same peers and salt
+/// in every process (a hash map's own order is drawn per process, which made simulator runs
+/// unrepeatable), and different on each node (the salt), so downloaders do not all favour the
+/// same peer.
+fn peer_order<P: Hash>(peer: &P, salt: u64) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    // `DefaultHasher::new()` has fixed keys: the same in every process.
+    let mut hasher = DefaultHasher::new();
+    salt.hash(&mut hasher);
+    peer.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! node decides.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -159,14 +159,15 @@ struct Node {
     sched: Option<Scheduler<u32>>,
     done: Option<u64>,
     holds: Vec<bool>,
-    peers: HashSet<u32>,
+    /// Session peers, ordered so that a run is repeatable (messages to them go out in order).
+    peers: BTreeSet<u32>,
     slots: Slots<u32>,
     pex: PexDials<u32, u32>,
     /// Chunk bytes moved with each peer, both ways.
     moved: HashMap<u32, u64>,
     timer: Option<u64>,
     /// Lanes this node opened, to their servers.
-    lanes: HashMap<LaneId, u32>,
+    lanes: BTreeMap<LaneId, u32>,
 }
 
 impl Node {
@@ -279,12 +280,12 @@ impl Sim {
             sched: None,
             done: None,
             holds: vec![publisher; chunks],
-            peers: HashSet::new(),
+            peers: BTreeSet::new(),
             slots: Slots::new(setup.max_peers, SESSION_IDLE),
             pex: PexDials::new(Default::default(), base),
             moved: HashMap::new(),
             timer: None,
-            lanes: HashMap::new(),
+            lanes: BTreeMap::new(),
         }
     }
 
