@@ -215,6 +215,9 @@ impl NodeConfig {
 /// The longest the publisher holds back a chunk it sent from other subscribers, who should get
 /// it from its first receiver, while no other peer lists it (see `swarm::SeedPolicy`).
 pub const SEED_HOLD: Duration = Duration::from_secs(10);
+/// A peer that said it lacks a chunk (or would not send it now) is asked for it again after
+/// this long (see `swarm::Picker`).
+pub const LACK_RETRY: Duration = Duration::from_secs(1);
 /// End game: once every missing chunk is requested, a request outstanding this long may also
 /// go to another peer that has the chunk.
 pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);
