@@ -230,7 +230,8 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
-        let all = std::mem::take(&mut self.assign_due);
+        // In the end game any moment may make a request old enough for a second peer.
+        let all = std::mem::take(&mut self.assign_due) || self.picker.in_endgame();
         if !all && self.assign_peers.is_empty() {
             return None;
         }
