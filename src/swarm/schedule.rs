@@ -30,6 +30,11 @@
 //! - What we hold is announced every `have_interval` when it changed, and once more at the end
 //!   (a full map first, then what changed; see [`OwnAvailability`]). A peer that asks for our
 //!   full map gets it at the next announcement.
+//! - Requests are offered to the peers whose options changed since the last offer (a `Have`
+//!   to its sender, a reply to the peers whose request ended, a new lane or a raised limit to
+//!   its peer), and to every peer when a chunk goes back to missing, at the stall check and
+//!   throughout the end game; peers are offered in an order fixed by their hash and this
+//!   node's salt, the same in every process.
 //! - A peer's `Have`s add to what the picker knows it holds, one chunk at a time. A peer that
 //!   joins without the revision is asked for its full map; one whose `Have`s do not follow on
 //!   (see [`PeerView`]) is asked again, at most every `sync_retry`. A `Have` naming a chunk the
