@@ -124,6 +124,12 @@ impl<P: Clone + Eq + Hash> Lanes<P> {
         by_peer
     }
 
+    /// The open lanes of `peer`.
+    pub fn open_of(&self, peer: &P) -> Vec<LaneId> {
+        let open = |(_, l): &(&LaneId, &Lane<P>)| !l.closing && l.peer == *peer;
+        self.lanes.iter().filter(open).map(|(id, _)| *id).collect()
+    }
+
     /// The lane of `lanes` to put a request on: the oldest with fewer than `room` requests,
     /// so that a peer's requests queue on one stream and are answered one after the other
     /// (spread over two streams, they are sent interleaved and each arrives later: the

@@ -291,7 +291,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                     && !self.lacks.contains_key(&(peer.clone(), **h))
                     && (!seed || self.unheld(&self.rank(h)))
             })
-            .min_by_key(|(_, (_, since))| *since)
+            .min_by_key(|(h, (_, since))| (*since, mix(h, self.config.local_salt), **h))
             .map(|(h, _)| *h)?;
         self.second.insert(hash, (peer.clone(), now));
         if let Some(s) = self.peers.get_mut(peer) {
@@ -300,16 +300,21 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         Some(hash)
     }
 
-    /// `hash` arrived (from anyone) and verified.
-    pub fn on_verified(&mut self, hash: ContentHash) {
+    /// `hash` arrived (from anyone) and verified. Returns the peers whose request for it ended
+    /// (they have room for another).
+    pub fn on_verified(&mut self, hash: ContentHash) -> Vec<P> {
+        let mut released = Vec::new();
         if let Some((owner, _)) = self.remove_requested(&hash) {
             self.release(&owner);
+            released.push(owner);
         }
         if let Some((owner, _)) = self.second.remove(&hash) {
             self.release(&owner);
+            released.push(owner);
         }
         self.remove_missing(&hash);
         self.verified.insert(hash);
+        released
     }
 
     /// `peer` does not have `hash` (or will not send it now): give it to someone else, and
@@ -422,6 +427,12 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
+    }
+
+    /// True while every missing chunk is requested and some are still outstanding: a request
+    /// may go to a second peer once it is old enough.
+    pub fn in_endgame(&self) -> bool {
+        self.missing.is_empty() && !self.requested.is_empty()
     }
 
     /// True once every wanted chunk is verified.

@@ -30,6 +30,11 @@
 //! - What we hold is announced every `have_interval` when it changed, and once more at the end
 //!   (a full map first, then what changed; see [`OwnAvailability`]). A peer that asks for our
 //!   full map gets it at the next announcement.
+//! - Requests are offered to the peers whose options changed since the last offer (a `Have`
+//!   to its sender, a reply to the peers whose request ended, a new lane or a raised limit to
+//!   its peer), and to every peer when a chunk goes back to missing, at the stall check and
+//!   throughout the end game; peers are offered in an order fixed by their hash and this
+//!   node's salt, the same in every process.
 //! - A peer's `Have`s add to what the picker knows it holds, one chunk at a time. A peer that
 //!   joins without the revision is asked for its full map; one whose `Have`s do not follow on
 //!   (see [`PeerView`]) is asked again, at most every `sync_retry`. A `Have` naming a chunk the
@@ -76,13 +81,14 @@ impl ScheduleConfig {
     pub fn with_salt(salt: u64) -> Self {
         use crate::config::{
             CHUNK_STREAMS_PER_PEER, CHUNK_TIMEOUT, DEFAULT_IN_FLIGHT, ENDGAME_AFTER, HAVE_INTERVAL,
+            LACK_RETRY,
         };
         ScheduleConfig {
             picker: PickerConfig {
                 default_in_flight: DEFAULT_IN_FLIGHT,
                 seed_in_flight: super::window::MIN_SEED_REQUESTS,
                 stall_timeout: CHUNK_TIMEOUT,
-                lack_retry: Duration::from_secs(1),
+                lack_retry: LACK_RETRY,
                 endgame_after: ENDGAME_AFTER,
                 local_salt: salt,
             },
@@ -167,8 +173,13 @@ pub struct Scheduler<P> {
     fetched: u64,
     told_may_ask: Option<bool>,
     actions: VecDeque<Action<P>>,
-    /// Something changed since requests were last handed out.
+    /// Something changed for every peer since requests were last handed out (a chunk went back
+    /// to missing, time passed).
     assign_due: bool,
+    /// Peers whose own options changed (they told of chunks, a request to them ended): only
+    /// these are offered requests at the next poll, unless `assign_due`. Offering every peer at
+    /// every `Have` cost a big swarm most of its time.
+    assign_peers: HashSet<P>,
     /// Peers that asked for our full map since the last announcement.
     sync_wanted: HashSet<P>,
     /// The latest `now` reported.
@@ -205,6 +216,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             told_may_ask: None,
             actions: VecDeque::new(),
             assign_due: true,
+            assign_peers: HashSet::new(),
             sync_wanted: HashSet::new(),
             now,
         }
@@ -230,11 +242,13 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
-        if !std::mem::take(&mut self.assign_due) {
+        // In the end game any moment may make a request old enough for a second peer.
+        let all = std::mem::take(&mut self.assign_due) || self.picker.in_endgame();
+        if !all && self.assign_peers.is_empty() {
             return None;
         }
         self.tell_peers_may_ask();
-        self.assign(now);
+        self.assign(now, all);
         if self.picker.is_done() {
             self.announce();
             self.actions.push_back(Action::Done);
@@ -267,11 +281,15 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             self.next_announce = now + self.config.have_interval;
         }
         if now >= self.next_stall_check {
+            // Stalled requests went back to missing, lacks older than `lack_retry` were
+            // forgotten: any peer may have new options.
             self.take_back_stalled(now);
             self.next_stall_check = now + self.config.stall_check;
+            self.assign_due = true;
         }
         self.reopen_due(now);
-        self.assign_due = true;
+        // In the end game, time passing makes requests eligible for a second peer.
+        self.assign_due |= self.picker.in_endgame();
     }
 
     /// `peer` joined the download (or its session was replaced, or it now holds the
@@ -344,7 +362,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         for hash in hashes {
             self.picker.peer_has(&peer, hash);
         }
-        self.assign_due = true;
+        self.assign_peers.insert(peer);
     }
 
     /// `peer` asked for our full map of `revision`: it goes out at the next announcement, if
@@ -372,11 +390,11 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if !self.picker.is_verified(&hash) {
             self.fetched += len as u64;
         }
-        self.picker.on_verified(hash);
+        // The peers whose requests for it ended have room; nobody else has new options.
+        self.assign_peers.extend(self.picker.on_verified(hash));
         if let Some(own) = self.own.as_mut() {
             own.mark(&hash);
         }
-        self.assign_due = true;
     }
 
     /// `lane`'s peer does not have `hash` (or will not send it now).
@@ -455,10 +473,11 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
                 self.open_lane(peer.clone());
             }
         }
-        self.assign_due = true;
+        self.assign_peers.insert(peer);
     }
 
     fn open_lane(&mut self, peer: P) {
+        self.assign_peers.insert(peer.clone());
         self.rates.entry(peer.clone()).or_default().path_changed();
         let lane = self.lanes.open(peer.clone());
         self.actions.push_back(Action::OpenLane { lane, peer });
@@ -466,7 +485,9 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
 
     fn drop_peer(&mut self, peer: &P) {
         self.picker.on_peer_gone(peer);
-        for lane in self.lanes.close_peer(peer) {
+        let mut closed = self.lanes.close_peer(peer);
+        closed.sort_unstable();
+        for lane in closed {
             self.actions.push_back(Action::CloseLane(lane));
         }
         self.assign_due = true;
@@ -519,11 +540,12 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             // Up at most twofold per measurement (down at once): requests in flight when a node
             // dies are lost, and a limit that grows with what the peer proved it delivers
             // keeps that small for downloads cut short.
-            let limit = self
-                .picker
-                .limit(peer)
-                .map_or(target, |l| target.min(l * 2));
+            let old = self.picker.limit(peer);
+            let limit = old.map_or(target, |l| target.min(l * 2));
             self.picker.set_limit(peer, limit);
+            if old.is_some_and(|old| limit > old) {
+                self.assign_peers.insert(peer.clone());
+            }
         }
     }
 
@@ -549,7 +571,9 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if !msgs.is_empty() {
             self.actions.push_back(Action::Announce(msgs));
         }
-        for peer in std::mem::take(&mut self.sync_wanted) {
+        let mut wanted: Vec<P> = self.sync_wanted.drain().collect();
+        wanted.sort_by_cached_key(|p| peer_order(p, self.config.picker.local_salt));
+        for peer in wanted {
             if self.peers.contains_key(&peer) {
                 let msgs = own.full_map();
                 self.actions.push_back(Action::SendHave { peer, msgs });
@@ -563,18 +587,36 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             return;
         };
         let retry = self.config.sync_retry;
+        let salt = self.config.picker.local_salt;
+        let mut due: Vec<P> = Vec::new();
         for (peer, m) in &mut self.peers {
             if !m.complete && m.view.ask_due(now, retry) {
-                let peer = peer.clone();
-                self.actions.push_back(Action::AskSync { peer, revision });
+                due.push(peer.clone());
             }
+        }
+        due.sort_by_cached_key(|p| peer_order(p, salt));
+        for peer in due {
+            self.actions.push_back(Action::AskSync { peer, revision });
         }
     }
 
     /// Hand out requests: each peer's picks go to its oldest open lane with room (see
     /// [`Lanes::lane_for`]).
-    fn assign(&mut self, now: Instant) {
-        for (peer, lanes) in self.lanes.open_by_peer() {
+    fn assign(&mut self, now: Instant, all: bool) {
+        let salt = self.config.picker.local_salt;
+        let due = std::mem::take(&mut self.assign_peers);
+        let mut by_peer: Vec<(P, Vec<LaneId>)> = if all {
+            self.lanes.open_by_peer().into_iter().collect()
+        } else {
+            due.into_iter()
+                .map(|p| {
+                    let lanes = self.lanes.open_of(&p);
+                    (p, lanes)
+                })
+                .collect()
+        };
+        by_peer.sort_by_cached_key(|(p, _)| peer_order(p, salt));
+        for (peer, lanes) in by_peer {
             while let Some(lane) = self
                 .lanes
                 .lane_for(&lanes, crate::config::REQUESTS_PER_STREAM)
@@ -587,6 +629,19 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             }
         }
     }
+}
+
+/// The order peers are served in when several could be: the same for the same peers and salt
+/// in every process (a hash map's own order is drawn per process, which made simulator runs
+/// unrepeatable), and different on each node (the salt), so downloaders do not all favour the
+/// same peer.
+fn peer_order<P: Hash>(peer: &P, salt: u64) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    // `DefaultHasher::new()` has fixed keys: the same in every process.
+    let mut hasher = DefaultHasher::new();
+    salt.hash(&mut hasher);
+    peer.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -725,6 +780,50 @@ mod tests {
             let out = s.lanes.requests_to(peer);
             assert_eq!(s.picker.in_flight(peer), out, "requests out to {peer}");
         }
+    }
+
+    /// Two downloads with the same salt told the same events hand out the same requests in
+    /// the same order (hash maps iterate in an order drawn per map: that made the simulator's
+    /// runs unrepeatable).
+    #[test]
+    fn the_same_events_give_the_same_requests_in_the_same_order() {
+        let t0 = Instant::now();
+        let run = || {
+            let mut config = config();
+            config.picker.local_salt = 7;
+            let mut s = Scheduler::new(config, (0..40).map(h), &HashSet::new(), None, t0);
+            for peer in 1..=8 {
+                s.handle_peer_up(peer, &complete());
+            }
+            let first = drain(&mut s, t0);
+            s.handle_peer_down(&3);
+            s.handle_timeout(secs(t0, 0.1));
+            (first, drain(&mut s, secs(t0, 0.1)))
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(requests(&a.0).len(), 32, "8 peers, 4 each");
+        assert_eq!(a, b);
+    }
+
+    /// A `Have` offers requests to its sender; a chunk refused goes to another holder at once.
+    #[test]
+    fn a_have_offers_its_sender_requests_and_a_refused_chunk_goes_to_another_holder() {
+        let t0 = Instant::now();
+        let mut s = with_own(1, 4, t0);
+        s.handle_peer_up(1, &FeedPeer::default());
+        s.handle_peer_up(2, &FeedPeer::default());
+        let lanes = opened(&drain(&mut s, t0));
+        let lane_of = |peer: u8| lanes.iter().find(|(_, p)| *p == peer).expect("a lane").0;
+        let first = order(4)[0];
+        s.handle_have(1, &have(1, 0, true, vec![0b0000_0001]), t0);
+        assert_eq!(requests(&drain(&mut s, t0)), [(lane_of(1), first)]);
+        s.handle_have(2, &have(1, 0, true, vec![0b0000_0001]), t0);
+        assert!(
+            requests(&drain(&mut s, t0)).is_empty(),
+            "asked of 1 already"
+        );
+        s.handle_not_found(lane_of(1), first, t0);
+        assert_eq!(requests(&drain(&mut s, t0)), [(lane_of(2), first)]);
     }
 
     #[test]

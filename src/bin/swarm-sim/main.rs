@@ -65,6 +65,30 @@ struct Args {
     /// Seed of the random draws (rates, salts, joins, peer choices).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Experiment: subscribers announce what they gained every this many milliseconds instead
+    /// of the node's `HAVE_INTERVAL`.
+    #[arg(long)]
+    have_ms: Option<f64>,
+    /// Experiment: a peer that said it lacks a chunk is asked again after this many
+    /// milliseconds instead of the node's `LACK_RETRY`.
+    #[arg(long)]
+    lack_retry_ms: Option<f64>,
+    /// Experiment: end-game second requests after this many milliseconds instead of the
+    /// node's `ENDGAME_AFTER`.
+    #[arg(long)]
+    endgame_ms: Option<f64>,
+    /// Experiment, not what the node does: each node sends at most this many chunks at once,
+    /// lanes waiting their turn in order (0: all at once, sharing the uplink, as the node's
+    /// streams do).
+    #[arg(long, default_value_t = 0)]
+    upload_slots: usize,
+    /// Also print, per run, what held it back: refusals, duplicates, when every chunk had left
+    /// the publisher, and how long a chunk took on the wire between subscribers.
+    #[arg(long)]
+    why: bool,
+    /// Print the swarm's state every this many simulated milliseconds, to standard error.
+    #[arg(long)]
+    trace_ms: Option<f64>,
 }
 
 /// How a link rate is drawn, in bytes per second.
@@ -168,6 +192,15 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         leaves,
         once: args.once,
         seed_backstop: Duration::from_secs_f64(args.seed_backstop),
+        have_interval: args.have_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        lack_retry: args
+            .lack_retry_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        endgame_after: args
+            .endgame_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        upload_slots: args.upload_slots,
+        trace_every: args.trace_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         max_time: Duration::from_secs_f64(args.max_time),
         rng_seed: rng.next_u64(),
     })
@@ -195,6 +228,23 @@ fn row(n: usize, tree: u64, bound: f64, out: &Outcome, wall: Duration) -> String
         per_node(out.control_bytes),
         per_node(out.requests),
         wall.as_secs_f64(),
+    )
+}
+
+/// What held a run back, on one line.
+fn why(n: usize, out: &Outcome) -> String {
+    format!(
+        "  N={n}: refused by the publisher {}, by subscribers {} ({:.1} per subscriber); \
+         duplicates {}; every chunk out of the publisher at {:.2} s; {} chunks between \
+         subscribers, {:.3} s each on the wire on average; {} events",
+        out.refused_by_publisher,
+        out.refused_by_peers,
+        out.refused_by_peers as f64 / n as f64,
+        out.duplicates,
+        out.all_out.as_secs_f64(),
+        out.peer_sends,
+        out.peer_send_secs / out.peer_sends.max(1) as f64,
+        out.events,
     )
 }
 
@@ -237,6 +287,9 @@ fn main() -> Result<()> {
             .filter_map(|(c, stayed)| stayed.then_some(c))
             .collect();
         println!("{}", row(n, tree, bound, &out, started.elapsed()));
+        if args.why {
+            println!("{}", why(n, &out));
+        }
     }
     Ok(())
 }

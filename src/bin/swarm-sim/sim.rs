@@ -12,7 +12,7 @@
 //! node decides.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,15 @@ pub struct Setup {
     /// A subscriber leaves as soon as it is done (`--once`).
     pub once: bool,
     pub seed_backstop: Duration,
+    /// Experiments: the download's `Have` interval and `lack_retry`, instead of the node's.
+    pub have_interval: Option<Duration>,
+    pub lack_retry: Option<Duration>,
+    pub endgame_after: Option<Duration>,
+    /// Experiment, not the node: a node sends at most this many chunks at once, the lanes
+    /// waiting for a turn in order (0: every lane at once, as the node's streams).
+    pub upload_slots: usize,
+    /// Print the swarm's state this often (simulated), to standard error.
+    pub trace_every: Option<Duration>,
     /// Simulated time after which the run stops, done or not.
     pub max_time: Duration,
     pub rng_seed: u64,
@@ -69,6 +78,16 @@ pub struct Outcome {
     pub control_msgs: u64,
     pub control_bytes: u64,
     pub requests: u64,
+    /// "Not found" replies from the publisher (its hold) and from subscribers.
+    pub refused_by_publisher: u64,
+    pub refused_by_peers: u64,
+    /// Chunks a subscriber received that it held already (end-game duplicates).
+    pub duplicates: u64,
+    /// When every chunk had reached some subscriber.
+    pub all_out: Duration,
+    /// Chunks sent subscriber to subscriber, and their seconds on the wire in all.
+    pub peer_sends: u64,
+    pub peer_send_secs: f64,
     pub events: u64,
     /// Simulated time at the end of the run.
     pub end: Duration,
@@ -80,6 +99,7 @@ enum Ev {
     Leave(u32),
     Timer(u32),
     Redial(u32),
+    Trace,
     Request {
         client: u32,
         lane: LaneId,
@@ -150,7 +170,8 @@ impl Ord for Timed {
 struct ServedLane {
     server: u32,
     queue: VecDeque<(usize, u64)>,
-    sending: Option<(FlowId, usize, u64)>,
+    /// The flow, its chunk, when it was asked for and when it started.
+    sending: Option<(FlowId, usize, u64, u64)>,
 }
 
 struct Node {
@@ -159,14 +180,18 @@ struct Node {
     sched: Option<Scheduler<u32>>,
     done: Option<u64>,
     holds: Vec<bool>,
-    peers: HashSet<u32>,
+    /// Session peers, ordered so that a run is repeatable (messages to them go out in order).
+    peers: BTreeSet<u32>,
     slots: Slots<u32>,
     pex: PexDials<u32, u32>,
     /// Chunk bytes moved with each peer, both ways.
     moved: HashMap<u32, u64>,
     timer: Option<u64>,
     /// Lanes this node opened, to their servers.
-    lanes: HashMap<LaneId, u32>,
+    lanes: BTreeMap<LaneId, u32>,
+    /// Chunks this node is sending, and lanes waiting for an upload slot (`upload_slots`).
+    sending: usize,
+    waiting: VecDeque<(u32, LaneId)>,
 }
 
 impl Node {
@@ -218,6 +243,8 @@ pub struct Sim {
     served: HashMap<(u32, LaneId), ServedLane>,
     /// Subscribers that joined and have not left, for bootstrap dials.
     present: Vec<u32>,
+    /// Chunks some subscriber holds.
+    first: Vec<bool>,
     rng: Rng,
     out: Outcome,
 }
@@ -232,6 +259,7 @@ impl Sim {
         order.sort();
         let index = hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
         let n = setup.up.len();
+        let n_chunks = setup.chunks.len();
         let nodes = (0..n).map(|i| Self::node(&setup, i == 0, base)).collect();
         let links = Links::new(setup.up.clone(), setup.down.clone());
         let out = Outcome {
@@ -240,6 +268,12 @@ impl Sim {
             control_msgs: 0,
             control_bytes: 0,
             requests: 0,
+            refused_by_publisher: 0,
+            refused_by_peers: 0,
+            duplicates: 0,
+            all_out: Duration::ZERO,
+            peer_sends: 0,
+            peer_send_secs: 0.0,
             events: 0,
             end: Duration::ZERO,
         };
@@ -261,9 +295,13 @@ impl Sim {
             index,
             served: HashMap::new(),
             present: Vec::new(),
+            first: vec![false; n_chunks],
             out,
         };
         sim.nodes[0].joined = true;
+        if sim.setup.trace_every.is_some() {
+            sim.push_at(0, Ev::Trace);
+        }
         for i in 1..n {
             let join = sim.setup.joins[i - 1];
             sim.push_at(nanos(join), Ev::Join(i as u32));
@@ -282,12 +320,14 @@ impl Sim {
             sched: None,
             done: None,
             holds: vec![publisher; chunks],
-            peers: HashSet::new(),
+            peers: BTreeSet::new(),
             slots: Slots::new(setup.max_peers, SESSION_IDLE),
             pex: PexDials::new(Default::default(), base),
             moved: HashMap::new(),
             timer: None,
-            lanes: HashMap::new(),
+            lanes: BTreeMap::new(),
+            sending: 0,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -321,6 +361,31 @@ impl Sim {
         self.out
     }
 
+    /// One line of the swarm's state: subscribers holding something and done, chunks held,
+    /// uplinks sending, chunks on the wire.
+    fn trace(&mut self) {
+        let subs = &self.nodes[1..];
+        let holding = subs.iter().filter(|n| n.holds.iter().any(|h| *h)).count();
+        let held: usize = subs
+            .iter()
+            .map(|n| n.holds.iter().filter(|h| **h).count())
+            .sum();
+        let done = subs.iter().filter(|n| n.done.is_some()).count();
+        let busy = subs.iter().filter(|n| n.sending > 0).count();
+        let flows: usize = subs.iter().map(|n| n.sending).sum();
+        let chunks = self.setup.chunks.len() * subs.len();
+        eprintln!(
+            "t {:.2} s: holding {holding}, done {done}, chunks held {:.0}%, uplinks busy {busy} \
+             ({flows} sends), publisher sends {}",
+            self.now as f64 / 1e9,
+            100.0 * held as f64 / chunks as f64,
+            self.nodes[0].sending,
+        );
+        if let Some(every) = self.setup.trace_every {
+            self.push_at(self.now + nanos(every), Ev::Trace);
+        }
+    }
+
     fn all_done(&self) -> bool {
         self.nodes[1..]
             .iter()
@@ -348,6 +413,7 @@ impl Sim {
             Ev::Leave(n) => self.leave(n),
             Ev::Timer(n) => self.timer(n),
             Ev::Redial(n) => self.redial(n),
+            Ev::Trace => self.trace(),
             Ev::Request {
                 client,
                 lane,
@@ -374,7 +440,16 @@ impl Sim {
 
     fn join(&mut self, n: u32) {
         let now = self.instant();
-        let config = ScheduleConfig::with_salt(self.rng.next_u64());
+        let mut config = ScheduleConfig::with_salt(self.rng.next_u64());
+        if let Some(every) = self.setup.have_interval {
+            config.have_interval = every;
+        }
+        if let Some(retry) = self.setup.lack_retry {
+            config.picker.lack_retry = retry;
+        }
+        if let Some(after) = self.setup.endgame_after {
+            config.picker.endgame_after = after;
+        }
         let own = OwnAvailability::new(REVISION, self.hashes.iter().copied());
         let sched = Scheduler::new(config, self.hashes.clone(), &HashSet::new(), Some(own), now);
         let node = &mut self.nodes[n as usize];
@@ -647,8 +722,9 @@ impl Sim {
             return;
         }
         if let Some(served) = self.served.remove(&(n, lane)) {
-            if let Some((flow, _, _)) = served.sending {
+            if let Some((flow, ..)) = served.sending {
                 self.links.cancel(flow, self.now);
+                self.slot_freed(served.server);
             }
         }
         self.push_at(self.now, Ev::Closed { client: n, lane });
@@ -705,21 +781,36 @@ impl Sim {
             let Some((chunk, asked)) = served.queue.pop_front() else {
                 return;
             };
+            let slots = self.setup.upload_slots;
+            let held = server == PUBLISHER || self.nodes[server as usize].holds[chunk];
+            if held && slots > 0 && self.nodes[server as usize].sending >= slots {
+                served.queue.push_front((chunk, asked));
+                self.nodes[server as usize]
+                    .waiting
+                    .push_back((client, lane));
+                return;
+            }
             let serve = if server == PUBLISHER {
                 self.seed.should_serve(&client, self.hashes[chunk], now)
             } else {
-                self.nodes[server as usize].holds[chunk]
+                held
             };
             if serve {
+                self.nodes[server as usize].sending += 1;
                 let bytes = self.setup.chunks[chunk];
                 let tag = (client, lane);
                 let flow = self
                     .links
                     .start(server as usize, client as usize, bytes, tag, self.now);
                 if let Some(served) = self.served.get_mut(&(client, lane)) {
-                    served.sending = Some((flow, chunk, asked));
+                    served.sending = Some((flow, chunk, asked, self.now));
                 }
                 return;
+            }
+            if server == PUBLISHER {
+                self.out.refused_by_publisher += 1;
+            } else {
+                self.out.refused_by_peers += 1;
             }
             self.push_after_latency(Ev::Reply {
                 client,
@@ -737,12 +828,15 @@ impl Sim {
             return;
         };
         let server = served.server;
-        let Some((_, chunk, asked)) = served.sending.take() else {
+        let Some((_, chunk, asked, started)) = served.sending.take() else {
             return;
         };
         let bytes = self.setup.chunks[chunk];
         if server == PUBLISHER {
             self.out.publisher_sent += bytes;
+        } else {
+            self.out.peer_sends += 1;
+            self.out.peer_send_secs += (self.now - started) as f64 / 1e9;
         }
         self.count_moved(server, client, bytes);
         self.push_after_latency(Ev::Reply {
@@ -752,7 +846,35 @@ impl Sim {
             served: true,
             asked,
         });
-        self.serve_next(client, lane);
+        if self.setup.upload_slots == 0 {
+            self.nodes[server as usize].sending -= 1;
+            return self.serve_next(client, lane);
+        }
+        self.nodes[server as usize]
+            .waiting
+            .push_back((client, lane));
+        self.slot_freed(server);
+    }
+
+    /// A send of `server`'s ended: the lanes waiting for a slot get their turns, in order.
+    fn slot_freed(&mut self, server: u32) {
+        let node = &mut self.nodes[server as usize];
+        node.sending = node.sending.saturating_sub(1);
+        if self.setup.upload_slots == 0 {
+            return;
+        }
+        while self.nodes[server as usize].sending < self.setup.upload_slots {
+            let Some((client, lane)) = self.nodes[server as usize].waiting.pop_front() else {
+                return;
+            };
+            let idle = self
+                .served
+                .get(&(client, lane))
+                .is_some_and(|l| l.sending.is_none() && !l.queue.is_empty());
+            if idle {
+                self.serve_next(client, lane);
+            }
+        }
     }
 
     fn count_moved(&mut self, a: u32, b: u32, bytes: u64) {
@@ -775,8 +897,11 @@ impl Sim {
         if !node.downloading() || !node.lanes.contains_key(&lane) {
             return;
         }
-        if served {
-            node.holds[chunk] = true;
+        if served && std::mem::replace(&mut node.holds[chunk], true) {
+            self.out.duplicates += 1;
+        } else if served && !self.first[chunk] {
+            self.first[chunk] = true;
+            self.out.all_out = Duration::from_nanos(self.now);
         }
         if let Some(s) = node.sched.as_mut() {
             if served {
