@@ -50,12 +50,20 @@ pub fn apply_revision(
     }
     let mut records = Vec::new();
     let mut parents: HashSet<PathBuf> = HashSet::new();
+    // Directories made sure of in this apply: each is looked at once, not once per file in it.
+    let mut dirs: HashSet<&str> = HashSet::new();
     for entry in new.entries() {
         for a in entry.path.ancestors() {
-            ensure_dir(root, a, &mut aside)?;
+            if dirs.insert(a) {
+                ensure_dir(root, a, &mut aside)?;
+            }
         }
         match &entry.kind {
-            EntryKind::Dir => ensure_dir(root, entry.path.as_str(), &mut aside)?,
+            EntryKind::Dir => {
+                if dirs.insert(entry.path.as_str()) {
+                    ensure_dir(root, entry.path.as_str(), &mut aside)?;
+                }
+            }
             EntryKind::File {
                 mode,
                 hash,

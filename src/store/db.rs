@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::error::StoreError;
 use crate::tree::{ContentHash, FileRecord, RelPath};
@@ -201,12 +201,7 @@ impl Db {
             let mut meta = txn.open_table(META)?;
             meta.insert(KEY_HEAD, head)?;
             meta.remove(KEY_APPLYING)?;
-            let mut files = txn.open_table(FILES)?;
-            files.retain(|_, _| false)?;
-            for (path, rec) in records {
-                let bytes = postcard::to_stdvec(rec).expect("file record encodes");
-                files.insert(path.as_str(), bytes.as_slice())?;
-            }
+            write_file_index(&mut txn.open_table(FILES)?, records)?;
             let mut table = txn.open_table(BLOBS)?;
             table.retain(|_, _| false)?;
             for (hash, bytes) in blobs {
@@ -217,20 +212,44 @@ impl Db {
         Ok(())
     }
 
-    /// Replace the file index only (after a rescan found nothing new to publish).
-    pub fn update_file_index(&self, records: &[(RelPath, FileRecord)]) -> Result<(), StoreError> {
+    /// Replace the file index only (after a rescan found nothing new to publish). Returns how
+    /// many records were written or removed: an unchanged index costs reads and no write at
+    /// all (the transaction is dropped, not committed).
+    pub fn update_file_index(&self, records: &[(RelPath, FileRecord)]) -> Result<u64, StoreError> {
         let txn = self.0.begin_write()?;
-        {
-            let mut files = txn.open_table(FILES)?;
-            files.retain(|_, _| false)?;
-            for (path, rec) in records {
-                let bytes = postcard::to_stdvec(rec).expect("file record encodes");
-                files.insert(path.as_str(), bytes.as_slice())?;
-            }
+        let written = write_file_index(&mut txn.open_table(FILES)?, records)?;
+        if written == 0 {
+            txn.abort()?;
+            return Ok(0);
         }
         txn.commit()?;
-        Ok(())
+        Ok(written)
     }
+}
+
+/// Make the file index hold `records` and nothing else, writing only what differs from what it
+/// holds (a record stored with the same bytes is left alone): a rescan or revision that changed
+/// a few files writes a few records, not the whole tree's. Returns the records written or removed.
+fn write_file_index(
+    files: &mut redb::Table<&str, &[u8]>,
+    records: &[(RelPath, FileRecord)],
+) -> Result<u64, StoreError> {
+    let keep: std::collections::HashSet<&str> = records.iter().map(|(p, _)| p.as_str()).collect();
+    let before = files.len()?;
+    files.retain(|path, _| keep.contains(path))?;
+    let mut written = before - files.len()?;
+    for (path, rec) in records {
+        let bytes = postcard::to_stdvec(rec).expect("file record encodes");
+        if files
+            .get(path.as_str())?
+            .is_some_and(|v| v.value() == bytes.as_slice())
+        {
+            continue;
+        }
+        files.insert(path.as_str(), bytes.as_slice())?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -383,6 +402,50 @@ mod tests {
         );
         assert!(db.file_index().unwrap().is_empty());
         assert!(db.blob(&blob.0).unwrap().is_none());
+    }
+
+    /// The file index is written as a difference: an unchanged index writes nothing, a changed
+    /// one writes the records that changed and removes those gone, and reads back as given.
+    #[test]
+    fn the_file_index_is_written_as_a_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let rec = |n: u8| FileRecord {
+            size: 1,
+            mtime_ns: n as i128,
+            inode: n as u64,
+            executable: false,
+            hash: ContentHash::of(&[n]),
+            chunks: vec![crate::tree::ChunkRef {
+                hash: ContentHash::of(&[n]),
+                len: 1,
+            }],
+            checks: vec![crate::tree::read_check(&[n])],
+            dev: 7,
+        };
+        let path = |s: &str| RelPath::new(s).unwrap();
+        let first: Vec<_> = (0..100u8)
+            .map(|n| (path(&format!("f{n}")), rec(n)))
+            .collect();
+        assert_eq!(db.update_file_index(&first).unwrap(), 100);
+        assert_eq!(
+            db.update_file_index(&first).unwrap(),
+            0,
+            "unchanged: no write"
+        );
+        // One record changed, one gone, one new.
+        let mut second = first.clone();
+        second[3].1.mtime_ns = 1_000;
+        second.remove(50);
+        second.push((path("new"), rec(200)));
+        assert_eq!(db.update_file_index(&second).unwrap(), 3);
+        let want: HashMap<_, _> = second.iter().cloned().collect();
+        assert_eq!(db.file_index().unwrap(), want);
+        // A revision's commit writes its index the same way.
+        db.commit_revision(b"head", &first, &[]).unwrap();
+        let want: HashMap<_, _> = first.iter().cloned().collect();
+        assert_eq!(db.file_index().unwrap(), want);
+        assert_eq!(db.update_file_index(&first).unwrap(), 0);
     }
 
     /// A database of format 1 (file hashes of the bytes) is brought to format 2 when opened:

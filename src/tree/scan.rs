@@ -48,6 +48,14 @@ impl FileRecord {
         self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.inode == meta.ino()
     }
 
+    /// True if `stat` (of a path, not followed) shows a regular file of the same size, mtime
+    /// and inode, so the record stands without opening the file.
+    pub fn unchanged_stat(&self, stat: &rustix::fs::Stat) -> bool {
+        let now = stat_id(stat);
+        FileType::from_raw_mode(stat_mode(stat)) == FileType::RegularFile
+            && (self.size, self.mtime_ns, self.inode) == (now.size, now.mtime_ns, now.ino)
+    }
+
     /// Who the file is on disk: only a file with this identity is read to serve its chunks.
     pub fn id(&self) -> FileId {
         FileId {
@@ -62,6 +70,23 @@ impl FileRecord {
     pub fn has_checks(&self) -> bool {
         self.checks.len() == self.chunks.len()
     }
+}
+
+/// The identity a `stat` shows (its fields' types differ between architectures).
+#[allow(clippy::unnecessary_cast)]
+fn stat_id(stat: &rustix::fs::Stat) -> FileId {
+    FileId {
+        dev: stat.st_dev as u64,
+        ino: stat.st_ino as u64,
+        size: stat.st_size as u64,
+        mtime_ns: stat.st_mtime as i128 * 1_000_000_000 + stat.st_mtime_nsec as i128,
+    }
+}
+
+/// The mode bits a `stat` shows.
+#[allow(clippy::unnecessary_cast)]
+fn stat_mode(stat: &rustix::fs::Stat) -> u32 {
+    stat.st_mode as u32
 }
 
 /// Counters from one scan.
@@ -214,6 +239,9 @@ impl Walk<'_> {
             self.skip(rel, false, "symlink: not published");
             return Ok(());
         }
+        if kind == FileType::RegularFile && self.unchanged_file(dir, name, rel) {
+            return Ok(());
+        }
         let file = match open_entry(dir, name) {
             Ok(f) => f,
             // Swapped for a symlink since it was listed.
@@ -250,6 +278,12 @@ impl Walk<'_> {
             return Ok(());
         }
         let record = self.file(file, &meta, &path)?;
+        self.push_file(path, meta.mode(), record);
+        Ok(())
+    }
+
+    /// Publish the file at `path` with `mode` (as on disk) and its `record`.
+    fn push_file(&mut self, path: RelPath, mode: u32, record: FileRecord) {
         if let Some(p) = self.progress {
             p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -257,13 +291,50 @@ impl Walk<'_> {
             path: path.clone(),
             kind: EntryKind::File {
                 size: record.size,
-                mode: published_mode(meta.mode()),
+                mode: published_mode(mode),
                 hash: record.hash,
                 chunks: record.chunks.clone(),
             },
         });
         self.records.push((path, record));
-        Ok(())
+    }
+
+    /// The cheap way for a file the listing says is regular: one `stat` of the name (not
+    /// followed), and if the index has a record (with read checks) of this very file,
+    /// unchanged, that record is published without the file being opened. True if the entry
+    /// is done (published, or ignored); false sends it the long way (open, fstat, hash if
+    /// needed), which also handles whatever the stat could not settle (gone, a link now, a
+    /// name that is not a publishable path).
+    fn unchanged_file(&mut self, dir: &File, name: &OsStr, rel: &Path) -> bool {
+        let Ok(stat) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        if FileType::from_raw_mode(stat_mode(&stat)) != FileType::RegularFile {
+            return false;
+        }
+        if self.ignore.is_ignored(rel, false) {
+            return true;
+        }
+        let Ok(path) = RelPath::from_path(rel) else {
+            return false;
+        };
+        let Some(known) = self.known.get(&path) else {
+            return false;
+        };
+        if !known.unchanged_stat(&stat) || !known.has_checks() {
+            return false;
+        }
+        let id = stat_id(&stat);
+        let mode = stat_mode(&stat);
+        let record = FileRecord {
+            executable: mode & 0o111 != 0,
+            dev: id.dev,
+            ..known.clone()
+        };
+        self.stats.files += 1;
+        self.stats.bytes += record.size;
+        self.push_file(path, mode, record);
+        true
     }
 
     fn io(&self, rel: &Path, source: std::io::Error) -> TreeError {
@@ -470,6 +541,65 @@ mod tests {
             .unwrap();
         assert!(walk.records.is_empty() && walk.entries.is_empty());
         assert_eq!(walk.stats.skipped, 1);
+    }
+
+    /// An unchanged file is published from its record after one `stat` of its name, which
+    /// follows no link: a file swapped for a link to a file the index describes exactly
+    /// (size, mtime, inode of the link's target) is still skipped, never published or read.
+    /// A record the stat does not match is hashed again; the counters are a full scan's.
+    #[test]
+    fn the_stat_of_an_unchanged_file_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::fs::write(root.join("f"), b"mine").unwrap();
+        std::fs::write(root.join("g"), b"other").unwrap();
+        let first = scan(root, &HashMap::new(), &IgnoreRules::none()).unwrap();
+        let again = scan(
+            root,
+            &first.records.iter().cloned().collect(),
+            &IgnoreRules::none(),
+        )
+        .unwrap();
+        assert_eq!(again.manifest, first.manifest);
+        assert_eq!((again.stats.files, again.stats.bytes), (2, 9));
+        assert_eq!(again.stats.files_hashed, 0);
+
+        // The index describes the link's target as "f"; "g" was touched.
+        let target = std::fs::metadata(outside.path().join("secret")).unwrap();
+        let mut known: HashMap<_, _> = first.records.iter().cloned().collect();
+        let f = RelPath::new("f").unwrap();
+        let rec = known.get_mut(&f).unwrap();
+        (rec.size, rec.mtime_ns, rec.inode) = (target.len(), mtime_ns(&target), target.ino());
+        known.get_mut(&RelPath::new("g").unwrap()).unwrap().mtime_ns += 1;
+        std::fs::remove_file(root.join("f")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("f")).unwrap();
+        let mut walk = Walk {
+            known: &known,
+            ignore: &IgnoreRules::none(),
+            progress: None,
+            root,
+            stats: ScanStats::default(),
+            entries: Vec::new(),
+            records: Vec::new(),
+        };
+        let root_dir = File::open(root).unwrap();
+        for name in ["f", "g"] {
+            // Listed as regular files, as before the swap.
+            let mut rel = PathBuf::from(name);
+            walk.entry(
+                &root_dir,
+                OsStr::new(name),
+                FileType::RegularFile,
+                &mut rel,
+                1,
+            )
+            .unwrap();
+        }
+        let paths: Vec<_> = walk.records.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["g"]);
+        assert_eq!((walk.stats.skipped, walk.stats.files_hashed), (1, 1));
     }
 
     /// Entries of a listing that vanish before they are opened, or a directory removed once
