@@ -6,20 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use common::*;
-
-/// A `treecast` process, killed and reaped when dropped: a command that should have failed at
-/// once but serves instead does not outlive its test.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// How a run of `treecast` ended.
 struct Outcome {
@@ -34,27 +23,15 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_treecast"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_treecast"));
+    cmd.args(args)
         .env_remove("TREECAST_ADOPT")
         .env("XDG_CONFIG_HOME", log.path().with_extension("no-config"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .expect("start treecast");
-    let mut running = Running(child);
-    let status: ExitStatus = eventually_ok(WAIT, "treecast to exit", || {
-        let polled = running.0.try_wait();
-        async move {
-            match polled {
-                Ok(Some(status)) => Ok(status),
-                Ok(None) => Err("still running".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await;
+        .stderr(log.reopen().unwrap());
+    let mut running = Spawned::new(&mut cmd);
+    let status: ExitStatus = running.exited().await;
     Outcome {
         code: status.code(),
         stderr: std::fs::read_to_string(log.path()).unwrap(),

@@ -4,20 +4,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-/// A `treecast` process, killed and reaped when dropped, so that a node that should have
-/// failed at once but serves instead does not outlive its test.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn an_unknown_congestion_controller_is_an_error_at_start() {
@@ -26,29 +15,17 @@ async fn an_unknown_congestion_controller_is_an_error_at_start() {
     std::fs::create_dir(&tree).unwrap();
     std::fs::write(tree.join("a.txt"), b"hello").unwrap();
     let log = dir.path().join("stderr");
-    let child = Command::new(env!("CARGO_BIN_EXE_treecast"))
-        .arg("publish")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_treecast"));
+    cmd.arg("publish")
         .arg(&tree)
         .args(["--listen", "127.0.0.1:0", "--no-mdns"])
         .env("TREECAST_QUIC_CC", "reno")
         .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start treecast");
-    let mut running = Running(child);
-    let status = eventually_ok(WAIT, "treecast to exit", || {
-        let polled = running.0.try_wait();
-        async move {
-            match polled {
-                Ok(Some(status)) => Ok(status),
-                Ok(None) => Err("still running".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await;
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut running = Spawned::new(&mut cmd);
+    let status = running.exited().await;
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "exited with success; stderr: {stderr}");
     assert!(

@@ -311,6 +311,21 @@ impl Spawned {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// Wait until it exits by itself (at most `WAIT`; a failed wait fails the test).
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        eventually_ok(WAIT, "treecast to exit", || {
+            let polled = self.0.try_wait();
+            async move {
+                match polled {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => Err("still running".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for Spawned {
