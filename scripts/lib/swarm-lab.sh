@@ -19,6 +19,35 @@ export NETLAB_PREFIX=${NETLAB_PREFIX:-tc$$-}
 # cases of lab-tests turn it on for theirs, pointed at the lab's own nodes).
 export TREECAST_NO_PUBLIC_DHT=${TREECAST_NO_PUBLIC_DHT-1}
 
+# The kernel keeps one ARP table for all network namespaces, and its default limits
+# (net.ipv4.neigh.default.gc_thresh1/2/3 = 128/512/1024 entries) are below what a big lab needs:
+# 41 hosts that each resolve the others make ~1,700 entries. Over the hard limit the kernel logs
+# "neighbor table overflow" and creates no entry: a host that comes late resolves nobody, every
+# datagram it sends is dropped (UdpSndbufErrors), its dials time out and it never joins (the CI
+# failure of swarm_40_subscribers_64mib). Raise the limits for the run; lab_neigh_restore puts
+# them back.
+NEIGH_SAVED=""
+lab_neigh_grow() {
+  local i want=(4096 8192 16384) f cur
+  [ -z "$NEIGH_SAVED" ] || return 0
+  for i in 1 2 3; do
+    f=/proc/sys/net/ipv4/neigh/default/gc_thresh$i
+    [ -w "$f" ] || return 0
+    cur=$(cat "$f")
+    NEIGH_SAVED="$NEIGH_SAVED $cur"
+    [ "$cur" -ge "${want[$((i - 1))]}" ] || echo "${want[$((i - 1))]}" > "$f"
+  done
+}
+lab_neigh_restore() {
+  local i=1 v
+  for v in $NEIGH_SAVED; do
+    echo "$v" > /proc/sys/net/ipv4/neigh/default/gc_thresh$i 2>/dev/null || true
+    i=$((i + 1))
+  done
+  NEIGH_SAVED=""
+}
+lab_neigh_grow
+
 lab_cleanup() {
   "$NETLAB" down >/dev/null 2>&1 || true
   if [ -n "${LAB_WORK:-}" ] && [ "${KEEP:-0}" = 1 ]; then
@@ -85,15 +114,32 @@ swarm_case() {
   done
   PUB_TX=$(( $(tx_bytes pub1) - tx0 ))
   kill "$sampler" 2>/dev/null || true
+  # Before stopping anyone: a daemon that exited on its own is a defect even if it had applied
+  # the revision, and a subscriber still short of it shows what it is waiting for.
+  local failed=0 k=0
+  for i in $(seq 2 $((n + 1))); do
+    if ! kill -0 "${pids[$k]}" 2>/dev/null; then
+      echo "subscriber on pub$i exited before it was stopped:"; tail -5 "$LAB_WORK/sub$i.log"
+      failed=1
+    elif [ ! -f "$LAB_WORK/done$i" ]; then
+      echo "subscriber on pub$i did not complete; its status:"
+      timeout 10 "$BIN" status "$LAB_WORK/sub$i" 2>&1 | sed 's/^/    /'
+      echo "  its warnings:"; grep -E " (WARN|ERROR) " "$LAB_WORK/sub$i.log" | tail -15
+    fi
+    k=$((k + 1))
+  done
+  if [ "${left:-0}" -gt 0 ]; then
+    echo "publisher's status:"; timeout 10 "$BIN" status "$LAB_WORK/pub" 2>&1 | sed 's/^/    /'
+  fi
   # Stop the subscribers the way a user does (SIGTERM: a clean shutdown), then check.
   kill -TERM "${pids[@]}" 2>/dev/null || true
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  local failed=0
   SLOWEST_S=0
   TIMES_S=""
   for i in $(seq 2 $((n + 1))); do
     if [ ! -f "$LAB_WORK/done$i" ]; then
-      echo "subscriber on pub$i did not complete:"; tail -5 "$LAB_WORK/sub$i.log"; failed=1; continue
+      echo "subscriber on pub$i did not complete; the end of its log:"
+      tail -30 "$LAB_WORK/sub$i.log" | cut -c1-400; failed=1; continue
     fi
     local t
     t=$(echo "$(cat "$LAB_WORK/done$i") - $start" | bc -l)
@@ -104,6 +150,7 @@ swarm_case() {
       || { echo "sub$i differs from the publisher"; failed=1; }
   done
   TIMES_S=$(echo "$TIMES_S" | tr ' ' '\n' | sed '/^$/d' | sort -n | tr '\n' ' ')
+  [ "$failed" = 0 ] || echo "  completion times of the others (s): $TIMES_S"
   return $failed
 }
 
