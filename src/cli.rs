@@ -840,7 +840,7 @@ async fn status(dir: &std::path::Path, json: bool, watch: bool) -> Result<ExitCo
         })
     };
     if !watch {
-        println!("{}", once().await?.trim_end());
+        print_out(once().await?.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
     let clear = !json && std::io::stdout().is_terminal();
@@ -857,14 +857,24 @@ async fn status(dir: &std::path::Path, json: bool, watch: bool) -> Result<ExitCo
             Err(e) if json => return Err(e),
             Err(e) => format!("{e:#}\n(retrying every second; Ctrl-C to stop)"),
         };
-        if clear {
-            // Home the cursor and clear the screen, then draw.
-            println!("\x1b[H\x1b[2J{}", text.trim_end());
-        } else {
-            println!("{}", text.trim_end());
+        // Home the cursor and clear the screen, then draw.
+        let home = if clear { "\x1b[H\x1b[2J" } else { "" };
+        if !print_out(&format!("{home}{}", text.trim_end()))? {
+            return Ok(ExitCode::SUCCESS);
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Print `text` and a newline on stdout, flushed. Returns false if the reader went away
+/// (`treecast status | head -3`): that ends the output quietly, as it does for other
+/// command-line tools, where `println!` would panic.
+fn print_out(text: &str) -> std::io::Result<bool> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -126,6 +126,20 @@ async fn status_json_shows_sync_peers_and_rollout_during_and_after_a_transfer() 
     let text = after.render();
     assert!(text.contains("in sync") && text.contains(&after.publisher_fingerprint));
 
+    // A reader that went away first (`treecast status | head -3`): the output ends quietly,
+    // with no panic, as with other command-line tools.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .arg("status")
+        .arg(lab.tmp.path().join("s1"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status into a closed pipe: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     for s in subs {
         s.shutdown().await;
     }

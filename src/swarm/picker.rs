@@ -47,13 +47,31 @@ pub struct PickerConfig {
     pub local_salt: u64,
 }
 
+/// The hasher of the picker's maps. Every pick looks chunks and peers up, many times a second
+/// per peer; with std's SipHash that was most of a node's CPU in a 40-subscriber swarm.
+/// foldhash is several times faster and, like std's, seeded per process.
+type Fast = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Fast>;
+/// A set of chunk hashes, hashed with the picker's fast hasher.
+pub type ChunkHashes = HashSet<ContentHash, Fast>;
+
 /// What a peer can serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {
     /// Every chunk of the target revision.
     All,
     /// These chunks.
-    Some(HashSet<ContentHash>),
+    Some(ChunkHashes),
+}
+
+impl Availability {
+    /// True if the peer can serve `hash`.
+    pub fn contains(&self, hash: &ContentHash) -> bool {
+        match self {
+            Availability::All => true,
+            Availability::Some(set) => set.contains(hash),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -73,22 +91,23 @@ type Rank = (i64, u64, ContentHash);
 #[derive(Debug)]
 pub struct Picker<P> {
     config: PickerConfig,
-    missing: HashSet<ContentHash>,
+    missing: ChunkHashes,
     /// `missing` in pick order.
     queue: BTreeSet<Rank>,
-    requested: HashMap<ContentHash, (P, Instant)>,
+    requested: Map<ContentHash, (P, Instant)>,
     /// `requested` in pick order (to tell whether any chunk in flight has no holder).
     requested_queue: BTreeSet<Rank>,
-    second: HashMap<ContentHash, (P, Instant)>,
-    verified: HashSet<ContentHash>,
-    peers: HashMap<P, PeerState>,
-    lacks: HashMap<(P, ContentHash), Instant>,
+    second: Map<ContentHash, (P, Instant)>,
+    verified: ChunkHashes,
+    peers: Map<P, PeerState>,
+    /// Per peer, the chunks it said it lacks, and when.
+    lacks: Map<P, Map<ContentHash, Instant>>,
     /// Per chunk, how many peers (not last-resort) list it; peers with `All` count in
     /// `all_holders` instead.
-    holder_counts: HashMap<ContentHash, usize>,
+    holder_counts: Map<ContentHash, usize>,
     all_holders: usize,
     /// Per chunk, how many counted holders said they lack it after all.
-    lack_counts: HashMap<ContentHash, usize>,
+    lack_counts: Map<ContentHash, usize>,
 }
 
 impl<P: Clone + Eq + Hash> Picker<P> {
@@ -98,8 +117,8 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         wanted: impl IntoIterator<Item = ContentHash>,
         present: &HashSet<ContentHash>,
     ) -> Self {
-        let mut missing = HashSet::new();
-        let mut verified = HashSet::new();
+        let mut missing = ChunkHashes::default();
+        let mut verified = ChunkHashes::default();
         for h in wanted {
             if present.contains(&h) {
                 verified.insert(h);
@@ -115,15 +134,15 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             config,
             missing,
             queue,
-            requested: HashMap::new(),
+            requested: Map::default(),
             requested_queue: BTreeSet::new(),
-            second: HashMap::new(),
+            second: Map::default(),
             verified,
-            peers: HashMap::new(),
-            lacks: HashMap::new(),
-            holder_counts: HashMap::new(),
+            peers: Map::default(),
+            lacks: Map::default(),
+            holder_counts: Map::default(),
             all_holders: 0,
-            lack_counts: HashMap::new(),
+            lack_counts: Map::default(),
         }
     }
 
@@ -189,11 +208,12 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     }
 
     fn has(&self, peer: &P, hash: &ContentHash) -> bool {
-        match self.peers.get(peer).map(|s| &s.have) {
-            Some(Availability::All) => true,
-            Some(Availability::Some(set)) => set.contains(hash),
-            None => false,
-        }
+        self.peers.get(peer).is_some_and(|s| s.have.contains(hash))
+    }
+
+    /// True if `peer` said it lacks `hash` (less than `lack_retry` ago).
+    fn lacks(&self, peer: &P, hash: &ContentHash) -> bool {
+        self.lacks.get(peer).is_some_and(|l| l.contains_key(hash))
     }
 
     fn rank(&self, hash: &ContentHash) -> Rank {
@@ -253,14 +273,16 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         if state.in_flight >= state.limit {
             return None;
         }
-        // The rarest chunks come first: a seed's are at the front.
+        // The rarest chunks come first: a seed's are at the front. The peer's entries are
+        // looked up once, not per chunk: this scan is the node's hottest loop.
         let seed = state.last_resort;
+        let lacked = self.lacks.get(peer).filter(|l| !l.is_empty());
         let hash = self
             .queue
             .iter()
             .take_while(|r| !seed || self.unheld(r))
             .map(|r| r.2)
-            .find(|h| self.has(peer, h) && !self.lacks.contains_key(&(peer.clone(), *h)));
+            .find(|h| state.have.contains(h) && !lacked.is_some_and(|l| l.contains_key(h)));
         let Some(hash) = hash else {
             return self.endgame_for(peer, now);
         };
@@ -288,7 +310,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                     && now.saturating_duration_since(*since) >= after
                     && !self.second.contains_key(*h)
                     && self.has(peer, h)
-                    && !self.lacks.contains_key(&(peer.clone(), **h))
+                    && !self.lacks(peer, h)
                     && (!seed || self.unheld(&self.rank(h)))
             })
             .min_by_key(|(h, (_, since))| (*since, mix(h, self.config.local_salt), **h))
@@ -321,7 +343,13 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     /// stop counting it as a holder until `lack_retry` has passed.
     pub fn on_not_found(&mut self, peer: &P, hash: ContentHash, now: Instant) {
         let counted = self.peers.get(peer).is_some_and(|s| !s.last_resort) && self.has(peer, &hash);
-        if self.lacks.insert((peer.clone(), hash), now).is_none() && counted {
+        let fresh = self
+            .lacks
+            .entry(peer.clone())
+            .or_default()
+            .insert(hash, now)
+            .is_none();
+        if fresh && counted {
             self.rekey(&hash, |p| *p.lack_counts.entry(hash).or_default() += 1);
         }
         self.take_back(peer, hash);
@@ -332,11 +360,19 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         let expired: Vec<(P, ContentHash)> = self
             .lacks
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) >= retry)
-            .map(|(k, _)| k.clone())
+            .flat_map(|(p, l)| {
+                l.iter()
+                    .filter(|(_, at)| now.saturating_duration_since(**at) >= retry)
+                    .map(move |(h, _)| (p.clone(), *h))
+            })
             .collect();
         for key in expired {
-            self.lacks.remove(&key);
+            if let Some(l) = self.lacks.get_mut(&key.0) {
+                l.remove(&key.1);
+                if l.is_empty() {
+                    self.lacks.remove(&key.0);
+                }
+            }
             let counted = self.peers.get(&key.0).is_some_and(|s| !s.last_resort);
             if counted {
                 self.rekey(&key.1, |p| {
@@ -367,10 +403,9 @@ impl<P: Clone + Eq + Hash> Picker<P> {
         }
         let lacked: Vec<ContentHash> = self
             .lacks
-            .keys()
-            .filter(|(p, _)| p == peer)
-            .map(|(_, h)| *h)
-            .collect();
+            .remove(peer)
+            .map(|l| l.into_keys().collect())
+            .unwrap_or_default();
         if let Some(state) = self.peers.remove(peer) {
             self.count(&state.have, state.last_resort, false);
             if !state.last_resort {
@@ -383,7 +418,6 @@ impl<P: Clone + Eq + Hash> Picker<P> {
                 }
             }
         }
-        self.lacks.retain(|(p, _), _| p != peer);
     }
 
     /// Take back requests older than the stall timeout (returned with their peer), and let
@@ -595,7 +629,7 @@ mod tests {
                     let eligible: Vec<Rank> = p
                         .missing
                         .iter()
-                        .filter(|x| p.has(&peer, x) && !p.lacks.contains_key(&(peer, **x)))
+                        .filter(|x| p.has(&peer, x) && !p.lacks(&peer, x))
                         .map(|x| p.rank(x))
                         .collect();
                     let mut best = eligible.iter().min().copied();

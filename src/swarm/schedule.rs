@@ -32,9 +32,9 @@
 //!   full map gets it at the next announcement.
 //! - Requests are offered to the peers whose options changed since the last offer (a `Have`
 //!   to its sender, a reply to the peers whose request ended, a new lane or a raised limit to
-//!   its peer), and to every peer when a chunk goes back to missing, at the stall check and
-//!   throughout the end game; peers are offered in an order fixed by their hash and this
-//!   node's salt, the same in every process.
+//!   its peer), and to every peer when a chunk goes back to missing, at the stall check and,
+//!   in the end game, at every timeout; peers are offered in an order fixed by their hash
+//!   and this node's salt, the same in every process.
 //! - A peer's `Have`s add to what the picker knows it holds, one chunk at a time. A peer that
 //!   joins without the revision is asked for its full map; one whose `Have`s do not follow on
 //!   (see [`PeerView`]) is asked again, at most every `sync_retry`. A `Have` naming a chunk the
@@ -242,8 +242,11 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
-        // In the end game any moment may make a request old enough for a second peer.
-        let all = std::mem::take(&mut self.assign_due) || self.picker.in_endgame();
+        // In the end game, time passing makes requests old enough for a second peer:
+        // `handle_timeout` (every `rate_interval`) sets `assign_due` then. Offering every peer
+        // a pick at every poll instead (each event: a `Have`, a chunk) cost O(peers x chunks
+        // in flight) per event; in a 40-subscriber lab that starved whole nodes of CPU.
+        let all = std::mem::take(&mut self.assign_due);
         if !all && self.assign_peers.is_empty() {
             return None;
         }
@@ -317,7 +320,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let have = if holds_all {
             Availability::All
         } else {
-            Availability::Some(HashSet::new())
+            Availability::Some(Default::default())
         };
         self.add_peer(peer.clone(), have, info.last_resort);
         if let Some(revision) = ask {
@@ -803,6 +806,26 @@ mod tests {
         let (a, b) = (run(), run());
         assert_eq!(requests(&a.0).len(), 32, "8 peers, 4 each");
         assert_eq!(a, b);
+    }
+
+    /// In the end game, a request outstanding for `endgame_after` goes to a second peer at the
+    /// next timeout, not at whatever poll comes first: polls follow events (each `Have`, each
+    /// chunk), and offering every peer a pick at each one starved nodes of CPU.
+    #[test]
+    fn end_game_second_requests_go_out_at_the_timer_not_at_every_poll() {
+        let t0 = Instant::now();
+        let mut s = scheduler(1, t0);
+        s.handle_peer_up(1, &complete());
+        s.handle_peer_up(2, &complete());
+        let first = requests(&drain(&mut s, t0));
+        assert_eq!(first.len(), 1, "one chunk, one request");
+        let later = secs(t0, 1.5);
+        assert!(requests(&drain(&mut s, later)).is_empty(), "no timer yet");
+        s.handle_timeout(later);
+        let second = requests(&drain(&mut s, later));
+        assert_eq!(second.len(), 1, "the end game's second request");
+        assert_eq!(hashes(&second), hashes(&first));
+        assert_ne!(second[0].0, first[0].0, "on the other peer's lane");
     }
 
     /// A `Have` offers requests to its sender; a chunk refused goes to another holder at once.
