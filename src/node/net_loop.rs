@@ -252,7 +252,6 @@ pub(crate) async fn start(
             DiscoveryConfig {
                 local: peer_id,
                 bootstrap: config.bootstrap.clone(),
-                max_peers: config.max_peers.clamp(1, MAX_PEERS),
                 swarm_key: !swarm_id.is_nil(),
                 head_key: publisher.is_some(),
                 timings: Default::default(),
@@ -869,9 +868,10 @@ impl NetLoop {
         true
     }
 
-    /// Peers `source` told us of in peer exchange: remember them and, while below `max_peers`,
-    /// hand them to the dial policy (`swarm::dials`: budgets per source and in total, a few
-    /// dials in flight, a few addresses each); then start the dials it allows.
+    /// Peers `source` told us of in peer exchange: remember them and, while we have room to
+    /// dial (`SessionTable::dial_room`), hand them to the dial policy (`swarm::dials`: budgets
+    /// per source and in total, a few dials in flight, a few addresses each); then start the
+    /// dials it allows.
     fn learn_peers(&mut self, source: PeerId, list: Vec<PeerInfo>) {
         let me = *self.swarm.local_peer_id();
         let now = Instant::now();
@@ -888,7 +888,7 @@ impl NetLoop {
                 continue;
             }
             rec.addrs = addrs.clone();
-            if self.sessions.len() >= self.max_peers {
+            if self.sessions.dial_room() == 0 {
                 continue;
             }
             if self.swarm.is_connected(&peer) {
@@ -915,7 +915,7 @@ impl NetLoop {
     /// be reachable only there).
     fn dial_learned(&mut self) {
         let now = Instant::now();
-        let room = self.max_peers.saturating_sub(self.sessions.len());
+        let room = self.sessions.dial_room();
         while let Some(Dial { peer, mut addrs }) = self.pex.poll_dial(room, now) {
             if !self.may_try(peer) {
                 self.pex.handle_dial_failed(&peer);
@@ -1078,9 +1078,8 @@ impl NetLoop {
                 ..
             } => {
                 for peer in providers {
-                    let seen = self.seen(&peer);
-                    let sessions = self.sessions.len();
-                    if let Some(dial) = self.discovery.handle_provider(peer, seen, sessions) {
+                    let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+                    if let Some(dial) = self.discovery.handle_provider(peer, seen, room) {
                         self.discover(dial);
                     }
                 }
@@ -1194,8 +1193,8 @@ impl NetLoop {
                 let me = *self.swarm.local_peer_id();
                 for peer in providers.into_iter().filter(|p| *p != me) {
                     Stats::add(&self.stats.public_dht_providers_found, 1);
-                    let (seen, sessions) = (self.seen(&peer), self.sessions.len());
-                    if let Some(dial) = self.discovery.handle_provider(peer, seen, sessions) {
+                    let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+                    if let Some(dial) = self.discovery.handle_provider(peer, seen, room) {
                         info!(%peer, "found a swarm peer in the public DHT");
                         self.discover(dial);
                     }
@@ -1277,8 +1276,8 @@ impl NetLoop {
                 .behaviour_mut()
                 .kad
                 .add_address(&peer, addr.clone());
-            let (seen, sessions) = (self.seen(&peer), self.sessions.len());
-            if let Some(dial) = self.discovery.handle_neighbour(peer, addr, seen, sessions) {
+            let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+            if let Some(dial) = self.discovery.handle_neighbour(peer, addr, seen, room) {
                 self.discover(dial);
             }
         }
@@ -1552,7 +1551,12 @@ impl NetLoop {
                         self.reserve(reserves);
                     }
                 }
-                if endpoint.is_dialer() && !self.sessions.contains_key(&peer_id) {
+                // A connection we dialled carries a session of ours while we have room to
+                // dial (the DHT's own dials included); peers with room open theirs.
+                if endpoint.is_dialer()
+                    && !self.sessions.contains_key(&peer_id)
+                    && self.sessions.dial_room() > 0
+                {
                     self.open_control(peer_id);
                 }
                 self.note_link(peer_id);

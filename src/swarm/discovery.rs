@@ -24,7 +24,7 @@
 //!   dialled again, `redial_min` after the start and then with the wait doubling up to
 //!   `redial_max`; a connected peer resets the wait to `redial_min`.
 //! - Found peers: a provider or a LAN (mDNS) peer is dialled unless it is this node, connected
-//!   already, banned, or all `max_peers` sessions are open.
+//!   already, banned, or the node has no room to dial (see `sessions::dial_target`).
 //! - Head lookups: each keeps the newest head (highest revision) it has found. One the node runs
 //!   on its own (no asker) hands each newer head found at a peer to the engine as it arrives;
 //!   one someone asked for answers them once, when it ends, with the best head.
@@ -77,8 +77,6 @@ pub struct DiscoveryConfig<P, A> {
     pub local: P,
     /// Dialled again while no peer is connected.
     pub bootstrap: Vec<A>,
-    /// Sessions wanted: no found peer is dialled while this many are open.
-    pub max_peers: usize,
     /// The node belongs to a swarm, whose key it looks up and provides (false on a DHT-only
     /// node).
     pub swarm_key: bool,
@@ -190,9 +188,9 @@ impl<P: Clone + Eq, A: Clone> Discovery<P, A> {
         &self,
         peer: P,
         seen: Seen,
-        sessions: usize,
+        dial_room: usize,
     ) -> Option<DiscoveryAction<P, A>> {
-        self.worth_dialing(&peer, seen, sessions)
+        self.worth_dialing(&peer, seen, dial_room)
             .then_some(DiscoveryAction::DialProvider(peer))
     }
 
@@ -202,17 +200,14 @@ impl<P: Clone + Eq, A: Clone> Discovery<P, A> {
         peer: P,
         addr: A,
         seen: Seen,
-        sessions: usize,
+        dial_room: usize,
     ) -> Option<DiscoveryAction<P, A>> {
-        self.worth_dialing(&peer, seen, sessions)
+        self.worth_dialing(&peer, seen, dial_room)
             .then_some(DiscoveryAction::DialNeighbour(peer, addr))
     }
 
-    fn worth_dialing(&self, peer: &P, seen: Seen, sessions: usize) -> bool {
-        *peer != self.config.local
-            && !seen.connected
-            && !seen.banned
-            && sessions < self.config.max_peers
+    fn worth_dialing(&self, peer: &P, seen: Seen, dial_room: usize) -> bool {
+        *peer != self.config.local && !seen.connected && !seen.banned && dial_room > 0
     }
 
     fn look(&mut self, now: Instant, view: View, actions: &mut Vec<DiscoveryAction<P, A>>) {
@@ -371,7 +366,6 @@ mod tests {
         DiscoveryConfig {
             local: ME,
             bootstrap,
-            max_peers: 2,
             swarm_key: true,
             head_key: true,
             timings: Timings::default(),
@@ -586,19 +580,19 @@ mod tests {
         let t0 = Instant::now();
         let d = Discovery::new(config(vec![]), t0);
         let fresh = Seen::default();
-        assert_eq!(d.handle_provider(7, fresh, 0), Some(Do::DialProvider(7)));
-        assert_eq!(d.handle_provider(ME, fresh, 0), None);
+        assert_eq!(d.handle_provider(7, fresh, 1), Some(Do::DialProvider(7)));
+        assert_eq!(d.handle_provider(ME, fresh, 1), None);
         let connected = Seen {
             connected: true,
             ..fresh
         };
-        assert_eq!(d.handle_provider(7, connected, 0), None);
+        assert_eq!(d.handle_provider(7, connected, 1), None);
         let banned = Seen {
             banned: true,
             ..fresh
         };
-        assert_eq!(d.handle_neighbour(7, "lan", banned, 0), None);
-        assert_eq!(d.handle_neighbour(7, "lan", fresh, 2), None, "max_peers");
+        assert_eq!(d.handle_neighbour(7, "lan", banned, 1), None);
+        assert_eq!(d.handle_neighbour(7, "lan", fresh, 0), None, "no dial room");
         assert_eq!(
             d.handle_neighbour(7, "lan", fresh, 1),
             Some(Do::DialNeighbour(7, "lan"))

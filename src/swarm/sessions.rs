@@ -14,6 +14,15 @@
 //! evicts it, or when its peer is banned; if the engine was told it is up, the caller tells
 //! the engine `Down` right then, and the session's own late `Up` or `Down` are dropped.
 //!
+//! Sessions the node opens itself are capped lower than the slots ([`dial_target`]): a node
+//! dials until it has opened that many and takes the rest from peers that dial it. When every
+//! node dialled until its slots were full, a swarm bigger than the slots filled every slot
+//! everywhere, and the nodes that came last were refused by all (in a 40-subscriber lab, a
+//! few subscribers had 2-5 peers and thousands of refused dials went round). With each node
+//! opening `3/8` of its slots, the sessions of a swarm average `3/4` of them and most nodes
+//! have room for a newcomer. Bitcoin's outbound/inbound split and BitTorrent's half-open
+//! limits answer the same problem.
+//!
 //! Sans-IO: the caller reports streams, sessions' events and ends (with `now` for the slots)
 //! and carries out what it is told. `H` is the caller's handle on a session (its outbox and
 //! cancel token), kept here so that handles and sessions cannot disagree; the table never
@@ -60,10 +69,17 @@ struct Live<P, H> {
     handle: H,
 }
 
+/// How many sessions a node with `max` slots opens itself (see the module's doc): all of them
+/// up to 8, else `3/8` of them (12 of the default 32).
+pub fn dial_target(max: usize) -> usize {
+    max.min(8).max(max * 3 / 8)
+}
+
 /// The live session of each peer, its slot, and which `Up`s the engine heard.
 #[derive(Debug)]
 pub struct SessionTable<P, H> {
     local: P,
+    max: usize,
     slots: Slots<P>,
     live: HashMap<P, Live<P, H>>,
     /// The session of a peer the engine was told is up, until it is told `Down`.
@@ -76,6 +92,7 @@ impl<P: Clone + Eq + Hash + Ord, H> SessionTable<P, H> {
     pub fn new(local: P, max: usize, idle: Duration) -> Self {
         SessionTable {
             local,
+            max,
             slots: Slots::new(max, idle),
             live: HashMap::new(),
             told_up: HashMap::new(),
@@ -179,6 +196,18 @@ impl<P: Clone + Eq + Hash + Ord, H> SessionTable<P, H> {
         self.live.len()
     }
 
+    /// How many more sessions the node may open itself: up to [`dial_target`] opened by us,
+    /// and never past its slots.
+    pub fn dial_room(&self) -> usize {
+        let ours = self
+            .live
+            .values()
+            .filter(|l| l.opener == self.local)
+            .count();
+        let target = dial_target(self.max).saturating_sub(ours);
+        target.min(self.max.saturating_sub(self.live.len()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
@@ -249,6 +278,45 @@ mod tests {
             Open::Start { id, .. } => id,
             other => panic!("not started: {other:?}"),
         }
+    }
+
+    /// A node dials until it has opened its dial target, and takes more from peers that dial
+    /// it, up to its slots.
+    #[test]
+    fn a_node_opens_its_dial_target_and_accepts_the_rest() {
+        assert_eq!(dial_target(32), 12);
+        assert_eq!(dial_target(64), 24);
+        assert_eq!(dial_target(6), 6, "small limits are all dialled");
+        let t0 = Instant::now();
+        let mut t: SessionTable<u32, &str> = SessionTable::new(US, 32, IDLE);
+        for peer in 100..111 {
+            assert!(matches!(
+                t.open(peer, US, "ours", 0, t0),
+                Open::Start { .. }
+            ));
+        }
+        assert_eq!(t.dial_room(), 1, "11 of 12 opened by us");
+        for peer in 200..215 {
+            start(&mut t, peer, t0);
+        }
+        assert_eq!(
+            t.dial_room(),
+            1,
+            "sessions peers opened leave the dial room alone"
+        );
+        assert!(matches!(t.open(111, US, "ours", 0, t0), Open::Start { .. }));
+        assert_eq!(t.dial_room(), 0, "the target is reached");
+        for peer in 300..305 {
+            start(&mut t, peer, t0);
+        }
+        assert_eq!(t.len(), 32);
+        t.remove(&200);
+        assert_eq!(t.dial_room(), 0, "a free slot, but the target is reached");
+        t.remove(&100);
+        assert_eq!(t.dial_room(), 1, "one of ours gone");
+        start(&mut t, 400, t0);
+        start(&mut t, 401, t0);
+        assert_eq!(t.dial_room(), 0, "every slot taken");
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use treecast::config::SESSION_IDLE;
 use treecast::swarm::{
-    Action, Admission, Dial, FeedPeer, LaneId, OwnAvailability, PexDials, ScheduleConfig,
-    Scheduler, SeedPolicy, Slots,
+    dial_target, Action, Admission, Dial, FeedPeer, LaneId, OwnAvailability, PexDials,
+    ScheduleConfig, Scheduler, SeedPolicy, Slots,
 };
 use treecast::tree::ContentHash;
 use treecast::wire::{encode, ControlMsg, Have};
@@ -182,6 +182,8 @@ struct Node {
     holds: Vec<bool>,
     /// Session peers, ordered so that a run is repeatable (messages to them go out in order).
     peers: BTreeSet<u32>,
+    /// The session peers this node dialled (they count against its dial target).
+    dialled: BTreeSet<u32>,
     slots: Slots<u32>,
     pex: PexDials<u32, u32>,
     /// Chunk bytes moved with each peer, both ways.
@@ -321,6 +323,7 @@ impl Sim {
             done: None,
             holds: vec![publisher; chunks],
             peers: BTreeSet::new(),
+            dialled: BTreeSet::new(),
             slots: Slots::new(setup.max_peers, SESSION_IDLE),
             pex: PexDials::new(Default::default(), base),
             moved: HashMap::new(),
@@ -540,6 +543,7 @@ impl Sim {
             }
         }
         self.nodes[from as usize].pex.handle_connected(&to);
+        self.nodes[from as usize].dialled.insert(to);
         self.connect(from, to);
     }
 
@@ -605,7 +609,11 @@ impl Sim {
         if node.gone || node.done.is_some() {
             return;
         }
-        let room = self.setup.max_peers.saturating_sub(node.peers.len());
+        // As the node's SessionTable::dial_room: its dial target, within its slots.
+        let max = self.setup.max_peers;
+        let room = dial_target(max)
+            .saturating_sub(node.dialled.len())
+            .min(max.saturating_sub(node.peers.len()));
         let mut dials = Vec::new();
         while let Some(Dial { peer, .. }) = node.pex.poll_dial(room, now) {
             dials.push(peer);
@@ -623,6 +631,7 @@ impl Sim {
         }
         self.nodes[b as usize].peers.remove(&a);
         for (x, y) in [(a, b), (b, a)] {
+            self.nodes[x as usize].dialled.remove(&y);
             self.nodes[x as usize].slots.leave(&y);
             let lanes: Vec<LaneId> = self.nodes[x as usize]
                 .lanes
