@@ -490,7 +490,14 @@ impl Fetch<'_> {
     /// Do what the scheduler decided; true once the download is done.
     async fn carry_out(&mut self, feed: &mut PeerFeed) -> bool {
         let now = Instant::now();
+        let mut carried = 0u32;
         while let Some(action) = self.sched.poll(now) {
+            // Let the node's other tasks run between long runs of actions: a loop here once
+            // froze whole nodes (see `Scheduler::poll`).
+            carried += 1;
+            if carried % 256 == 0 {
+                tokio::task::yield_now().await;
+            }
             match action {
                 Action::OpenLane { lane, peer } => self.open_lane(lane, peer),
                 Action::CloseLane(lane) => {

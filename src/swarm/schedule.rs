@@ -826,6 +826,17 @@ mod tests {
         assert_eq!(second.len(), 1, "the end game's second request");
         assert_eq!(hashes(&second), hashes(&first));
         assert_ne!(second[0].0, first[0].0, "on the other peer's lane");
+        // The lane's queue was full (its stream stalled): the request comes back. Offered
+        // again at once, it came back again, and the node's loop that carries out actions
+        // (`carry_out`) never returned: nodes froze near the end of a download (a subscriber
+        // behind a relay that died, 40-subscriber labs). It waits for the next timeout.
+        s.handle_unsent(second[0].0, second[0].1);
+        assert!(
+            s.poll(later).is_none(),
+            "not offered again before a timeout"
+        );
+        s.handle_timeout(secs(t0, 1.6));
+        assert_eq!(requests(&drain(&mut s, secs(t0, 1.6))), second);
     }
 
     /// A `Have` offers requests to its sender; a chunk refused goes to another holder at once.
