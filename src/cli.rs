@@ -717,6 +717,7 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
     let mut status = node.status();
     let stop = ctrl_c();
     tokio::pin!(stop);
+    let mut interrupted = false;
     let result = loop {
         let s = status.borrow_and_update().clone();
         bar.show(&s);
@@ -728,12 +729,28 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { break Err(s) },
-            _ = &mut stop => break Ok(s),
+            _ = &mut stop => {
+                interrupted = true;
+                break Ok(s);
+            }
         }
     };
     bar.finish();
     node.shutdown().await;
     match result {
+        // `--once` promises the newest revision: stopped short of it, say so and exit as
+        // shells report an interrupted command (128 + SIGINT), not with success.
+        Ok(s) if once && interrupted && !s.synced => {
+            if json {
+                println!("{}", status_json(&s));
+            }
+            eprintln!(
+                "interrupted before the newest revision was applied; the mirror is at {}",
+                s.revision
+                    .map_or("no revision".to_string(), |r| format!("revision {r}"))
+            );
+            Ok(ExitCode::from(130))
+        }
         Ok(s) => {
             if json {
                 println!("{}", status_json(&s));

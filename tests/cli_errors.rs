@@ -290,3 +290,46 @@ fn switches_from_the_environment_take_1_and_0() {
         "the flags parsed and the node went on to the directory: {stderr}"
     );
 }
+
+/// `--once` promises the newest revision: Ctrl-C before it is applied exits 130 (as a shell
+/// reports an interrupted command) and says where the mirror stands, instead of success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_once_interrupted_before_the_revision_exits_130() {
+    let lab = Lab::new();
+    let mirror = lab.tmp.path().join("mirror");
+    // Nobody listens at the ticket's address: the revision can never arrive.
+    let ticket = treecast::Ticket {
+        swarm_id: uuid::Uuid::new_v4(),
+        publisher: test_key().public(),
+        addrs: vec!["/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()],
+    };
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_treecast"));
+    cmd.args(["subscribe", &ticket.to_string()])
+        .arg(&mirror)
+        .args(["--once", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .env("XDG_CONFIG_HOME", log.path().with_extension("no-config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap());
+    let mut running = Spawned::new(&mut cmd);
+    // The node runs once its control socket answers.
+    eventually(WAIT, "the subscriber's status to answer", || {
+        Command::new(env!("CARGO_BIN_EXE_treecast"))
+            .arg("status")
+            .arg(&mirror)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
+    running.signal(libc::SIGINT);
+    let status = running.exited().await;
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(
+            "interrupted before the newest revision was applied; the mirror is at no revision"
+        ),
+        "{stderr}"
+    );
+}

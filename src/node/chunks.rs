@@ -495,7 +495,7 @@ impl Fetch<'_> {
             // Let the node's other tasks run between long runs of actions: a loop here once
             // froze whole nodes (see `Scheduler::poll`).
             carried += 1;
-            if carried % 256 == 0 {
+            if carried.is_multiple_of(256) {
                 tokio::task::yield_now().await;
             }
             match action {

@@ -312,6 +312,17 @@ impl Spawned {
         let _ = self.0.wait();
     }
 
+    /// Send it `signal` (a `libc::SIG*`), as a shell's Ctrl-C or `kill` does.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.0.id()).expect("a pid fits i32");
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped (we hold it).
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
     /// Wait until it exits by itself (at most `WAIT`; a failed wait fails the test).
     pub async fn exited(&mut self) -> std::process::ExitStatus {
         eventually_ok(WAIT, "treecast to exit", || {
