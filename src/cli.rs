@@ -731,7 +731,8 @@ async fn subscribe(config: NodeConfig, ticket: Ticket, once: bool, json: bool) -
             changed = status.changed() => if changed.is_err() { break Err(s) },
             _ = &mut stop => {
                 interrupted = true;
-                break Ok(s);
+                // The newest status: the revision may have been applied in the meantime.
+                break Ok(status.borrow().clone());
             }
         }
     };

@@ -61,7 +61,7 @@ fl_signal() {
 # fl_stop_all: stops every node this case started (SIGTERM, as a user does).
 fl_stop_all() {
   local f pid pids=()
-  for f in "$LAB_WORK"/*.pid; do
+  for f in "${LAB_WORK:-/nonexistent}"/*.pid; do
     [ -e "$f" ] || continue
     pid=$(cat "$f"); pids+=("$pid")
     kill -TERM "$pid" 2>/dev/null || true

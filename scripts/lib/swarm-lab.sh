@@ -26,23 +26,27 @@ export TREECAST_NO_PUBLIC_DHT=${TREECAST_NO_PUBLIC_DHT-1}
 # datagram it sends is dropped (UdpSndbufErrors), its dials time out and it never joins (the CI
 # failure of swarm_40_subscribers_64mib). Raise the limits for the run; lab_neigh_restore puts
 # them back.
+# Only limits this process raised are put back ("N:old" entries), and not while another lab's
+# namespaces are up (the limits are global: putting them back would overflow the other lab; they
+# stay raised then, which costs nothing). A failed write is not fatal: this runs while sourced.
 NEIGH_SAVED=""
 lab_neigh_grow() {
   local i want=(4096 8192 16384) f cur
-  [ -z "$NEIGH_SAVED" ] || return 0
   for i in 1 2 3; do
     f=/proc/sys/net/ipv4/neigh/default/gc_thresh$i
     [ -w "$f" ] || return 0
     cur=$(cat "$f")
-    NEIGH_SAVED="$NEIGH_SAVED $cur"
-    [ "$cur" -ge "${want[$((i - 1))]}" ] || echo "${want[$((i - 1))]}" > "$f"
+    if [ "$cur" -lt "${want[$((i - 1))]}" ] && echo "${want[$((i - 1))]}" 2>/dev/null > "$f"; then
+      NEIGH_SAVED="$NEIGH_SAVED $i:$cur"
+    fi
   done
+  return 0
 }
 lab_neigh_restore() {
-  local i=1 v
-  for v in $NEIGH_SAVED; do
-    echo "$v" > /proc/sys/net/ipv4/neigh/default/gc_thresh$i 2>/dev/null || true
-    i=$((i + 1))
+  local e
+  if ip netns list 2>/dev/null | grep -q .; then NEIGH_SAVED=""; return 0; fi
+  for e in $NEIGH_SAVED; do
+    echo "${e#*:}" > "/proc/sys/net/ipv4/neigh/default/gc_thresh${e%%:*}" 2>/dev/null || true
   done
   NEIGH_SAVED=""
 }
@@ -123,13 +127,13 @@ swarm_case() {
       failed=1
     elif [ ! -f "$LAB_WORK/done$i" ]; then
       echo "subscriber on pub$i did not complete; its status:"
-      timeout 10 "$BIN" status "$LAB_WORK/sub$i" 2>&1 | sed 's/^/    /'
-      echo "  its warnings:"; grep -E " (WARN|ERROR) " "$LAB_WORK/sub$i.log" | tail -15
+      { timeout 10 "$BIN" status "$LAB_WORK/sub$i" 2>&1 | sed 's/^/    /'; } || true
+      echo "  its warnings:"; { grep -E " (WARN|ERROR) " "$LAB_WORK/sub$i.log" | tail -15; } || true
     fi
     k=$((k + 1))
   done
   if [ "${left:-0}" -gt 0 ]; then
-    echo "publisher's status:"; timeout 10 "$BIN" status "$LAB_WORK/pub" 2>&1 | sed 's/^/    /'
+    echo "publisher's status:"; { timeout 10 "$BIN" status "$LAB_WORK/pub" 2>&1 | sed 's/^/    /'; } || true
   fi
   # Stop the subscribers the way a user does (SIGTERM: a clean shutdown), then check.
   kill -TERM "${pids[@]}" 2>/dev/null || true
