@@ -24,6 +24,9 @@ struct Lane<P> {
     peer: P,
     load: usize,
     closing: bool,
+    /// A request could not be queued on it (its stream stalled): it takes none until the
+    /// lane is heard from again.
+    refused: bool,
 }
 
 /// A lane whose end was reported.
@@ -64,6 +67,7 @@ impl<P: Clone + Eq + Hash> Lanes<P> {
             peer,
             load: 0,
             closing: false,
+            refused: false,
         };
         self.lanes.insert(id, lane);
         id
@@ -134,11 +138,31 @@ impl<P: Clone + Eq + Hash> Lanes<P> {
     /// so that a peer's requests queue on one stream and are answered one after the other
     /// (spread over two streams, they are sent interleaved and each arrives later: the
     /// publisher's seed hold runs out before others hear who has a chunk). The others take
-    /// over when it is full or gone. With every lane full, the one with the fewest.
+    /// over when it is full or gone. With every lane full, the one with the fewest. A lane
+    /// that refused a request ([`Self::refuse`]) takes none until it is heard from.
     pub fn lane_for(&self, lanes: &[LaneId], room: usize) -> Option<LaneId> {
-        let load = |l: &LaneId| self.lanes.get(l).map_or(0, |l| l.load);
-        let oldest_with_room = lanes.iter().copied().filter(|l| load(l) < room).min();
-        oldest_with_room.or_else(|| lanes.iter().copied().min_by_key(|l| (load(l), *l)))
+        let state = |l: &LaneId| {
+            self.lanes
+                .get(l)
+                .map_or((0, false), |l| (l.load, l.refused))
+        };
+        let usable = lanes.iter().copied().filter(|l| !state(l).1);
+        let oldest_with_room = usable.clone().filter(|l| state(l).0 < room).min();
+        oldest_with_room.or_else(|| usable.min_by_key(|l| (state(l).0, *l)))
+    }
+
+    /// A request could not be queued on `lane`: pass it over until [`Self::heard`].
+    pub fn refuse(&mut self, lane: LaneId) {
+        if let Some(l) = self.lanes.get_mut(&lane) {
+            l.refused = true;
+        }
+    }
+
+    /// `lane` answered a request; true if it had refused one (it takes requests again).
+    pub fn heard(&mut self, lane: LaneId) -> bool {
+        self.lanes
+            .get_mut(&lane)
+            .is_some_and(|l| std::mem::take(&mut l.refused))
     }
 
     /// `peer` is asked for `hash` on `lane`, one of its open lanes.

@@ -387,6 +387,9 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     pub fn handle_reply(&mut self, lane: LaneId, hash: ContentHash, len: usize, latency: Duration) {
         self.lanes.settle(hash);
         if let Some(peer) = self.lanes.peer_of(lane) {
+            if self.lanes.heard(lane) {
+                self.assign_peers.insert(peer.clone());
+            }
             let meter = self.rates.entry(peer).or_default();
             meter.delivered(len as u64, latency);
         }
@@ -405,6 +408,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
+        self.lanes.heard(lane);
         self.lanes.unassign(hash, &peer);
         self.picker.on_not_found(&peer, hash, now);
         self.assign_due = true;
@@ -440,12 +444,16 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         }
     }
 
-    /// The request for `hash` could not be queued on `lane` (its end is on its way): the chunk
-    /// goes back to missing, and is handed out again at the next report.
+    /// The request for `hash` could not be queued on `lane` (its queue is full: its stream
+    /// stalled, or its end is on its way): the chunk goes back to missing, and is handed out
+    /// again at the next report, not to this lane until it answers again. Offered to the same
+    /// lane, a peer ranked first held a chunk that way (handed back at each offer, never old
+    /// enough for the end game's second request) until the lane's stall timeout.
     pub fn handle_unsent(&mut self, lane: LaneId, hash: ContentHash) {
         let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
+        self.lanes.refuse(lane);
         self.lanes.unassign(hash, &peer);
         self.picker.on_failed(&peer, hash);
     }
@@ -836,7 +844,56 @@ mod tests {
             "not offered again before a timeout"
         );
         s.handle_timeout(secs(t0, 1.6));
-        assert_eq!(requests(&drain(&mut s, secs(t0, 1.6))), second);
+        let third = requests(&drain(&mut s, secs(t0, 1.6)));
+        assert_eq!(hashes(&third), hashes(&second));
+        assert_ne!(third[0].0, second[0].0, "not to the lane that refused it");
+    }
+
+    /// A lane whose queue refused a request takes none until it answers again; its peer's
+    /// other lanes, then other peers, get what it would have. Offered to it again at every
+    /// offer, a chunk stayed with a stalled peer ranked first (handed back each time, never
+    /// outstanding long enough for the end game's second request) until the lane timed out.
+    #[test]
+    fn a_lane_that_refused_a_request_is_passed_over_until_it_answers() {
+        let t0 = Instant::now();
+        let mut s = scheduler(20, t0);
+        for peer in 1..=3 {
+            s.handle_peer_up(peer, &complete());
+        }
+        let actions = drain(&mut s, t0);
+        let lanes = opened(&actions);
+        let peer_of = |l: LaneId| lanes.iter().find(|(x, _)| *x == l).expect("a lane").1;
+        let first = requests(&actions);
+        assert_eq!(first.len(), 12, "4 to each of 3 peers");
+        let (lane, x) = first[0];
+        let top = peer_of(lane);
+        let on = |rs: &[(LaneId, ContentHash)], l: LaneId| rs.iter().filter(|r| r.0 == l).count();
+        let mut at = t0;
+        // Outside the end game, every stall check (1 s) offers each peer what it has room for.
+        let mut offer = |s: &mut Scheduler<u8>| {
+            at += ms(1000);
+            s.handle_timeout(at);
+            requests(&drain(s, at))
+        };
+        s.handle_unsent(lane, x);
+        let again = offer(&mut s);
+        assert_eq!(on(&again, lane), 0, "not to the lane that refused one");
+        let other: Vec<_> = again.iter().filter(|r| peer_of(r.0) == top).collect();
+        assert_eq!(other.len(), 1, "to the peer's other lane: {again:?}");
+        s.handle_unsent(other[0].0, other[0].1);
+        let passed = offer(&mut s);
+        assert!(
+            passed.iter().all(|r| peer_of(r.0) != top),
+            "both its lanes refused: {passed:?}"
+        );
+        // The first lane answers: it takes requests again.
+        s.handle_reply(lane, first[1].1, 10, ms(50));
+        let back = requests(&drain(&mut s, at));
+        assert_eq!(
+            on(&back, lane),
+            2,
+            "room for the refused and the answered: {back:?}"
+        );
     }
 
     /// A `Have` offers requests to its sender; a chunk refused goes to another holder at once.
