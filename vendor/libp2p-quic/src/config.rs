@@ -186,6 +186,21 @@ impl From<Config> for QuinnConfig {
             })
             .unwrap_or_default();
 
+        // TREECAST PATCH: connection IDs keyed from the identity too, as the reset key is, so
+        // that a node restarted on its port (after a crash or SIGKILL) recognises the IDs of
+        // its previous run's connections and answers a peer still using one with a stateless
+        // reset: the peer drops the dead connection at once instead of after the idle timeout.
+        // quinn's default key is drawn per endpoint, and it drops packets whose ID it cannot
+        // validate without answering.
+        if let Some(secret) = keypair.derive_secret(b"treecast quic connection id key") {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&secret[..8]);
+            let key = u64::from_le_bytes(key);
+            endpoint_config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key))
+            });
+        }
+
         if !support_draft_29 {
             endpoint_config.supported_versions(vec![1]);
         }
