@@ -157,7 +157,9 @@ fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
         return false;
     }
     let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
-    !seed.should_serve(&ctx.peer, *hash, now)
+    let serve = seed.should_serve(&ctx.peer, *hash, now);
+    tracing::trace!(peer = %ctx.peer, %hash, serve, "seed decision");
+    !serve
 }
 
 /// The replies to `hashes` could not be sent: the seeding policy may give them to others.

@@ -246,6 +246,7 @@ pub(crate) async fn start(
             Arc::new(std::sync::Mutex::new(SeedPolicy::new(
                 crate::config::SEED_HOLD,
                 crate::config::SEED_HOLD_UNLISTED,
+                crate::config::SEED_HOLD_GONE,
             )))
         }),
         discovery: Discovery::new(
@@ -744,7 +745,7 @@ impl NetLoop {
         if let Some(seed) = &self.seed {
             seed.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .peer_left(&peer);
+                .peer_left(&peer, Instant::now());
         }
         let rec = self.record(peer);
         rec.online = false;

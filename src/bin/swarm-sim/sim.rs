@@ -284,6 +284,7 @@ impl Sim {
             seed: SeedPolicy::new(
                 setup.seed_backstop,
                 treecast::config::SEED_HOLD_UNLISTED.max(setup.seed_backstop),
+                treecast::config::SEED_HOLD_GONE,
             ),
             setup,
             base,
@@ -643,7 +644,8 @@ impl Sim {
                 self.end_lane(x, lane);
             }
             if x == PUBLISHER {
-                self.seed.peer_left(&y);
+                let now = self.instant();
+                self.seed.peer_left(&y, now);
             }
             if self.nodes[x as usize].downloading() {
                 if let Some(s) = self.nodes[x as usize].sched.as_mut() {
