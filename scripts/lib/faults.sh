@@ -337,6 +337,8 @@ fl_wait_joined() {
   local deadline=$(( $(date +%s) + FL_DEADLINE ))
   until [ "$(grep -c 'peer joined' "$LAB_WORK/$1.log" || true)" -gt "$2" ]; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "  $1 did not rejoin the swarm after its restart"; return 1; }
+    kill -0 "$(cat "$LAB_WORK/$1.pid")" 2>/dev/null \
+      || { echo "  $1 exited after its restart; its log ends:"; tail -3 "$LAB_WORK/$1.log"; return 1; }
     sleep 0.1
   done
 }

@@ -416,10 +416,10 @@ async fn wait_listening(
                         settle = Some(tokio::time::Instant::now() + settle_for);
                     }
                 }
-                SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
-                    return Err(NodeError::Refused(format!("listening failed: {error}")));
-                }
-                other => early.push(other),
+                other => match start_failed(&other) {
+                    Some(error) => return Err(NodeError::Refused(format!("listening failed: {error}"))),
+                    None => early.push(other),
+                },
             },
             _ = tokio::time::sleep_until(until) => {
                 if settle.is_some() {
@@ -428,6 +428,23 @@ async fn wait_listening(
                 return Err(NodeError::Timeout("listening".into()));
             }
         }
+    }
+}
+
+/// Why `ev`, seen while the listeners start, ends the start: a listener closed by an error.
+/// A listener's error does not: libp2p-quic reports an incoming connection it could not accept
+/// that way and goes on listening. A subscriber restarted on its port after SIGKILL got such a
+/// connection from a peer of its previous run, and exited ("authentication failed").
+fn start_failed(ev: &SwarmEvent<BehaviourEvent>) -> Option<String> {
+    match ev {
+        SwarmEvent::ListenerClosed {
+            reason: Err(error), ..
+        } => Some(error.to_string()),
+        SwarmEvent::ListenerError { error, .. } => {
+            warn!(%error, "an incoming connection failed while listening started");
+            None
+        }
+        _ => None,
     }
 }
 
@@ -1566,9 +1583,10 @@ impl NetLoop {
                 peer_id,
                 connection_id,
                 num_established: 0,
+                cause,
                 ..
             } => {
-                debug!(peer = %peer_id, "disconnected");
+                debug!(peer = %peer_id, ?cause, "disconnected");
                 self.inbound_chunk_streams.remove(&(peer_id, connection_id));
                 self.book.disconnected(&peer_id, Instant::now());
                 self.stats.traffic.gone(peer_id, Instant::now());
@@ -1967,5 +1985,29 @@ fn store_admitted(
     };
     if let Err(e) = stored {
         warn!(error = %e, dht, "provider record not stored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::core::transport::ListenerId;
+
+    /// An incoming connection that failed is no reason to stop the node; a listener that
+    /// closed with an error is.
+    #[test]
+    fn a_listener_error_does_not_end_the_start_a_closed_listener_does() {
+        let failed = std::io::Error::other("authentication failed");
+        let error = SwarmEvent::<BehaviourEvent>::ListenerError {
+            listener_id: ListenerId::next(),
+            error: failed,
+        };
+        assert_eq!(start_failed(&error), None);
+        let closed = SwarmEvent::<BehaviourEvent>::ListenerClosed {
+            listener_id: ListenerId::next(),
+            addresses: Vec::new(),
+            reason: Err(std::io::Error::other("socket gone")),
+        };
+        assert_eq!(start_failed(&closed).as_deref(), Some("socket gone"));
     }
 }
