@@ -219,9 +219,6 @@ pub const SEED_HOLD: Duration = Duration::from_secs(10);
 /// or from the send while the receiver has not listed it (it may still be on its way; its
 /// request times out after `CHUNK_TIMEOUT`).
 pub const SEED_HOLD_UNLISTED: Duration = CHUNK_TIMEOUT;
-/// or from when the receiver left, if it has not come back (a node restarted under a service
-/// manager is back with what it held within seconds).
-pub const SEED_HOLD_GONE: Duration = Duration::from_secs(3);
 /// A peer that said it lacks a chunk (or would not send it now) is asked for it again after
 /// this long (see `swarm::Picker`).
 pub const LACK_RETRY: Duration = Duration::from_secs(1);

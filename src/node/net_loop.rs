@@ -246,7 +246,6 @@ pub(crate) async fn start(
             Arc::new(std::sync::Mutex::new(SeedPolicy::new(
                 crate::config::SEED_HOLD,
                 crate::config::SEED_HOLD_UNLISTED,
-                crate::config::SEED_HOLD_GONE,
             )))
         }),
         discovery: Discovery::new(
@@ -762,7 +761,7 @@ impl NetLoop {
         if let Some(seed) = &self.seed {
             seed.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .peer_left(&peer, Instant::now());
+                .peer_left(&peer);
         }
         let rec = self.record(peer);
         rec.online = false;

@@ -4,9 +4,7 @@
 //!
 //! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
 //! peers) until there is evidence that it spread: another peer's bitfield lists it. The hold
-//! also ends when its receiver has left for `gone` (one restarted comes back within it, with
-//! the chunks it held: ending its holds at once sent them all out again), when the send
-//! failed, and on a backstop, so that a
+//! also ends when its receiver leaves, when the send failed, and on a backstop, so that a
 //! receiver that never passes it on (slow, or hostile, asking for chunks to keep them from
 //! everyone else) cannot keep a chunk stuck: `backstop` after the receiver listed the chunk
 //! (it had it and nobody got it from it), or `unlisted` after the send if it never listed it
@@ -35,14 +33,13 @@ struct Hold<P> {
     since: Instant,
     /// When the receiver first listed it.
     listed: Option<Instant>,
-    /// When the receiver left, unless it came back since.
-    left: Option<Instant>,
 }
 
 /// Tracks what the seed sent to whom, and what spread since.
 #[derive(Debug)]
 pub struct SeedPolicy<P> {
-    limits: Limits,
+    backstop: Duration,
+    unlisted: Duration,
     holds: HashMap<ContentHash, Hold<P>>,
     /// Chunks some peer other than their first receiver listed: served to anyone.
     spread: HashSet<ContentHash>,
@@ -52,14 +49,11 @@ pub struct SeedPolicy<P> {
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
     /// A policy whose holds end at the latest `backstop` after their receiver listed the chunk,
-    /// or `unlisted` after the send while it has not, or `gone` after their receiver left.
-    pub fn new(backstop: Duration, unlisted: Duration, gone: Duration) -> Self {
+    /// or `unlisted` after the send while it has not.
+    pub fn new(backstop: Duration, unlisted: Duration) -> Self {
         SeedPolicy {
-            limits: Limits {
-                backstop,
-                unlisted,
-                gone,
-            },
+            backstop,
+            unlisted,
             holds: HashMap::new(),
             spread: HashSet::new(),
             revision: 0,
@@ -77,24 +71,23 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             // A retry: served, and the hold keeps counting from the first send.
             Some(hold) if hold.to == *peer => {
                 tracing::debug!(%hash, "seed serves a chunk again to its receiver (a retry)");
-                self.holds.get_mut(&hash).map(|h| h.left.take());
                 return true;
             }
-            Some(hold) if !self.limits.ran_out(hold, now) => return false,
+            Some(hold) if !self.ran_out(hold, now) => return false,
             Some(_) => {
                 tracing::debug!(%hash, "seed hold ran out: the chunk goes to a second receiver");
             }
         }
         if self.holds.len() >= MAX_TRACKED {
-            let limits = self.limits;
-            self.holds.retain(|_, h| !limits.ran_out(h, now));
+            let (backstop, unlisted) = (self.backstop, self.unlisted);
+            self.holds
+                .retain(|_, h| !ran_out(backstop, unlisted, h, now));
         }
         tracing::trace!(%hash, "seed sends a chunk to a first receiver");
         let hold = Hold {
             to: peer.clone(),
             since: now,
             listed: None,
-            left: None,
         };
         self.holds.insert(hash, hold);
         true
@@ -107,12 +100,15 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         }
     }
 
+    fn ran_out(&self, hold: &Hold<P>, now: Instant) -> bool {
+        ran_out(self.backstop, self.unlisted, hold, now)
+    }
+
     /// `peer` lists `hash` in its bitfield at `now`: if it is not the chunk's first receiver,
     /// the chunk has spread and anyone may have it.
     pub fn seen(&mut self, peer: &P, hash: ContentHash, now: Instant) {
         if let Some(hold) = self.holds.get_mut(&hash).filter(|h| h.to == *peer) {
             hold.listed.get_or_insert(now);
-            hold.left = None;
             return;
         }
         self.holds.remove(&hash);
@@ -142,36 +138,18 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         }
     }
 
-    /// `peer` left at `now`: the chunks held for it that did not spread go to others once it
-    /// has been gone for `gone`, unless it comes back before (asks for one again, or lists
-    /// one: a node restarted with what it held).
-    pub fn peer_left(&mut self, peer: &P, now: Instant) {
-        for hold in self.holds.values_mut().filter(|h| h.to == *peer) {
-            hold.left.get_or_insert(now);
-        }
+    /// `peer` left: the chunks held for it that did not spread may go to others at once.
+    pub fn peer_left(&mut self, peer: &P) {
+        self.holds.retain(|_, h| h.to != *peer);
     }
 }
 
-/// When holds run out.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    backstop: Duration,
-    unlisted: Duration,
-    gone: Duration,
-}
-
-impl Limits {
-    /// Whether `hold` ran out at `now`: `gone` after its receiver left; `backstop` after its
-    /// receiver listed the chunk, or `unlisted` after the send while it has not.
-    fn ran_out<P>(&self, hold: &Hold<P>, now: Instant) -> bool {
-        let since = |at: Instant| now.saturating_duration_since(at);
-        if hold.left.is_some_and(|at| since(at) >= self.gone) {
-            return true;
-        }
-        match hold.listed {
-            Some(at) => since(at) >= self.backstop,
-            None => since(hold.since) >= self.unlisted,
-        }
+/// Whether `hold` ran out at `now`: `backstop` after its receiver listed the chunk, or
+/// `unlisted` after the send while it has not.
+fn ran_out<P>(backstop: Duration, unlisted: Duration, hold: &Hold<P>, now: Instant) -> bool {
+    match hold.listed {
+        Some(at) => now.saturating_duration_since(at) >= backstop,
+        None => now.saturating_duration_since(hold.since) >= unlisted,
     }
 }
 
@@ -188,11 +166,7 @@ mod tests {
     }
 
     fn policy() -> SeedPolicy<u8> {
-        SeedPolicy::new(
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-            Duration::from_secs(3),
-        )
+        SeedPolicy::new(Duration::from_secs(10), Duration::from_secs(30))
     }
 
     #[test]
@@ -223,56 +197,29 @@ mod tests {
     }
 
     #[test]
-    fn a_hold_ends_when_its_receiver_has_been_gone_a_while_or_the_send_failed() {
+    fn a_hold_ends_when_its_receiver_leaves_or_the_send_failed() {
         let t0 = Instant::now();
         let mut s = policy();
         assert!(s.should_serve(&1, h(1), t0));
         assert!(s.should_serve(&1, h(2), t0));
         assert!(s.should_serve(&3, h(3), t0));
-        s.peer_left(&1, secs(t0, 1.0));
+        s.peer_left(&1);
         assert!(
-            !s.should_serve(&2, h(1), secs(t0, 3.9)),
-            "1 may be restarting, with what it held"
+            s.should_serve(&2, h(1), secs(t0, 0.1)),
+            "1 left: 2 is the receiver now"
         );
+        assert!(!s.should_serve(&1, h(1), secs(t0, 0.2)), "and held for 2");
         assert!(
-            s.should_serve(&2, h(1), secs(t0, 4.0)),
-            "1 gone for 3 s: 2 is the receiver now"
-        );
-        assert!(!s.should_serve(&1, h(1), secs(t0, 4.1)), "and held for 2");
-        assert!(
-            !s.should_serve(&2, h(3), secs(t0, 4.0)),
+            !s.should_serve(&2, h(3), secs(t0, 0.1)),
             "3's hold is untouched"
         );
         s.unsent(&2, &h(3));
         assert!(
-            !s.should_serve(&2, h(3), secs(t0, 4.0)),
+            !s.should_serve(&2, h(3), secs(t0, 0.1)),
             "only 3's own send failing ends it"
         );
         s.unsent(&3, &h(3));
-        assert!(s.should_serve(&2, h(3), secs(t0, 4.0)));
-    }
-
-    /// A subscriber killed and started again comes back within seconds with the chunks it had
-    /// staged. Its holds ended at once when it left, and the publisher sent every chunk it had
-    /// been first to receive to the next asker: 1.45-1.97 copies in a lab rollout where each of
-    /// 6 subscribers was restarted once (1.07-1.09 without the restarts).
-    #[test]
-    fn a_receiver_that_comes_back_keeps_its_holds() {
-        let t0 = Instant::now();
-        let mut s = policy();
-        assert!(s.should_serve(&1, h(1), t0));
-        assert!(s.should_serve(&1, h(2), t0));
-        s.seen(&1, h(1), secs(t0, 0.5));
-        s.peer_left(&1, secs(t0, 1.0));
-        // Back: it lists the chunk it staged and asks again for the one it had not received.
-        s.seen(&1, h(1), secs(t0, 1.2));
-        assert!(s.should_serve(&1, h(2), secs(t0, 1.3)), "its retry");
-        assert!(!s.should_serve(&2, h(1), secs(t0, 5.0)), "still 1's");
-        assert!(!s.should_serve(&2, h(2), secs(t0, 5.0)), "still 1's");
-        assert!(
-            s.should_serve(&2, h(1), secs(t0, 10.5)),
-            "the backstop from its first listing still holds"
-        );
+        assert!(s.should_serve(&2, h(3), secs(t0, 0.1)));
     }
 
     #[test]

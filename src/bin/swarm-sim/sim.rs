@@ -284,7 +284,6 @@ impl Sim {
             seed: SeedPolicy::new(
                 setup.seed_backstop,
                 treecast::config::SEED_HOLD_UNLISTED.max(setup.seed_backstop),
-                treecast::config::SEED_HOLD_GONE,
             ),
             setup,
             base,
@@ -644,8 +643,7 @@ impl Sim {
                 self.end_lane(x, lane);
             }
             if x == PUBLISHER {
-                let now = self.instant();
-                self.seed.peer_left(&y, now);
+                self.seed.peer_left(&y);
             }
             if self.nodes[x as usize].downloading() {
                 if let Some(s) = self.nodes[x as usize].sched.as_mut() {
