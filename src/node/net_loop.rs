@@ -84,6 +84,38 @@ impl PeerRecord {
 /// Most peers remembered in the table (offline ones are forgotten first).
 const MAX_KNOWN_PEERS: usize = 1024;
 
+/// A swarm peer lost within this long is dialled again through a relay that takes us back.
+const REJOIN_WITHIN: Duration = Duration::from_secs(600);
+
+/// Most peers dialled again at once when a relay takes us back.
+const REJOIN_MAX: usize = 8;
+
+/// The swarm peers to dial again when a relay takes us back (our reservation there was
+/// accepted after we had none): those we had a session with (a role is known) that went
+/// offline within `REJOIN_WITHIN` of `now` and are not connected, most recently seen first, at
+/// most `room`. Behind NATs that let through nothing but the relay, those peers were reachable
+/// only there, and neither side's discovery would look for the other before its next refresh.
+fn rejoin_candidates(
+    table: &HashMap<PeerId, PeerRecord>,
+    now: std::time::SystemTime,
+    connected: impl Fn(&PeerId) -> bool,
+    room: usize,
+) -> Vec<PeerId> {
+    let recent = |r: &PeerRecord| {
+        now.duration_since(r.last_seen)
+            .map_or(true, |d| d < REJOIN_WITHIN)
+    };
+    let mut lost: Vec<(&PeerId, &PeerRecord)> = table
+        .iter()
+        .filter(|(p, r)| r.role.is_some() && !r.online && recent(r) && !connected(p))
+        .collect();
+    lost.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(b.0)));
+    lost.into_iter()
+        .take(room.min(REJOIN_MAX))
+        .map(|(p, _)| *p)
+        .collect()
+}
+
 /// The swarm task's handle on a running session.
 struct Session {
     out: mpsc::Sender<ControlMsg>,
@@ -959,6 +991,38 @@ impl NetLoop {
         }
     }
 
+    /// A relay took us back: dial the swarm peers we lost (see [`rejoin_candidates`]) at
+    /// their addresses and through it.
+    fn rejoin_through(&mut self, relay: PeerId) {
+        let Some(relay_addr) = self
+            .book
+            .relays()
+            .find(|(r, _)| **r == relay)
+            .map(|(_, a)| a.clone())
+        else {
+            return;
+        };
+        let swarm = &self.swarm;
+        let lost = rejoin_candidates(
+            &self.table,
+            std::time::SystemTime::now(),
+            |p| *p == relay || swarm.is_connected(p) || self.book.is_banned(p, Instant::now()),
+            self.sessions.dial_room(),
+        );
+        for peer in lost {
+            let mut addrs = self.table[&peer].addrs.clone();
+            addrs.push(circuit_addr(&relay_addr, relay).with(Protocol::P2p(peer)));
+            debug!(%peer, %relay, "dialing a peer lost while the relay was gone");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "dial failed");
+            }
+        }
+    }
+
     fn peer_table(&self) -> Vec<PeerSummary> {
         let now = Instant::now();
         let streams = &self.swarm.behaviour().streams;
@@ -1662,7 +1726,10 @@ impl NetLoop {
                     renewal: false,
                     ..
                 },
-            )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
+            )) => {
+                info!(relay = %relay_peer_id, "relay reservation accepted");
+                self.rejoin_through(relay_peer_id);
+            }
             SwarmEvent::IncomingConnectionError {
                 peer_id,
                 error: libp2p::swarm::ListenError::Denied { cause },
@@ -1991,6 +2058,45 @@ fn store_admitted(
 mod tests {
     use super::*;
     use libp2p::core::transport::ListenerId;
+
+    /// Peers lost within the window, most recent first, bounded by the room; never one we
+    /// never had a session with, one still online or connected.
+    #[test]
+    fn a_relay_that_takes_us_back_is_used_to_dial_the_peers_lost_most_recently() {
+        let now = std::time::SystemTime::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let record = |role: Option<Role>, online: bool, seen: u64| PeerRecord {
+            role,
+            online,
+            last_seen: ago(seen),
+            ..PeerRecord::new()
+        };
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let table: HashMap<PeerId, PeerRecord> = [
+            record(Some(Role::Publisher), false, 40),
+            record(Some(Role::Subscriber), false, 10),
+            record(None, false, 5),
+            record(Some(Role::Subscriber), true, 5),
+            record(Some(Role::Subscriber), false, 700),
+            record(Some(Role::Subscriber), false, 20),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (peers[i], r))
+        .collect();
+        let nobody = |_: &PeerId| false;
+        assert_eq!(
+            rejoin_candidates(&table, now, nobody, 32),
+            [peers[1], peers[5], peers[0]]
+        );
+        assert_eq!(rejoin_candidates(&table, now, nobody, 2), [peers[1], peers[5]]);
+        let connected = |p: &PeerId| *p == peers[5];
+        assert_eq!(
+            rejoin_candidates(&table, now, connected, 32),
+            [peers[1], peers[0]]
+        );
+        assert!(rejoin_candidates(&table, now, nobody, 0).is_empty());
+    }
 
     /// An incoming connection that failed is no reason to stop the node; a listener that
     /// closed with an error is.
