@@ -2089,7 +2089,10 @@ mod tests {
             rejoin_candidates(&table, now, nobody, 32),
             [peers[1], peers[5], peers[0]]
         );
-        assert_eq!(rejoin_candidates(&table, now, nobody, 2), [peers[1], peers[5]]);
+        assert_eq!(
+            rejoin_candidates(&table, now, nobody, 2),
+            [peers[1], peers[5]]
+        );
         let connected = |p: &PeerId| *p == peers[5];
         assert_eq!(
             rejoin_candidates(&table, now, connected, 32),
