@@ -1076,8 +1076,22 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
     let mut edited = HashSet::new();
     let mut wanted = Vec::new();
     let mut staged = HashSet::new();
+    // Whether each parent directory is there: a file in one that is not cannot be either, so
+    // a first sync looks up each directory once, not each file.
+    let mut dirs: HashMap<PathBuf, bool> = HashMap::new();
     for (path, size, _, hash, chunks) in new.files() {
-        match current_content(root, index, path) {
+        let full = path.under(root);
+        let parent = full.parent().unwrap_or(root);
+        let dir_there = match dirs.get(parent) {
+            Some(there) => *there,
+            None => *dirs
+                .entry(parent.to_owned())
+                .or_insert_with(|| std::fs::metadata(parent).is_ok_and(|m| m.is_dir())),
+        };
+        let current = dir_there
+            .then(|| current_content(root, index, path))
+            .flatten();
+        match current {
             Some(h) if h == hash => {
                 unchanged.insert(path.clone());
                 continue;

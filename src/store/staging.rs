@@ -32,8 +32,9 @@ const STAGED_MODE: u32 = 0o600;
 /// Names of copies of a staged file, made by `install`, start with this.
 const COPY_PREFIX: &str = "tmp-";
 
-/// Bytes written to staged files after which a file's writeback is started in the background,
-/// so that the final sync has little left to do.
+/// Bytes written to staged files after which their writeback is started in the background
+/// (the file's, or after files written whole, the file system's), so that the final sync has
+/// little left to do.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// Staged files kept open at most (a file closed here is opened again when next written): a
@@ -48,9 +49,14 @@ pub struct StagingArea {
     wanted: HashMap<ContentHash, (u64, Vec<ChunkRef>)>,
     open: OpenFiles<ContentHash>,
     unflushed: AtomicU64,
-    /// Files whose writeback to start, for a thread of their own: starting writeback can block
-    /// while the disk's queue is full, and chunk writes should not wait for that.
-    writeback: std::sync::mpsc::SyncSender<Arc<File>>,
+    /// Writeback to start, for a thread of their own: starting writeback can block while the
+    /// disk's queue is full, and chunk writes should not wait for that.
+    writeback: std::sync::mpsc::SyncSender<Writeback>,
+    /// The staging directory, opened before anything was written here: `finish` syncs the file
+    /// system through it, so that a writeback error since then is reported to it (Linux tells
+    /// each open file of a file system's errors since its open), even one that the
+    /// writeback thread's own syncs saw first.
+    sync_dir: File,
     /// The [`read_check`] of every verified chunk staged, to index the files with. A chunk is
     /// here only once it is written at every place it belongs.
     checks: Mutex<HashMap<ContentHash, u64>>,
@@ -76,13 +82,18 @@ impl StagingArea {
                 off += c.len as u64;
             }
         }
-        let (writeback, queue) = std::sync::mpsc::sync_channel::<Arc<File>>(2);
+        let sync_dir = File::open(dir).map_err(io_err(dir))?;
+        let background = File::open(dir).map_err(io_err(dir))?;
+        let (writeback, queue) = std::sync::mpsc::sync_channel::<Writeback>(2);
         std::thread::Builder::new()
             .name("treecast-writeback".into())
             .spawn(move || {
                 // Ends when the area, and with it the sender, is dropped.
-                while let Ok(file) = queue.recv() {
-                    start_writeback(&file);
+                while let Ok(what) = queue.recv() {
+                    match what {
+                        Writeback::File(file) => start_writeback(&file),
+                        Writeback::Written => write_out(&background),
+                    }
                 }
             })
             .map_err(io_err(dir))?;
@@ -95,6 +106,7 @@ impl StagingArea {
             open: OpenFiles::new(OPEN_STAGED_FILES),
             unflushed: AtomicU64::new(0),
             writeback,
+            sync_dir,
             checks: Mutex::default(),
         };
         let mut present = area.find_verified(wanted)?;
@@ -111,12 +123,14 @@ impl StagingArea {
     ) -> Result<HashSet<ContentHash>, StoreError> {
         let mut valid: HashMap<ContentHash, u64> = HashMap::new();
         let mut invalid: HashSet<ContentHash> = HashSet::new();
+        // One listing of the directory, not a lookup per wanted file (most are not there).
+        let staged = self.names()?;
         for (hash, _, chunks) in wanted {
-            let path = self.path_of(hash);
-            if !path.exists() {
+            if !staged.contains(&hash.to_hex()) {
                 invalid.extend(chunks.iter().map(|c| c.hash));
                 continue;
             }
+            let path = self.path_of(hash);
             make_writable(&path)?;
             let file = self.file(hash)?;
             let (good, bad) = valid_chunks(&file, chunks);
@@ -127,6 +141,19 @@ impl StagingArea {
         let present = valid.keys().copied().collect();
         self.checks_mut().extend(valid);
         Ok(present)
+    }
+
+    /// The names in the staging directory.
+    fn names(&self) -> Result<HashSet<String>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let mut names = HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
+            }
+        }
+        Ok(names)
     }
 
     fn path_of(&self, hash: &ContentHash) -> PathBuf {
@@ -271,22 +298,75 @@ impl StagingArea {
         data: &[u8],
     ) -> Result<u64, StoreError> {
         for (file, off, _) in places {
+            if self.is_whole(file, data) {
+                self.write_whole(file, data)?;
+                if self.written(data.len()) {
+                    // Closed already: what to write out is every file written since the last
+                    // time. If the queue is full, writeback is behind anyway.
+                    let _ = self.writeback.try_send(Writeback::Written);
+                }
+                continue;
+            }
             let f = self.file(file)?;
             f.write_all_at(data, *off)
                 .map_err(io_err(&self.path_of(file)))?;
-            let before = self
-                .unflushed
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            if before + data.len() as u64 >= WRITEBACK_EVERY {
-                self.unflushed.store(0, Ordering::Relaxed);
+            if self.written(data.len()) {
                 // If the queue is full, writeback is behind anyway; `finish` starts this
                 // file's before the sync.
-                let _ = self.writeback.try_send(f);
+                let _ = self.writeback.try_send(Writeback::File(f));
             }
         }
         let check = read_check(data);
         self.checks_mut().insert(*hash, check);
         Ok(check)
+    }
+
+    /// Count `len` bytes written; true when a writeback is due.
+    fn written(&self, len: usize) -> bool {
+        let before = self.unflushed.fetch_add(len as u64, Ordering::Relaxed);
+        if before + (len as u64) < WRITEBACK_EVERY {
+            return false;
+        }
+        self.unflushed.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// True if `data` is the whole of staged file `file`: a file of one chunk.
+    fn is_whole(&self, file: &ContentHash, data: &[u8]) -> bool {
+        self.wanted
+            .get(file)
+            .is_some_and(|(size, chunks)| is_one_chunk(chunks) && *size == data.len() as u64)
+    }
+
+    /// Write staged file `file` whole, in one go: created if need be and written through
+    /// a descriptor of its own, closed at once, never kept among the open files. Three system
+    /// calls for a small file, where opening it first, creating it at its size and writing
+    /// into it took six. A kill midway leaves a short or empty file, whose chunk a restart
+    /// does not find verified (`find_verified` hashes it) and fetches again.
+    fn write_whole(&self, file: &ContentHash, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.path_of(file);
+        // Not kept open: a descriptor of it left among the open files (one `find_verified`
+        // opened) would only be closed later.
+        self.open.close(file);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            // Not truncated: a file of this name was created at this size, and a peer may be
+            // reading it (a chunk that arrived twice is written twice, the same bytes).
+            .truncate(false)
+            .mode(STAGED_MODE)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        std::io::Write::write_all(&mut f, data).map_err(io_err(&path))
+    }
+
+    /// Remove the sidecar of staged file `hash` once it is in place (a file of one chunk has
+    /// none: nothing to remove, no system call).
+    pub fn remove_sidecar(&self, hash: &ContentHash) {
+        if self.wanted.get(hash).is_some_and(|(_, c)| is_one_chunk(c)) {
+            return;
+        }
+        let _ = std::fs::remove_file(self.path_of(hash).with_extension("chunks"));
     }
 
     /// Check that every chunk of each staged file was verified and written (which verifies the
@@ -307,7 +387,9 @@ impl StagingArea {
     }
 
     /// Check that every chunk of the staged file of `hash` is verified in it, and start its
-    /// writeback.
+    /// writeback if it has several (a file of one chunk was written whole and closed: the
+    /// `syncfs` after this writes it, and opening it again here cost a system call or three
+    /// per small file).
     fn check_complete(&self, hash: &ContentHash) -> Result<(), StoreError> {
         let (_, chunks) = self
             .wanted
@@ -318,6 +400,10 @@ impl StagingArea {
                 file: *hash,
                 chunk: c.hash,
             });
+        }
+        if is_one_chunk(chunks) {
+            self.open.close(hash);
+            return Ok(());
         }
         // Created here if it has no chunks (an empty file).
         let f = self.file(hash)?;
@@ -332,8 +418,7 @@ impl StagingArea {
     /// Wait until the staged files of `hashes` are on disk.
     #[cfg(target_os = "linux")]
     fn sync(&self, _hashes: &[ContentHash]) -> Result<(), StoreError> {
-        let dir = File::open(&self.dir).map_err(io_err(&self.dir))?;
-        rustix::fs::syncfs(&dir).map_err(|e| io_err(&self.dir)(e.into()))?;
+        rustix::fs::syncfs(&self.sync_dir).map_err(|e| io_err(&self.dir)(e.into()))?;
         Ok(())
     }
 
@@ -392,6 +477,25 @@ fn make_writable(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// What the writeback thread is to start writing out.
+enum Writeback {
+    /// This file's dirty pages.
+    File(Arc<File>),
+    /// The files written whole and closed since the last time: the file system's dirty data,
+    /// synced (on this thread, which waits for it; chunk writes go on meanwhile), so that
+    /// `finish`'s sync has only the last of them left to wait for. Its errors are reported to
+    /// `finish`'s sync (see `StagingArea::sync_dir`), not here.
+    Written,
+}
+
+/// Write out the dirty data of `dir`'s file system (elsewhere than Linux: nothing).
+fn write_out(dir: &File) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::fs::syncfs(dir);
+    #[cfg(not(target_os = "linux"))]
+    let _ = dir;
 }
 
 /// Ask the kernel to start writing `file`'s dirty pages out now, without waiting for it.
@@ -652,6 +756,42 @@ mod tests {
         area.finish(&[c.hash]).unwrap();
         assert_eq!(area.staged_checks(&c.chunks), c.checks);
         assert_eq!(std::fs::read(area.staged_path(&c.hash)).unwrap(), data);
+    }
+
+    /// A file of one chunk is written whole through a descriptor of its own, never kept among
+    /// the open files, and finished without being opened again; a kill midway leaves it short,
+    /// and a restart does not take its chunk as present.
+    #[test]
+    fn a_file_of_one_chunk_is_written_whole_and_never_kept_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (noise(1500, 20), noise(2500, 21));
+        let (ca, cb) = (chunk_reader(&a[..]).unwrap(), chunk_reader(&b[..]).unwrap());
+        let wanted = vec![
+            (ca.hash, ca.size, ca.chunks.clone()),
+            (cb.hash, cb.size, cb.chunks.clone()),
+        ];
+        {
+            let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
+            let chunk = ca.chunks[0].hash;
+            area.write_chunk(&chunk, &pos[&chunk], &a).unwrap();
+            assert_eq!(area.open_files(), 0, "written and closed");
+            area.finish(&[ca.hash]).unwrap();
+            assert_eq!(area.open_files(), 0, "finished without opening it again");
+            assert_eq!(std::fs::read(area.staged_path(&ca.hash)).unwrap(), a);
+            // b: killed when the first 1000 of its bytes were written.
+            std::fs::write(area.staged_path(&cb.hash), &b[..1000]).unwrap();
+        }
+        let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        assert!(present.contains(&ca.chunks[0].hash), "a whole file is kept");
+        assert!(
+            !present.contains(&cb.chunks[0].hash),
+            "a file cut short is fetched again"
+        );
+        let chunk = cb.chunks[0].hash;
+        area.write_chunk(&chunk, &pos[&chunk], &b).unwrap();
+        area.finish(&[ca.hash, cb.hash]).unwrap();
+        assert_eq!(std::fs::read(area.staged_path(&cb.hash)).unwrap(), b);
+        assert_eq!(area.open_files(), 0);
     }
 
     /// Killed between the writes of one chunk to its two places: the chunk is not taken as
