@@ -36,7 +36,8 @@ use crate::net::{
 };
 use crate::swarm::{
     Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, Gone, HeadLookups, Learned,
-    Nat, NatConfig, NewHead, Open, PexDials, Reserve, SeedPolicy, Seen, SessionTable, View,
+    Nat, NatConfig, NewHead, Open, Opening, PexDials, Reserve, SeedPolicy, Seen, SessionTable,
+    View,
 };
 use crate::trust::SignedHead;
 use crate::wire::{
@@ -138,6 +139,8 @@ struct NetLoop {
     /// The live session of each peer, who holds the session slots (whom a newcomer may push
     /// out), and which sessions the engine heard are up.
     sessions: SessionTable<PeerId, Session>,
+    /// Control streams being opened, one per peer at a time (see [`Opening`]).
+    opening: Opening<PeerId>,
     /// Bans, dialed addresses and known relays (bounded; swept every `PRUNE_EVERY`).
     book: PeerBook,
     /// The provider records of other nodes in the DHT store.
@@ -266,6 +269,7 @@ pub(crate) async fn start(
             config.max_peers.clamp(1, MAX_PEERS),
             config.session_idle,
         ),
+        opening: Opening::new(STREAM_OPEN_TIMEOUT),
         book: PeerBook::default(),
         providers: crate::net::ProviderBook::default(),
         next_prune: tokio::time::Instant::now() + PRUNE_EVERY,
@@ -676,7 +680,19 @@ impl NetLoop {
                     .put_record(record, libp2p::kad::Quorum::One);
             }
             NetCommand::ControlStream { peer, stream, ours } => {
+                if ours {
+                    self.opening.opened(&peer);
+                }
                 self.register_session(peer, stream, ours)
+            }
+            NetCommand::ControlOpenFailed { peer } => {
+                if self.opening.failed(&peer)
+                    && self.swarm.is_connected(&peer)
+                    && !self.sessions.contains_key(&peer)
+                {
+                    debug!(%peer, "opening the control stream again on the connection left");
+                    self.open_control(peer);
+                }
             }
             NetCommand::SessionEnded { peer, session } => {
                 if let Some(gone) = self.sessions.ended(&peer, session) {
@@ -1869,6 +1885,10 @@ impl NetLoop {
     }
 
     fn open_control(&mut self, peer: PeerId) {
+        if !self.opening.begin(&peer, Instant::now()) {
+            debug!(%peer, "a control stream to this peer is being opened already");
+            return;
+        }
         let (reply, rx) = oneshot::channel();
         self.swarm.behaviour_mut().streams.open_stream(
             peer,
@@ -1880,6 +1900,7 @@ impl NetLoop {
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, rx).await {
                 Ok(Ok(Ok(stream))) => {
                     net.control_stream(peer, stream, true).await;
+                    return;
                 }
                 // A public-DHT node, not a treecast peer.
                 Ok(Ok(Err(e @ streams::OpenError::Unsupported(_)))) => {
@@ -1888,6 +1909,7 @@ impl NetLoop {
                 Ok(Ok(Err(e))) => warn!(%peer, error = %e, "cannot open control stream"),
                 _ => warn!(%peer, "opening the control stream timed out"),
             }
+            net.control_open_failed(peer).await;
         });
     }
 

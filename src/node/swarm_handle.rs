@@ -61,6 +61,10 @@ pub(crate) enum NetCommand {
         peer: PeerId,
         session: u64,
     },
+    /// Opening a control stream of ours to `peer` failed (see `Opening`).
+    ControlOpenFailed {
+        peer: PeerId,
+    },
 }
 
 /// One row of the peer table, as `NodeHandle::peers` reports it.
@@ -216,6 +220,10 @@ impl NetHandle {
         let _ = self
             .send(NetCommand::ControlStream { peer, stream, ours })
             .await;
+    }
+
+    pub async fn control_open_failed(&self, peer: PeerId) {
+        let _ = self.send(NetCommand::ControlOpenFailed { peer }).await;
     }
 
     pub async fn session_ended(&self, peer: PeerId, session: u64) {

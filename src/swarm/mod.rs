@@ -34,5 +34,5 @@ pub use lanes::LaneId;
 pub use nat::{AutoNat, Nat, NatConfig, Reachability, Reserve, RESERVE_RETRY};
 pub use schedule::{Action, FeedPeer, ScheduleConfig, Scheduler};
 pub use seed::SeedPolicy;
-pub use sessions::{dial_target, Gone, Open, SessionTable};
+pub use sessions::{dial_target, Gone, Open, Opening, SessionTable};
 pub use slots::{Admission, Slots};

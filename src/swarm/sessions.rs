@@ -260,11 +260,91 @@ impl<'a, P: Clone + Eq + Hash + Ord, H> IntoIterator for &'a SessionTable<P, H> 
     }
 }
 
+/// The control streams this node is opening, at most one per peer.
+///
+/// A node that dials a peer twice at once (a saved address and the ticket's, say) gets two
+/// connections, and each would carry a stream of ours. The peer may register the two streams
+/// in the other order than we do (each side as its open completes), so each side keeps the
+/// session the other replaced, ends the one it replaced, and both sessions die ("peer said
+/// goodbye" on both ends; the next connection came ~3 s later in a re-sync on loopback). One
+/// open at a time per peer makes the order the same on both ends. A call while one is open is
+/// remembered: if that open fails, the caller opens again (the connection it ran on may have
+/// closed while another came up).
+#[derive(Debug)]
+pub struct Opening<P> {
+    /// Peer, when its open began, and whether another was asked for meanwhile.
+    open: HashMap<P, (Instant, bool)>,
+    timeout: Duration,
+}
+
+impl<P: Clone + Eq + Hash> Opening<P> {
+    /// An open not heard of within `timeout` no longer blocks the next.
+    pub fn new(timeout: Duration) -> Self {
+        Opening {
+            open: HashMap::new(),
+            timeout,
+        }
+    }
+
+    /// May the caller open a control stream to `peer` now? False while one is open.
+    pub fn begin(&mut self, peer: &P, now: Instant) -> bool {
+        if let Some((since, again)) = self.open.get_mut(peer) {
+            if now.saturating_duration_since(*since) < self.timeout {
+                *again = true;
+                return false;
+            }
+        }
+        self.open.insert(peer.clone(), (now, false));
+        true
+    }
+
+    /// The open to `peer` gave a stream.
+    pub fn opened(&mut self, peer: &P) {
+        self.open.remove(peer);
+    }
+
+    /// The open to `peer` failed: true if another was asked for while it ran (the caller
+    /// opens again if it still has a connection and no session).
+    pub fn failed(&mut self, peer: &P) -> bool {
+        self.open.remove(peer).is_some_and(|(_, again)| again)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const IDLE: Duration = Duration::from_secs(60);
+
+    /// One open per peer at a time; a second asked for meanwhile is owed only if the first
+    /// fails; an open that was never heard of stops blocking after the timeout.
+    #[test]
+    fn one_control_stream_is_opened_per_peer_at_a_time() {
+        let t0 = Instant::now();
+        let mut o = Opening::new(Duration::from_secs(10));
+        assert!(o.begin(&1u32, t0));
+        assert!(
+            !o.begin(&1, secs(t0, 1)),
+            "a second open while the first runs"
+        );
+        assert!(o.begin(&2, secs(t0, 1)), "another peer is not held up");
+        o.opened(&1);
+        assert!(
+            o.begin(&1, secs(t0, 2)),
+            "the next open once the first gave a stream"
+        );
+        assert!(!o.failed(&1), "nothing was asked for meanwhile");
+        assert!(o.begin(&1, secs(t0, 3)));
+        assert!(!o.begin(&1, secs(t0, 4)));
+        assert!(o.failed(&1), "the open asked for meanwhile is owed");
+        assert!(!o.failed(&1), "and owed once");
+        assert!(!o.begin(&2, secs(t0, 10)), "peer 2's open is 9 s old");
+        assert!(
+            o.begin(&2, secs(t0, 11)),
+            "peer 2's open was never heard of"
+        );
+    }
+
     /// This node's peer ID: the streams of peers below it win the tie-break against ours.
     const US: u32 = 5;
 
