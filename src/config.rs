@@ -116,6 +116,10 @@ pub struct NodeConfig {
     pub watch: bool,
     /// Subscriber only: how long to wait for a first peer before giving up (with `--once`).
     pub connect_timeout: Duration,
+    /// Publisher only: how long a starting publisher with peers to ask listens for the newest
+    /// revision the swarm holds before it publishes (a fifth of it with only mDNS). Only tests
+    /// change it.
+    pub learn_window: Duration,
     /// Publisher only: the swarm ID to use for a tree that has none yet (default: a new UUID).
     pub swarm_id: Option<uuid::Uuid>,
     /// Wire protocol version this node speaks. Only tests change it.
@@ -184,6 +188,7 @@ impl NodeConfig {
             rescan_interval: Duration::from_secs(30),
             watch: true,
             connect_timeout: Duration::from_secs(30),
+            learn_window: Duration::from_secs(5),
             swarm_id: None,
             max_upload: None,
             max_download: None,

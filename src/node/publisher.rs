@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::applied::{load_applied, open_db};
 use super::error::NodeError;
@@ -58,6 +58,13 @@ struct Publisher {
     ignore: Vec<String>,
     /// The newest revision of this swarm that the swarm was heard to hold (DHT, peers).
     swarm_newest: u64,
+    /// `--force`: publish even where the guard at start would refuse.
+    force: bool,
+    /// An unchanged restart serves at once and keeps listening until then (see `start`): no
+    /// new revision is published before, and a newer one heard before then refuses them all.
+    guard_until: Option<tokio::time::Instant>,
+    /// Why this publisher publishes no new revision (the swarm holds a newer one by our key).
+    refused: Option<String>,
     /// The swarm's keys: this publisher's key must be the current one.
     lineage: Lineage,
     scan_progress: Option<Arc<crate::tree::ScanProgress>>,
@@ -120,8 +127,6 @@ fn check_signer(
     ))
 }
 
-/// How long a starting publisher listens for the newest revision the swarm holds.
-const LEARN_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 /// At start, a tree with less than this share of the files or bytes of the revision it last
 /// published is taken for a publisher that lost its files.
 const MUCH_SMALLER: f64 = 0.5;
@@ -156,6 +161,9 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
         current: None,
         known: Arc::new(db.file_index()?),
         swarm_newest: 0,
+        force: config.force,
+        guard_until: None,
+        refused: None,
         lineage: lineage.clone(),
         scan_progress: config.scan_progress.clone(),
     };
@@ -189,18 +197,20 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     // The watcher starts first: a change made while the first scan runs (which the scan may
     // have missed) starts a rescan as soon as the node runs, not at the periodic backstop.
     let watch = Watch::start(&config);
-    let scan = engine.start_scan();
+    let mut scan = engine.start_scan();
     let known_peers = !config.bootstrap.is_empty() || state.join("peers").exists();
     if known_peers || config.mdns {
         // With only mDNS to go on, a short look; with peers to dial, wait for one.
         let window = if known_peers {
-            LEARN_WINDOW
+            config.learn_window
         } else {
-            LEARN_WINDOW / 5
+            config.learn_window / 5
         };
-        engine.learn_swarm(&mut events, window, known_peers).await;
+        engine
+            .learn_swarm(&mut events, window, known_peers, &mut scan)
+            .await;
     }
-    if let Err(e) = engine.first_scan(scan, config.force).await {
+    if let Err(e) = engine.first_scan(scan).await {
         started.cancel.cancel();
         let mut tasks = started.tasks;
         while tasks.join_next().await.is_some() {}
@@ -261,10 +271,16 @@ impl Publisher {
         let mut rescan_tick = tokio::time::interval(config.rescan_interval);
         rescan_tick.tick().await;
         loop {
+            // Nothing new is published while the guard of an unchanged restart runs.
+            let guard = self.guard_until;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                cmd = commands.recv() => match cmd {
+                _ = tokio::time::sleep_until(guard.unwrap_or_else(tokio::time::Instant::now)), if guard.is_some() => {
+                    debug!("the swarm holds no newer revision: the guard at start has passed");
+                    self.guard_until = None;
+                }
+                cmd = commands.recv(), if guard.is_none() => match cmd {
                     Some(PublisherCommand::Rescan(reply)) => {
                         let _ = reply.send(self.rescan().await);
                     }
@@ -274,26 +290,33 @@ impl Publisher {
                     None => break,
                 },
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_peer_event(ev),
+                    Some(ev) => {
+                        self.on_peer_event(ev);
+                        self.check_guard();
+                    }
                     None => break,
                 },
-                Some(()) = watch.changes.recv() => {
+                Some(()) = watch.changes.recv(), if guard.is_none() => {
                     settle(&mut watch.changes, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX).await;
                     self.rescan_logged().await;
                 }
-                _ = rescan_tick.tick() => self.rescan_logged().await,
+                _ = rescan_tick.tick(), if guard.is_none() => self.rescan_logged().await,
             }
         }
     }
 
     /// Listen for up to `window` for the newest revision signed by our key: a DHT lookup of
     /// the head record, and the heads in peers' hellos. Ends early once the DHT has answered
-    /// and some peer was heard (or none is configured).
+    /// and some peer was heard (or none is configured), or once `scan` shows the tree as this
+    /// publisher last published it: then nothing new is to be published, serving the stored
+    /// revision is safe (no subscriber takes an older revision), and the rest of the window
+    /// is kept by the running publisher (`guard_until`), before it publishes anything new.
     async fn learn_swarm(
         &mut self,
         events: &mut EventReceiver,
         window: std::time::Duration,
         wait_for_peer: bool,
+        scan: &mut ScanTask,
     ) {
         let net = self.net.clone().expect("net started");
         let deadline = tokio::time::Instant::now() + window;
@@ -305,6 +328,7 @@ impl Publisher {
             if dht_done && (heard || !wait_for_peer) {
                 break;
             }
+            let mut finished = None;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 found = &mut lookup, if !dht_done => {
@@ -317,6 +341,19 @@ impl Publisher {
                     Some(ev) => self.on_peer_event(ev),
                     None => break,
                 },
+                done = scan.running(), if scan.is_running() => finished = Some(done),
+            }
+            if let Some(done) = finished {
+                let unchanged = matches!(
+                    (&done, &self.current),
+                    (Ok(sc), Some((_, m))) if sc.scan.manifest == **m
+                );
+                *scan = ScanTask::Done(done);
+                if unchanged {
+                    debug!("the tree is as last published: serving it while the swarm is asked");
+                    self.guard_until = Some(deadline);
+                    break;
+                }
             }
         }
         if self.swarm_newest > 0 {
@@ -352,23 +389,13 @@ impl Publisher {
     /// The scan at start, with the lost-publisher guard: refuse (unless `force`) when the swarm
     /// holds a newer revision than this publisher's state, or when the tree is much smaller
     /// than the revision it last published. `scan` ran while the swarm was asked.
-    async fn first_scan(&mut self, scan: ScanTask, force: bool) -> Result<(), NodeError> {
+    async fn first_scan(&mut self, scan: ScanTask) -> Result<(), NodeError> {
+        let force = self.force;
         // The swarm may know of a handover away from this key.
         check_signer(&self.lineage, &self.key, &self.dir)?;
-        let local = self.current.as_ref().map_or(0, |(r, _)| *r);
-        let restore = format!(
-            "`treecast publish --restore {}` rebuilds the tree from the swarm first",
-            self.dir.display()
-        );
-        if self.swarm_newest > local && !force {
-            return Err(NodeError::Refused(format!(
-                "the swarm holds revision {} signed by this key, but {} is at {}: this publisher lost \
-                 its files or state. {restore}; --force publishes this tree as revision {}",
-                self.swarm_newest,
-                self.dir.display(),
-                if local == 0 { "no revision".to_string() } else { format!("revision {local}") },
-                self.swarm_newest + 1
-            )));
+        let restore = self.restore_hint();
+        if let Some(refusal) = self.newer_in_swarm() {
+            return Err(NodeError::Refused(refusal));
         }
         let scanned = self.scanned(scan).await?;
         if let (Some((rev, old)), false) = (&self.current, force) {
@@ -388,6 +415,51 @@ impl Publisher {
         }
         self.publish_scanned(scanned).await?;
         Ok(())
+    }
+
+    /// The swarm holds a newer revision signed by this key than this publisher's state (unless
+    /// `--force`): why it refuses to publish.
+    fn newer_in_swarm(&self) -> Option<String> {
+        let local = self.current.as_ref().map_or(0, |(r, _)| *r);
+        if self.swarm_newest <= local || self.force {
+            return None;
+        }
+        Some(format!(
+            "the swarm holds revision {} signed by this key, but {} is at {}: this publisher lost \
+             its files or state. {}; --force publishes this tree as revision {}",
+            self.swarm_newest,
+            self.dir.display(),
+            if local == 0 {
+                "no revision".to_string()
+            } else {
+                format!("revision {local}")
+            },
+            self.restore_hint(),
+            self.swarm_newest + 1
+        ))
+    }
+
+    fn restore_hint(&self) -> String {
+        format!(
+            "`treecast publish --restore {}` rebuilds the tree from the swarm first",
+            self.dir.display()
+        )
+    }
+
+    /// While the guard of an unchanged restart runs: a newer revision by our key in the swarm
+    /// means this publisher's files and state are older than the swarm's (restored from a
+    /// backup, say). It keeps serving what it has (no subscriber takes an older revision) and
+    /// publishes nothing new until restarted with `--restore` or `--force`.
+    fn check_guard(&mut self) {
+        if self.guard_until.is_none() {
+            return;
+        }
+        if let Some(refusal) = self.newer_in_swarm() {
+            error!("{refusal}");
+            self.status.send_modify(|s| s.error = Some(refusal.clone()));
+            self.refused = Some(refusal);
+            self.guard_until = None;
+        }
     }
 
     fn on_peer_event(&mut self, ev: PeerEvent) {
@@ -424,6 +496,9 @@ impl Publisher {
 
     /// Scan the tree; publish a new revision if it changed.
     async fn rescan(&mut self) -> Result<Option<u64>, NodeError> {
+        if let Some(refusal) = &self.refused {
+            return Err(NodeError::Refused(refusal.clone()));
+        }
         let scanned = self.scan_tree().await?;
         self.publish_scanned(scanned).await
     }
@@ -442,7 +517,7 @@ impl Publisher {
         let known = self.known.clone();
         let extra = self.ignore.clone();
         let progress = self.scan_progress.clone();
-        ScanTask(tokio::task::spawn_blocking(move || {
+        ScanTask::Running(tokio::task::spawn_blocking(move || {
             // Read again on every scan, so edits to .treecastignore take effect.
             let rules = IgnoreRules::load(&dir, &extra)?;
             let scan = crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())?;
@@ -456,10 +531,10 @@ impl Publisher {
         &mut self,
         task: ScanTask,
     ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
-        let Scanned { scan, known } = task
-            .0
-            .await
-            .map_err(|e| NodeError::Refused(format!("publisher task failed: {e}")))??;
+        let Scanned { scan, known } = match task {
+            ScanTask::Running(handle) => ScanTask::joined(handle.await),
+            ScanTask::Done(done) => done,
+        }?;
         let crate::tree::Scan {
             manifest,
             records,
@@ -598,7 +673,30 @@ struct Scanned {
 }
 
 /// A scan running on the blocking pool.
-struct ScanTask(tokio::task::JoinHandle<Result<Scanned, NodeError>>);
+enum ScanTask {
+    Running(tokio::task::JoinHandle<Result<Scanned, NodeError>>),
+    Done(Result<Scanned, NodeError>),
+}
+
+impl ScanTask {
+    fn is_running(&self) -> bool {
+        matches!(self, ScanTask::Running(_))
+    }
+
+    /// The running scan's result (never ready for one that is done).
+    async fn running(&mut self) -> Result<Scanned, NodeError> {
+        match self {
+            ScanTask::Running(handle) => Self::joined(handle.await),
+            ScanTask::Done(_) => std::future::pending().await,
+        }
+    }
+
+    fn joined(
+        joined: Result<Result<Scanned, NodeError>, tokio::task::JoinError>,
+    ) -> Result<Scanned, NodeError> {
+        joined.map_err(|e| NodeError::Refused(format!("publisher task failed: {e}")))?
+    }
+}
 
 /// Run `f` on the blocking pool: scans, hashing, database commits and serve indexes never
 /// hold a runtime thread.
