@@ -50,6 +50,10 @@ pub const MAX_PEERS: usize = 64;
 /// A session that moved no chunk bytes for this long may be ended to make room for a newcomer
 /// when every slot is taken (see `swarm::Slots`).
 pub const SESSION_IDLE: Duration = Duration::from_secs(60);
+/// A download whose sessions all moved no chunk bytes for this long is starved: the peers it
+/// has hold nothing it lacks (or refuse it), so it looks for others as a node with no peer
+/// does — the publisher from the ticket, the DHT's providers (see `swarm::Discovery`).
+pub const STARVED_AFTER: Duration = Duration::from_secs(10);
 
 /// Control messages a peer may send per second on average, and in one burst; more is a flood
 /// (an honest peer sends a few per second: availability every 250 ms, heartbeats, heads).

@@ -28,7 +28,8 @@ use super::serve::Content;
 use super::status::Stats;
 use super::swarm_handle::{LocalInfo, NetCommand, NetHandle, NetReport, PeerSummary};
 use crate::config::{
-    NodeConfig, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL, STREAM_OPEN_TIMEOUT,
+    NodeConfig, MAX_INBOUND_CHUNK_STREAMS, MAX_PEERS, PEX_RELAYS_PER_DIAL, STARVED_AFTER,
+    STREAM_OPEN_TIMEOUT,
 };
 use crate::net::streams;
 use crate::net::{
@@ -174,6 +175,10 @@ struct NetLoop {
     /// Relay reservations, reachability, relayed connections giving way to direct ones (the
     /// relays themselves are in `book`).
     nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
+    /// A download is under way and no session fed it for `STARVED_AFTER` (as of the last
+    /// discovery tick): discovery redials and looks up as if we had no peer, and our dial
+    /// target does not hold (see `SessionTable::starved_room`).
+    starved: bool,
 }
 
 /// This node in the public DHT (Amino): what it announces and when, and the provider records
@@ -307,6 +312,7 @@ pub(crate) async fn start(
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
         our_dials: HashMap::new(),
         pex: PexDials::new(Default::default(), Instant::now()),
+        starved: false,
         nat: Nat::new(
             NatConfig {
                 relay_server: config.relay_circuit_bytes.is_some(),
@@ -953,7 +959,7 @@ impl NetLoop {
                 continue;
             }
             rec.addrs = addrs.clone();
-            if self.sessions.dial_room() == 0 {
+            if self.dial_room() == 0 {
                 continue;
             }
             if self.swarm.is_connected(&peer) {
@@ -980,7 +986,7 @@ impl NetLoop {
     /// be reachable only there).
     fn dial_learned(&mut self) {
         let now = Instant::now();
-        let room = self.sessions.dial_room();
+        let room = self.dial_room();
         while let Some(Dial { peer, mut addrs }) = self.pex.poll_dial(room, now) {
             if !self.may_try(peer) {
                 self.pex.handle_dial_failed(&peer);
@@ -1023,7 +1029,7 @@ impl NetLoop {
             &self.table,
             std::time::SystemTime::now(),
             |p| *p == relay || swarm.is_connected(p) || self.book.is_banned(p, Instant::now()),
-            self.sessions.dial_room(),
+            self.dial_room(),
         );
         for peer in lost {
             let mut addrs = self.table[&peer].addrs.clone();
@@ -1072,10 +1078,32 @@ impl NetLoop {
         let kad = &mut self.swarm.behaviour_mut().kad;
         let own = kad.kbuckets().any(|b| b.num_entries() > 0);
         let routable = own || self.amino_routing_peers() > 0;
+        // Usefulness as of now, not of the last peer exchange.
+        self.observe_slots(&self.stats.traffic.snapshot());
+        let idle = self.sessions.idle_for(Instant::now(), STARVED_AFTER);
+        self.starved = idle && self.behind();
         View {
             routable,
             sessions: self.sessions.len(),
             connected: self.swarm.network_info().num_peers(),
+            starved: self.starved,
+        }
+    }
+
+    /// True if a peer told us of a newer revision than the one we hold: a download is under
+    /// way (or due).
+    fn behind(&self) -> bool {
+        let newest = self.table.values().filter_map(|r| r.revision).max();
+        newest.is_some_and(|n| self.our_revision().is_none_or(|o| n > o))
+    }
+
+    /// How many more sessions we may open ourselves: up to the dial target, or while starved
+    /// up to the slots (the sessions we opened feed nothing).
+    fn dial_room(&self) -> usize {
+        if self.starved {
+            self.sessions.starved_room()
+        } else {
+            self.sessions.dial_room()
         }
     }
 
@@ -1175,7 +1203,7 @@ impl NetLoop {
                 ..
             } => {
                 for peer in providers {
-                    let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+                    let (seen, room) = (self.seen(&peer), self.dial_room());
                     if let Some(dial) = self.discovery.handle_provider(peer, seen, room) {
                         self.discover(dial);
                     }
@@ -1290,7 +1318,7 @@ impl NetLoop {
                 let me = *self.swarm.local_peer_id();
                 for peer in providers.into_iter().filter(|p| *p != me) {
                     Stats::add(&self.stats.public_dht_providers_found, 1);
-                    let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+                    let (seen, room) = (self.seen(&peer), self.dial_room());
                     if let Some(dial) = self.discovery.handle_provider(peer, seen, room) {
                         info!(%peer, "found a swarm peer in the public DHT");
                         self.discover(dial);
@@ -1373,7 +1401,7 @@ impl NetLoop {
                 .behaviour_mut()
                 .kad
                 .add_address(&peer, addr.clone());
-            let (seen, room) = (self.seen(&peer), self.sessions.dial_room());
+            let (seen, room) = (self.seen(&peer), self.dial_room());
             if let Some(dial) = self.discovery.handle_neighbour(peer, addr, seen, room) {
                 self.discover(dial);
             }
@@ -1552,14 +1580,23 @@ impl NetLoop {
         });
     }
 
-    /// No peer connected: dial the bootstrap peers again (discovery backs off).
+    /// No peer connected, or starved: dial the bootstrap peers again (discovery backs off).
     fn redial(&mut self, addrs: Vec<Multiaddr>, retry_in: Duration) {
         info!(
             peers = addrs.len(),
             ?retry_in,
-            "no peer connected: dialing bootstrap peers again"
+            starved = self.starved,
+            "no peer connected, or none feeds the download: dialing bootstrap peers again"
         );
         for addr in addrs {
+            // Starved with a session to a bootstrap peer: it has nothing for us either.
+            let peer = addr.iter().find_map(|p| match p {
+                Protocol::P2p(peer) => Some(peer),
+                _ => None,
+            });
+            if peer.is_some_and(|p| self.sessions.contains_key(&p)) {
+                continue;
+            }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 debug!(%addr, error = %e, "redial failed");
             }
@@ -1652,7 +1689,7 @@ impl NetLoop {
                 // dial (the DHT's own dials included); peers with room open theirs.
                 if endpoint.is_dialer()
                     && !self.sessions.contains_key(&peer_id)
-                    && self.sessions.dial_room() > 0
+                    && self.dial_room() > 0
                 {
                     self.open_control(peer_id);
                 }

@@ -208,6 +208,19 @@ impl<P: Clone + Eq + Hash + Ord, H> SessionTable<P, H> {
         target.min(self.max.saturating_sub(self.live.len()))
     }
 
+    /// How many sessions a starved download may open ([`SessionTable::idle_for`]): its dial
+    /// target does not hold, as what it opened moves nothing; its slots do, but at the limit
+    /// one more may be tried (the admission then ends a session idle for long enough, or
+    /// refuses it).
+    pub fn starved_room(&self) -> usize {
+        self.max.saturating_sub(self.live.len()).max(1)
+    }
+
+    /// True if every live session has been idle for `after` at `now` (see [`Slots::idle_for`]).
+    pub fn idle_for(&self, now: Instant, after: Duration) -> bool {
+        self.slots.idle_for(now, after)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }

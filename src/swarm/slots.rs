@@ -107,6 +107,15 @@ impl<P: Clone + Eq + Hash> Slots<P> {
         }
     }
 
+    /// True if every session held has been idle (see [`Slots::observe`]; a session's own
+    /// grace counts from its join) for `after` at `now`, or none is held: the peers we have
+    /// move no chunk bytes with us.
+    pub fn idle_for(&self, now: Instant, after: Duration) -> bool {
+        self.peers
+            .values()
+            .all(|s| now.saturating_duration_since(s.idle_since()) >= after)
+    }
+
     /// Sessions held.
     pub fn len(&self) -> usize {
         self.peers.len()
@@ -193,6 +202,23 @@ mod tests {
         slots.leave(&"synced");
         assert_eq!(slots.admit("new5", 0, secs(t0, 181)), Admission::Admitted);
         assert!(!slots.is_empty());
+    }
+
+    /// Idle for: every session, the newest included, moved nothing for that long.
+    #[test]
+    fn idle_for_needs_every_session_idle() {
+        let t0 = Instant::now();
+        let mut slots = Slots::new(3, IDLE);
+        let ten = Duration::from_secs(10);
+        assert!(slots.idle_for(t0, ten), "no session");
+        slots.admit("a", 0, t0);
+        assert!(!slots.idle_for(secs(t0, 9), ten), "a's own grace");
+        assert!(slots.idle_for(secs(t0, 10), ten));
+        slots.observe(&"a", 100, false, secs(t0, 20));
+        assert!(!slots.idle_for(secs(t0, 25), ten), "a moved bytes at 20 s");
+        slots.admit("b", 0, secs(t0, 30));
+        assert!(!slots.idle_for(secs(t0, 35), ten), "b joined at 30 s");
+        assert!(slots.idle_for(secs(t0, 40), ten));
     }
 
     /// Bytes moved before the session began (an earlier session of the same peer) are not

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDequ
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use treecast::config::SESSION_IDLE;
+use treecast::config::{SESSION_IDLE, STARVED_AFTER};
 use treecast::swarm::{
     dial_target, Action, Admission, Dial, FeedPeer, LaneId, OwnAvailability, PexDials,
     ScheduleConfig, Scheduler, SeedPolicy, Slots,
@@ -463,14 +463,16 @@ impl Sim {
         self.present.push(n);
     }
 
-    /// Dial the publisher and a few joined subscribers if short of peers (the ticket and the
-    /// DHT, in the node), and look again in a while.
+    /// Dial the publisher and a few joined subscribers if short of peers, or starved (the
+    /// ticket and the DHT, in the node: `Discovery`'s redial and provider lookups), and look
+    /// again in a while.
     fn redial(&mut self, n: u32) {
+        let now = self.instant();
         let node = &self.nodes[n as usize];
         if node.gone || node.done.is_some() {
             return;
         }
-        if node.peers.len() < self.setup.bootstrap + 1 {
+        if node.peers.len() < self.setup.bootstrap + 1 || Self::starved(node, now) {
             if !node.peers.contains(&PUBLISHER) {
                 self.push_after_latency(Ev::Dial {
                     from: n,
@@ -485,6 +487,12 @@ impl Sim {
             }
         }
         self.push_at(self.now + nanos(REDIAL), Ev::Redial(n));
+    }
+
+    /// As the node's `View::starved`: downloading, and no session moved chunk bytes for
+    /// `STARVED_AFTER`.
+    fn starved(node: &Node, now: Instant) -> bool {
+        node.downloading() && node.slots.idle_for(now, STARVED_AFTER)
     }
 
     fn leave(&mut self, n: u32) {
@@ -609,11 +617,16 @@ impl Sim {
         if node.gone || node.done.is_some() {
             return;
         }
-        // As the node's SessionTable::dial_room: its dial target, within its slots.
+        // As the node's SessionTable::dial_room: its dial target, within its slots; starved,
+        // its slots alone (SessionTable::starved_room).
         let max = self.setup.max_peers;
-        let room = dial_target(max)
-            .saturating_sub(node.dialled.len())
-            .min(max.saturating_sub(node.peers.len()));
+        let room = if Self::starved(node, now) {
+            max.saturating_sub(node.peers.len()).max(1)
+        } else {
+            dial_target(max)
+                .saturating_sub(node.dialled.len())
+                .min(max.saturating_sub(node.peers.len()))
+        };
         let mut dials = Vec::new();
         while let Some(Dial { peer, .. }) = node.pex.poll_dial(room, now) {
             dials.push(peer);
