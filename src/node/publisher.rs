@@ -268,6 +268,8 @@ impl Publisher {
         config: NodeConfig,
         cancel: CancellationToken,
     ) {
+        // A full interval from the end of each rescan, whatever started it: a scan longer than
+        // the interval (a million files) must not run back to back with the next.
         let mut rescan_tick = tokio::time::interval(config.rescan_interval);
         rescan_tick.tick().await;
         loop {
@@ -283,6 +285,7 @@ impl Publisher {
                 cmd = commands.recv(), if guard.is_none() => match cmd {
                     Some(PublisherCommand::Rescan(reply)) => {
                         let _ = reply.send(self.rescan().await);
+                        rescan_tick.reset();
                     }
                     Some(PublisherCommand::DangerPublish { manifest, reply }) => {
                         let _ = reply.send(self.danger_publish(manifest).await);
@@ -299,8 +302,12 @@ impl Publisher {
                 Some(()) = watch.changes.recv(), if guard.is_none() => {
                     settle(&mut watch.changes, WATCH_DEBOUNCE, WATCH_DEBOUNCE_MAX).await;
                     self.rescan_logged().await;
+                    rescan_tick.reset();
                 }
-                _ = rescan_tick.tick(), if guard.is_none() => self.rescan_logged().await,
+                _ = rescan_tick.tick(), if guard.is_none() => {
+                    self.rescan_logged().await;
+                    rescan_tick.reset();
+                }
             }
         }
     }
@@ -399,10 +406,13 @@ impl Publisher {
         }
         let scanned = self.scanned(scan).await?;
         if let (Some((rev, old)), false) = (&self.current, force) {
-            let (files, bytes) = (scanned.0.files().count(), scanned.0.total_bytes());
+            let (files, bytes) = (
+                scanned.manifest.files().count(),
+                scanned.manifest.total_bytes(),
+            );
             let (old_files, old_bytes) = (old.files().count(), old.total_bytes());
             let smaller = |n: usize, o: usize| (n as f64) < (o as f64) * MUCH_SMALLER;
-            if scanned.0 != **old
+            if scanned.manifest != **old
                 && (smaller(files, old_files) || smaller(bytes as usize, old_bytes as usize))
             {
                 return Err(NodeError::Refused(format!(
@@ -504,9 +514,7 @@ impl Publisher {
     }
 
     /// Scan the tree (hashing only files whose size, mtime or inode changed).
-    async fn scan_tree(
-        &mut self,
-    ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
+    async fn scan_tree(&mut self) -> Result<ScanOutput, NodeError> {
         let task = self.start_scan();
         self.scanned(task).await
     }
@@ -521,17 +529,30 @@ impl Publisher {
             // Read again on every scan, so edits to .treecastignore take effect.
             let rules = IgnoreRules::load(&dir, &extra)?;
             let scan = crate::tree::scan_with_progress(&dir, &known, &rules, progress.as_deref())?;
-            let known = Arc::new(scan.records.iter().cloned().collect());
-            Ok(Scanned { scan, known })
+            // Every file as the index knows it (the usual rescan): keep the index, skip its
+            // rewrite and the serve index's rebuild (whole seconds at a million files).
+            let same_index = scan.records.len() == known.len()
+                && scan.stats.unchanged_records == known.len() as u64;
+            let known = if same_index {
+                known
+            } else {
+                Arc::new(scan.records.iter().cloned().collect())
+            };
+            Ok(Scanned {
+                scan,
+                known,
+                same_index,
+            })
         }))
     }
 
     /// The result of a scan `start_scan` started; its file index becomes the known one.
-    async fn scanned(
-        &mut self,
-        task: ScanTask,
-    ) -> Result<(Manifest, Vec<(RelPath, FileRecord)>, crate::tree::ScanStats), NodeError> {
-        let Scanned { scan, known } = match task {
+    async fn scanned(&mut self, task: ScanTask) -> Result<ScanOutput, NodeError> {
+        let Scanned {
+            scan,
+            known,
+            same_index,
+        } = match task {
             ScanTask::Running(handle) => ScanTask::joined(handle.await),
             ScanTask::Done(done) => done,
         }?;
@@ -542,19 +563,26 @@ impl Publisher {
         } = scan;
         Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
         self.known = known;
-        Ok((manifest, records, scan_stats))
+        Ok(ScanOutput {
+            manifest,
+            records,
+            stats: scan_stats,
+            same_index,
+        })
     }
 
     /// Publish a scanned tree if it differs from the current revision.
-    async fn publish_scanned(
-        &mut self,
-        (manifest, records, scan_stats): (
-            Manifest,
-            Vec<(RelPath, FileRecord)>,
-            crate::tree::ScanStats,
-        ),
-    ) -> Result<Option<u64>, NodeError> {
+    async fn publish_scanned(&mut self, scanned: ScanOutput) -> Result<Option<u64>, NodeError> {
+        let ScanOutput {
+            manifest,
+            records,
+            stats: scan_stats,
+            same_index,
+        } = scanned;
         if let Some((_, current)) = self.current.as_ref().filter(|(_, m)| **m == manifest) {
+            if same_index {
+                return Ok(None);
+            }
             let (db, content, current) = (self.db.clone(), self.content.clone(), current.clone());
             return blocking(move || {
                 db.update_file_index(&records)?;
@@ -670,6 +698,17 @@ impl Publisher {
 struct Scanned {
     scan: crate::tree::Scan,
     known: Arc<HashMap<RelPath, FileRecord>>,
+    /// The file index is the one the scan started from, record for record.
+    same_index: bool,
+}
+
+/// A scan's result as the publisher takes it.
+struct ScanOutput {
+    manifest: Manifest,
+    records: Vec<(RelPath, FileRecord)>,
+    stats: crate::tree::ScanStats,
+    /// Every file as the file index held it: nothing to write to it, nor to the serve index.
+    same_index: bool,
 }
 
 /// A scan running on the blocking pool.

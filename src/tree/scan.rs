@@ -98,6 +98,8 @@ pub struct ScanStats {
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     pub skipped: u64,
+    /// Files whose record is the one the file index passed in held, unchanged.
+    pub unchanged_records: u64,
 }
 
 /// The result of one scan.
@@ -284,6 +286,9 @@ impl Walk<'_> {
 
     /// Publish the file at `path` with `mode` (as on disk) and its `record`.
     fn push_file(&mut self, path: RelPath, mode: u32, record: FileRecord) {
+        if self.known.get(&path) == Some(&record) {
+            self.stats.unchanged_records += 1;
+        }
         if let Some(p) = self.progress {
             p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -441,6 +446,10 @@ mod tests {
             again.stats.files_hashed, 0,
             "unchanged files are not rehashed"
         );
+        assert_eq!(
+            again.stats.unchanged_records, 2,
+            "every record as the index held it"
+        );
         // Indexed before read checks: hashed once more, to get them.
         let mut old = known.clone();
         old.values_mut().for_each(|r| r.checks.clear());
@@ -448,6 +457,16 @@ mod tests {
         assert_eq!(upgraded.manifest, m);
         assert_eq!(upgraded.stats.files_hashed, 2);
         assert!(upgraded.records.iter().all(|(_, r)| r.has_checks()));
+        assert_eq!(
+            upgraded.stats.unchanged_records, 0,
+            "records with checks are new"
+        );
+        std::fs::write(root.join("a/b/file"), b"changed").unwrap();
+        let edited = scan(root, &known, &IgnoreRules::none()).unwrap();
+        assert_eq!(
+            edited.stats.unchanged_records, 1,
+            "the edited file's record is new"
+        );
     }
 
     /// The publisher's read and execute bits are published, never write or setuid bits; the
