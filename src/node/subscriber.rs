@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -106,10 +107,7 @@ struct Subscriber {
     download_limit: Option<super::chunks::Limiter>,
     /// The look for local changes under way, and the number of downloads finished when it
     /// began (a result is stale if one finished since).
-    local_check: Option<(
-        tokio::task::JoinHandle<Result<LocalChanges, StoreError>>,
-        u64,
-    )>,
+    local_check: Option<LocalCheck>,
     next_local_check: Instant,
     downloads_done: u64,
     /// After a local storage error: when to try the download again, and the next wait.
@@ -323,12 +321,14 @@ impl Subscriber {
                     self.downloads_done += 1;
                     self.on_download_done(res, ended.cancel.is_cancelled());
                 }
-                res = async { (&mut self.local_check.as_mut().expect("guarded").0).await },
+                res = async { (&mut self.local_check.as_mut().expect("guarded").task).await },
                     if self.local_check.is_some() => {
-                    let (_, began_at) = self.local_check.take().expect("guarded");
+                    let began_at = self.local_check.take().expect("guarded").began_at;
                     Stats::add(&self.stats.local_checks, 1);
                     match res {
-                        Ok(Ok(changes)) => {
+                        // Stopped: only when the check was dropped, never seen here.
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some(changes))) => {
                             self.note_local_check(None);
                             if began_at == self.downloads_done && self.download.is_none() {
                                 let clean = changes.is_empty();
@@ -547,12 +547,18 @@ impl Subscriber {
             return;
         }
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let task = tokio::task::spawn_blocking(move || {
             // Not an empty index on error: every file would be rehashed each time, unnoticed.
             let index = db.file_index()?;
-            Ok(local_changes(&dir, &index, &manifest))
+            Ok(local_changes(&dir, &index, &manifest, &stopped))
         });
-        self.local_check = Some((task, self.downloads_done));
+        self.local_check = Some(LocalCheck {
+            task,
+            began_at: self.downloads_done,
+            stop,
+        });
     }
 
     /// A look for local changes ended: with an error (`Some`), logged and kept in the status
@@ -762,6 +768,21 @@ impl Subscriber {
             s.synced = synced && s.peers_seen > 0;
             changed
         });
+    }
+}
+
+/// A look for local changes under way (on the blocking pool), and the number of downloads
+/// finished when it began (a result is stale if one finished since). Dropped before it ends
+/// (the node stops), it tells the look to stop: the process would wait for it to exit.
+struct LocalCheck {
+    task: tokio::task::JoinHandle<Result<Option<LocalChanges>, StoreError>>,
+    began_at: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for LocalCheck {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{io_err, StoreError};
 use crate::tree::{chunk_reader, FileRecord, Manifest, RelPath};
@@ -34,15 +35,22 @@ impl LocalChanges {
 
 /// Compare `root` with `manifest`. Files whose size, mtime and inode match their `index`
 /// record are taken as unchanged; others are rehashed, so a touched but unchanged file is not
-/// an edit.
+/// an edit. `None` if `stop` was set before the look ended (the node is stopping: a look over
+/// a million files takes tens of seconds, and its process would wait for it to exit).
 pub fn local_changes(
     root: &Path,
     index: &HashMap<RelPath, FileRecord>,
     manifest: &Manifest,
-) -> LocalChanges {
+    stop: &AtomicBool,
+) -> Option<LocalChanges> {
+    const STOP_CHECK_EVERY: usize = 1024;
+    let stopped = || stop.load(Ordering::Relaxed);
     let mut changes = LocalChanges::default();
     let mut known: HashSet<&str> = HashSet::new();
-    for entry in manifest.entries() {
+    for (i, entry) in manifest.entries().iter().enumerate() {
+        if i.is_multiple_of(STOP_CHECK_EVERY) && stopped() {
+            return None;
+        }
         known.insert(entry.path.as_str());
         let full = entry.path.under(root);
         let meta = match std::fs::symlink_metadata(&full) {
@@ -82,7 +90,12 @@ pub fn local_changes(
         .into_iter()
         .filter_entry(|e| !(e.depth() == 1 && e.file_name() == crate::config::STATE_DIR));
     let mut it = walker;
+    let mut seen = 0usize;
     while let Some(next) = it.next() {
+        seen += 1;
+        if seen.is_multiple_of(STOP_CHECK_EVERY) && stopped() {
+            return None;
+        }
         let Ok(e) = next else { continue };
         let Ok(rel) = e.path().strip_prefix(root) else {
             continue;
@@ -95,7 +108,7 @@ pub fn local_changes(
             }
         }
     }
-    changes
+    Some(changes)
 }
 
 /// The names at the top of `root` besides the state directory, sorted: what a directory holds
@@ -130,5 +143,23 @@ mod tests {
         std::fs::write(dir.path().join("thesis.txt"), b"mine").unwrap();
         std::fs::create_dir(dir.path().join("notes")).unwrap();
         assert_eq!(user_entries(dir.path()).unwrap(), ["notes", "thesis.txt"]);
+    }
+
+    /// A look told to stop gives no result (not a partial one taken for the whole); one not
+    /// told finds what changed.
+    #[test]
+    fn a_look_for_local_changes_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("a.txt"), b"a").unwrap();
+        let scanned =
+            crate::tree::scan(root, &HashMap::new(), &crate::tree::IgnoreRules::none()).unwrap();
+        let index: HashMap<_, _> = scanned.records.into_iter().collect();
+        std::fs::write(root.join("b.txt"), b"mine").unwrap();
+        let go = AtomicBool::new(false);
+        let found = local_changes(root, &index, &scanned.manifest, &go).unwrap();
+        assert_eq!(found.added, ["b.txt"]);
+        let stop = AtomicBool::new(true);
+        assert!(local_changes(root, &index, &scanned.manifest, &stop).is_none());
     }
 }
