@@ -1590,11 +1590,7 @@ impl NetLoop {
         );
         for addr in addrs {
             // Starved with a session to a bootstrap peer: it has nothing for us either.
-            let peer = addr.iter().find_map(|p| match p {
-                Protocol::P2p(peer) => Some(peer),
-                _ => None,
-            });
-            if peer.is_some_and(|p| self.sessions.contains_key(&p)) {
+            if crate::net::peer_of(&addr).is_some_and(|p| self.sessions.contains_key(&p)) {
                 continue;
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {

@@ -406,13 +406,11 @@ impl Publisher {
         }
         let scanned = self.scanned(scan).await?;
         if let (Some((rev, old)), false) = (&self.current, force) {
-            let (files, bytes) = (
-                scanned.manifest.files().count(),
-                scanned.manifest.total_bytes(),
-            );
+            let manifest = &scanned.scan.manifest;
+            let (files, bytes) = (manifest.files().count(), manifest.total_bytes());
             let (old_files, old_bytes) = (old.files().count(), old.total_bytes());
             let smaller = |n: usize, o: usize| (n as f64) < (o as f64) * MUCH_SMALLER;
-            if scanned.manifest != **old
+            if *manifest != **old
                 && (smaller(files, old_files) || smaller(bytes as usize, old_bytes as usize))
             {
                 return Err(NodeError::Refused(format!(
@@ -556,27 +554,20 @@ impl Publisher {
             ScanTask::Running(handle) => ScanTask::joined(handle.await),
             ScanTask::Done(done) => done,
         }?;
-        let crate::tree::Scan {
-            manifest,
-            records,
-            stats: scan_stats,
-        } = scan;
-        Stats::add(&self.stats.files_hashed, scan_stats.files_hashed);
+        Stats::add(&self.stats.files_hashed, scan.stats.files_hashed);
         self.known = known;
-        Ok(ScanOutput {
-            manifest,
-            records,
-            stats: scan_stats,
-            same_index,
-        })
+        Ok(ScanOutput { scan, same_index })
     }
 
     /// Publish a scanned tree if it differs from the current revision.
     async fn publish_scanned(&mut self, scanned: ScanOutput) -> Result<Option<u64>, NodeError> {
         let ScanOutput {
-            manifest,
-            records,
-            stats: scan_stats,
+            scan:
+                crate::tree::Scan {
+                    manifest,
+                    records,
+                    stats: scan_stats,
+                },
             same_index,
         } = scanned;
         if let Some((_, current)) = self.current.as_ref().filter(|(_, m)| **m == manifest) {
@@ -704,9 +695,7 @@ struct Scanned {
 
 /// A scan's result as the publisher takes it.
 struct ScanOutput {
-    manifest: Manifest,
-    records: Vec<(RelPath, FileRecord)>,
-    stats: crate::tree::ScanStats,
+    scan: crate::tree::Scan,
     /// Every file as the file index held it: nothing to write to it, nor to the serve index.
     same_index: bool,
 }

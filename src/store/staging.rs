@@ -193,12 +193,8 @@ impl StagingArea {
             )
             .map_err(io_err(&sidecar))?;
         }
-        let file = OpenOptions::new()
+        let file = staged_options()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(STAGED_MODE)
             .open(&path)
             .map_err(io_err(&path))?;
         file.set_len(*size).map_err(io_err(&path))?;
@@ -348,15 +344,10 @@ impl StagingArea {
         // Not kept open: a descriptor of it left among the open files (one `find_verified`
         // opened) would only be closed later.
         self.open.close(file);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            // Not truncated: a file of this name was created at this size, and a peer may be
-            // reading it (a chunk that arrived twice is written twice, the same bytes).
-            .truncate(false)
-            .mode(STAGED_MODE)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        // Not truncated (see `staged_options`): a file of this name was created at this size,
+        // and a peer may be reading it (a chunk that arrived twice is written twice, the same
+        // bytes).
+        let mut f = staged_options().open(&path).map_err(io_err(&path))?;
         std::io::Write::write_all(&mut f, data).map_err(io_err(&path))
     }
 
@@ -561,6 +552,18 @@ fn next_data(file: &File, off: u64) -> Data {
         Some(libc::ENXIO) => Data::None,
         _ => Data::Unknown,
     }
+}
+
+/// How a staged file is opened for writing: created (owner-only) if missing, never truncated
+/// (one that exists may be partly written, and peers may be reading it).
+fn staged_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(STAGED_MODE);
+    options
 }
 
 #[cfg(test)]
