@@ -1,6 +1,10 @@
 //! The staging area: partial files of the revision being downloaded, in `.treecast/staging/`.
 //!
-//! Each staged file is named by its file hash and has a sidecar `<hash>.chunks` listing its
+//! Each staged file is named by its file hash, in the subdirectory named by the hash's first two
+//! hex digits (256 of them, made as first needed): a million files in one directory made every
+//! create, `chmod` and rename search a directory index of 100 MB, most of a first sync's time
+//! (the flat layout of earlier versions is salvaged as any stale staging is). A staged file of
+//! several chunks has a sidecar `<hash>.chunks` beside it listing its
 //! chunks, so that after a crash or a retarget every verified chunk already on disk is found
 //! again by rehashing (no separate journal to keep consistent). A file of one chunk (most small
 //! files) has none: its bytes are its one chunk, found again by hashing them, and a sidecar
@@ -60,6 +64,22 @@ pub struct StagingArea {
     /// The [`read_check`] of every verified chunk staged, to index the files with. A chunk is
     /// here only once it is written at every place it belongs.
     checks: Mutex<HashMap<ContentHash, u64>>,
+    /// Which of the [`SHARDS`] subdirectories are known to exist.
+    shards: [std::sync::OnceLock<()>; SHARDS],
+}
+
+/// Subdirectories of the staging directory: a staged file is in the one of its hash's first
+/// byte.
+const SHARDS: usize = 256;
+
+/// The subdirectory name of the staged files whose hash starts with `byte`.
+fn shard_name(byte: u8) -> String {
+    format!("{byte:02x}")
+}
+
+/// The shard a staging directory entry named `name` is, if it is one.
+fn is_shard_name(name: &str) -> bool {
+    name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl StagingArea {
@@ -108,6 +128,7 @@ impl StagingArea {
             writeback,
             sync_dir,
             checks: Mutex::default(),
+            shards: std::array::from_fn(|_| std::sync::OnceLock::new()),
         };
         let mut present = area.find_verified(wanted)?;
         area.salvage_stale(&positions, &mut present)?;
@@ -143,21 +164,62 @@ impl StagingArea {
         Ok(present)
     }
 
-    /// The names in the staging directory.
+    /// The names of the staged files (in every shard).
     fn names(&self) -> Result<HashSet<String>, StoreError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
         let mut names = HashSet::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&self.dir))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                names.insert(name);
+        for shard in self.shard_dirs()? {
+            let entries = std::fs::read_dir(&shard).map_err(io_err(&shard))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err(&shard))?;
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.insert(name);
+                }
             }
         }
         Ok(names)
     }
 
+    /// The shard subdirectories that exist (marked known to exist).
+    fn shard_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let mut shards = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| is_shard_name(n)) else {
+                continue;
+            };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let byte = u8::from_str_radix(name, 16).expect("a shard name is hex");
+                let _ = self.shards[byte as usize].set(());
+                shards.push(entry.path());
+            }
+        }
+        Ok(shards)
+    }
+
+    /// The shard directory of `hash`, made if it is not known to exist.
+    fn shard_of(&self, hash: &ContentHash) -> Result<PathBuf, StoreError> {
+        let byte = hash.0[0];
+        let dir = self.dir.join(shard_name(byte));
+        if self.shards[byte as usize].get().is_none() {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+            let _ = self.shards[byte as usize].set(());
+        }
+        Ok(dir)
+    }
+
     fn path_of(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join(hash.to_hex())
+        self.dir.join(shard_name(hash.0[0])).join(hash.to_hex())
+    }
+
+    /// The staged file of `hash`, to create: its shard made if need be.
+    fn new_path(&self, hash: &ContentHash) -> Result<PathBuf, StoreError> {
+        Ok(self.shard_of(hash)?.join(hash.to_hex()))
     }
 
     /// The staged file for `hash`.
@@ -184,7 +246,7 @@ impl StagingArea {
             .wanted
             .get(hash)
             .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
-        let path = self.path_of(hash);
+        let path = self.new_path(hash)?;
         if !is_one_chunk(chunks) {
             let sidecar = path.with_extension("chunks");
             std::fs::write(
@@ -203,22 +265,44 @@ impl StagingArea {
 
     /// Where `install` copies the staged file of `hash` for one of several paths that hold it.
     pub fn copy_path(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join(format!("{COPY_PREFIX}{}", hash.to_hex()))
+        self.dir
+            .join(shard_name(hash.0[0]))
+            .join(format!("{COPY_PREFIX}{}", hash.to_hex()))
     }
 
     /// Copy still-needed chunks out of staged files of an older target, then delete them, and
-    /// delete copies a killed `install` left behind. One pass over the directory, each name
-    /// looked up once.
+    /// delete copies a killed `install` left behind: in every shard, and in the staging
+    /// directory itself (the flat layout of earlier versions, all of it stale). One pass over
+    /// each directory, each name looked up once.
     fn salvage_stale(
         &self,
         positions: &ChunkPositions,
         present: &mut HashSet<ContentHash>,
     ) -> Result<(), StoreError> {
         let wanted: HashSet<String> = self.wanted.keys().map(ContentHash::to_hex).collect();
-        let entries = std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let none = HashSet::new();
+        self.salvage_dir(&self.dir, &none, positions, present)?;
+        for shard in self.shard_dirs()? {
+            self.salvage_dir(&shard, &wanted, positions, present)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::salvage_stale`] in one directory: its files not named in `wanted` are stale.
+    fn salvage_dir(
+        &self,
+        dir: &Path,
+        wanted: &HashSet<String>,
+        positions: &ChunkPositions,
+        present: &mut HashSet<ContentHash>,
+    ) -> Result<(), StoreError> {
+        let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             if name.starts_with(COPY_PREFIX) {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -239,6 +323,7 @@ impl StagingArea {
         }
         Ok(())
     }
+
     fn copy_needed(
         &self,
         src: &File,
@@ -340,7 +425,7 @@ impl StagingArea {
     /// into it took six. A kill midway leaves a short or empty file, whose chunk a restart
     /// does not find verified (`find_verified` hashes it) and fetches again.
     fn write_whole(&self, file: &ContentHash, data: &[u8]) -> Result<(), StoreError> {
-        let path = self.path_of(file);
+        let path = self.new_path(file)?;
         // Not kept open: a descriptor of it left among the open files (one `find_verified`
         // opened) would only be closed later.
         self.open.close(file);
@@ -586,13 +671,15 @@ mod tests {
         let data = noise(3 << 20, 1);
         let c = chunk_reader(&data[..]).unwrap();
         let wanted = vec![(c.hash, c.size, c.chunks.clone())];
-        {
+        let staged = {
             let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
             assert!(present.is_empty());
             let first = c.chunks[0];
             area.write_chunk(&first.hash, &pos[&first.hash], &data[..first.len as usize])
                 .unwrap();
-        }
+            area.staged_path(&c.hash)
+        };
+        assert!(staged.exists());
         let (area, _, present) = StagingArea::open(dir.path(), &wanted).unwrap();
         assert_eq!(present.len(), 1, "the one written chunk survives a restart");
         assert_eq!(
@@ -615,10 +702,8 @@ mod tests {
             1,
             "verified chunk moved over from the stale file"
         );
-        assert!(
-            !dir.path().join(c.hash.to_hex()).exists(),
-            "stale file removed"
-        );
+        assert!(!staged.exists(), "stale file removed");
+        assert!(!staged.with_extension("chunks").exists(), "and its sidecar");
     }
 
     #[test]
@@ -628,7 +713,7 @@ mod tests {
         let data = noise(3 << 20, 3);
         let c = chunk_reader(&data[..]).unwrap();
         let wanted = vec![(c.hash, c.size, c.chunks.clone())];
-        {
+        let (staged, copy) = {
             let (area, pos, _) = StagingArea::open(dir.path(), &wanted).unwrap();
             let mut off = 0;
             for ch in &c.chunks {
@@ -636,11 +721,10 @@ mod tests {
                 area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
                 off += ch.len as usize;
             }
-        }
+            (area.staged_path(&c.hash), area.copy_path(&c.hash))
+        };
         // Killed in `install` after the chmod, before the rename: the staged file is
         // read-only, and so is a copy made for a second path.
-        let staged = dir.path().join(c.hash.to_hex());
-        let copy = dir.path().join(format!("tmp-{}", c.hash.to_hex()));
         std::fs::copy(&staged, &copy).unwrap();
         for p in [&staged, &copy] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).unwrap();
@@ -782,7 +866,9 @@ mod tests {
             assert_eq!(area.open_files(), 0, "finished without opening it again");
             assert_eq!(std::fs::read(area.staged_path(&ca.hash)).unwrap(), a);
             // b: killed when the first 1000 of its bytes were written.
-            std::fs::write(area.staged_path(&cb.hash), &b[..1000]).unwrap();
+            let cut = area.staged_path(&cb.hash);
+            std::fs::create_dir_all(cut.parent().unwrap()).unwrap();
+            std::fs::write(&cut, &b[..1000]).unwrap();
         }
         let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
         assert!(present.contains(&ca.chunks[0].hash), "a whole file is kept");
@@ -844,5 +930,48 @@ mod tests {
         assert!(!old_name.exists(), "the file under its old name is gone");
         area.finish(&[c.hash]).unwrap();
         assert_eq!(std::fs::read(area.staged_path(&c.hash)).unwrap(), data);
+    }
+
+    #[test]
+    fn staging_of_the_flat_layout_is_salvaged_into_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = noise(3 << 20, 12);
+        let c = chunk_reader(&data[..]).unwrap();
+        assert!(c.chunks.len() > 2);
+        // An earlier version's staging, killed midway: the file under its hash in the staging
+        // directory itself, its sidecar beside it, its first two chunks written; and a copy
+        // `install` left there.
+        let old = dir.path().join(c.hash.to_hex());
+        let head = (c.chunks[0].len + c.chunks[1].len) as usize;
+        std::fs::write(&old, &data[..head]).unwrap();
+        std::fs::write(
+            old.with_extension("chunks"),
+            postcard::to_stdvec(&c.chunks).unwrap(),
+        )
+        .unwrap();
+        let copy = dir.path().join(format!("{COPY_PREFIX}{}", c.hash.to_hex()));
+        std::fs::write(&copy, b"x").unwrap();
+
+        let wanted = vec![(c.hash, c.size, c.chunks.clone())];
+        let (area, pos, present) = StagingArea::open(dir.path(), &wanted).unwrap();
+        let kept: HashSet<_> = c.chunks[..2].iter().map(|ch| ch.hash).collect();
+        assert_eq!(present, kept, "the two written chunks are kept");
+        for p in [&old, &old.with_extension("chunks"), &copy] {
+            assert!(!p.exists(), "{} is gone", p.display());
+        }
+        let staged = area.staged_path(&c.hash);
+        assert_eq!(
+            staged.parent().unwrap(),
+            dir.path().join(format!("{:02x}", c.hash.0[0])),
+            "staged in the shard of its hash"
+        );
+        let mut off = head;
+        for ch in &c.chunks[2..] {
+            let bytes = &data[off..off + ch.len as usize];
+            area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
+            off += ch.len as usize;
+        }
+        area.finish(&[c.hash]).unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), data);
     }
 }
