@@ -10,7 +10,7 @@ use crate::store::StoreError;
 #[derive(Clone)]
 pub(crate) struct Applied {
     pub head: crate::trust::VerifiedHead,
-    pub manifest: crate::tree::Manifest,
+    pub manifest: std::sync::Arc<crate::tree::Manifest>,
     pub blobs: Vec<(crate::tree::ContentHash, Vec<u8>)>,
     pub checks: std::sync::Arc<serve::FileChecks>,
 }
@@ -23,6 +23,22 @@ impl Applied {
             &self.manifest,
             self.blobs.clone(),
             &self.checks,
+        )
+    }
+
+    /// [`Applied::serve_index`], unless `stop` is set before it is built.
+    pub fn serve_index_unless(
+        &self,
+        dir: &std::path::Path,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<serve::ServeIndex> {
+        serve::ServeIndex::build_unless(
+            dir.to_owned(),
+            self.head.signed().clone(),
+            &self.manifest,
+            self.blobs.clone(),
+            &self.checks,
+            stop,
         )
     }
 }
@@ -70,7 +86,7 @@ pub(crate) fn load_applied(
         .map_err(|e| corrupt(&format!("its manifest cannot be read ({e})")))?;
     Ok(Some(Applied {
         head,
-        manifest,
+        manifest: std::sync::Arc::new(manifest),
         blobs,
         checks: std::sync::Arc::new(checks),
     }))

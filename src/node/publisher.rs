@@ -170,7 +170,7 @@ pub(crate) async fn start(config: NodeConfig, key: PublisherKey) -> Result<NodeH
     let checks = super::serve::file_checks(engine.known.iter());
     if let Some(applied) = load_applied(&db, &stored, &lineage, swarm_id, checks)? {
         let revision = applied.head.revision();
-        engine.current = Some((revision, Arc::new(applied.manifest.clone())));
+        engine.current = Some((revision, applied.manifest.clone()));
         engine.status.send_modify(|s| {
             s.revision = Some(revision);
             s.newest_known = Some(revision);

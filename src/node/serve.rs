@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -60,26 +61,44 @@ pub(crate) struct Indexed {
     checks: Vec<u64>,
 }
 
+impl Indexed {
+    /// `r` with its read `checks` (taken out of it or copied), kept only if it has one per
+    /// chunk (see [`FileRecord::has_checks`]).
+    fn of(r: &FileRecord, checks: Vec<u64>) -> Self {
+        let checks = match checks.len() == r.chunks.len() {
+            true => checks,
+            false => Vec::new(),
+        };
+        Indexed {
+            id: r.id(),
+            hash: r.hash,
+            checks,
+        }
+    }
+
+    /// True if `meta` (of the file, not followed) shows it as it was indexed.
+    pub fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
+        self.id.matches(meta)
+    }
+}
+
 /// What `records` say of their files.
 pub(crate) fn file_checks<'a>(
     records: impl IntoIterator<Item = (&'a RelPath, &'a FileRecord)>,
 ) -> FileChecks {
     records
         .into_iter()
-        .map(|(path, r)| {
-            let checks = match r.has_checks() {
-                true => r.checks.clone(),
-                false => Vec::new(),
-            };
-            let id = r.id();
-            (
-                path.clone(),
-                Indexed {
-                    id,
-                    hash: r.hash,
-                    checks,
-                },
-            )
+        .map(|(path, r)| (path.clone(), Indexed::of(r, r.checks.clone())))
+        .collect()
+}
+
+/// What the file index `records` says of its files, taken apart rather than copied.
+pub(crate) fn into_file_checks(records: HashMap<RelPath, FileRecord>) -> FileChecks {
+    records
+        .into_iter()
+        .map(|(path, mut r)| {
+            let checks = std::mem::take(&mut r.checks);
+            (path, Indexed::of(&r, checks))
         })
         .collect()
 }
@@ -147,7 +166,16 @@ impl Content {
         };
         let blobs = index.blobs.clone();
         let root = index.root.clone();
-        *index = Arc::new(ServeIndex::build_from(root, head, manifest, blobs, checks));
+        let go_on = AtomicBool::new(false);
+        let built = ServeIndex::build_from(root, head, manifest, blobs, checks, &go_on);
+        *index = Arc::new(built.unwrap_or_default());
+    }
+
+    /// Serve `index` of the revision this node held when it started, built after the node
+    /// started (until then it served nothing of it). The chunks and manifest blobs of a
+    /// download under way are kept.
+    pub fn serve_held(&self, index: ServeIndex) {
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
     }
 
     /// Make `index` the revision served; forget partial chunks and pending manifest blobs.
@@ -389,11 +417,25 @@ impl ServeIndex {
         blobs: Vec<(ContentHash, Vec<u8>)>,
         checks: &FileChecks,
     ) -> Self {
+        let go_on = AtomicBool::new(false);
+        Self::build_unless(root, head, manifest, blobs, checks, &go_on).unwrap_or_default()
+    }
+
+    /// Like [`ServeIndex::build`], but `None` if `stop` is set before it is done (an index of
+    /// a million files takes most of a second to build).
+    pub fn build_unless(
+        root: PathBuf,
+        head: SignedHead,
+        manifest: &Manifest,
+        blobs: Vec<(ContentHash, Vec<u8>)>,
+        checks: &FileChecks,
+        stop: &AtomicBool,
+    ) -> Option<Self> {
         let blobs = blobs
             .into_iter()
             .map(|(h, b)| (h, Bytes::from(b)))
             .collect();
-        Self::build_from(root, head, manifest, blobs, checks)
+        Self::build_from(root, head, manifest, blobs, checks, stop)
     }
 
     fn build_from(
@@ -402,10 +444,15 @@ impl ServeIndex {
         manifest: &Manifest,
         blobs: HashMap<ContentHash, Bytes>,
         checks: &FileChecks,
-    ) -> Self {
+        stop: &AtomicBool,
+    ) -> Option<Self> {
+        const STOP_CHECK_EVERY: usize = 4096;
         let mut chunks = HashMap::new();
         let mut order = Vec::new();
-        for (path, _, _, hash, refs) in manifest.files() {
+        for (i, (path, _, _, hash, refs)) in manifest.files().enumerate() {
+            if i.is_multiple_of(STOP_CHECK_EVERY) && stop.load(Ordering::Relaxed) {
+                return None;
+            }
             order.extend(refs.iter().map(|c| c.hash));
             let Some(indexed) = checks.get(path).filter(|i| i.hash == hash) else {
                 continue;
@@ -425,14 +472,14 @@ impl ServeIndex {
         }
         order.sort_unstable();
         order.dedup();
-        ServeIndex {
+        Some(ServeIndex {
             root_dir: std::fs::File::open(&root).ok(),
             root,
             head: Some(head),
             chunks,
             order,
             blobs,
-        }
+        })
     }
 
     /// The revision's chunks in the order availability bitfields index into.

@@ -22,12 +22,12 @@ use super::error::NodeError;
 use super::events::{EventReceiver, PeerEvent};
 use super::handle::{start_services, NodeHandle};
 use super::net_loop;
-use super::serve::{file_checks, Content};
+use super::serve::{file_checks, into_file_checks, Content, FileChecks, ServeIndex};
 use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
-use crate::store::{local_changes, LocalChanges};
+use crate::store::{indexed_in, local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
 use crate::trust::{load_or_create_node_key, Lineage, SignedHead, Ticket, VerifiedHead};
 use crate::wire::{ControlMsg, Role};
@@ -108,6 +108,10 @@ struct Subscriber {
     /// The look for local changes under way, and the number of downloads finished when it
     /// began (a result is stale if one finished since).
     local_check: Option<LocalCheck>,
+    /// What start read of the file index, for the first look for local changes.
+    start_checks: Option<Arc<FileChecks>>,
+    /// The serve index of the revision held at start, being built.
+    held_index: Option<HeldIndex>,
     next_local_check: Instant,
     downloads_done: u64,
     /// After a local storage error: when to try the download again, and the next wait.
@@ -216,11 +220,10 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     if lineage.extend(&config.succession, ticket.swarm_id) {
         db.set_lineage(lineage.links())?;
     }
-    let checks = file_checks(&db.file_index()?);
-    let applied = load_applied(&db, &stored, &lineage, ticket.swarm_id, checks)?;
-    if let Some(a) = &applied {
-        content.replace(a.serve_index(&config.dir));
-    }
+    let applied = load_held(&db, &stored, &lineage, ticket.swarm_id).await?;
+    // Served once built, on the blocking pool: until then this node serves nothing of it, and
+    // says it holds nothing, as a node that has nothing yet does.
+    let held_index = applied.as_ref().map(|a| HeldIndex::build(a, &config.dir));
     let status = Status {
         revision: applied.as_ref().map(|a| a.head.revision()),
         newest_known: applied.as_ref().map(|a| a.head.revision()),
@@ -246,6 +249,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         net: started.net.clone(),
         status: status_tx,
         best: applied.as_ref().map(|a| a.head.clone()),
+        start_checks: applied.as_ref().map(|a| a.checks.clone()),
         applied,
         failed: HashSet::new(),
         peers: HashMap::new(),
@@ -258,6 +262,7 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
         },
         download_limit: config.max_download.map(super::chunks::limiter),
         local_check: None,
+        held_index,
         next_local_check: Instant::now(),
         downloads_done: 0,
         store_retry_at: None,
@@ -303,6 +308,61 @@ pub(crate) async fn start(mut config: NodeConfig, ticket: Ticket) -> Result<Node
     })
 }
 
+/// Load the revision the state database holds, checked again, and the read checks of its files
+/// from the file index: the two reads side by side, on the blocking pool.
+async fn load_held(
+    db: &Arc<Db>,
+    stored: &crate::store::StoredState,
+    lineage: &Lineage,
+    swarm_id: uuid::Uuid,
+) -> Result<Option<Applied>, NodeError> {
+    let reading = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.file_index().map(into_file_checks))
+    };
+    let loading = {
+        let (db, stored, lineage) = (db.clone(), stored.clone(), lineage.clone());
+        tokio::task::spawn_blocking(move || {
+            load_applied(&db, &stored, &lineage, swarm_id, FileChecks::default())
+        })
+    };
+    let failed = |e: tokio::task::JoinError| StoreError::Corrupt(format!("loading state: {e}"));
+    let (checks, applied) = tokio::join!(reading, loading);
+    let checks = checks.map_err(failed)??;
+    Ok(applied.map_err(failed)??.map(|mut a| {
+        a.checks = Arc::new(checks);
+        a
+    }))
+}
+
+/// The serve index of the revision held at start, built on the blocking pool. Dropped before
+/// it is built (the node stops, or applied a newer revision), it tells the build to stop: the
+/// process would wait for it to exit.
+struct HeldIndex {
+    revision: u64,
+    task: JoinHandle<Option<ServeIndex>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HeldIndex {
+    fn build(applied: &Applied, dir: &Path) -> Self {
+        let (a, dir) = (applied.clone(), dir.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        HeldIndex {
+            revision: applied.head.revision(),
+            task: tokio::task::spawn_blocking(move || a.serve_index_unless(&dir, &stopped)),
+            stop,
+        }
+    }
+}
+
+impl Drop for HeldIndex {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Subscriber {
     async fn run(mut self, mut events: EventReceiver, connect_timeout: std::time::Duration) {
         let began = Instant::now();
@@ -339,6 +399,11 @@ impl Subscriber {
                         Ok(Err(e)) => self.note_local_check(Some(e.to_string())),
                         Err(e) => self.note_local_check(Some(format!("the look failed: {e}"))),
                     }
+                }
+                res = async { (&mut self.held_index.as_mut().expect("guarded").task).await },
+                    if self.held_index.is_some() => {
+                    let revision = self.held_index.take().expect("guarded").revision;
+                    self.on_held_index(revision, res);
                 }
                 _ = tick.tick() => {
                     self.maybe_retry_store();
@@ -453,6 +518,33 @@ impl Subscriber {
         }
     }
 
+    /// The serve index of the revision held at start is built: serve it, if that is still the
+    /// revision held, and tell peers this node holds it (its hellos said it held nothing).
+    fn on_held_index(
+        &mut self,
+        revision: u64,
+        res: Result<Option<ServeIndex>, tokio::task::JoinError>,
+    ) {
+        let index = match res {
+            Ok(Some(index)) => index,
+            // Stopped: only when it was dropped, never seen here.
+            Ok(None) => return,
+            Err(e) => return error!(error = %e, "building the serve index failed: serving nothing"),
+        };
+        let Some(applied) = self
+            .applied
+            .as_ref()
+            .filter(|_| self.applied_revision() == revision)
+        else {
+            return;
+        };
+        info!(revision, "serving the revision held");
+        self.content.serve_held(index);
+        self.net
+            .broadcast(ControlMsg::Head(applied.head.signed().clone()));
+        self.net.broadcast(ControlMsg::Complete { revision });
+    }
+
     fn applied_revision(&self) -> u64 {
         self.applied.as_ref().map_or(0, |a| a.head.revision())
     }
@@ -549,10 +641,19 @@ impl Subscriber {
         let (dir, db, manifest) = (self.dir.clone(), self.db.clone(), applied.manifest.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        // The first look after start compares with the file index start read (its checks are
+        // all it kept of it); the later ones read it again, as it may have changed.
+        let at_start = self.start_checks.take();
         let task = tokio::task::spawn_blocking(move || {
+            if let Some(checks) = at_start {
+                let indexed = |p: &RelPath, m: &std::fs::Metadata| {
+                    checks.get(p).is_some_and(|i| i.unchanged(m))
+                };
+                return Ok(local_changes(&dir, indexed, &manifest, &stopped));
+            }
             // Not an empty index on error: every file would be rehashed each time, unnoticed.
             let index = db.file_index()?;
-            Ok(local_changes(&dir, &index, &manifest, &stopped))
+            Ok(local_changes(&dir, indexed_in(&index), &manifest, &stopped))
         });
         self.local_check = Some(LocalCheck {
             task,
@@ -711,6 +812,9 @@ impl Subscriber {
                 let rev = applied.head.revision();
                 info!(revision = rev, "revision applied");
                 self.store_backoff = STORE_RETRY_MIN;
+                // The index of the revision held before, if still being built, is not served.
+                self.held_index = None;
+                self.start_checks = None;
                 self.content.replace(applied.serve_index(&self.dir));
                 self.applied = Some(applied);
                 let notice = ControlMsg::Complete { revision: rev };
@@ -791,7 +895,7 @@ struct DownloadEnv {
     db: Arc<Db>,
     fetch: FetchCtx,
     status: watch::Sender<Status>,
-    old: Manifest,
+    old: Arc<Manifest>,
     content: Content,
 }
 
@@ -874,6 +978,7 @@ async fn download(
 ) -> Result<Applied, DownloadError> {
     let revision = head.revision();
     let (manifest, blobs) = fetch_manifest(&env, &head, &mut feed).await?;
+    let manifest = Arc::new(manifest);
     info!(
         revision,
         files = manifest.files().count(),

@@ -33,13 +33,14 @@ impl LocalChanges {
     }
 }
 
-/// Compare `root` with `manifest`. Files whose size, mtime and inode match their `index`
-/// record are taken as unchanged; others are rehashed, so a touched but unchanged file is not
-/// an edit. `None` if `stop` was set before the look ended (the node is stopping: a look over
-/// a million files takes tens of seconds, and its process would wait for it to exit).
+/// Compare `root` with `manifest`. Files `indexed` says are as the file index holds them
+/// (size, mtime and inode match their record, given the file's `lstat`) are taken as
+/// unchanged; others are rehashed, so a touched but unchanged file is not an edit. `None` if
+/// `stop` was set before the look ended (the node is stopping: a look over a million files
+/// takes tens of seconds, and its process would wait for it to exit).
 pub fn local_changes(
     root: &Path,
-    index: &HashMap<RelPath, FileRecord>,
+    indexed: impl Fn(&RelPath, &std::fs::Metadata) -> bool,
     manifest: &Manifest,
     stop: &AtomicBool,
 ) -> Option<LocalChanges> {
@@ -71,7 +72,7 @@ pub fn local_changes(
                     changes.edited.push(entry.path.to_string());
                     continue;
                 }
-                if index.get(&entry.path).is_some_and(|r| r.unchanged(&meta)) {
+                if indexed(&entry.path, &meta) {
                     continue;
                 }
                 let same = std::fs::File::open(&full)
@@ -109,6 +110,13 @@ pub fn local_changes(
         }
     }
     Some(changes)
+}
+
+/// What `index` (the file index, by path) says of a file `local_changes` looks at.
+pub fn indexed_in(
+    index: &HashMap<RelPath, FileRecord>,
+) -> impl Fn(&RelPath, &std::fs::Metadata) -> bool + '_ {
+    |path, meta| index.get(path).is_some_and(|r| r.unchanged(meta))
 }
 
 /// The names at the top of `root` besides the state directory, sorted: what a directory holds
@@ -157,9 +165,9 @@ mod tests {
         let index: HashMap<_, _> = scanned.records.into_iter().collect();
         std::fs::write(root.join("b.txt"), b"mine").unwrap();
         let go = AtomicBool::new(false);
-        let found = local_changes(root, &index, &scanned.manifest, &go).unwrap();
+        let found = local_changes(root, indexed_in(&index), &scanned.manifest, &go).unwrap();
         assert_eq!(found.added, ["b.txt"]);
         let stop = AtomicBool::new(true);
-        assert!(local_changes(root, &index, &scanned.manifest, &stop).is_none());
+        assert!(local_changes(root, indexed_in(&index), &scanned.manifest, &stop).is_none());
     }
 }

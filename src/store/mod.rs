@@ -24,6 +24,6 @@ pub use conflicts::move_to_conflicts;
 pub use db::{Db, StoredState, STATE_FORMAT};
 pub(crate) use error::io_err;
 pub use error::StoreError;
-pub use local::{local_changes, user_entries, LocalChanges};
+pub use local::{indexed_in, local_changes, user_entries, LocalChanges};
 pub use private::private_dir;
 pub use staging::{ChunkPositions, StagingArea, OPEN_STAGED_FILES};
