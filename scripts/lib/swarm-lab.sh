@@ -79,6 +79,7 @@ swarm_case() {
   fi
 
   "$NETLAB" exec pub1 -- "$BIN" publish "$LAB_WORK/pub" --listen 0.0.0.0:4433 --no-watch \
+    --metrics 127.0.0.1:9898 \
     > "$LAB_WORK/ticket" 2> "$LAB_WORK/pub.log" &
   for _ in $(seq 1 600); do [ -s "$LAB_WORK/ticket" ] && break; sleep 0.1; done
   [ -s "$LAB_WORK/ticket" ] || { cat "$LAB_WORK/pub.log"; return 1; }
@@ -117,6 +118,10 @@ swarm_case() {
     sleep 0.2
   done
   PUB_TX=$(( $(tx_bytes pub1) - tx0 ))
+  # The chunk bytes it sent, from its own counters: the rest of PUB_TX is QUIC (headers,
+  # acknowledgements, retransmissions), control messages and chunks cut off midway.
+  PUB_CHUNK_BYTES=$("$NETLAB" exec pub1 -- curl -s 127.0.0.1:9898/metrics |
+    awk '/^treecast_chunk_bytes_total\{direction="up"/ {s += $2} END {printf "%d", s}') || true
   kill "$sampler" 2>/dev/null || true
   # Before stopping anyone: a daemon that exited on its own is a defect even if it had applied
   # the revision, and a subscriber still short of it shows what it is waiting for.

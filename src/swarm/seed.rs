@@ -3,7 +3,10 @@
 //! super-seeding, on the evidence of the subscribers' own availability messages).
 //!
 //! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
-//! peers) until there is evidence that it spread: another peer's bitfield lists it. The hold
+//! peers) until there is evidence that it spread: [`SPREAD_AFTER`] other peers' bitfields list
+//! it, or fewer did and [`SPREAD_WAIT`] has passed since the first of them. (With one, a chunk
+//! that two subscribers held was still missing from the peer sets of many others, who asked
+//! the seed for it.) The hold
 //! also ends when its receiver leaves, when the send failed, and on a backstop, so that a
 //! receiver that never passes it on (slow, or hostile, asking for chunks to keep them from
 //! everyone else) cannot keep a chunk stuck: `backstop` after the receiver listed the chunk
@@ -24,6 +27,11 @@ use crate::tree::ContentHash;
 
 /// Holds kept before those past the backstop are dropped.
 const MAX_TRACKED: usize = 100_000;
+/// Peers besides its first receiver that list a chunk before the seed serves it to anyone.
+pub const SPREAD_AFTER: usize = 3;
+/// A chunk fewer peers list has spread too, this long after the first of them listed it (a
+/// small swarm has not that many, or some subscribers cannot reach those that hold it).
+pub const SPREAD_WAIT: Duration = Duration::from_secs(4);
 
 /// A chunk reserved for its first receiver.
 #[derive(Debug)]
@@ -33,6 +41,9 @@ struct Hold<P> {
     since: Instant,
     /// When the receiver first listed it.
     listed: Option<Instant>,
+    /// Other peers that listed it (at most `SPREAD_AFTER`), and when the first did.
+    others: Vec<P>,
+    others_since: Option<Instant>,
 }
 
 /// Tracks what the seed sent to whom, and what spread since.
@@ -62,6 +73,15 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
 
     /// Should the seed send `hash` to `peer` now? Records the send if so.
     pub fn should_serve(&mut self, peer: &P, hash: ContentHash, now: Instant) -> bool {
+        let waited = |h: &Hold<P>| {
+            h.to != *peer
+                && h.others_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= SPREAD_WAIT)
+        };
+        if self.holds.get(&hash).is_some_and(waited) {
+            self.holds.remove(&hash);
+            self.spread.insert(hash);
+        }
         if self.spread.contains(&hash) {
             tracing::trace!(%hash, "seed serves a chunk that spread");
             return true;
@@ -88,6 +108,8 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             to: peer.clone(),
             since: now,
             listed: None,
+            others: Vec::new(),
+            others_since: None,
         };
         self.holds.insert(hash, hold);
         true
@@ -104,12 +126,22 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         ran_out(self.backstop, self.unlisted, hold, now)
     }
 
-    /// `peer` lists `hash` in its bitfield at `now`: if it is not the chunk's first receiver,
-    /// the chunk has spread and anyone may have it.
+    /// `peer` lists `hash` in its bitfield at `now`: once [`SPREAD_AFTER`] peers other than
+    /// the chunk's first receiver did, it has spread and anyone may have it. (A chunk the seed
+    /// holds no hold for, never sent by it or its hold over, has spread at once.)
     pub fn seen(&mut self, peer: &P, hash: ContentHash, now: Instant) {
-        if let Some(hold) = self.holds.get_mut(&hash).filter(|h| h.to == *peer) {
-            hold.listed.get_or_insert(now);
-            return;
+        if let Some(hold) = self.holds.get_mut(&hash) {
+            if hold.to == *peer {
+                hold.listed.get_or_insert(now);
+                return;
+            }
+            if !hold.others.contains(peer) {
+                hold.others.push(peer.clone());
+                hold.others_since.get_or_insert(now);
+            }
+            if hold.others.len() < SPREAD_AFTER {
+                return;
+            }
         }
         self.holds.remove(&hash);
         self.spread.insert(hash);
@@ -184,15 +216,41 @@ mod tests {
             !s.should_serve(&2, h(1), secs(t0, 3.0)),
             "the receiver listing it is no evidence it spread"
         );
-        s.seen(&2, h(1), secs(t0, 3.0));
+        for other in 2..2 + SPREAD_AFTER as u8 - 1 {
+            s.seen(&other, h(1), secs(t0, 3.0));
+            s.seen(&other, h(1), secs(t0, 3.0));
+            assert!(
+                !s.should_serve(&9, h(1), secs(t0, 3.0)),
+                "listed by {other}, one peer fewer than SPREAD_AFTER (once or twice)"
+            );
+        }
+        s.seen(&(1 + SPREAD_AFTER as u8), h(1), secs(t0, 3.0));
         assert!(
-            s.should_serve(&3, h(1), secs(t0, 3.0)),
-            "listed by a second peer: anyone may have it"
+            s.should_serve(&9, h(1), secs(t0, 3.0)),
+            "listed by SPREAD_AFTER peers besides its receiver: anyone may have it"
         );
-        assert!(s.should_serve(&4, h(1), secs(t0, 3.0)));
+        assert!(s.should_serve(&10, h(1), secs(t0, 3.0)));
         assert!(
             s.should_serve(&3, h(2), secs(t0, 3.0)),
             "other chunks are free"
+        );
+    }
+
+    /// A small swarm, or subscribers that cannot reach the few that hold a chunk: fewer than
+    /// `SPREAD_AFTER` others list it, and it goes to anyone `SPREAD_WAIT` after the first did.
+    #[test]
+    fn a_chunk_fewer_peers_list_spreads_after_a_wait() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        assert!(s.should_serve(&1, h(1), t0));
+        s.seen(&1, h(1), secs(t0, 1.0));
+        s.seen(&2, h(1), secs(t0, 2.0));
+        let wait = SPREAD_WAIT.as_secs_f64();
+        assert!(!s.should_serve(&3, h(1), secs(t0, 1.9 + wait)));
+        assert!(s.should_serve(&3, h(1), secs(t0, 2.0 + wait)));
+        assert!(
+            s.should_serve(&4, h(1), secs(t0, 2.0 + wait)),
+            "spread for all"
         );
     }
 
@@ -267,22 +325,29 @@ mod tests {
         for i in 0..10 {
             assert!(s.should_serve(&1, h(i), t0));
         }
-        // Peer 2 holds chunks 0 and 9; an index past the order names nothing.
-        s.have(&2, 5, &order, &[0, 9, 10], t0);
-        assert!(s.should_serve(&3, h(0), t0));
-        assert!(s.should_serve(&3, h(9), t0));
-        assert!(!s.should_serve(&3, h(1), t0));
+        // Peers 2.. hold chunks 0 and 9; an index past the order names nothing.
+        let others: Vec<u8> = (2..2 + SPREAD_AFTER as u8).collect();
+        for p in &others {
+            s.have(p, 5, &order, &[0, 9, 10], t0);
+        }
+        assert!(s.should_serve(&20, h(0), t0));
+        assert!(s.should_serve(&20, h(9), t0));
+        assert!(!s.should_serve(&20, h(1), t0));
         // The receiver's own Have is no evidence.
         s.have(&1, 5, &order, &[1, 2, 3], t0);
-        assert!(!s.should_serve(&3, h(1), t0));
+        assert!(!s.should_serve(&20, h(1), t0));
         // An old revision's Have is ignored.
-        s.have(&2, 4, &order, &[1], t0);
-        assert!(!s.should_serve(&3, h(1), t0));
-        s.have(&2, 5, &order, &[1], t0);
-        assert!(s.should_serve(&3, h(1), t0), "2 holds it now");
+        for p in &others {
+            s.have(p, 4, &order, &[1], t0);
+        }
+        assert!(!s.should_serve(&20, h(1), t0));
+        for p in &others {
+            s.have(p, 5, &order, &[1], t0);
+        }
+        assert!(s.should_serve(&20, h(1), t0), "others hold it now");
         // A new revision forgets what spread in the old one.
         s.have(&2, 6, &order, &[], t0);
-        assert!(s.should_serve(&3, h(0), t0));
-        assert!(!s.should_serve(&1, h(0), t0), "held for 3 again");
+        assert!(s.should_serve(&20, h(0), t0));
+        assert!(!s.should_serve(&1, h(0), t0), "held for 20 again");
     }
 }
