@@ -1,5 +1,6 @@
 //! Swarming on loopback: subscribers feed each other so the publisher uploads about one copy,
-//! a new revision mid-download, and peers leaving gracefully or vanishing.
+//! a new revision mid-download, peers leaving gracefully or vanishing, and a restarted
+//! subscriber serving what it held once the publisher is gone.
 
 mod common;
 
@@ -270,4 +271,42 @@ async fn a_subscriber_the_publisher_refuses_gets_the_manifest_from_a_downloading
     second.shutdown().await;
     first.shutdown().await;
     p.shutdown().await;
+}
+
+/// A subscriber restarted on its mirror serves the revision it held: the serve index of that
+/// revision is built in the background after start (until then it serves nothing and says it
+/// holds nothing), then swapped in and announced. With the publisher gone, a new subscriber
+/// whose only way into the swarm is the restarted one gets the whole tree from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_subscriber_serves_the_revision_it_held_once_the_publisher_is_gone() {
+    let lab = Lab::new();
+    let src = lab.dir("publisher");
+    let size = 4 * MIB;
+    write(&src, "data.bin", &noise(size as usize, 14));
+    write(&src, "docs/a.txt", b"a");
+    let p = publisher(&src).await;
+    let a_dir = lab.dir("a");
+    let a = subscriber(&a_dir, p.ticket()).await;
+    synced(&a, 1).await;
+    a.shutdown().await;
+
+    // A starts again on the same directory: it holds revision 1 from its state at once.
+    let a = subscriber(&a_dir, p.ticket()).await;
+    assert_eq!(a.status().borrow().revision, Some(1));
+    let ticket = p.ticket().without_addrs();
+    p.shutdown().await;
+
+    // B knows no publisher address: A is its only way in.
+    let b_dir = lab.dir("b");
+    let mut bcfg = config(&b_dir);
+    bcfg.bootstrap = a.listen_addrs().to_vec();
+    let b = Node::subscribe(bcfg, ticket).await.unwrap();
+    synced(&b, 1).await;
+    assert_same_tree(&src, &b_dir);
+    // A served it from the files it held, and fetched nothing since its restart.
+    assert!(a.stats().chunk_bytes_sent >= size, "{:?}", a.stats());
+    assert_eq!(a.stats().chunk_bytes_fetched, 0, "{:?}", a.stats());
+    for n in [b, a] {
+        n.shutdown().await;
+    }
 }
