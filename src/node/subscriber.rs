@@ -539,10 +539,21 @@ impl Subscriber {
             return;
         };
         info!(revision, "serving the revision held");
+        // Swapped in before the broadcast, never after: no peer misses both. A session's hello
+        // is built from `Content` after the swarm task registered the session, and the swarm
+        // task sends a broadcast to the sessions registered when it takes the command. So a
+        // session whose hello said "nothing held" was registered in time: Head and Complete
+        // are queued behind that hello. One registered later reads this index for its hello.
         self.content.serve_held(index);
-        self.net
-            .broadcast(ControlMsg::Head(applied.head.signed().clone()));
-        self.net.broadcast(ControlMsg::Complete { revision });
+        let announce = [
+            ControlMsg::Head(applied.head.signed().clone()),
+            ControlMsg::Complete { revision },
+        ];
+        for msg in announce {
+            if !self.net.broadcast(msg) {
+                warn!(revision, "network busy: peers in session may not learn the revision held is served until they reconnect");
+            }
+        }
     }
 
     fn applied_revision(&self) -> u64 {
