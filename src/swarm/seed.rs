@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::tree::ContentHash;
 
-/// Holds kept before those past the backstop are dropped.
+/// Holds kept before those past the backstop are dropped (and if few are, the oldest, down to
+/// half of this).
 const MAX_TRACKED: usize = 100_000;
 /// Peers besides its first receiver that list a chunk before the seed serves it to anyone.
 pub const SPREAD_AFTER: usize = 3;
@@ -99,9 +100,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             }
         }
         if self.holds.len() >= MAX_TRACKED {
-            let (backstop, unlisted) = (self.backstop, self.unlisted);
-            self.holds
-                .retain(|_, h| !ran_out(backstop, unlisted, h, now));
+            self.prune(now);
         }
         tracing::trace!(%hash, "seed sends a chunk to a first receiver");
         let hold = Hold {
@@ -113,6 +112,26 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         };
         self.holds.insert(hash, hold);
         true
+    }
+
+    /// Drop the holds that ran out and, if that leaves more than half of [`MAX_TRACKED`], the
+    /// oldest down to half. A revision of millions of chunks sent faster than the backstop
+    /// lets holds run out left all but a few: the pass over every hold then ran at each send
+    /// (at a million small files, one subscriber, most of the publisher's time). Now it runs
+    /// once per half of `MAX_TRACKED` sends at most; an old hold dropped only lets its chunk
+    /// go to a second receiver.
+    fn prune(&mut self, now: Instant) {
+        let (backstop, unlisted) = (self.backstop, self.unlisted);
+        self.holds
+            .retain(|_, h| !ran_out(backstop, unlisted, h, now));
+        let keep = MAX_TRACKED / 2;
+        if self.holds.len() <= keep {
+            return;
+        }
+        let mut since: Vec<Instant> = self.holds.values().map(|h| h.since).collect();
+        let drop = since.len() - keep;
+        let (_, &mut cutoff, _) = since.select_nth_unstable(drop - 1);
+        self.holds.retain(|_, h| h.since > cutoff);
     }
 
     /// The send of `hash` to `peer` failed: it may go to someone else at once.
@@ -252,6 +271,33 @@ mod tests {
             s.should_serve(&4, h(1), secs(t0, 2.0 + wait)),
             "spread for all"
         );
+    }
+
+    /// A revision of more chunks than `MAX_TRACKED`, sent faster than holds run out: the
+    /// oldest holds go, half of them at once, and the newest stay.
+    #[test]
+    fn past_the_tracked_holds_the_oldest_half_goes() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        let chunk = |i: usize| ContentHash::of(&i.to_le_bytes());
+        let at = |i: usize| t0 + Duration::from_micros(i as u64);
+        for i in 0..MAX_TRACKED {
+            assert!(s.should_serve(&1, chunk(i), at(i)));
+        }
+        assert_eq!(s.holds.len(), MAX_TRACKED);
+        assert!(s.should_serve(&1, chunk(MAX_TRACKED), at(MAX_TRACKED)));
+        assert_eq!(s.holds.len(), MAX_TRACKED / 2 + 1);
+        let now = at(MAX_TRACKED + 1);
+        assert!(s.should_serve(&2, chunk(0), now), "the oldest hold went");
+        assert!(
+            s.should_serve(&2, chunk(MAX_TRACKED / 2 - 1), now),
+            "and the older half with it"
+        );
+        assert!(
+            !s.should_serve(&2, chunk(MAX_TRACKED / 2), now),
+            "the newer half stays"
+        );
+        assert!(!s.should_serve(&2, chunk(MAX_TRACKED), now));
     }
 
     #[test]
