@@ -346,12 +346,10 @@ async fn bytes_rotted_on_a_subscribers_disk_are_never_served() {
     std::fs::set_permissions(&rotted, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
 
     // The publisher goes away; B can fetch only from A.
-    let ticket = p.ticket().without_addrs();
+    let ticket = p.ticket().clone();
     p.shutdown().await;
     let b_dir = lab.dir("b");
-    let mut bcfg = config(&b_dir);
-    bcfg.bootstrap = a.listen_addrs().to_vec();
-    let b = Node::subscribe(bcfg, ticket).await.unwrap();
+    let b = subscriber_via(&b_dir, &ticket, &a).await;
     // B gets everything but the rotted chunk, which A refuses to serve (it fails A's check).
     let st = b
         .wait_for(WAIT, "all but one chunk", |s| {

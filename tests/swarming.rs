@@ -293,14 +293,12 @@ async fn a_restarted_subscriber_serves_the_revision_it_held_once_the_publisher_i
     // A starts again on the same directory: it holds revision 1 from its state at once.
     let a = subscriber(&a_dir, p.ticket()).await;
     assert_eq!(a.status().borrow().revision, Some(1));
-    let ticket = p.ticket().without_addrs();
+    let ticket = p.ticket().clone();
     p.shutdown().await;
 
     // B knows no publisher address: A is its only way in.
     let b_dir = lab.dir("b");
-    let mut bcfg = config(&b_dir);
-    bcfg.bootstrap = a.listen_addrs().to_vec();
-    let b = Node::subscribe(bcfg, ticket).await.unwrap();
+    let b = subscriber_via(&b_dir, &ticket, &a).await;
     synced(&b, 1).await;
     assert_same_tree(&src, &b_dir);
     // A served it from the files it held, and fetched nothing since its restart.

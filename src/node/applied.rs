@@ -17,13 +17,8 @@ pub(crate) struct Applied {
 
 impl Applied {
     pub fn serve_index(&self, dir: &std::path::Path) -> serve::ServeIndex {
-        serve::ServeIndex::build(
-            dir.to_owned(),
-            self.head.signed().clone(),
-            &self.manifest,
-            self.blobs.clone(),
-            &self.checks,
-        )
+        let never = std::sync::atomic::AtomicBool::new(false);
+        self.serve_index_unless(dir, &never).unwrap_or_default()
     }
 
     /// [`Applied::serve_index`], unless `stop` is set before it is built.

@@ -66,6 +66,16 @@ pub async fn subscriber(dir: &Path, ticket: &Ticket) -> NodeHandle {
         .expect("subscriber starts")
 }
 
+/// A subscriber whose only way into the swarm is `via`: the ticket's addresses are dropped and
+/// `via`'s listen addresses are its bootstrap.
+pub async fn subscriber_via(dir: &Path, ticket: &Ticket, via: &NodeHandle) -> NodeHandle {
+    let mut cfg = config(dir);
+    cfg.bootstrap = via.listen_addrs().to_vec();
+    Node::subscribe(cfg, ticket.without_addrs())
+        .await
+        .expect("subscriber starts")
+}
+
 /// What a tree holds: path to (is_dir, exec bit, content) without the state directory.
 pub fn snapshot(root: &Path) -> BTreeMap<String, (bool, bool, Vec<u8>)> {
     let mut out = BTreeMap::new();
