@@ -26,7 +26,9 @@ use super::serve::{file_checks, into_file_checks, Content, FileChecks, ServeInde
 use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
-use crate::store::{apply_revision, ChunkPositions, Db, StagingArea, StoreError};
+use crate::store::{
+    apply_revision, ChunkPositions, Db, NewDirs, StagingArea, StoreError, TreeFiles,
+};
 use crate::store::{indexed_in, local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
 use crate::trust::{load_or_create_node_key, Lineage, SignedHead, Ticket, VerifiedHead};
@@ -1002,9 +1004,9 @@ async fn download(
     let (plan, index) = blocking(move || Ok((plan(&root, &index, &new), index))).await?;
     go_on(&env.fetch.cancel)?;
     let staging_dir = env.dir.join(crate::config::STATE_DIR).join("staging");
-    let wanted = plan.wanted.clone();
+    let (wanted, tree) = (plan.wanted.clone(), plan.tree.clone());
     let (area, positions, mut present) =
-        blocking(move || StagingArea::open(&staging_dir, &wanted)).await?;
+        blocking(move || StagingArea::open_with_tree(&staging_dir, &wanted, tree)).await?;
     let area = Arc::new(area);
     let positions = Arc::new(positions);
     {
@@ -1204,6 +1206,9 @@ struct Plan {
     edited: HashSet<RelPath>,
     /// Files to stage: (file hash, size, chunks), each hash once.
     wanted: Vec<(ContentHash, u64, Vec<ChunkRef>)>,
+    /// Those to stage at their own path, in a directory the mirror does not have: the first
+    /// path that holds each, if it is in one.
+    tree: TreeFiles,
     /// Chunks available in the mirror as it is: hash to (file, offset, length).
     sources: Arc<HashMap<ContentHash, (PathBuf, u64, u32)>>,
 }
@@ -1216,7 +1221,9 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
     // Whether each parent directory is there: a file in one that is not cannot be either, so
     // a first sync looks up each directory once, not each file.
     let mut dirs: HashMap<PathBuf, bool> = HashMap::new();
-    for (path, size, _, hash, chunks) in new.files() {
+    let new_dirs = NewDirs::find(root, new);
+    let mut tree = TreeFiles::new();
+    for (path, size, mode, hash, chunks) in new.files() {
         let full = path.under(root);
         let parent = full.parent().unwrap_or(root);
         let dir_there = match dirs.get(parent) {
@@ -1240,6 +1247,9 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
         }
         if staged.insert(hash) {
             wanted.push((hash, size, chunks.to_vec()));
+            if new_dirs.holds(path) {
+                tree.insert(hash, (path.clone(), mode));
+            }
         }
     }
     let mut sources = HashMap::new();
@@ -1256,6 +1266,7 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
         unchanged,
         edited,
         wanted,
+        tree,
         sources: Arc::new(sources),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every file appears under its final name by one `rename` of a complete, verified, fsynced
 //! staged file, so a reader (or a crash) sees either the old or the new content of a file,
-//! never a mix. Anything in the way that the old revision did not put there (a user's file, a
+//! never a mix. A directory the mirror does not have yet appears whole, by one rename of the
+//! directory built in the staging area's tree (see [`NewDirs`]). Anything in the way that the old revision did not put there (a user's file, a
 //! symlink) is moved to `.treecast/conflicts/`, never deleted.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,56 @@ pub struct ApplyStats {
     pub kept: u64,
     pub removed: u64,
     pub moved_aside: u64,
+}
+
+/// The directories of a revision that the mirror does not have: nothing is at their path.
+/// Each of the outermost ones ([`NewDirs::roots`]) is built whole in the staging area's tree
+/// and put in place by one rename, where each file of it would cost one.
+#[derive(Debug, Default)]
+pub struct NewDirs {
+    /// The outermost new directories: their parents are in the mirror.
+    roots: Vec<String>,
+    /// Every new directory, the outermost and those below them.
+    all: HashSet<String>,
+}
+
+impl NewDirs {
+    /// The new directories of `manifest` in `root`: one look at each directory whose parent
+    /// is there, none below a new one.
+    pub fn find(root: &Path, manifest: &Manifest) -> Self {
+        let mut dirs = NewDirs::default();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for entry in manifest.entries() {
+            let own = matches!(entry.kind, EntryKind::Dir).then_some(entry.path.as_str());
+            // Outermost first: a directory's parent is decided before it.
+            for d in entry.path.ancestors().chain(own) {
+                if !seen.insert(d) {
+                    continue;
+                }
+                let under_new = d.rfind('/').is_some_and(|i| dirs.all.contains(&d[..i]));
+                if under_new {
+                    dirs.all.insert(d.to_owned());
+                } else if matches!(std::fs::symlink_metadata(root.join(d)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+                {
+                    dirs.all.insert(d.to_owned());
+                    dirs.roots.push(d.to_owned());
+                }
+            }
+        }
+        dirs
+    }
+
+    /// True if the file or directory at `path` is in a new directory.
+    pub fn holds(&self, path: &RelPath) -> bool {
+        path.ancestors()
+            .last()
+            .is_some_and(|p| self.all.contains(p))
+    }
+
+    fn is_new(&self, dir: &str) -> bool {
+        self.all.contains(dir)
+    }
 }
 
 /// Install `new` over `old` in `root`. `unchanged` lists paths that already hold their new
@@ -50,18 +101,27 @@ pub fn apply_revision(
     }
     let mut records = Vec::new();
     let mut parents: HashSet<PathBuf> = HashSet::new();
+    // Looked at again now: a directory the plan found missing may have been made since (its
+    // files then go in one by one), or one removed (its files are moved into the tree).
+    let new_dirs = NewDirs::find(root, new);
+    let tree = staging.tree_dir();
     // Directories made sure of in this apply: each is looked at once, not once per file in it.
     let mut dirs: HashSet<&str> = HashSet::new();
     for entry in new.entries() {
         for a in entry.path.ancestors() {
-            if dirs.insert(a) {
+            if dirs.insert(a) && !new_dirs.is_new(a) {
                 ensure_dir(root, a, &mut aside)?;
             }
         }
         match &entry.kind {
             EntryKind::Dir => {
-                if dirs.insert(entry.path.as_str()) {
-                    ensure_dir(root, entry.path.as_str(), &mut aside)?;
+                let path = entry.path.as_str();
+                if dirs.insert(path) {
+                    if new_dirs.is_new(path) {
+                        staging.make_tree_dir(&entry.path.under(&tree))?;
+                    } else {
+                        ensure_dir(root, path, &mut aside)?;
+                    }
                 }
             }
             EntryKind::File {
@@ -70,33 +130,39 @@ pub fn apply_revision(
                 chunks,
                 size,
             } => {
-                let target = entry.path.under(root);
+                let in_new = new_dirs.holds(&entry.path);
+                let target = entry.path.under(if in_new { &tree } else { root });
                 let mode = *mode;
                 let kept = unchanged.contains(&entry.path);
+                // Looked at once, for its record and (in the tree) its mode.
+                let mut looked = None;
                 if kept {
                     set_mode(&target, mode)?;
                     stats.kept += 1;
                 } else {
-                    if edited.contains(&entry.path) && target.exists() {
+                    if !in_new && edited.contains(&entry.path) && target.exists() {
                         aside.move_aside(root, entry.path.as_str())?;
                     }
                     let left = uses.get_mut(hash).expect("counted above");
                     *left -= 1;
-                    install(
-                        root,
-                        staging,
-                        hash,
-                        *left == 0,
-                        &entry.path,
-                        mode,
-                        &mut aside,
-                    )?;
+                    // A file staged in the tree stays there for its own path: the other paths
+                    // that hold it get copies.
+                    let last_use = *left == 0 && staging.in_tree(hash).is_none();
+                    if in_new {
+                        looked = Some(place_in_tree(staging, hash, last_use, &target, mode)?);
+                    } else {
+                        install(root, staging, hash, last_use, &entry.path, mode, &mut aside)?;
+                    }
                     stats.installed += 1;
                 }
-                if let Some(p) = target.parent() {
+                // Its directory in the mirror, where a new one ends up.
+                if let Some(p) = entry.path.under(root).parent() {
                     parents.insert(p.to_owned());
                 }
-                let meta = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+                let meta = match looked {
+                    Some(meta) => meta,
+                    None => std::fs::symlink_metadata(&target).map_err(io_err(&target))?,
+                };
                 records.push((
                     entry.path.clone(),
                     FileRecord {
@@ -116,6 +182,12 @@ pub fn apply_revision(
                     },
                 ));
             }
+        }
+    }
+    for dir in &new_dirs.roots {
+        move_in(root, &tree, dir, &mut aside)?;
+        if let Some(p) = root.join(dir).parent() {
+            parents.insert(p.to_owned());
         }
     }
     stats.removed = remove_gone(root, old, new)?;
@@ -176,7 +248,7 @@ fn install(
     let source = if last_use {
         staged
     } else {
-        let tmp = staging.copy_path(hash);
+        let tmp = staging.copy_path(hash)?;
         std::fs::copy(&staged, &tmp).map_err(io_err(&tmp))?;
         tmp
     };
@@ -194,6 +266,50 @@ fn install(
         staging.remove_sidecar(hash);
     }
     Ok(())
+}
+
+/// Put the staged file of `hash` at `target` in the tree, with `mode`: there already if it was
+/// staged at its own path; else renamed there if this is its `last_use`, copied otherwise.
+/// Returns what it is there. Its mode is set only if it has another (a file of one chunk is
+/// staged with its mode: no `chmod` per file).
+fn place_in_tree(
+    staging: &StagingArea,
+    hash: &ContentHash,
+    last_use: bool,
+    target: &Path,
+    mode: u32,
+) -> Result<std::fs::Metadata, StoreError> {
+    let staged = staging.staged_path(hash);
+    if staged != target {
+        staging.make_tree_dir(target.parent().expect("a path under the tree has a parent"))?;
+        if last_use {
+            std::fs::rename(&staged, target).map_err(io_err(target))?;
+        } else {
+            std::fs::copy(&staged, target).map_err(io_err(target))?;
+        }
+    }
+    let meta = std::fs::symlink_metadata(target).map_err(io_err(target))?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        set_mode(target, mode)?;
+    }
+    if last_use || staging.in_tree(hash).is_some() {
+        staging.remove_sidecar(hash);
+    }
+    // What a record keeps of it (size, mtime, inode) a mode change leaves as it was.
+    Ok(meta)
+}
+
+/// Move the new directory `dir`, built in `tree`, into the mirror at `root`. Something put in
+/// its way since the plan (a user's file or directory) is cleared first, as for a file.
+fn move_in(root: &Path, tree: &Path, dir: &str, aside: &mut Aside) -> Result<(), StoreError> {
+    let (from, to) = (tree.join(dir), root.join(dir));
+    if std::fs::rename(&from, &to).is_ok() {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(&to).is_ok() {
+        aside.clear(root, dir)?;
+    }
+    std::fs::rename(&from, &to).map_err(io_err(&to))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
@@ -380,6 +496,17 @@ mod tests {
     /// A manifest of `src` after writing `files` there, and a staging area in `root` holding
     /// every file of it, verified and synced.
     fn staged(src: &Path, root: &Path, files: &[(&str, &[u8])]) -> (Manifest, StagingArea) {
+        staged_for(src, root, None, files)
+    }
+
+    /// [`staged`], with the files in directories `mirror` does not have staged in the tree, as
+    /// the subscriber's plan does.
+    fn staged_for(
+        src: &Path,
+        root: &Path,
+        mirror: Option<&Path>,
+        files: &[(&str, &[u8])],
+    ) -> (Manifest, StagingArea) {
         for (rel, data) in files {
             let path = src.join(rel);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -393,7 +520,17 @@ mod tests {
             .files()
             .map(|(_, size, _, hash, chunks)| (hash, size, chunks.to_vec()))
             .collect();
-        let (area, positions, _) = StagingArea::open(&root.join("staging"), &wanted).unwrap();
+        let mut tree = crate::store::TreeFiles::new();
+        if let Some(mirror) = mirror {
+            let new_dirs = NewDirs::find(mirror, &manifest);
+            for (path, _, mode, hash, _) in manifest.files() {
+                if new_dirs.holds(path) && !tree.contains_key(&hash) {
+                    tree.insert(hash, (path.clone(), mode));
+                }
+            }
+        }
+        let (area, positions, _) =
+            StagingArea::open_with_tree(&root.join("staging"), &wanted, tree).unwrap();
         for (rel, data) in files {
             let chunked = crate::tree::chunk_reader(*data).unwrap();
             let mut off = 0;
@@ -446,6 +583,100 @@ mod tests {
             kept,
             vec![b"the user's".to_vec()],
             "nothing of the user's lost"
+        );
+    }
+
+    /// A directory the mirror does not have is built in the staging area's tree and put in
+    /// place by one rename: the directory in the mirror is the one built there (same inode),
+    /// its files have their modes, a file of the same content elsewhere is a copy, and nothing
+    /// is left in the tree.
+    #[test]
+    fn a_new_directory_is_put_in_place_whole() {
+        let (src, state, root) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let files: &[(&str, &[u8])] = &[
+            ("d/e/deep", b"deep"),
+            ("d/f", b"same"),
+            ("top", b"same"),
+            ("x/y", b"why"),
+        ];
+        std::fs::create_dir(root.path().join("x")).unwrap();
+        let (new, area) = staged_for(src.path(), state.path(), Some(root.path()), files);
+        let built = std::fs::metadata(area.tree_dir().join("d")).unwrap().ino();
+        assert!(
+            !area.tree_dir().join("x").exists(),
+            "x is in the mirror already: its file is staged by hash"
+        );
+        let none = HashSet::new();
+        let (records, stats) = apply_revision(
+            root.path(),
+            &area,
+            &Manifest::default(),
+            &new,
+            &none,
+            &none,
+            &state.path().join("conflicts"),
+        )
+        .unwrap();
+        assert_eq!(stats.installed, 4);
+        for (rel, data) in files {
+            let path = root.path().join(rel);
+            assert_eq!(&std::fs::read(&path).unwrap()[..], *data, "{rel}");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o444, "{rel}");
+        }
+        let d = std::fs::metadata(root.path().join("d")).unwrap();
+        assert_eq!(d.ino(), built, "d was moved in whole");
+        let left: Vec<_> = walkdir::WalkDir::new(area.tree_dir())
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+            .map(|e| e.path().to_owned())
+            .collect();
+        assert!(left.is_empty(), "left in the tree: {left:?}");
+        for (path, rec) in &records {
+            let meta = std::fs::metadata(path.under(root.path())).unwrap();
+            assert_eq!((rec.inode, rec.size), (meta.ino(), meta.len()), "{path}");
+        }
+    }
+
+    /// A directory the plan found missing and a user made before the apply: its files go in
+    /// one by one from the tree, and the user's file in it stays.
+    #[test]
+    fn a_directory_made_since_the_plan_gets_the_files_one_by_one() {
+        let (src, state, root) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let (new, area) = staged_for(
+            src.path(),
+            state.path(),
+            Some(root.path()),
+            &[("d/f", b"hello")],
+        );
+        assert!(area.tree_dir().join("d/f").exists(), "staged in the tree");
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/mine"), b"the user's").unwrap();
+        let none = HashSet::new();
+        let (_, stats) = apply_revision(
+            root.path(),
+            &area,
+            &Manifest::default(),
+            &new,
+            &none,
+            &none,
+            &state.path().join("conflicts"),
+        )
+        .unwrap();
+        assert_eq!(stats.installed, 1);
+        assert_eq!(std::fs::read(root.path().join("d/f")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(root.path().join("d/mine")).unwrap(),
+            b"the user's"
         );
     }
 

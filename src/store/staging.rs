@@ -15,6 +15,11 @@
 //! its first chunk arrives (or when it is finished, if it has none), and at most
 //! [`OPEN_STAGED_FILES`] are open at a time, whatever the number of files. Nothing here is
 //! visible in the mirror until `apply_revision` renames it into place.
+//!
+//! A file whose directory the mirror does not have yet (all of them in a first sync) is staged
+//! at its own path under `tree/` instead (see [`TreeFiles`]): `apply_revision` then puts each
+//! new directory in place whole, by one rename, not one rename per file, and a reader sees it
+//! appear complete. Its sidecar, if any, stays in the shards by hash.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -26,10 +31,18 @@ use std::sync::{Arc, Mutex};
 use super::error::{io_err, StoreError};
 use super::open_files::OpenFiles;
 use super::private::private_dir;
-use crate::tree::{read_check, ChunkRef, ContentHash};
+use crate::tree::{read_check, ChunkRef, ContentHash, RelPath};
 
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places.
 pub type ChunkPositions = HashMap<ContentHash, Vec<(ContentHash, u64, u32)>>;
+
+/// Files staged at their own path under [`TREE_DIR`], each in a directory the mirror does not
+/// have yet: file hash to its path in the revision (the first path that holds it) and that
+/// path's mode.
+pub type TreeFiles = HashMap<ContentHash, (RelPath, u32)>;
+
+/// Subdirectory of the staging area where new directories of the revision are built.
+pub const TREE_DIR: &str = "tree";
 
 /// Mode of a staged file: its owner's alone, and writable until `install` sets the mirror's.
 const STAGED_MODE: u32 = 0o600;
@@ -66,6 +79,10 @@ pub struct StagingArea {
     checks: Mutex<HashMap<ContentHash, u64>>,
     /// Which of the [`SHARDS`] subdirectories are known to exist.
     shards: [std::sync::OnceLock<()>; SHARDS],
+    /// Files staged in the tree, not in the shards.
+    tree: TreeFiles,
+    /// Directories under the tree known to exist.
+    tree_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 /// Subdirectories of the staging directory: a staged file is in the one of its hash's first
@@ -89,6 +106,16 @@ impl StagingArea {
     pub fn open(
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
+    ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
+        Self::open_with_tree(dir, wanted, TreeFiles::new())
+    }
+
+    /// [`Self::open`], staging the files of `tree` at their own path under [`TREE_DIR`].
+    /// Whatever else is in the tree (from an older target) is removed first.
+    pub fn open_with_tree(
+        dir: &Path,
+        wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
+        tree: TreeFiles,
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
         private_dir(dir)?;
         let mut positions: ChunkPositions = HashMap::new();
@@ -129,7 +156,10 @@ impl StagingArea {
             sync_dir,
             checks: Mutex::default(),
             shards: std::array::from_fn(|_| std::sync::OnceLock::new()),
+            tree,
+            tree_dirs: Mutex::default(),
         };
+        area.clean_tree()?;
         let mut present = area.find_verified(wanted)?;
         area.salvage_stale(&positions, &mut present)?;
         Ok((area, positions, present))
@@ -146,8 +176,17 @@ impl StagingArea {
         let mut invalid: HashSet<ContentHash> = HashSet::new();
         // One listing of the directory, not a lookup per wanted file (most are not there).
         let staged = self.names()?;
+        let tree_there = self.tree_dir().is_dir();
         for (hash, _, chunks) in wanted {
-            if !staged.contains(&hash.to_hex()) {
+            let there = match self.tree.get(hash) {
+                Some((rel, _)) => {
+                    tree_there
+                        && std::fs::symlink_metadata(rel.under(&self.tree_dir()))
+                            .is_ok_and(|m| m.is_file())
+                }
+                None => staged.contains(&hash.to_hex()),
+            };
+            if !there {
                 invalid.extend(chunks.iter().map(|c| c.hash));
                 continue;
             }
@@ -214,12 +253,62 @@ impl StagingArea {
     }
 
     fn path_of(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join(shard_name(hash.0[0])).join(hash.to_hex())
+        match self.tree.get(hash) {
+            Some((rel, _)) => rel.under(&self.tree_dir()),
+            None => self.dir.join(shard_name(hash.0[0])).join(hash.to_hex()),
+        }
     }
 
-    /// The staged file of `hash`, to create: its shard made if need be.
+    /// The sidecar of the staged file of `hash`: in its shard, wherever the file is.
+    fn sidecar_of(&self, hash: &ContentHash) -> PathBuf {
+        self.dir
+            .join(shard_name(hash.0[0]))
+            .join(format!("{}.chunks", hash.to_hex()))
+    }
+
+    /// The staged file of `hash`, to create: its shard, or its directory in the tree, made if
+    /// need be.
     fn new_path(&self, hash: &ContentHash) -> Result<PathBuf, StoreError> {
-        Ok(self.shard_of(hash)?.join(hash.to_hex()))
+        let Some((rel, _)) = self.tree.get(hash) else {
+            return Ok(self.shard_of(hash)?.join(hash.to_hex()));
+        };
+        let path = rel.under(&self.tree_dir());
+        self.make_tree_dir(path.parent().expect("a path under the tree has a parent"))?;
+        Ok(path)
+    }
+
+    /// Make `dir` under the tree, and its parents, unless known to exist.
+    pub fn make_tree_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        let mut known = self.tree_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(dir) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        known.insert(dir.to_owned());
+        Ok(())
+    }
+
+    /// Where new directories of the revision are built.
+    pub fn tree_dir(&self) -> PathBuf {
+        self.dir.join(TREE_DIR)
+    }
+
+    /// The path in the revision at which the file of `hash` is staged, if in the tree.
+    pub fn in_tree(&self, hash: &ContentHash) -> Option<&RelPath> {
+        self.tree.get(hash).map(|(rel, _)| rel)
+    }
+
+    /// Remove from the tree everything that is not a file of [`TreeFiles`] at its path or a
+    /// directory above one: what an older target left, which must not be put in place with
+    /// this one's directories.
+    fn clean_tree(&self) -> Result<(), StoreError> {
+        let files: HashSet<&str> = self.tree.values().map(|(p, _)| p.as_str()).collect();
+        let dirs: HashSet<&str> = self
+            .tree
+            .values()
+            .flat_map(|(p, _)| p.ancestors())
+            .collect();
+        clean_dir(&self.tree_dir(), "", &files, &dirs)
     }
 
     /// The staged file for `hash`.
@@ -248,7 +337,8 @@ impl StagingArea {
             .ok_or_else(|| StoreError::Corrupt(format!("no staged file {hash}")))?;
         let path = self.new_path(hash)?;
         if !is_one_chunk(chunks) {
-            let sidecar = path.with_extension("chunks");
+            self.shard_of(hash)?;
+            let sidecar = self.sidecar_of(hash);
             std::fs::write(
                 &sidecar,
                 postcard::to_stdvec(chunks).expect("chunks encode"),
@@ -263,11 +353,12 @@ impl StagingArea {
         Ok(file)
     }
 
-    /// Where `install` copies the staged file of `hash` for one of several paths that hold it.
-    pub fn copy_path(&self, hash: &ContentHash) -> PathBuf {
-        self.dir
-            .join(shard_name(hash.0[0]))
-            .join(format!("{COPY_PREFIX}{}", hash.to_hex()))
+    /// Where `install` copies the staged file of `hash` for one of several paths that hold it
+    /// (its shard made if need be: a file staged in the tree has none yet).
+    pub fn copy_path(&self, hash: &ContentHash) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .shard_of(hash)?
+            .join(format!("{COPY_PREFIX}{}", hash.to_hex())))
     }
 
     /// Copy still-needed chunks out of staged files of an older target, then delete them, and
@@ -279,7 +370,13 @@ impl StagingArea {
         positions: &ChunkPositions,
         present: &mut HashSet<ContentHash>,
     ) -> Result<(), StoreError> {
-        let wanted: HashSet<String> = self.wanted.keys().map(ContentHash::to_hex).collect();
+        // A file staged in the tree that a shard holds from an older target is salvaged too.
+        let wanted: HashSet<String> = self
+            .wanted
+            .keys()
+            .filter(|h| !self.tree.contains_key(h))
+            .map(ContentHash::to_hex)
+            .collect();
         let none = HashSet::new();
         self.salvage_dir(&self.dir, &none, positions, present)?;
         for shard in self.shard_dirs()? {
@@ -423,7 +520,10 @@ impl StagingArea {
     /// a descriptor of its own, closed at once, never kept among the open files. Three system
     /// calls for a small file, where opening it first, creating it at its size and writing
     /// into it took six. A kill midway leaves a short or empty file, whose chunk a restart
-    /// does not find verified (`find_verified` hashes it) and fetches again.
+    /// does not find verified (`find_verified` hashes it) and fetches again. A file staged in
+    /// the tree is created with its mode in the revision (read-only: the descriptor that
+    /// creates it may still write), so that `apply_revision` need not set it; written again
+    /// (a chunk that arrived twice), it is made writable first.
     fn write_whole(&self, file: &ContentHash, data: &[u8]) -> Result<(), StoreError> {
         let path = self.new_path(file)?;
         // Not kept open: a descriptor of it left among the open files (one `find_verified`
@@ -432,7 +532,18 @@ impl StagingArea {
         // Not truncated (see `staged_options`): a file of this name was created at this size,
         // and a peer may be reading it (a chunk that arrived twice is written twice, the same
         // bytes).
-        let mut f = staged_options().open(&path).map_err(io_err(&path))?;
+        let mut options = staged_options();
+        if let Some((_, mode)) = self.tree.get(file) {
+            options.mode(*mode);
+        }
+        let mut f = match options.open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                make_writable(&path)?;
+                staged_options().open(&path)
+            }
+            opened => opened,
+        }
+        .map_err(io_err(&path))?;
         std::io::Write::write_all(&mut f, data).map_err(io_err(&path))
     }
 
@@ -442,7 +553,7 @@ impl StagingArea {
         if self.wanted.get(hash).is_some_and(|(_, c)| is_one_chunk(c)) {
             return;
         }
-        let _ = std::fs::remove_file(self.path_of(hash).with_extension("chunks"));
+        let _ = std::fs::remove_file(self.sidecar_of(hash));
     }
 
     /// Check that every chunk of each staged file was verified and written (which verifies the
@@ -513,6 +624,40 @@ impl StagingArea {
     pub fn open_files(&self) -> usize {
         self.open.len()
     }
+}
+
+/// [`StagingArea::clean_tree`] in `dir`, the tree's `prefix`.
+fn clean_dir(
+    dir: &Path,
+    prefix: &str,
+    files: &HashSet<&str>,
+    dirs: &HashSet<&str>,
+) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        let rel = match entry.file_name().to_str() {
+            Some(name) if prefix.is_empty() => name.to_owned(),
+            Some(name) => format!("{prefix}/{name}"),
+            None => String::new(),
+        };
+        if kind.is_dir() && dirs.contains(rel.as_str()) {
+            clean_dir(&path, &rel, files, dirs)?;
+        } else if kind.is_file() && files.contains(rel.as_str()) {
+            continue;
+        } else if kind.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        } else {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// True if a file of `chunks` is its one chunk: then it has no sidecar.
@@ -721,7 +866,7 @@ mod tests {
                 area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
                 off += ch.len as usize;
             }
-            (area.staged_path(&c.hash), area.copy_path(&c.hash))
+            (area.staged_path(&c.hash), area.copy_path(&c.hash).unwrap())
         };
         // Killed in `install` after the chmod, before the rename: the staged file is
         // read-only, and so is a copy made for a second path.
@@ -881,6 +1026,67 @@ mod tests {
         area.finish(&[ca.hash, cb.hash]).unwrap();
         assert_eq!(std::fs::read(area.staged_path(&cb.hash)).unwrap(), b);
         assert_eq!(area.open_files(), 0);
+    }
+
+    /// Files in new directories are staged at their own path in the tree, a small one with its
+    /// mode in the revision (and written again all the same when its chunk comes twice).
+    /// Reopened for the same target, what is there is found verified; for another target,
+    /// what that one does not stage there is removed, a file and a directory alike.
+    #[test]
+    fn files_staged_in_the_tree_are_kept_for_their_target_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (noise(1500, 30), noise(3 << 20, 31));
+        let (ca, cb) = (chunk_reader(&a[..]).unwrap(), chunk_reader(&b[..]).unwrap());
+        let wanted = vec![
+            (ca.hash, ca.size, ca.chunks.clone()),
+            (cb.hash, cb.size, cb.chunks.clone()),
+        ];
+        let rel = |p: &str| RelPath::new(p).unwrap();
+        let tree = TreeFiles::from([
+            (ca.hash, (rel("new/a"), 0o444)),
+            (cb.hash, (rel("new/sub/b"), 0o444)),
+        ]);
+        {
+            let (area, pos, _) =
+                StagingArea::open_with_tree(dir.path(), &wanted, tree.clone()).unwrap();
+            let chunk = ca.chunks[0].hash;
+            area.write_chunk(&chunk, &pos[&chunk], &a).unwrap();
+            area.write_chunk(&chunk, &pos[&chunk], &a).unwrap();
+            let first = cb.chunks[0];
+            area.write_chunk(&first.hash, &pos[&first.hash], &b[..first.len as usize])
+                .unwrap();
+            let staged = area.staged_path(&ca.hash);
+            assert_eq!(staged, dir.path().join("tree/new/a"));
+            assert_eq!(std::fs::read(&staged).unwrap(), a);
+            let mode = std::fs::metadata(&staged).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o444, "staged with its mode in the revision");
+            assert_eq!(
+                area.staged_path(&cb.hash),
+                dir.path().join("tree/new/sub/b")
+            );
+        }
+        let (_, _, present) =
+            StagingArea::open_with_tree(dir.path(), &wanted, tree.clone()).unwrap();
+        assert!(
+            present.contains(&ca.chunks[0].hash),
+            "a whole small file is kept"
+        );
+        assert!(
+            present.contains(&cb.chunks[0].hash),
+            "a verified chunk is kept"
+        );
+
+        // Another target stages only a, elsewhere: b and its directory go, and so does new/a.
+        let other = TreeFiles::from([(ca.hash, (rel("moved/a"), 0o444))]);
+        let (_, _, present) = StagingArea::open_with_tree(dir.path(), &wanted[..1], other).unwrap();
+        assert!(present.is_empty(), "nothing staged at moved/a yet");
+        let left: Vec<_> = walkdir::WalkDir::new(dir.path().join("tree"))
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+            .map(|e| e.path().to_owned())
+            .collect();
+        assert!(left.is_empty(), "left in the tree: {left:?}");
     }
 
     /// Killed between the writes of one chunk to its two places: the chunk is not taken as
