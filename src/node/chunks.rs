@@ -17,6 +17,11 @@ use super::serve::Content;
 use super::status::Stats;
 use super::swarm_handle::NetHandle;
 use crate::config::{CHUNK_TIMEOUT, MAX_CHUNK_FRAME, REQUESTS_PER_STREAM, STREAM_OPEN_TIMEOUT};
+
+/// Reply frames of one lane verified and stored at once: storing a frame of small chunks (a
+/// file created per chunk) took longer than reading the next, and a lane that stored one
+/// frame at a time was a first sync's limit.
+const STORES_PER_LANE: usize = 4;
 use crate::store::StoreError;
 use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy};
 use crate::tree::ContentHash;
@@ -666,12 +671,17 @@ impl Lane {
     }
 
     /// Send requests as they come, as many to a frame as are waiting, and read replies in
-    /// order, concurrently.
-    async fn pump(
+    /// order, concurrently. The replies of up to [`STORES_PER_LANE`] frames are verified and
+    /// stored at once, on the blocking pool, while the next frame is read; they are reported
+    /// in order.
+    async fn pump<S>(
         &self,
-        stream: Stream,
+        stream: S,
         mut requests: mpsc::Receiver<ContentHash>,
-    ) -> Result<(), WireError> {
+    ) -> Result<(), WireError>
+    where
+        S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin,
+    {
         let (mut r, mut w) = stream.split();
         let (exp_tx, mut exp_rx) =
             mpsc::channel::<(u32, ContentHash, Instant)>(REQUESTS_PER_STREAM);
@@ -698,11 +708,14 @@ impl Lane {
             }
             Ok::<(), WireError>(())
         };
-        let reader = async {
-            // One buffer for every reply frame on this lane: no fresh memory to fault in per frame.
-            let mut frame = Vec::new();
+        // Frames being stored, in order, to the reporter; and their buffers back, for reuse.
+        let (stored_tx, mut stored_rx) = mpsc::channel(STORES_PER_LANE - 1);
+        let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let reader = async move {
             // Read only while a reply is awaited: an idle lane waits for its next request.
             while let Some(first) = exp_rx.recv().await {
+                // A buffer a stored frame gave back: no fresh memory to fault in per frame.
+                let mut frame = spare_rx.try_recv().unwrap_or_default();
                 let more = tokio::time::timeout(
                     CHUNK_TIMEOUT,
                     wire::read_frame_into(&mut r, MAX_CHUNK_FRAME, &mut frame),
@@ -724,21 +737,58 @@ impl Lane {
                 let asked = match match_replies(&frame, first, &mut exp_rx) {
                     Ok(asked) => asked,
                     Err(reason) => {
+                        // Reported after the frames before it.
+                        let _ = stored_tx.send(Stored::Bad(reason)).await;
+                        return Ok(());
+                    }
+                };
+                let received = Instant::now();
+                let sink = self.sink.clone();
+                let storing =
+                    tokio::task::spawn_blocking(move || check_and_store(&*sink, &asked, frame));
+                if stored_tx
+                    .send(Stored::Frame(storing, received))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        let reporter = async move {
+            while let Some(stored) = stored_rx.recv().await {
+                let (storing, received) = match stored {
+                    Stored::Frame(storing, received) => (storing, received),
+                    Stored::Bad(reason) => {
                         self.bad(reason).await;
                         return Ok(());
                     }
                 };
-                let (keep_going, buf) = self.on_replies(asked, std::mem::take(&mut frame)).await;
-                frame = buf;
+                let (keep_going, buf) = self.on_replies(storing.await, received).await;
+                let _ = spare_tx.send(buf);
                 if !keep_going {
                     return Ok(());
                 }
             }
             Ok(())
         };
+        // The reader ending (no more requests) lets the reporter report what is being stored;
+        // the reporter ending (a bad reply, a store error) ends the lane.
+        let replies = async {
+            tokio::pin!(reader, reporter);
+            tokio::select! {
+                r = &mut reporter => r,
+                // The frames read before a read failed are reported before it.
+                r = &mut reader => {
+                    let reported = reporter.await;
+                    r.and(reported)
+                }
+            }
+        };
         let result = tokio::select! {
             r = writer => r,
-            r = reader => r,
+            r = replies => r,
         };
         if let Err(e) = &result {
             if e.is_hostile() {
@@ -754,14 +804,14 @@ impl Lane {
         result
     }
 
-    /// Verify and store the replies of one frame (`asked`: the hash and send time of each),
-    /// then report them; false ends the lane. The frame's buffer comes back for the next one.
-    async fn on_replies(&self, asked: Vec<Asked>, frame: Vec<u8>) -> (bool, Vec<u8>) {
+    /// Report the replies of one frame, `received` then and verified and stored by `joined`;
+    /// false ends the lane. The frame's buffer comes back for the next one.
+    async fn on_replies(
+        &self,
+        joined: Result<(Checked, Vec<u8>), tokio::task::JoinError>,
+        received: Instant,
+    ) -> (bool, Vec<u8>) {
         let lane = self.lane;
-        let received = Instant::now();
-        let sink = self.sink.clone();
-        let joined =
-            tokio::task::spawn_blocking(move || check_and_store(&*sink, &asked, frame)).await;
         let (checked, frame) = match joined {
             Ok(checked) => checked,
             Err(e) => {
@@ -838,6 +888,13 @@ fn match_replies(
         asked.push(Asked { hash, sent, span });
     }
     Ok(asked)
+}
+
+/// A reply frame of a lane, to report in order: being verified and stored (since it was
+/// received then), or not matching the requests (why).
+enum Stored {
+    Frame(tokio::task::JoinHandle<(Checked, Vec<u8>)>, Instant),
+    Bad(String),
 }
 
 /// A request a reply of a frame answers, and where its chunk's bytes are in the frame
@@ -996,6 +1053,148 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             4
         );
+    }
+
+    /// A tokio byte stream as a futures one (what a libp2p stream is).
+    struct Compat(tokio::io::DuplexStream);
+
+    impl futures::AsyncRead for Compat {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut read = tokio::io::ReadBuf::new(buf);
+            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.0), cx, &mut read) {
+                std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(read.filled().len())),
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    impl futures::AsyncWrite for Compat {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.0), cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.0), cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.0), cx)
+        }
+    }
+
+    /// A sink whose stores of `first` and `second` each wait (up to 5 s) for the other to have
+    /// begun: both are stored only if they are stored at once. Records the chunks stored.
+    struct MeetingSink {
+        first: ContentHash,
+        second: ContentHash,
+        begun: std::sync::Mutex<HashSet<ContentHash>>,
+        met: std::sync::Condvar,
+        stored: std::sync::Mutex<Vec<ContentHash>>,
+    }
+
+    impl ChunkSink for MeetingSink {
+        fn accept(&self, hash: ContentHash, _data: bytes::Bytes) -> Result<(), StoreError> {
+            let other = if hash == self.first {
+                self.second
+            } else {
+                self.first
+            };
+            let mut begun = self.begun.lock().unwrap();
+            begun.insert(hash);
+            self.met.notify_all();
+            let (begun, waited) = self
+                .met
+                .wait_timeout_while(begun, Duration::from_secs(5), |b| !b.contains(&other))
+                .unwrap();
+            drop(begun);
+            if waited.timed_out() {
+                return Err(StoreError::Corrupt(format!(
+                    "{hash} was stored alone: {other} did not begin meanwhile"
+                )));
+            }
+            self.stored.lock().unwrap().push(hash);
+            Ok(())
+        }
+        fn peers_may_ask(&self, _yes: bool) {}
+    }
+
+    /// A lane verifies and stores the next reply frame while one is being stored (a frame of
+    /// small chunks, a file each, took longer to store than the next took to read), and
+    /// reports the frames in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_stores_the_next_reply_frame_while_one_is_being_stored() {
+        // Two chunks too big to share a reply frame.
+        let chunk = |b: u8| bytes::Bytes::from(vec![b; REPLY_PACK_BYTES / 2 + 1]);
+        let (a, b) = (chunk(1), chunk(2));
+        let (ha, hb) = (ContentHash::of(&a), ContentHash::of(&b));
+        let ctx = server();
+        ctx.content.remember(ha, a);
+        ctx.content.remember(hb, b);
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let served = tokio::spawn(async move {
+            let (mut r, mut w) = Compat(theirs).split();
+            serve_loop(&mut r, &mut w, &ctx).await
+        });
+        let sink = Arc::new(MeetingSink {
+            first: ha,
+            second: hb,
+            begun: Default::default(),
+            met: Default::default(),
+            stored: Default::default(),
+        });
+        let (events, mut events_rx) = mpsc::channel(16);
+        let (net, _net_rx) = mpsc::channel(1);
+        let lane = Lane {
+            lane: LaneId::for_test(7),
+            peer: PeerId::random(),
+            net: NetHandle::new(net),
+            sink: sink.clone(),
+            events,
+            stats: Arc::default(),
+            download: None,
+        };
+        let (requests, requests_rx) = mpsc::channel(4);
+        requests.send(ha).await.unwrap();
+        requests.send(hb).await.unwrap();
+        let pumped = tokio::spawn(async move { lane.pump(Compat(ours), requests_rx).await });
+        let mut reported = Vec::new();
+        while reported.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(20), events_rx.recv())
+                .await
+                .expect("the lane reports")
+            {
+                Some(LaneEvent::Replies { lane, replies }) => {
+                    assert_eq!(lane, LaneId::for_test(7));
+                    reported.extend(replies.iter().map(|r| (r.hash, r.len)));
+                }
+                Some(LaneEvent::Failed(e)) => panic!("a store failed: {e}"),
+                Some(LaneEvent::Bad { reason, .. }) => panic!("taken for a bad peer: {reason}"),
+                Some(LaneEvent::Closed { .. }) | None => panic!("the lane ended"),
+            }
+        }
+        let len = Some(REPLY_PACK_BYTES / 2 + 1);
+        assert_eq!(reported, [(ha, len), (hb, len)], "reported in order");
+        let mut stored = sink.stored.lock().unwrap().clone();
+        stored.sort();
+        let mut want = vec![ha, hb];
+        want.sort();
+        assert_eq!(stored, want);
+        drop(requests);
+        pumped.await.unwrap().unwrap();
+        served.abort();
     }
 
     /// Each reply must answer the next request outstanding: a reply to a request not made, or

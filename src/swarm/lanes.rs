@@ -19,6 +19,14 @@ use crate::tree::ContentHash;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LaneId(pub(super) u64);
 
+#[cfg(test)]
+impl LaneId {
+    /// A lane's id, for tests of the code that runs lanes.
+    pub(crate) fn for_test(n: u64) -> Self {
+        LaneId(n)
+    }
+}
+
 #[derive(Debug)]
 struct Lane<P> {
     peer: P,
