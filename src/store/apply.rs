@@ -3,8 +3,9 @@
 //! Every file appears under its final name by one `rename` of a complete, verified, fsynced
 //! staged file, so a reader (or a crash) sees either the old or the new content of a file,
 //! never a mix. A directory the mirror does not have yet appears whole, by one rename of the
-//! directory built in the staging area's tree (see [`NewDirs`]). Anything in the way that the old revision did not put there (a user's file, a
-//! symlink) is moved to `.treecast/conflicts/`, never deleted.
+//! directory built in the staging area's tree (see [`NewDirs`]). Anything in the way that the
+//! old revision did not put there (a user's file, a symlink) is moved to
+//! `.treecast/conflicts/`, never deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
