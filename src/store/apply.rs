@@ -500,6 +500,25 @@ mod tests {
         staged_for(src, root, None, files)
     }
 
+    /// Apply `new` to `root` where no revision was before, nothing unchanged or edited.
+    fn apply_first(
+        root: &Path,
+        area: &StagingArea,
+        new: &Manifest,
+        conflicts: &Path,
+    ) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
+        let none = HashSet::new();
+        apply_revision(
+            root,
+            area,
+            &Manifest::default(),
+            new,
+            &none,
+            &none,
+            conflicts,
+        )
+    }
+
     /// [`staged`], with the files in directories `mirror` does not have staged in the tree, as
     /// the subscriber's plan does.
     fn staged_for(
@@ -560,18 +579,8 @@ mod tests {
         let (new, area) = staged(src.path(), state.path(), &[("d/f", b"hello")]);
         std::fs::create_dir_all(root.path().join("d/f")).unwrap();
         std::fs::write(root.path().join("d/f/mine"), b"the user's").unwrap();
-        let none = HashSet::new();
         let conflicts = state.path().join("conflicts");
-        let (_, stats) = apply_revision(
-            root.path(),
-            &area,
-            &Manifest::default(),
-            &new,
-            &none,
-            &none,
-            &conflicts,
-        )
-        .unwrap();
+        let (_, stats) = apply_first(root.path(), &area, &new, &conflicts).unwrap();
         assert_eq!(std::fs::read(root.path().join("d/f")).unwrap(), b"hello");
         assert_eq!((stats.installed, stats.moved_aside), (1, 1));
         let kept: Vec<Vec<u8>> = walkdir::WalkDir::new(&conflicts)
@@ -611,17 +620,8 @@ mod tests {
             !area.tree_dir().join("x").exists(),
             "x is in the mirror already: its file is staged by hash"
         );
-        let none = HashSet::new();
-        let (records, stats) = apply_revision(
-            root.path(),
-            &area,
-            &Manifest::default(),
-            &new,
-            &none,
-            &none,
-            &state.path().join("conflicts"),
-        )
-        .unwrap();
+        let (records, stats) =
+            apply_first(root.path(), &area, &new, &state.path().join("conflicts")).unwrap();
         assert_eq!(stats.installed, 4);
         for (rel, data) in files {
             let path = root.path().join(rel);
@@ -662,17 +662,8 @@ mod tests {
         assert!(area.tree_dir().join("d/f").exists(), "staged in the tree");
         std::fs::create_dir(root.path().join("d")).unwrap();
         std::fs::write(root.path().join("d/mine"), b"the user's").unwrap();
-        let none = HashSet::new();
-        let (_, stats) = apply_revision(
-            root.path(),
-            &area,
-            &Manifest::default(),
-            &new,
-            &none,
-            &none,
-            &state.path().join("conflicts"),
-        )
-        .unwrap();
+        let (_, stats) =
+            apply_first(root.path(), &area, &new, &state.path().join("conflicts")).unwrap();
         assert_eq!(stats.installed, 1);
         assert_eq!(std::fs::read(root.path().join("d/f")).unwrap(), b"hello");
         assert_eq!(
@@ -691,17 +682,8 @@ mod tests {
         let (new, area) = staged(src.path(), state.path(), &[("d/f", b"hello")]);
         let failing = root.path().join("d");
         SYNC_FAILS.with(|f| *f.borrow_mut() = Some(failing.clone()));
-        let none = HashSet::new();
         let conflicts = state.path().join("conflicts");
-        let applied = apply_revision(
-            root.path(),
-            &area,
-            &Manifest::default(),
-            &new,
-            &none,
-            &none,
-            &conflicts,
-        );
+        let applied = apply_first(root.path(), &area, &new, &conflicts);
         SYNC_FAILS.with(|f| *f.borrow_mut() = None);
         match applied {
             Err(StoreError::Io { path, source }) => {
@@ -718,7 +700,7 @@ mod tests {
         // finds it holding its new content, and the apply succeeds.
         assert_eq!(std::fs::read(failing.join("f")).unwrap(), b"hello");
         let unchanged = HashSet::from([RelPath::new("d/f").unwrap()]);
-        let old = Manifest::default();
+        let (old, none) = (Manifest::default(), HashSet::new());
         let again = apply_revision(
             root.path(),
             &area,
