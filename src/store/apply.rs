@@ -119,7 +119,7 @@ pub fn apply_revision(
                 let path = entry.path.as_str();
                 if dirs.insert(path) {
                     if new_dirs.is_new(path) {
-                        staging.make_tree_dir(&entry.path.under(&tree))?;
+                        staging.make_tree_dir(&entry.path.under(tree))?;
                     } else {
                         ensure_dir(root, path, &mut aside)?;
                     }
@@ -132,7 +132,7 @@ pub fn apply_revision(
                 size,
             } => {
                 let in_new = new_dirs.holds(&entry.path);
-                let target = entry.path.under(if in_new { &tree } else { root });
+                let target = entry.path.under(if in_new { tree } else { root });
                 let mode = *mode;
                 let kept = unchanged.contains(&entry.path);
                 // Looked at once, for its record and (in the tree) its mode.
@@ -186,7 +186,7 @@ pub fn apply_revision(
         }
     }
     for dir in &new_dirs.roots {
-        move_in(root, &tree, dir, &mut aside)?;
+        move_in(root, tree, dir, &mut aside)?;
         if let Some(p) = root.join(dir).parent() {
             parents.insert(p.to_owned());
         }

@@ -81,6 +81,8 @@ pub struct StagingArea {
     shards: [std::sync::OnceLock<()>; SHARDS],
     /// Files staged in the tree, not in the shards.
     tree: TreeFiles,
+    /// [`TREE_DIR`] in the staging directory: joined once, not for each chunk staged.
+    tree_dir: PathBuf,
     /// Directories under the tree known to exist.
     tree_dirs: Mutex<HashSet<PathBuf>>,
 }
@@ -157,6 +159,7 @@ impl StagingArea {
             checks: Mutex::default(),
             shards: std::array::from_fn(|_| std::sync::OnceLock::new()),
             tree,
+            tree_dir: dir.join(TREE_DIR),
             tree_dirs: Mutex::default(),
         };
         area.clean_tree()?;
@@ -176,12 +179,12 @@ impl StagingArea {
         let mut invalid: HashSet<ContentHash> = HashSet::new();
         // One listing of the directory, not a lookup per wanted file (most are not there).
         let staged = self.names()?;
-        let tree_there = self.tree_dir().is_dir();
+        let tree_there = self.tree_dir.is_dir();
         for (hash, _, chunks) in wanted {
             let there = match self.tree.get(hash) {
                 Some((rel, _)) => {
                     tree_there
-                        && std::fs::symlink_metadata(rel.under(&self.tree_dir()))
+                        && std::fs::symlink_metadata(rel.under(&self.tree_dir))
                             .is_ok_and(|m| m.is_file())
                 }
                 None => staged.contains(&hash.to_hex()),
@@ -254,7 +257,7 @@ impl StagingArea {
 
     fn path_of(&self, hash: &ContentHash) -> PathBuf {
         match self.tree.get(hash) {
-            Some((rel, _)) => rel.under(&self.tree_dir()),
+            Some((rel, _)) => rel.under(&self.tree_dir),
             None => self.dir.join(shard_name(hash.0[0])).join(hash.to_hex()),
         }
     }
@@ -272,7 +275,7 @@ impl StagingArea {
         let Some((rel, _)) = self.tree.get(hash) else {
             return Ok(self.shard_of(hash)?.join(hash.to_hex()));
         };
-        let path = rel.under(&self.tree_dir());
+        let path = rel.under(&self.tree_dir);
         self.make_tree_dir(path.parent().expect("a path under the tree has a parent"))?;
         Ok(path)
     }
@@ -289,8 +292,8 @@ impl StagingArea {
     }
 
     /// Where new directories of the revision are built.
-    pub fn tree_dir(&self) -> PathBuf {
-        self.dir.join(TREE_DIR)
+    pub fn tree_dir(&self) -> &Path {
+        &self.tree_dir
     }
 
     /// The path in the revision at which the file of `hash` is staged, if in the tree.
@@ -308,7 +311,7 @@ impl StagingArea {
             .values()
             .flat_map(|(p, _)| p.ancestors())
             .collect();
-        clean_dir(&self.tree_dir(), "", &files, &dirs)
+        clean_dir(&self.tree_dir, "", &files, &dirs)
     }
 
     /// The staged file for `hash`.
