@@ -230,19 +230,28 @@ impl Db {
 /// Make the file index hold `records` and nothing else, writing only what differs from what it
 /// holds (a record stored with the same bytes is left alone): a rescan or revision that changed
 /// a few files writes a few records, not the whole tree's. Returns the records written or removed.
+/// An empty index (a first sync) is only written to: no set of the paths to keep, no lookup of
+/// each record before its insert.
 fn write_file_index(
     files: &mut redb::Table<&str, &[u8]>,
     records: &[(RelPath, FileRecord)],
 ) -> Result<u64, StoreError> {
-    let keep: std::collections::HashSet<&str> = records.iter().map(|(p, _)| p.as_str()).collect();
     let before = files.len()?;
-    files.retain(|path, _| keep.contains(path))?;
-    let mut written = before - files.len()?;
+    let mut written = 0;
+    if before > 0 {
+        let keep: std::collections::HashSet<&str> =
+            records.iter().map(|(p, _)| p.as_str()).collect();
+        files.retain(|path, _| keep.contains(path))?;
+        written = before - files.len()?;
+    }
+    let mut bytes = Vec::new();
     for (path, rec) in records {
-        let bytes = postcard::to_stdvec(rec).expect("file record encodes");
-        if files
-            .get(path.as_str())?
-            .is_some_and(|v| v.value() == bytes.as_slice())
+        bytes.clear();
+        bytes = postcard::to_extend(rec, bytes).expect("file record encodes");
+        if before > 0
+            && files
+                .get(path.as_str())?
+                .is_some_and(|v| v.value() == bytes.as_slice())
         {
             continue;
         }
@@ -428,6 +437,12 @@ mod tests {
             .map(|n| (path(&format!("f{n}")), rec(n)))
             .collect();
         assert_eq!(db.update_file_index(&first).unwrap(), 100);
+        let want: HashMap<_, _> = first.iter().cloned().collect();
+        assert_eq!(
+            db.file_index().unwrap(),
+            want,
+            "an empty index is written whole"
+        );
         assert_eq!(
             db.update_file_index(&first).unwrap(),
             0,

@@ -305,6 +305,13 @@ impl StagingArea {
     /// directory above one: what an older target left, which must not be put in place with
     /// this one's directories.
     fn clean_tree(&self) -> Result<(), StoreError> {
+        // No tree yet (a first sync, or the last target put all of it in place): nothing to
+        // look at, and no sets of a million paths to build for it.
+        match std::fs::symlink_metadata(&self.tree_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.tree_dir)(e)),
+            Ok(_) => {}
+        }
         let files: HashSet<&str> = self.tree.values().map(|(p, _)| p.as_str()).collect();
         let dirs: HashSet<&str> = self
             .tree
