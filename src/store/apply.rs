@@ -12,8 +12,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{io_err, StoreError};
+use super::staging::Written;
 use super::{move_to_conflicts, StagingArea};
-use crate::tree::{mtime_ns, ChunkRef, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
+use crate::tree::{ChunkRef, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,14 +163,16 @@ pub fn apply_revision(
                 }
                 let meta = match looked {
                     Some(meta) => meta,
-                    None => std::fs::symlink_metadata(&target).map_err(io_err(&target))?,
+                    None => {
+                        Written::of(&std::fs::symlink_metadata(&target).map_err(io_err(&target))?)
+                    }
                 };
                 records.push((
                     entry.path.clone(),
                     FileRecord {
                         size: *size,
-                        mtime_ns: mtime_ns(&meta),
-                        inode: meta.ino(),
+                        mtime_ns: meta.mtime_ns,
+                        inode: meta.inode,
                         executable: mode & 0o111 != 0,
                         hash: *hash,
                         chunks: chunks.clone(),
@@ -179,7 +182,7 @@ pub fn apply_revision(
                         } else {
                             staging.staged_checks(chunks)
                         },
-                        dev: meta.dev(),
+                        dev: meta.dev,
                     },
                 ));
             }
@@ -279,8 +282,12 @@ fn place_in_tree(
     last_use: bool,
     target: &Path,
     mode: u32,
-) -> Result<std::fs::Metadata, StoreError> {
+) -> Result<Written, StoreError> {
     let staged = staging.staged_path(hash);
+    // Made at its own path by one write, which saw what the record keeps.
+    let written = (staged == target)
+        .then(|| staging.written_in_tree(hash))
+        .flatten();
     if staged != target {
         staging.make_tree_dir(target.parent().expect("a path under the tree has a parent"))?;
         if last_use {
@@ -289,8 +296,11 @@ fn place_in_tree(
             std::fs::copy(&staged, target).map_err(io_err(target))?;
         }
     }
-    let meta = std::fs::symlink_metadata(target).map_err(io_err(target))?;
-    if meta.permissions().mode() & 0o7777 != mode {
+    let meta = match written {
+        Some(written) => written,
+        None => Written::of(&std::fs::symlink_metadata(target).map_err(io_err(target))?),
+    };
+    if meta.mode != mode {
         set_mode(target, mode)?;
     }
     if last_use || staging.in_tree(hash).is_some() {
@@ -638,9 +648,26 @@ mod tests {
             .map(|e| e.path().to_owned())
             .collect();
         assert!(left.is_empty(), "left in the tree: {left:?}");
+        // The records of the files written whole in the tree come from what their write saw
+        // (no lookup at apply), and say what the mirror holds, as the others' do.
+        let deep = new
+            .files()
+            .find(|f| f.0.as_str() == "d/e/deep")
+            .map(|f| f.3)
+            .unwrap();
+        assert!(area.written_in_tree(&deep).is_some());
         for (path, rec) in &records {
-            let meta = std::fs::metadata(path.under(root.path())).unwrap();
-            assert_eq!((rec.inode, rec.size), (meta.ino(), meta.len()), "{path}");
+            let meta = std::fs::symlink_metadata(path.under(root.path())).unwrap();
+            assert_eq!(
+                (rec.inode, rec.size, rec.mtime_ns, rec.dev),
+                (
+                    meta.ino(),
+                    meta.len(),
+                    crate::tree::mtime_ns(&meta),
+                    meta.dev()
+                ),
+                "{path}"
+            );
         }
     }
 

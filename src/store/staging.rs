@@ -85,6 +85,34 @@ pub struct StagingArea {
     tree_dir: PathBuf,
     /// Directories under the tree known to exist.
     tree_dirs: Mutex<HashSet<PathBuf>>,
+    /// What the descriptor that wrote a file of [`TreeFiles`] whole saw of it after the write
+    /// (see [`Written`]): its record, once in place, without a lookup of its path.
+    written: Mutex<HashMap<ContentHash, Written>>,
+}
+
+/// A file staged in the tree as the write that made it left it: what its record in the file
+/// index keeps (a rename of its directory, or a mode change, leaves these as they are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Modification time in nanoseconds.
+    pub mtime_ns: i128,
+    pub inode: u64,
+    pub dev: u64,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl Written {
+    /// What `meta` says.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Written {
+            mtime_ns: crate::tree::mtime_ns(meta),
+            inode: meta.ino(),
+            dev: meta.dev(),
+            mode: meta.mode() & 0o7777,
+        }
+    }
 }
 
 /// Subdirectories of the staging directory: a staged file is in the one of its hash's first
@@ -161,6 +189,7 @@ impl StagingArea {
             tree,
             tree_dir: dir.join(TREE_DIR),
             tree_dirs: Mutex::default(),
+            written: Mutex::default(),
         };
         area.clean_tree()?;
         let mut present = area.find_verified(wanted)?;
@@ -554,7 +583,24 @@ impl StagingArea {
             opened => opened,
         }
         .map_err(io_err(&path))?;
-        std::io::Write::write_all(&mut f, data).map_err(io_err(&path))
+        std::io::Write::write_all(&mut f, data).map_err(io_err(&path))?;
+        if self.tree.contains_key(file) {
+            // Through the descriptor: no lookup of the path, as `lstat` at apply took (a
+            // third of putting a million new files in place).
+            let meta = f.metadata().map_err(io_err(&path))?;
+            self.written_mut().insert(*file, Written::of(&meta));
+        }
+        Ok(())
+    }
+
+    fn written_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Written>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How the write that made the file of `hash` in the tree left it, if this area wrote it
+    /// whole (not a file staged before a restart, nor one of several chunks).
+    pub fn written_in_tree(&self, hash: &ContentHash) -> Option<Written> {
+        self.written_mut().get(hash).copied()
     }
 
     /// Remove the sidecar of staged file `hash` once it is in place (a file of one chunk has
