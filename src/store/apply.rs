@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{io_err, StoreError};
-use super::staging::Written;
+use super::staging::Stamp;
 use super::{move_to_conflicts, StagingArea};
 use crate::tree::{ChunkRef, ContentHash, EntryKind, FileRecord, Manifest, RelPath};
 
@@ -163,9 +163,7 @@ pub fn apply_revision(
                 }
                 let meta = match looked {
                     Some(meta) => meta,
-                    None => {
-                        Written::of(&std::fs::symlink_metadata(&target).map_err(io_err(&target))?)
-                    }
+                    None => Stamp::of_path(&target)?,
                 };
                 records.push((
                     entry.path.clone(),
@@ -282,7 +280,7 @@ fn place_in_tree(
     last_use: bool,
     target: &Path,
     mode: u32,
-) -> Result<Written, StoreError> {
+) -> Result<Stamp, StoreError> {
     let staged = staging.staged_path(hash);
     // Made at its own path by one write, which saw what the record keeps.
     let written = (staged == target)
@@ -298,7 +296,7 @@ fn place_in_tree(
     }
     let meta = match written {
         Some(written) => written,
-        None => Written::of(&std::fs::symlink_metadata(target).map_err(io_err(target))?),
+        None => Stamp::of_path(target)?,
     };
     if meta.mode != mode {
         set_mode(target, mode)?;

@@ -86,14 +86,14 @@ pub struct StagingArea {
     /// Directories under the tree known to exist.
     tree_dirs: Mutex<HashSet<PathBuf>>,
     /// What the descriptor that wrote a file of [`TreeFiles`] whole saw of it after the write
-    /// (see [`Written`]): its record, once in place, without a lookup of its path.
-    written: Mutex<HashMap<ContentHash, Written>>,
+    /// (see [`Stamp`]): its record, once in place, without a lookup of its path.
+    written: Mutex<HashMap<ContentHash, Stamp>>,
 }
 
-/// A file staged in the tree as the write that made it left it: what its record in the file
-/// index keeps (a rename of its directory, or a mode change, leaves these as they are).
+/// What a file's record in the file index keeps of it (a rename of its directory, or a mode
+/// change, leaves these as they are), and its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub struct Stamp {
     /// Modification time in nanoseconds.
     pub mtime_ns: i128,
     pub inode: u64,
@@ -102,11 +102,18 @@ pub struct Written {
     pub mode: u32,
 }
 
-impl Written {
+impl Stamp {
+    /// Of the file at `path` (not following a final symlink).
+    pub fn of_path(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::of(
+            &std::fs::symlink_metadata(path).map_err(io_err(path))?,
+        ))
+    }
+
     /// What `meta` says.
     pub fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        Written {
+        Stamp {
             mtime_ns: crate::tree::mtime_ns(meta),
             inode: meta.ino(),
             dev: meta.dev(),
@@ -588,18 +595,18 @@ impl StagingArea {
             // Through the descriptor: no lookup of the path, as `lstat` at apply took (a
             // third of putting a million new files in place).
             let meta = f.metadata().map_err(io_err(&path))?;
-            self.written_mut().insert(*file, Written::of(&meta));
+            self.written_mut().insert(*file, Stamp::of(&meta));
         }
         Ok(())
     }
 
-    fn written_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Written>> {
+    fn written_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Stamp>> {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How the write that made the file of `hash` in the tree left it, if this area wrote it
     /// whole (not a file staged before a restart, nor one of several chunks).
-    pub fn written_in_tree(&self, hash: &ContentHash) -> Option<Written> {
+    pub fn written_in_tree(&self, hash: &ContentHash) -> Option<Stamp> {
         self.written_mut().get(hash).copied()
     }
 
