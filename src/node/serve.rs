@@ -43,9 +43,18 @@ struct Place {
 /// Memory for recently fetched chunks, per node.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// Verified chunks of the revision being downloaded, in staging: hash to (file, offset, len,
-/// read check).
-type Partial = HashMap<ContentHash, (PathBuf, u64, u32, Option<u64>)>;
+/// Where a verified chunk of the revision being downloaded is in staging: (file, offset, len,
+/// read check if known).
+pub(crate) type StagedPlace = (PathBuf, u64, u32, Option<u64>);
+
+/// The verified chunks of the download under way, asked chunk by chunk when a peer wants one.
+/// The download answers from what it keeps anyway (where each chunk goes, which are written):
+/// a map of a path per chunk, filled as chunks arrived, was 160 MiB and an allocation per
+/// chunk at a million files.
+pub(crate) trait Staged: Send + Sync {
+    /// Where `hash` is, if it is verified in staging.
+    fn place(&self, hash: &ContentHash) -> Option<StagedPlace>;
+}
 
 /// What the file index says of each file on disk, by path: which file it is (only a file with
 /// that identity is read to serve a chunk, so a file swapped or rewritten since it was indexed
@@ -109,7 +118,8 @@ pub(crate) fn into_file_checks(records: HashMap<RelPath, FileRecord>) -> FileChe
 #[derive(Clone, Default)]
 pub(crate) struct Content {
     index: Arc<RwLock<Arc<ServeIndex>>>,
-    partial: Arc<RwLock<Partial>>,
+    /// The download under way, while it lasts (not kept alive by being served).
+    partial: Arc<RwLock<Option<std::sync::Weak<dyn Staged>>>>,
     /// The verified manifest blobs of the revision being downloaded: peers that learn it from
     /// us fetch its manifest from us too, not only from peers that hold it all.
     pending_blobs: Arc<RwLock<HashMap<ContentHash, Bytes>>>,
@@ -181,10 +191,7 @@ impl Content {
     /// Make `index` the revision served; forget partial chunks and pending manifest blobs.
     pub fn replace(&self, index: ServeIndex) {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
-        self.partial
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        *self.partial.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.pending_blobs
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -205,20 +212,23 @@ impl Content {
         pending.get(hash).cloned()
     }
 
-    /// A chunk of the revision being downloaded is verified at `path`/`offset` in staging,
-    /// with read check `check` if known.
-    pub fn add_partial(
-        &self,
-        hash: ContentHash,
-        path: PathBuf,
-        offset: u64,
-        len: u32,
-        check: Option<u64>,
-    ) {
-        self.partial
-            .write()
+    /// Serve the verified chunks of the download under way from `staged`, in place of those of
+    /// a download before it, for as long as `staged` lives.
+    pub fn set_staged<S: Staged + 'static>(&self, staged: &Arc<S>) {
+        let staged: Arc<dyn Staged> = staged.clone();
+        let weak = Arc::downgrade(&staged);
+        *self.partial.write().unwrap_or_else(|p| p.into_inner()) = Some(weak);
+    }
+
+    /// Where verified chunk `hash` of the download under way is, if it is one.
+    fn staged_place(&self, hash: &ContentHash) -> Option<StagedPlace> {
+        let staged = self
+            .partial
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, (path, offset, len, check));
+            .as_ref()
+            .and_then(|w| w.upgrade())?;
+        staged.place(hash)
     }
 
     /// True if `hash` is one of the held revision's manifest blobs.
@@ -251,8 +261,7 @@ impl Content {
         if let Some(blob) = self.pending_blob(hash) {
             return Some(blob.len() as u32);
         }
-        let partial = self.partial.read().unwrap_or_else(|p| p.into_inner());
-        partial.get(hash).map(|(_, _, len, _)| *len)
+        self.staged_place(hash).map(|(_, _, len, _)| len)
     }
 
     /// The bytes of `hash`, checked, from memory, the held revision or staging. Blocking.
@@ -280,13 +289,7 @@ impl Content {
         let data = match self.current().read(hash, io)? {
             Some(data) => data,
             None => {
-                let place = self
-                    .partial
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(hash)
-                    .cloned();
-                let Some((path, offset, len, check)) = place else {
+                let Some((path, offset, len, check)) = self.staged_place(hash) else {
                     return Ok(None);
                 };
                 let file = match io {
@@ -540,20 +543,58 @@ mod tests {
         assert_eq!(c.map.len(), 4, "an entry over the whole size is not kept");
     }
 
+    /// Chunks of a download, told one by one.
+    #[derive(Default)]
+    struct Known(Mutex<HashMap<ContentHash, StagedPlace>>);
+
+    impl Staged for Known {
+        fn place(&self, hash: &ContentHash) -> Option<StagedPlace> {
+            self.0.lock().unwrap().get(hash).cloned()
+        }
+    }
+
+    impl Known {
+        fn add(&self, hash: ContentHash, path: PathBuf, offset: u64, len: u32) {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(hash, (path, offset, len, None));
+        }
+    }
+
     /// A staged file holding "0123456789", and content that knows chunk "2345" at offset 2.
-    fn staged() -> (tempfile::TempDir, std::path::PathBuf, Content, ContentHash) {
+    fn staged() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Content,
+        ContentHash,
+        Arc<Known>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("staged");
         std::fs::write(&path, b"0123456789").unwrap();
         let content = Content::default();
+        let known = Arc::new(Known::default());
+        content.set_staged(&known);
         let good = ContentHash::of(b"2345");
-        content.add_partial(good, path.clone(), 2, 4, None);
-        (dir, path, content, good)
+        known.add(good, path.clone(), 2, 4);
+        (dir, path, content, good, known)
+    }
+
+    /// The chunks of a download are served while it lasts, and not after.
+    #[test]
+    fn staged_chunks_are_served_while_their_download_lasts() {
+        let (_dir, _path, content, good, known) = staged();
+        assert_eq!(content.len_of(&good), Some(4));
+        assert_eq!(content.read(&good).as_deref(), Some(&b"2345"[..]));
+        drop(known);
+        assert_eq!(content.len_of(&good), None);
+        assert_eq!(content.read(&good), None);
     }
 
     #[test]
     fn content_serves_remembered_chunks_and_checks_disk_reads() {
-        let (_dir, path, content, good) = staged();
+        let (_dir, path, content, good, known) = staged();
         assert_eq!(content.read(&good).as_deref(), Some(&b"2345"[..]));
         // Damaged on disk after it was read: read and checked again, so refused.
         std::fs::write(&path, b"01xxxx6789").unwrap();
@@ -561,7 +602,7 @@ mod tests {
         // Never read before and damaged: refused.
         let other = ContentHash::of(b"6789");
         std::fs::write(&path, b"012345xxxx").unwrap();
-        content.add_partial(other, path, 6, 4, None);
+        known.add(other, path, 6, 4);
         assert_eq!(content.read(&other), None);
         let fresh = ContentHash::of(b"fresh");
         content.remember(fresh, Bytes::from_static(b"fresh"));
@@ -571,17 +612,17 @@ mod tests {
     #[test]
     fn a_read_that_needs_no_disk_checks_the_bytes_too() {
         // Just written, so in the page cache: read at once, without a blocking thread.
-        let (_dir, path, content, good) = staged();
+        let (_dir, path, content, good, known) = staged();
         let read = content.read_now(&good).expect("in the page cache");
         assert_eq!(read.as_deref(), Some(&b"2345"[..]));
         // Damaged and never read before: refused, as a blocking read refuses it.
         let other = ContentHash::of(b"6789");
         std::fs::write(&path, b"012345xxxx").unwrap();
-        content.add_partial(other, path.clone(), 6, 4, None);
+        known.add(other, path.clone(), 6, 4);
         assert!(matches!(content.read_now(&other), Ok(None)));
         // Past the end of the file: not a chunk we can serve.
         let short = ContentHash::of(b"89ab");
-        content.add_partial(short, path, 8, 4, None);
+        known.add(short, path, 8, 4);
         assert!(content.read(&short).is_none());
         assert!(!matches!(content.read_now(&short), Ok(Some(_))));
     }

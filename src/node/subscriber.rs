@@ -22,7 +22,9 @@ use super::error::NodeError;
 use super::events::{EventReceiver, PeerEvent};
 use super::handle::{start_services, NodeHandle};
 use super::net_loop;
-use super::serve::{file_checks, into_file_checks, Content, FileChecks, ServeIndex};
+use super::serve::{
+    file_checks, into_file_checks, Content, FileChecks, ServeIndex, Staged, StagedPlace,
+};
 use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
@@ -948,20 +950,28 @@ impl ChunkSink for StagingSink {
         let Some(places) = self.positions.get(&hash) else {
             return Ok(());
         };
-        let check = self.area.write_chunk(&hash, places, &data)?;
+        // Verified and on disk once this returns (its read check recorded): peers may fetch it
+        // from us while we download the rest (see `Staged for StagingSink`).
+        self.area.write_chunk(&hash, places, &data)?;
         if self.remember.load(std::sync::atomic::Ordering::Relaxed) {
             self.content.remember(hash, data);
         }
-        let (file, off, len) = places[0];
-        // Verified and on disk: peers may fetch it from us while we download the rest.
-        self.content
-            .add_partial(hash, self.area.staged_path(&file), off, len, Some(check));
         Ok(())
     }
 
     fn peers_may_ask(&self, yes: bool) {
         self.remember
             .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Staged for StagingSink {
+    /// A chunk is verified in staging once its read check is recorded: `write_chunk` records
+    /// it after the write, `open_with_tree` for those found there.
+    fn place(&self, hash: &ContentHash) -> Option<StagedPlace> {
+        let check = self.area.check_of(hash)?;
+        let (file, off, len) = *self.positions.get(hash)?.first()?;
+        Some((self.area.staged_path(&file), off, len, Some(check)))
     }
 }
 
@@ -1001,12 +1011,16 @@ async fn download(
     let root = env.dir.clone();
     let index = env.db.file_index()?;
     let new = manifest.clone();
-    let (plan, index) = blocking(move || Ok((plan(&root, &index, &new), index))).await?;
+    let (mut plan, index) = blocking(move || Ok((plan(&root, &index, &new), index))).await?;
     go_on(&env.fetch.cancel)?;
     let staging_dir = env.dir.join(crate::config::STATE_DIR).join("staging");
-    let (wanted, tree) = (plan.wanted.clone(), plan.tree.clone());
+    let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
+    let (wanted, tree) = (
+        std::mem::take(&mut plan.wanted),
+        std::mem::take(&mut plan.tree),
+    );
     let (area, positions, mut present) =
-        blocking(move || StagingArea::open_with_tree(&staging_dir, &wanted, tree)).await?;
+        blocking(move || StagingArea::open_with_tree(&staging_dir, wanted, tree)).await?;
     let area = Arc::new(area);
     let positions = Arc::new(positions);
     {
@@ -1032,22 +1046,22 @@ async fn download(
         content: env.content.clone(),
         remember: true.into(),
     });
-    for (hash, places) in positions.iter().filter(|(h, _)| present.contains(h)) {
-        let (file, off, len) = places[0];
-        env.content.add_partial(
-            *hash,
-            area.staged_path(&file),
-            off,
-            len,
-            area.check_of(hash),
-        );
-    }
+    // Verified chunks are served to peers from staging while the download lasts (to its end:
+    // `sink` itself goes with the fetch).
+    env.content.set_staged(&sink);
+    let _serving = sink.clone();
     // Bitfields index the revision's whole chunk list, the same on every node, not the chunks
     // this node stages: a node updating from an older revision stages only what changed.
     let chunks = manifest
         .files()
         .flat_map(|(_, _, _, _, refs)| refs.iter().map(|c| c.hash));
     let mut avail = Availability::new(revision, chunks);
+    info!(
+        revision,
+        chunks = needed.len().saturating_sub(present.len()),
+        bytes = total - base,
+        "planned: fetching what the mirror and staging lack"
+    );
     fetch_all(
         &env.fetch,
         needed,
@@ -1064,14 +1078,10 @@ async fn download(
         "all chunks fetched and verified"
     );
     go_on(&env.fetch.cancel)?;
-    let hashes: Vec<ContentHash> = plan.wanted.iter().map(|w| w.0).collect();
+    let files = hashes.len();
     let a = area.clone();
     blocking(move || a.finish(&hashes)).await?;
-    info!(
-        revision,
-        files = plan.wanted.len(),
-        "staged files verified and synced"
-    );
+    info!(revision, files, "staged files verified and synced");
     let (root, old, new, unchanged) = (
         env.dir.clone(),
         env.old.clone(),

@@ -558,7 +558,7 @@ mod tests {
             }
         }
         let (area, positions, _) =
-            StagingArea::open_with_tree(&root.join("staging"), &wanted, tree).unwrap();
+            StagingArea::open_with_tree(&root.join("staging"), wanted.clone(), tree).unwrap();
         for (rel, data) in files {
             let chunked = crate::tree::chunk_reader(*data).unwrap();
             let mut off = 0;

@@ -33,8 +33,13 @@ use super::open_files::OpenFiles;
 use super::private::private_dir;
 use crate::tree::{read_check, ChunkRef, ContentHash, RelPath};
 
-/// Where each needed chunk goes: (file hash, offset, length), possibly several places.
-pub type ChunkPositions = HashMap<ContentHash, Vec<(ContentHash, u64, u32)>>;
+/// Where each needed chunk goes: (file hash, offset, length), possibly several places. Most
+/// chunks have one place, kept inline: a million small files made a million one-place lists
+/// on the heap, and the map is looked up for every chunk that arrives.
+pub type ChunkPositions = HashMap<ContentHash, Places, foldhash::fast::RandomState>;
+
+/// The places of one chunk (see [`ChunkPositions`]).
+pub type Places = smallvec::SmallVec<[(ContentHash, u64, u32); 1]>;
 
 /// Files staged at their own path under [`TREE_DIR`], each in a directory the mirror does not
 /// have yet: file hash to its path in the revision (the first path that holds it) and that
@@ -144,19 +149,22 @@ impl StagingArea {
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
-        Self::open_with_tree(dir, wanted, TreeFiles::new())
+        Self::open_with_tree(dir, wanted.to_vec(), TreeFiles::new())
     }
 
     /// [`Self::open`], staging the files of `tree` at their own path under [`TREE_DIR`].
     /// Whatever else is in the tree (from an older target) is removed first.
+    /// `wanted` is taken, not copied: at a million files a copy of its chunk lists was a
+    /// second's work and a hundred MiB.
     pub fn open_with_tree(
         dir: &Path,
-        wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
+        wanted: Vec<(ContentHash, u64, Vec<ChunkRef>)>,
         tree: TreeFiles,
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
         private_dir(dir)?;
-        let mut positions: ChunkPositions = HashMap::new();
-        for (file, _, chunks) in wanted {
+        let mut positions =
+            ChunkPositions::with_capacity_and_hasher(wanted.len(), Default::default());
+        for (file, _, chunks) in &wanted {
             let mut off = 0u64;
             for c in chunks {
                 positions
@@ -184,8 +192,8 @@ impl StagingArea {
         let area = StagingArea {
             dir: dir.to_owned(),
             wanted: wanted
-                .iter()
-                .map(|(h, size, chunks)| (*h, (*size, chunks.clone())))
+                .into_iter()
+                .map(|(h, size, chunks)| (h, (size, chunks)))
                 .collect(),
             open: OpenFiles::new(OPEN_STAGED_FILES),
             unflushed: AtomicU64::new(0),
@@ -199,7 +207,7 @@ impl StagingArea {
             written: Mutex::default(),
         };
         area.clean_tree()?;
-        let mut present = area.find_verified(wanted)?;
+        let mut present = area.find_verified()?;
         area.salvage_stale(&positions, &mut present)?;
         Ok((area, positions, present))
     }
@@ -207,16 +215,15 @@ impl StagingArea {
     /// The chunks of `wanted` already verified in place, every place they belong (a kill
     /// between the writes of one chunk to two places leaves it in one: it is fetched again),
     /// with their read checks recorded.
-    fn find_verified(
-        &self,
-        wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
-    ) -> Result<HashSet<ContentHash>, StoreError> {
+    fn find_verified(&self) -> Result<HashSet<ContentHash>, StoreError> {
         let mut valid: HashMap<ContentHash, u64> = HashMap::new();
         let mut invalid: HashSet<ContentHash> = HashSet::new();
+        // Files not there: their chunks are not verified in every place, if found in another.
+        let mut absent = Vec::new();
         // One listing of the directory, not a lookup per wanted file (most are not there).
         let staged = self.names()?;
         let tree_there = self.tree_dir.is_dir();
-        for (hash, _, chunks) in wanted {
+        for (hash, (_, chunks)) in &self.wanted {
             let there = match self.tree.get(hash) {
                 Some((rel, _)) => {
                     tree_there
@@ -226,7 +233,7 @@ impl StagingArea {
                 None => staged.contains(&hash.to_hex()),
             };
             if !there {
-                invalid.extend(chunks.iter().map(|c| c.hash));
+                absent.push(chunks);
                 continue;
             }
             let path = self.path_of(hash);
@@ -235,6 +242,10 @@ impl StagingArea {
             let (good, bad) = valid_chunks(&file, chunks);
             valid.extend(good);
             invalid.extend(bad);
+        }
+        // A first sync finds nothing: no set of every chunk to build.
+        if !valid.is_empty() {
+            invalid.extend(absent.into_iter().flatten().map(|c| c.hash));
         }
         valid.retain(|h, _| !invalid.contains(h));
         let present = valid.keys().copied().collect();
@@ -1111,7 +1122,7 @@ mod tests {
         ]);
         {
             let (area, pos, _) =
-                StagingArea::open_with_tree(dir.path(), &wanted, tree.clone()).unwrap();
+                StagingArea::open_with_tree(dir.path(), wanted.clone(), tree.clone()).unwrap();
             let chunk = ca.chunks[0].hash;
             area.write_chunk(&chunk, &pos[&chunk], &a).unwrap();
             area.write_chunk(&chunk, &pos[&chunk], &a).unwrap();
@@ -1129,7 +1140,7 @@ mod tests {
             );
         }
         let (_, _, present) =
-            StagingArea::open_with_tree(dir.path(), &wanted, tree.clone()).unwrap();
+            StagingArea::open_with_tree(dir.path(), wanted.clone(), tree.clone()).unwrap();
         assert!(
             present.contains(&ca.chunks[0].hash),
             "a whole small file is kept"
@@ -1141,7 +1152,8 @@ mod tests {
 
         // Another target stages only a, elsewhere: b and its directory go, and so does new/a.
         let other = TreeFiles::from([(ca.hash, (rel("moved/a"), 0o444))]);
-        let (_, _, present) = StagingArea::open_with_tree(dir.path(), &wanted[..1], other).unwrap();
+        let (_, _, present) =
+            StagingArea::open_with_tree(dir.path(), wanted[..1].to_vec(), other).unwrap();
         assert!(present.is_empty(), "nothing staged at moved/a yet");
         let left: Vec<_> = walkdir::WalkDir::new(dir.path().join("tree"))
             .min_depth(1)
