@@ -102,7 +102,9 @@ pub(crate) fn file_checks<'a>(
 }
 
 /// What the file index `records` says of its files, taken apart rather than copied.
-pub(crate) fn into_file_checks(records: HashMap<RelPath, FileRecord>) -> FileChecks {
+pub(crate) fn into_file_checks(
+    records: impl IntoIterator<Item = (RelPath, FileRecord)>,
+) -> FileChecks {
     records
         .into_iter()
         .map(|(path, mut r)| {

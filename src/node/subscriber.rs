@@ -22,9 +22,7 @@ use super::error::NodeError;
 use super::events::{EventReceiver, PeerEvent};
 use super::handle::{start_services, NodeHandle};
 use super::net_loop;
-use super::serve::{
-    file_checks, into_file_checks, Content, FileChecks, ServeIndex, Staged, StagedPlace,
-};
+use super::serve::{into_file_checks, Content, FileChecks, ServeIndex, Staged, StagedPlace};
 use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
@@ -1116,8 +1114,14 @@ async fn download(
     let db = env.db.clone();
     let head_bytes = head.signed().encode();
     let stored_blobs = blobs.clone();
-    let checks = Arc::new(file_checks(records.iter().map(|(p, r)| (p, r))));
-    blocking(move || db.commit_revision(&head_bytes, &records, &stored_blobs)).await?;
+    // The records go to the database, then become what the new revision is served by: taken
+    // apart, not copied (a million paths).
+    let records = blocking(move || {
+        db.commit_revision(&head_bytes, &records, &stored_blobs)
+            .map(|()| records)
+    })
+    .await?;
+    let checks = Arc::new(into_file_checks(records));
     #[cfg(test)]
     hooks::reached(&env.dir, revision, "committed");
     Ok(Applied {
@@ -1230,18 +1234,15 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
     let mut staged = HashSet::new();
     // Whether each parent directory is there: a file in one that is not cannot be either, so
     // a first sync looks up each directory once, not each file.
-    let mut dirs: HashMap<PathBuf, bool> = HashMap::new();
+    // Keyed by the directory's path in the revision: no path is made per file.
+    let mut dirs: HashMap<&str, bool> = HashMap::new();
     let new_dirs = NewDirs::find(root, new);
-    let mut tree = TreeFiles::new();
+    let mut tree = TreeFiles::default();
     for (path, size, mode, hash, chunks) in new.files() {
-        let full = path.under(root);
-        let parent = full.parent().unwrap_or(root);
-        let dir_there = match dirs.get(parent) {
-            Some(there) => *there,
-            None => *dirs
-                .entry(parent.to_owned())
-                .or_insert_with(|| std::fs::metadata(parent).is_ok_and(|m| m.is_dir())),
-        };
+        let parent = path.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        let dir_there = *dirs
+            .entry(parent)
+            .or_insert_with(|| std::fs::metadata(root.join(parent)).is_ok_and(|m| m.is_dir()));
         let current = dir_there
             .then(|| current_content(root, index, path))
             .flatten();

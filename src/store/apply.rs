@@ -109,6 +109,8 @@ pub fn apply_revision(
     let tree = staging.tree_dir();
     // Directories made sure of in this apply: each is looked at once, not once per file in it.
     let mut dirs: HashSet<&str> = HashSet::new();
+    // The directories of the files, as they are in the revision.
+    let mut file_dirs: HashSet<&str> = HashSet::new();
     for entry in new.entries() {
         for a in entry.path.ancestors() {
             if dirs.insert(a) && !new_dirs.is_new(a) {
@@ -157,9 +159,15 @@ pub fn apply_revision(
                     }
                     stats.installed += 1;
                 }
-                // Its directory in the mirror, where a new one ends up.
-                if let Some(p) = entry.path.under(root).parent() {
-                    parents.insert(p.to_owned());
+                // Its directory in the mirror, where a new one ends up (a path made once per
+                // directory, not per file).
+                let dir = entry.path.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+                if file_dirs.insert(dir) {
+                    parents.insert(if dir.is_empty() {
+                        root.to_owned()
+                    } else {
+                        root.join(dir)
+                    });
                 }
                 let meta = match looked {
                     Some(meta) => meta,
@@ -548,7 +556,7 @@ mod tests {
             .files()
             .map(|(_, size, _, hash, chunks)| (hash, size, chunks.to_vec()))
             .collect();
-        let mut tree = crate::store::TreeFiles::new();
+        let mut tree = crate::store::TreeFiles::default();
         if let Some(mirror) = mirror {
             let new_dirs = NewDirs::find(mirror, &manifest);
             for (path, _, mode, hash, _) in manifest.files() {

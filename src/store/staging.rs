@@ -36,7 +36,12 @@ use crate::tree::{read_check, ChunkRef, ContentHash, RelPath};
 /// Where each needed chunk goes: (file hash, offset, length), possibly several places. Most
 /// chunks have one place, kept inline: a million small files made a million one-place lists
 /// on the heap, and the map is looked up for every chunk that arrives.
-pub type ChunkPositions = HashMap<ContentHash, Places, foldhash::fast::RandomState>;
+pub type ChunkPositions = ByHash<Places>;
+
+/// A map keyed by content hash, with foldhash: the staging maps hold an entry per file or chunk
+/// and are looked up for each (at a million files std's SipHash was a tenth of putting them in
+/// place). Seeded per process, like std's.
+pub type ByHash<V> = HashMap<ContentHash, V, foldhash::fast::RandomState>;
 
 /// The places of one chunk (see [`ChunkPositions`]).
 pub type Places = smallvec::SmallVec<[(ContentHash, u64, u32); 1]>;
@@ -44,7 +49,7 @@ pub type Places = smallvec::SmallVec<[(ContentHash, u64, u32); 1]>;
 /// Files staged at their own path under [`TREE_DIR`], each in a directory the mirror does not
 /// have yet: file hash to its path in the revision (the first path that holds it) and that
 /// path's mode.
-pub type TreeFiles = HashMap<ContentHash, (RelPath, u32)>;
+pub type TreeFiles = ByHash<(RelPath, u32)>;
 
 /// Subdirectory of the staging area where new directories of the revision are built.
 pub const TREE_DIR: &str = "tree";
@@ -68,7 +73,7 @@ pub const OPEN_STAGED_FILES: usize = 64;
 pub struct StagingArea {
     dir: PathBuf,
     /// Every file of the target: its size and chunks, to create it when it is first written.
-    wanted: HashMap<ContentHash, (u64, Vec<ChunkRef>)>,
+    wanted: ByHash<(u64, Vec<ChunkRef>)>,
     open: OpenFiles<ContentHash>,
     unflushed: AtomicU64,
     /// Writeback to start, for a thread of their own: starting writeback can block while the
@@ -81,7 +86,7 @@ pub struct StagingArea {
     sync_dir: File,
     /// The [`read_check`] of every verified chunk staged, to index the files with. A chunk is
     /// here only once it is written at every place it belongs.
-    checks: Mutex<HashMap<ContentHash, u64>>,
+    checks: Mutex<ByHash<u64>>,
     /// Which of the [`SHARDS`] subdirectories are known to exist.
     shards: [std::sync::OnceLock<()>; SHARDS],
     /// Files staged in the tree, not in the shards.
@@ -92,7 +97,7 @@ pub struct StagingArea {
     tree_dirs: Mutex<HashSet<PathBuf>>,
     /// What the descriptor that wrote a file of [`TreeFiles`] whole saw of it after the write
     /// (see [`Stamp`]): its record, once in place, without a lookup of its path.
-    written: Mutex<HashMap<ContentHash, Stamp>>,
+    written: Mutex<ByHash<Stamp>>,
 }
 
 /// What a file's record in the file index keeps of it (a rename of its directory, or a mode
@@ -149,7 +154,7 @@ impl StagingArea {
         dir: &Path,
         wanted: &[(ContentHash, u64, Vec<ChunkRef>)],
     ) -> Result<(Self, ChunkPositions, HashSet<ContentHash>), StoreError> {
-        Self::open_with_tree(dir, wanted.to_vec(), TreeFiles::new())
+        Self::open_with_tree(dir, wanted.to_vec(), TreeFiles::default())
     }
 
     /// [`Self::open`], staging the files of `tree` at their own path under [`TREE_DIR`].
@@ -505,7 +510,7 @@ impl StagingArea {
         }
     }
 
-    fn checks_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, u64>> {
+    fn checks_mut(&self) -> std::sync::MutexGuard<'_, ByHash<u64>> {
         self.checks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -611,7 +616,7 @@ impl StagingArea {
         Ok(())
     }
 
-    fn written_mut(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Stamp>> {
+    fn written_mut(&self) -> std::sync::MutexGuard<'_, ByHash<Stamp>> {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1116,10 +1121,12 @@ mod tests {
             (cb.hash, cb.size, cb.chunks.clone()),
         ];
         let rel = |p: &str| RelPath::new(p).unwrap();
-        let tree = TreeFiles::from([
+        let tree: TreeFiles = [
             (ca.hash, (rel("new/a"), 0o444)),
             (cb.hash, (rel("new/sub/b"), 0o444)),
-        ]);
+        ]
+        .into_iter()
+        .collect();
         {
             let (area, pos, _) =
                 StagingArea::open_with_tree(dir.path(), wanted.clone(), tree.clone()).unwrap();
@@ -1151,7 +1158,7 @@ mod tests {
         );
 
         // Another target stages only a, elsewhere: b and its directory go, and so does new/a.
-        let other = TreeFiles::from([(ca.hash, (rel("moved/a"), 0o444))]);
+        let other: TreeFiles = [(ca.hash, (rel("moved/a"), 0o444))].into_iter().collect();
         let (_, _, present) =
             StagingArea::open_with_tree(dir.path(), wanted[..1].to_vec(), other).unwrap();
         assert!(present.is_empty(), "nothing staged at moved/a yet");
