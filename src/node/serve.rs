@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+use crate::store::ByHash;
 use crate::tree::{
     chunk_bytes, open_beneath, open_beneath_cached, open_cached, read_check, ChunkRef, ContentHash,
     FileId, FileRecord, Manifest, RelPath,
@@ -24,7 +25,7 @@ pub(crate) struct ServeIndex {
     pub head: Option<SignedHead>,
     /// Where each chunk is: file, offset, length, the read check it is served against, and
     /// the identity the file must still have.
-    chunks: HashMap<ContentHash, Place>,
+    chunks: ByHash<Place>,
     /// Every chunk of the revision, sorted and de-duplicated: the order availability
     /// bitfields index into.
     order: Vec<ContentHash>,
@@ -54,6 +55,12 @@ pub(crate) type StagedPlace = (PathBuf, u64, u32, Option<u64>);
 pub(crate) trait Staged: Send + Sync {
     /// Where `hash` is, if it is verified in staging.
     fn place(&self, hash: &ContentHash) -> Option<StagedPlace>;
+
+    /// The length of `hash`, if it is verified in staging (asked for every chunk a peer
+    /// requests, before it is read: no path needs to be made).
+    fn len(&self, hash: &ContentHash) -> Option<u32> {
+        self.place(hash).map(|(_, _, len, _)| len)
+    }
 }
 
 /// What the file index says of each file on disk, by path: which file it is (only a file with
@@ -61,7 +68,7 @@ pub(crate) trait Staged: Send + Sync {
 /// is never an oracle for other bytes) and the read checks a disk read of its chunks is
 /// checked against (see [`read_check`]; a file without them is checked against the chunks'
 /// BLAKE3 hashes instead). A file not here is not served from disk.
-pub(crate) type FileChecks = HashMap<RelPath, Indexed>;
+pub(crate) type FileChecks = HashMap<RelPath, Indexed, foldhash::fast::RandomState>;
 
 /// One file of [`FileChecks`].
 pub(crate) struct Indexed {
@@ -222,15 +229,18 @@ impl Content {
         *self.partial.write().unwrap_or_else(|p| p.into_inner()) = Some(weak);
     }
 
-    /// Where verified chunk `hash` of the download under way is, if it is one.
-    fn staged_place(&self, hash: &ContentHash) -> Option<StagedPlace> {
-        let staged = self
-            .partial
+    /// The download under way, if one is.
+    fn staged(&self) -> Option<Arc<dyn Staged>> {
+        self.partial
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|w| w.upgrade())?;
-        staged.place(hash)
+            .and_then(|w| w.upgrade())
+    }
+
+    /// Where verified chunk `hash` of the download under way is, if it is one.
+    fn staged_place(&self, hash: &ContentHash) -> Option<StagedPlace> {
+        self.staged()?.place(hash)
     }
 
     /// True if `hash` is one of the held revision's manifest blobs.
@@ -263,7 +273,7 @@ impl Content {
         if let Some(blob) = self.pending_blob(hash) {
             return Some(blob.len() as u32);
         }
-        self.staged_place(hash).map(|(_, _, len, _)| len)
+        self.staged()?.len(hash)
     }
 
     /// The bytes of `hash`, checked, from memory, the held revision or staging. Blocking.
@@ -306,7 +316,7 @@ impl Content {
                 let Some(file) = file else {
                     return Ok(None);
                 };
-                match read_checked(&file, &path, offset, len, hash, check, io)? {
+                match read_checked(&file, || path.clone(), offset, len, hash, check, io)? {
                     Some(data) => data,
                     None => return Ok(None),
                 }
@@ -341,7 +351,7 @@ fn open_staged(path: &std::path::Path) -> Option<std::fs::File> {
 /// `check` if known, else against `hash`.
 fn read_checked(
     file: &std::fs::File,
-    path: &std::path::Path,
+    path: impl FnOnce() -> PathBuf,
     off: u64,
     len: u32,
     hash: &ContentHash,
@@ -361,7 +371,7 @@ fn read_checked(
         None => hash.matches(&buf),
     };
     if !same {
-        tracing::warn!(path = %path.display(), "data changed on disk since it was indexed; not serving it");
+        tracing::warn!(path = %path().display(), "data changed on disk since it was indexed; not serving it");
         return Ok(None);
     }
     Ok(Some(Bytes::from(buf)))
@@ -452,7 +462,7 @@ impl ServeIndex {
         stop: &AtomicBool,
     ) -> Option<Self> {
         const STOP_CHECK_EVERY: usize = 4096;
-        let mut chunks = HashMap::new();
+        let mut chunks = ByHash::default();
         let mut order = Vec::new();
         for (i, (path, _, _, hash, refs)) in manifest.files().enumerate() {
             if i.is_multiple_of(STOP_CHECK_EVERY) && stop.load(Ordering::Relaxed) {
@@ -502,7 +512,6 @@ impl ServeIndex {
         let (Some(place), Some(root)) = (self.chunks.get(hash), &self.root_dir) else {
             return Ok(None);
         };
-        let path = place.path.under(&self.root);
         let rel = std::path::Path::new(place.path.as_str());
         let opened = match io {
             Io::Block => open_beneath(root, rel).map(Some),
@@ -513,11 +522,15 @@ impl ServeIndex {
             Ok(None) => return Err(WouldBlock),
             Ok(Some((file, meta))) if place.file.matches(&meta) => file,
             _ => {
+                let path = place.path.under(&self.root);
                 tracing::warn!(path = %path.display(), "file replaced or changed since it was indexed; not serving it");
                 return Ok(None);
             }
         };
-        read_checked(&file, &path, place.offset, place.len, hash, place.check, io)
+        // The full path only for a warning (made for every chunk served, it was 3% of a
+        // publisher's CPU serving a million small files).
+        let path = || place.path.under(&self.root);
+        read_checked(&file, path, place.offset, place.len, hash, place.check, io)
     }
 }
 
@@ -671,14 +684,16 @@ mod tests {
         let indexed = |checks: Vec<u64>| {
             let meta = std::fs::metadata(dir.path().join("f")).unwrap();
             let id = FileId::of(&meta);
-            FileChecks::from([(
+            [(
                 f.clone(),
                 Indexed {
                     id,
                     hash: file,
                     checks,
                 },
-            )])
+            )]
+            .into_iter()
+            .collect::<FileChecks>()
         };
         // The second check is wrong for the bytes on disk, which match their BLAKE3 hash: the
         // read check decides, so that chunk is refused and the first is served.
@@ -693,7 +708,7 @@ mod tests {
         let index = build(&indexed(vec![]));
         assert!(index.read(&refs[1].hash, Io::Block).unwrap().is_some());
         // A file the index does not know is not served.
-        assert!(build(&FileChecks::new())
+        assert!(build(&FileChecks::default())
             .read(&refs[0].hash, Io::Block)
             .unwrap()
             .is_none());

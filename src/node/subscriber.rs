@@ -971,6 +971,11 @@ impl Staged for StagingSink {
         let (file, off, len) = *self.positions.get(hash)?.first()?;
         Some((self.area.staged_path(&file), off, len, Some(check)))
     }
+
+    fn len(&self, hash: &ContentHash) -> Option<u32> {
+        self.area.check_of(hash)?;
+        Some(self.positions.get(hash)?.first()?.2)
+    }
 }
 
 async fn blocking<T: Send + 'static>(

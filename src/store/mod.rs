@@ -26,4 +26,4 @@ pub(crate) use error::io_err;
 pub use error::StoreError;
 pub use local::{indexed_in, local_changes, user_entries, LocalChanges};
 pub use private::private_dir;
-pub use staging::{ChunkPositions, StagingArea, TreeFiles, OPEN_STAGED_FILES, TREE_DIR};
+pub use staging::{ByHash, ChunkPositions, StagingArea, TreeFiles, OPEN_STAGED_FILES, TREE_DIR};
