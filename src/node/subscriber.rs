@@ -1244,7 +1244,7 @@ fn plan(root: &Path, index: &HashMap<RelPath, FileRecord>, new: &Manifest) -> Pl
     let new_dirs = NewDirs::find(root, new);
     let mut tree = TreeFiles::default();
     for (path, size, mode, hash, chunks) in new.files() {
-        let parent = path.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        let parent = path.parent_str();
         let dir_there = *dirs
             .entry(parent)
             .or_insert_with(|| std::fs::metadata(root.join(parent)).is_ok_and(|m| m.is_dir()));

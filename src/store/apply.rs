@@ -161,7 +161,7 @@ pub fn apply_revision(
                 }
                 // Its directory in the mirror, where a new one ends up (a path made once per
                 // directory, not per file).
-                let dir = entry.path.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+                let dir = entry.path.parent_str();
                 if file_dirs.insert(dir) {
                     parents.insert(if dir.is_empty() {
                         root.to_owned()

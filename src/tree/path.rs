@@ -74,6 +74,11 @@ impl RelPath {
         root.join(&self.0)
     }
 
+    /// The directory holding this path, `""` at the top.
+    pub fn parent_str(&self) -> &str {
+        self.0.rsplit_once('/').map_or("", |(d, _)| d)
+    }
+
     /// Every proper ancestor, outermost first (`a/b/c` gives `a`, `a/b`).
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
         self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
