@@ -82,6 +82,11 @@ struct Args {
     /// streams do).
     #[arg(long, default_value_t = 0)]
     upload_slots: usize,
+    /// Experiment, not what the node does, with --upload-slots: a node with every slot busy
+    /// answers further requests "not found" at once (BitTorrent's choke), so that the asker
+    /// turns to another holder, instead of making its lane wait.
+    #[arg(long)]
+    busy_refuses: bool,
     /// Also print, per run, what held it back: refusals, duplicates, when every chunk had left
     /// the publisher, and how long a chunk took on the wire between subscribers.
     #[arg(long)]
@@ -173,6 +178,9 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         up.push(up_rate.draw(&mut rng));
         down.push(down_rate.draw(&mut rng));
     }
+    if args.busy_refuses && args.upload_slots == 0 {
+        bail!("--busy-refuses needs --upload-slots: a node without slots is never busy");
+    }
     let tree: u64 = chunks.iter().sum();
     let bound = lower_bound(tree, &up, &down);
     let joins = (0..n)
@@ -200,6 +208,7 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
             .endgame_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         upload_slots: args.upload_slots,
+        busy_refuses: args.busy_refuses,
         trace_every: args.trace_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         max_time: Duration::from_secs_f64(args.max_time),
         rng_seed: rng.next_u64(),
@@ -234,12 +243,13 @@ fn row(n: usize, tree: u64, bound: f64, out: &Outcome, wall: Duration) -> String
 /// What held a run back, on one line.
 fn why(n: usize, out: &Outcome) -> String {
     format!(
-        "  N={n}: refused by the publisher {}, by subscribers {} ({:.1} per subscriber); \
-         duplicates {}; every chunk out of the publisher at {:.2} s; {} chunks between \
+        "  N={n}: refused by the publisher {}, by subscribers {} ({:.1} per subscriber), \
+         {} of them busy; duplicates {}; every chunk out of the publisher at {:.2} s; {} chunks between \
          subscribers, {:.3} s each on the wire on average; {} events",
         out.refused_by_publisher,
         out.refused_by_peers,
         out.refused_by_peers as f64 / n as f64,
+        out.refused_busy,
         out.duplicates,
         out.all_out.as_secs_f64(),
         out.peer_sends,
@@ -376,5 +386,26 @@ mod tests {
         for (done, stayed) in out.completions.iter().zip(stayed) {
             assert!(!stayed || done.is_some(), "{out:?}");
         }
+    }
+
+    #[test]
+    fn busy_nodes_refuse_and_every_mirror_still_finishes() {
+        let args = Args::parse_from(["swarm-sim", "--tree", "1x8388608", "--busy-refuses"]);
+        let chunks = parse_tree(&args.tree).unwrap();
+        assert!(setup(&args, 5, &chunks).is_err(), "no slots, never busy");
+        let args = Args::parse_from([
+            "swarm-sim",
+            "--tree",
+            "1x8388608",
+            "--upload-slots",
+            "1",
+            "--busy-refuses",
+        ]);
+        let out = Sim::new(setup(&args, 12, &chunks).unwrap()).run();
+        assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");
+        assert!(
+            out.refused_busy > 0,
+            "one slot each: some asks found it busy"
+        );
     }
 }

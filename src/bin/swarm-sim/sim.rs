@@ -62,6 +62,9 @@ pub struct Setup {
     /// Experiment, not the node: a node sends at most this many chunks at once, the lanes
     /// waiting for a turn in order (0: every lane at once, as the node's streams).
     pub upload_slots: usize,
+    /// Experiment, with `upload_slots`: a node with every slot busy refuses further requests
+    /// ("not found") instead of making their lanes wait.
+    pub busy_refuses: bool,
     /// Print the swarm's state this often (simulated), to standard error.
     pub trace_every: Option<Duration>,
     /// Simulated time after which the run stops, done or not.
@@ -81,6 +84,8 @@ pub struct Outcome {
     /// "Not found" replies from the publisher (its hold) and from subscribers.
     pub refused_by_publisher: u64,
     pub refused_by_peers: u64,
+    /// Of those, refusals because every upload slot was busy (`busy_refuses`).
+    pub refused_busy: u64,
     /// Chunks a subscriber received that it held already (end-game duplicates).
     pub duplicates: u64,
     /// When every chunk had reached some subscriber.
@@ -272,6 +277,7 @@ impl Sim {
             requests: 0,
             refused_by_publisher: 0,
             refused_by_peers: 0,
+            refused_busy: 0,
             duplicates: 0,
             all_out: Duration::ZERO,
             peer_sends: 0,
@@ -805,14 +811,19 @@ impl Sim {
             };
             let slots = self.setup.upload_slots;
             let held = server == PUBLISHER || self.nodes[server as usize].holds[chunk];
-            if held && slots > 0 && self.nodes[server as usize].sending >= slots {
+            let busy = held && slots > 0 && self.nodes[server as usize].sending >= slots;
+            if busy && !self.setup.busy_refuses {
                 served.queue.push_front((chunk, asked));
                 self.nodes[server as usize]
                     .waiting
                     .push_back((client, lane));
                 return;
             }
-            let serve = if server == PUBLISHER {
+            let serve = if busy {
+                // Every slot busy, and the asker is told so at once (`busy_refuses`).
+                self.out.refused_busy += 1;
+                false
+            } else if server == PUBLISHER {
                 self.seed.should_serve(&client, self.hashes[chunk], now)
             } else {
                 held
