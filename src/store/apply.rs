@@ -106,6 +106,7 @@ pub fn apply_revision(
     // Looked at again now: a directory the plan found missing may have been made since (its
     // files then go in one by one), or one removed (its files are moved into the tree).
     let new_dirs = NewDirs::find(root, new);
+    let copies = make_copies(staging, new, unchanged, &uses, &new_dirs)?;
     let tree = staging.tree_dir();
     // Directories made sure of in this apply: each is looked at once, not once per file in it.
     let mut dirs: HashSet<&str> = HashSet::new();
@@ -152,10 +153,16 @@ pub fn apply_revision(
                     // A file staged in the tree stays there for its own path: the other paths
                     // that hold it get copies.
                     let last_use = *left == 0 && staging.in_tree(hash).is_none();
+                    let copy = copies.get(&entry.path).map(PathBuf::as_path);
                     if in_new {
-                        looked = Some(place_in_tree(staging, hash, last_use, &target, mode)?);
+                        looked = Some(place_in_tree(staging, hash, last_use, copy, &target, mode)?);
                     } else {
-                        install(root, staging, hash, last_use, &entry.path, mode, &mut aside)?;
+                        let to = Install {
+                            root,
+                            rel: &entry.path,
+                            mode,
+                        };
+                        install(staging, hash, last_use, copy, to, &mut aside)?;
                     }
                     stats.installed += 1;
                 }
@@ -244,32 +251,36 @@ fn ensure_dir(root: &Path, rel: &str, aside: &mut Aside) -> Result<(), StoreErro
     std::fs::create_dir(&path).map_err(io_err(&path))
 }
 
+/// Where [`install`] puts a file: `rel` in the mirror at `root`, with `mode`.
+struct Install<'a> {
+    root: &'a Path,
+    rel: &'a RelPath,
+    mode: u32,
+}
+
+/// Put the staged file of `hash` at its path in the mirror: its `copy` if it has one (made and
+/// synced by [`make_copies`]), else the staged file itself (its last use).
 fn install(
-    root: &Path,
     staging: &StagingArea,
     hash: &ContentHash,
     last_use: bool,
-    rel: &RelPath,
-    mode: u32,
+    copy: Option<&Path>,
+    to: Install,
     aside: &mut Aside,
 ) -> Result<(), StoreError> {
-    let target = rel.under(root);
-    let staged = staging.staged_path(hash);
-    let source = if last_use {
-        staged
-    } else {
-        let tmp = staging.copy_path(hash)?;
-        std::fs::copy(&staged, &tmp).map_err(io_err(&tmp))?;
-        tmp
+    let target = to.rel.under(to.root);
+    let source = match copy {
+        Some(copy) => copy.to_owned(),
+        None => staging.staged_path(hash),
     };
-    set_mode(&source, mode)?;
+    set_mode(&source, to.mode)?;
     // Renamed first, looked at only if that fails: a directory in the way (`EISDIR`) is
     // cleared and the rename tried again. No lookup of the target per file otherwise.
     if let Err(e) = std::fs::rename(&source, &target) {
         if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
             return Err(io_err(&target)(e));
         }
-        aside.clear(root, rel.as_str())?;
+        aside.clear(to.root, to.rel.as_str())?;
         std::fs::rename(&source, &target).map_err(io_err(&target))?;
     }
     if last_use {
@@ -279,13 +290,14 @@ fn install(
 }
 
 /// Put the staged file of `hash` at `target` in the tree, with `mode`: there already if it was
-/// staged at its own path; else renamed there if this is its `last_use`, copied otherwise.
-/// Returns what it is there. Its mode is set only if it has another (a file of one chunk is
-/// staged with its mode: no `chmod` per file).
+/// staged at its own path; else its `copy` renamed there if it has one, the staged file if
+/// not (its last use). Returns what it is there. Its mode is set only if it has another (a
+/// file of one chunk is staged with its mode: no `chmod` per file).
 fn place_in_tree(
     staging: &StagingArea,
     hash: &ContentHash,
     last_use: bool,
+    copy: Option<&Path>,
     target: &Path,
     mode: u32,
 ) -> Result<Stamp, StoreError> {
@@ -296,11 +308,8 @@ fn place_in_tree(
         .flatten();
     if staged != target {
         staging.make_tree_dir(target.parent().expect("a path under the tree has a parent"))?;
-        if last_use {
-            std::fs::rename(&staged, target).map_err(io_err(target))?;
-        } else {
-            std::fs::copy(&staged, target).map_err(io_err(target))?;
-        }
+        let source = copy.unwrap_or(&staged);
+        std::fs::rename(source, target).map_err(io_err(target))?;
     }
     let meta = match written {
         Some(written) => written,
@@ -314,6 +323,66 @@ fn place_in_tree(
     }
     // What a record keeps of it (size, mtime, inode) a mode change leaves as it was.
     Ok(meta)
+}
+
+/// Copies of staged files for the paths that share one with another path: every use of it
+/// but the last, or, for a file staged in the tree, every path but its own. They are all made
+/// before any file is renamed into view, then synced (one `syncfs` on Linux), so that a copy
+/// reaches a mirror's name only with its bytes on disk, as every staged file does: a crash
+/// must not leave an empty or partial file there. Nothing is synced when no path needs one.
+fn make_copies<'a>(
+    staging: &StagingArea,
+    new: &'a Manifest,
+    unchanged: &HashSet<RelPath>,
+    uses: &HashMap<ContentHash, usize>,
+    new_dirs: &NewDirs,
+) -> Result<HashMap<&'a RelPath, PathBuf>, StoreError> {
+    let mut left = uses.clone();
+    let mut copies = HashMap::new();
+    for (path, _, _, hash, _) in new.files() {
+        if unchanged.contains(path) {
+            continue;
+        }
+        let left = left.get_mut(&hash).expect("counted by the caller");
+        *left -= 1;
+        let own = staging.in_tree(&hash);
+        let in_place = own == Some(path) && new_dirs.holds(path);
+        if in_place || (*left == 0 && own.is_none()) {
+            continue;
+        }
+        // `left` counts down: each copy of one file gets its own name.
+        let copy = staging.copy_path(&hash, *left)?;
+        std::fs::copy(staging.staged_path(&hash), &copy).map_err(io_err(&copy))?;
+        copies.insert(path, copy);
+    }
+    if let Some(copy) = copies.values().next() {
+        sync_copies(copy.parent().expect("a copy is in a shard"), &copies)?;
+    }
+    Ok(copies)
+}
+
+/// Make the bytes of `copies` durable: on Linux one `syncfs` of the file system (`dir`, one
+/// of their directories, is on it), elsewhere an fsync of each.
+fn sync_copies(dir: &Path, copies: &HashMap<&RelPath, PathBuf>) -> Result<(), StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        let file = std::fs::File::open(dir).map_err(io_err(dir))?;
+        rustix::fs::syncfs(&file).map_err(|e| io_err(dir)(e.into()))?;
+        #[cfg(test)]
+        tests::injected_sync_failure(dir).map_err(io_err(dir))?;
+        let _ = copies;
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        for copy in copies.values() {
+            std::fs::File::open(copy)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(copy))?;
+        }
+        Ok(())
+    }
 }
 
 /// Move the new directory `dir`, built in `tree`, into the mirror at `root`. Something put in
@@ -744,5 +813,51 @@ mod tests {
             &conflicts,
         );
         assert_eq!(again.unwrap().1.kept, 1);
+    }
+
+    /// Paths that share a staged file get copies, all made and synced before any file of the
+    /// revision is renamed into the mirror: when that sync fails, the apply fails with nothing
+    /// of the revision in view, and a retry puts every path in place with its bytes.
+    #[test]
+    fn copies_are_synced_before_any_file_is_in_view() {
+        let (src, state, root) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let same: &[u8] = b"the same bytes at three paths";
+        let files = [("a", same), ("b", same), ("d/c", same), ("e", b"alone")];
+        let (new, area) = staged(src.path(), state.path(), &files);
+        let hash = new.files().next().unwrap().3;
+        let shard = area.copy_path(&hash, 0).unwrap();
+        let shard = shard.parent().unwrap().to_owned();
+        SYNC_FAILS.with(|f| *f.borrow_mut() = Some(shard.clone()));
+        let conflicts = state.path().join("conflicts");
+        let applied = apply_first(root.path(), &area, &new, &conflicts);
+        SYNC_FAILS.with(|f| *f.borrow_mut() = None);
+        match applied {
+            Err(StoreError::Io { path, .. }) => assert_eq!(path, shard),
+            other => panic!("the copies were not synced, yet: {other:?}"),
+        }
+        for rel in ["a", "b", "d", "e"] {
+            assert!(
+                !root.path().join(rel).exists(),
+                "{rel} is in view before the copies were synced"
+            );
+        }
+        let (records, stats) = apply_first(root.path(), &area, &new, &conflicts).unwrap();
+        assert_eq!((stats.installed, records.len()), (4, 4));
+        for (rel, data) in files {
+            assert_eq!(std::fs::read(root.path().join(rel)).unwrap(), data, "{rel}");
+        }
+        let left: Vec<_> = std::fs::read_dir(&shard)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| {
+                n.to_string_lossy()
+                    .starts_with(super::super::staging::COPY_PREFIX)
+            })
+            .collect();
+        assert!(left.is_empty(), "copies left behind: {left:?}");
     }
 }

@@ -57,7 +57,7 @@ pub const TREE_DIR: &str = "tree";
 /// Mode of a staged file: its owner's alone, and writable until `install` sets the mirror's.
 const STAGED_MODE: u32 = 0o600;
 /// Names of copies of a staged file, made by `install`, start with this.
-const COPY_PREFIX: &str = "tmp-";
+pub(super) const COPY_PREFIX: &str = "tmp-";
 
 /// Bytes written to staged files after which their writeback is started in the background
 /// (the file's, or after files written whole, the file system's), so that the final sync has
@@ -415,12 +415,12 @@ impl StagingArea {
         Ok(file)
     }
 
-    /// Where `install` copies the staged file of `hash` for one of several paths that hold it
-    /// (its shard made if need be: a file staged in the tree has none yet).
-    pub fn copy_path(&self, hash: &ContentHash) -> Result<PathBuf, StoreError> {
+    /// Where the apply copies the staged file of `hash` for one of several paths that hold it,
+    /// the `n`th copy (its shard made if need be: a file staged in the tree has none yet).
+    pub fn copy_path(&self, hash: &ContentHash, n: usize) -> Result<PathBuf, StoreError> {
         Ok(self
             .shard_of(hash)?
-            .join(format!("{COPY_PREFIX}{}", hash.to_hex())))
+            .join(format!("{COPY_PREFIX}{}-{n}", hash.to_hex())))
     }
 
     /// Copy still-needed chunks out of staged files of an older target, then delete them, and
@@ -945,7 +945,10 @@ mod tests {
                 area.write_chunk(&ch.hash, &pos[&ch.hash], bytes).unwrap();
                 off += ch.len as usize;
             }
-            (area.staged_path(&c.hash), area.copy_path(&c.hash).unwrap())
+            (
+                area.staged_path(&c.hash),
+                area.copy_path(&c.hash, 0).unwrap(),
+            )
         };
         // Killed in `install` after the chmod, before the rename: the staged file is
         // read-only, and so is a copy made for a second path.
