@@ -56,7 +56,7 @@ pub const TREE_DIR: &str = "tree";
 
 /// Mode of a staged file: its owner's alone, and writable until `install` sets the mirror's.
 const STAGED_MODE: u32 = 0o600;
-/// Names of copies of a staged file, made by `install`, start with this.
+/// Names of copies of a staged file, made by the apply for paths that share it, start with this.
 pub(super) const COPY_PREFIX: &str = "tmp-";
 
 /// Bytes written to staged files after which their writeback is started in the background
@@ -424,7 +424,7 @@ impl StagingArea {
     }
 
     /// Copy still-needed chunks out of staged files of an older target, then delete them, and
-    /// delete copies a killed `install` left behind: in every shard, and in the staging
+    /// delete copies a killed apply left behind: in every shard, and in the staging
     /// directory itself (the flat layout of earlier versions, all of it stale). One pass over
     /// each directory, each name looked up once.
     fn salvage_stale(
