@@ -259,7 +259,7 @@ struct Install<'a> {
 }
 
 /// Put the staged file of `hash` at its path in the mirror: its `copy` if it has one (made and
-/// synced by [`make_copies`]), else the staged file itself (its last use).
+/// synced by [`make_copies`]), else the staged file itself (the one path that gets it).
 fn install(
     staging: &StagingArea,
     hash: &ContentHash,
@@ -291,8 +291,8 @@ fn install(
 
 /// Put the staged file of `hash` at `target` in the tree, with `mode`: there already if it was
 /// staged at its own path; else its `copy` renamed there if it has one, the staged file if
-/// not (its last use). Returns what it is there. Its mode is set only if it has another (a
-/// file of one chunk is staged with its mode: no `chmod` per file).
+/// not (the one path that gets it). Returns what it is there. Its mode is set only if it has
+/// another (a file of one chunk is staged with its mode: no `chmod` per file).
 fn place_in_tree(
     staging: &StagingArea,
     hash: &ContentHash,
@@ -325,11 +325,13 @@ fn place_in_tree(
     Ok(meta)
 }
 
-/// Copies of staged files for the paths that share one with another path: every use of it
-/// but the last, or, for a file staged in the tree, every path but its own. They are all made
-/// before any file is renamed into view, then synced (one `syncfs` on Linux), so that a copy
-/// reaches a mirror's name only with its bytes on disk, as every staged file does: a crash
-/// must not leave an empty or partial file there. Nothing is synced when no path needs one.
+/// Copies of staged files for the paths that share one with another path: each such path
+/// gets one, but the one that gets the staged file itself (its own path in the tree, if it was
+/// staged there and that directory is still new, else the last). They are all made before
+/// any file is renamed into view, then synced (one `syncfs` on Linux), so that a copy reaches
+/// a mirror's name only with its bytes on disk, as every staged file does: a crash must not
+/// leave an empty or partial file there. A tree where no two paths share content (most
+/// trees: a million small files) costs one look at each distinct content, nothing more.
 fn make_copies<'a>(
     staging: &StagingArea,
     new: &'a Manifest,
@@ -337,17 +339,28 @@ fn make_copies<'a>(
     uses: &HashMap<ContentHash, usize>,
     new_dirs: &NewDirs,
 ) -> Result<HashMap<&'a RelPath, PathBuf>, StoreError> {
-    let mut left = uses.clone();
+    let mut left: HashMap<ContentHash, usize> = uses
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(hash, &n)| (*hash, n))
+        .collect();
     let mut copies = HashMap::new();
+    if left.is_empty() {
+        return Ok(copies);
+    }
     for (path, _, _, hash, _) in new.files() {
         if unchanged.contains(path) {
             continue;
         }
-        let left = left.get_mut(&hash).expect("counted by the caller");
+        let Some(left) = left.get_mut(&hash) else {
+            continue;
+        };
         *left -= 1;
-        let own = staging.in_tree(&hash);
-        let in_place = own == Some(path) && new_dirs.holds(path);
-        if in_place || (*left == 0 && own.is_none()) {
+        let staged_itself = match staging.in_tree(&hash) {
+            Some(own) if new_dirs.holds(own) => own == path,
+            _ => *left == 0,
+        };
+        if staged_itself {
             continue;
         }
         // `left` counts down: each copy of one file gets its own name.
