@@ -208,7 +208,9 @@ pub fn apply_revision(
         }
     }
     stats.removed = remove_gone(root, old, new)?;
-    sync_names(root, &parents)?;
+    // An error fails the apply: the revision must not be committed as applied while a crash
+    // could still lose its renames.
+    sync_each(root, parents.iter().map(PathBuf::as_path).chain([root]))?;
     stats.moved_aside = aside.moved;
     Ok((records, stats))
 }
@@ -369,33 +371,10 @@ fn make_copies<'a>(
         copies.insert(path, copy);
     }
     if let Some(copy) = copies.values().next() {
-        sync_copies(copy.parent().expect("a copy is in a shard"), &copies)?;
+        let shard = copy.parent().expect("a copy is in a shard");
+        sync_each(shard, copies.values().map(PathBuf::as_path))?;
     }
     Ok(copies)
-}
-
-/// Make the bytes of `copies` durable: on Linux one `syncfs` of the file system (`dir`, one
-/// of their directories, is on it), elsewhere an fsync of each.
-fn sync_copies(dir: &Path, copies: &HashMap<&RelPath, PathBuf>) -> Result<(), StoreError> {
-    #[cfg(target_os = "linux")]
-    {
-        let file = std::fs::File::open(dir).map_err(io_err(dir))?;
-        rustix::fs::syncfs(&file).map_err(|e| io_err(dir)(e.into()))?;
-        #[cfg(test)]
-        tests::injected_sync_failure(dir).map_err(io_err(dir))?;
-        let _ = copies;
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        for copy in copies.values() {
-            std::fs::File::open(copy)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(copy))?;
-        }
-        Ok(())
-    }
 }
 
 /// Move the new directory `dir`, built in `tree`, into the mirror at `root`. Something put in
@@ -441,31 +420,30 @@ fn remove_gone(root: &Path, old: &Manifest, new: &Manifest) -> Result<u64, Store
     Ok(removed)
 }
 
-/// Make the names in `dirs` and `root` (renames, removals) durable. An error fails the apply:
-/// the revision must not be committed as applied while a crash could still lose its renames.
-/// On Linux one `syncfs` of the mirror's file system does it for every directory at once: a
-/// journaling file system (ext4, XFS) commits its journal for each directory's fsync, and a
-/// hundred directories were a hundred commits waited for one after the other. Elsewhere, an
-/// fsync of each.
-fn sync_names(root: &Path, dirs: &HashSet<PathBuf>) -> Result<(), StoreError> {
+/// Make durable each of `paths` (a file's bytes, a directory's names: renames, removals). On
+/// Linux one `syncfs` of the file system `on` is on does it for all at once: a journaling file
+/// system (ext4, XFS) commits its journal for each fsync, and a hundred directories were a
+/// hundred commits waited for one after the other. Elsewhere, an fsync of each.
+fn sync_each<'p>(on: &'p Path, paths: impl Iterator<Item = &'p Path>) -> Result<(), StoreError> {
     #[cfg(target_os = "linux")]
     {
-        let dir = std::fs::File::open(root).map_err(io_err(root))?;
-        rustix::fs::syncfs(&dir).map_err(|e| io_err(root)(e.into()))?;
+        let file = std::fs::File::open(on).map_err(io_err(on))?;
+        rustix::fs::syncfs(&file).map_err(|e| io_err(on)(e.into()))?;
         #[cfg(test)]
-        for d in dirs.iter().map(PathBuf::as_path).chain([root]) {
-            tests::injected_sync_failure(d).map_err(io_err(d))?;
+        for p in std::iter::once(on).chain(paths) {
+            tests::injected_sync_failure(p).map_err(io_err(p))?;
         }
         #[cfg(not(test))]
-        let _ = dirs;
+        let _ = paths;
         Ok(())
     }
     #[cfg(not(target_os = "linux"))]
     {
-        for d in dirs.iter().map(PathBuf::as_path).chain([root]) {
-            std::fs::File::open(d)
+        let _ = on;
+        for p in paths {
+            std::fs::File::open(p)
                 .and_then(|f| f.sync_all())
-                .map_err(io_err(d))?;
+                .map_err(io_err(p))?;
         }
         Ok(())
     }
