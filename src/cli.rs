@@ -67,6 +67,10 @@ pub struct NetArgs {
     /// Most chunk bytes per second to download, e.g. 2M (default: unlimited).
     #[arg(long, env = "TREECAST_MAX_DOWNLOAD", value_parser = parse_rate)]
     pub max_download: Option<u64>,
+    /// Experiment (off: 0): chunk bytes sent and not yet acknowledged before requests from a
+    /// second peer are refused, e.g. 1M. Slower in the lab so far (see the README).
+    #[arg(long, env = "TREECAST_UPLOAD_BUDGET", value_parser = parse_budget, default_value_t = 0, hide = true)]
+    pub upload_budget: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
     #[arg(long, env = "TREECAST_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -138,6 +142,14 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         return Err("a rate must be positive".into());
     }
     Ok((n * mult as f64) as u64)
+}
+
+/// Parse a byte budget: 0, or a size like a rate (see [`parse_rate`]).
+fn parse_budget(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_rate(s).map_err(|e| e.replace("rate", "size"))
 }
 
 /// The subcommands.
@@ -564,6 +576,7 @@ fn node_config(dir: &std::path::Path, net: &NetArgs) -> Result<NodeConfig> {
     config.bootstrap = parse_addrs(&net.bootstrap)?;
     config.max_upload = net.max_upload;
     config.max_download = net.max_download;
+    config.upload_budget = net.upload_budget;
     config.metrics = net.metrics;
     config.http = net.http;
     config.http_token = net.http_token.clone();
@@ -979,6 +992,10 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["treecast", "publish", "d", "--max-upload", "x"]).is_err());
+        let budget =
+            |v: &str| Cli::try_parse_from(["treecast", "publish", "d", "--upload-budget", v]);
+        assert!(budget("0").is_ok() && budget("1M").is_ok());
+        assert!(budget("x").is_err() && budget("-1").is_err());
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub struct NodeConfig {
     pub max_upload: Option<u64>,
     /// Most chunk bytes per second this node downloads (None: unlimited).
     pub max_download: Option<u64>,
+    /// Experiment, off by default: chunk bytes this node may have sent and not yet heard
+    /// received before it refuses further requests from a second peer (0: no budget; see
+    /// `swarm::UploadBudget` and the README, which has why it is off).
+    pub upload_budget: u64,
     /// Most peers to hold sessions with (peer exchange dials up to this many).
     pub max_peers: usize,
     /// With every session slot taken, a session idle this long (no chunk bytes moved) may be
@@ -196,6 +200,7 @@ impl NodeConfig {
             swarm_id: None,
             max_upload: None,
             max_download: None,
+            upload_budget: 0,
             max_peers: 32,
             session_idle: SESSION_IDLE,
             mdns: true,

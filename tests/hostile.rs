@@ -226,19 +226,19 @@ async fn an_oversize_frame_gets_the_sender_banned_and_the_publisher_keeps_servin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_or_malformed_request_batch_gets_the_sender_banned() {
     use treecast::tree::ContentHash;
-    use treecast::wire::{self, ChunkRequests, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME};
+    use treecast::wire::{self, ChunkRequests, LaneMsg, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME};
     let (lab, src, p, oversized) = attack_setup().await;
     let malformed = subscriber(&lab.dir("malformed"), p.ticket()).await;
     synced(&malformed, 1).await;
 
-    let too_many = ChunkRequests {
+    let too_many = LaneMsg::Ask(ChunkRequests {
         first_id: 0,
         hashes: vec![ContentHash::of(b"a"); MAX_CHUNKS_PER_FRAME + 1],
-    };
-    let empty = ChunkRequests {
+    });
+    let empty = LaneMsg::Ask(ChunkRequests {
         first_id: 0,
         hashes: vec![],
-    };
+    });
     let frames = [wire::encode(&too_many), wire::encode(&empty)];
     assert!(frames[0].len() > MAX_REQUEST_FRAME && frames[1].len() <= MAX_REQUEST_FRAME);
     for (attacker, frame) in [&oversized, &malformed].into_iter().zip(&frames) {

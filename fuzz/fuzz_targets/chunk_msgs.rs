@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 use treecast::wire;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(requests) = wire::decode_requests(data) {
+    if let Ok(wire::LaneMsg::Ask(requests)) = wire::decode_lane_msg(data) {
         assert!(!requests.hashes.is_empty());
         assert!(requests.hashes.len() <= wire::MAX_CHUNKS_PER_FRAME);
     }

@@ -23,11 +23,11 @@ use crate::config::{CHUNK_TIMEOUT, MAX_CHUNK_FRAME, REQUESTS_PER_STREAM, STREAM_
 /// frame at a time was a first sync's limit.
 const STORES_PER_LANE: usize = 4;
 use crate::store::StoreError;
-use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy};
+use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy, UploadBudget};
 use crate::tree::ContentHash;
 use crate::wire::{
-    self, ControlMsg, Have, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME, MAX_REQUEST_FRAME,
-    REPLY_PACK_BYTES,
+    self, ControlMsg, Have, LaneMsg, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME,
+    MAX_REQUEST_FRAME, REPLY_PACK_BYTES,
 };
 
 /// What a chunk server needs.
@@ -41,6 +41,57 @@ pub(crate) struct ServerCtx {
     pub upload: Option<Limiter>,
     /// The publisher's seeding policy (None on subscribers).
     pub seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
+    /// The node's upload budget, shared by every chunk stream it serves.
+    pub budget: Budget,
+}
+
+/// A node's upload budget (see [`UploadBudget`]).
+pub(crate) type Budget = Arc<std::sync::Mutex<UploadBudget<PeerId>>>;
+
+/// A budget of `bytes` in flight (0: none); a refused peer waits `LACK_RETRY` before it asks
+/// again, so it counts as waiting that long.
+pub(crate) fn budget(bytes: u64) -> Budget {
+    let bytes = if bytes == 0 { u64::MAX } else { bytes };
+    Arc::new(std::sync::Mutex::new(UploadBudget::new(
+        bytes,
+        crate::config::LACK_RETRY,
+        CHUNK_TIMEOUT,
+    )))
+}
+
+/// One served stream's place in the budget; its bytes stop counting when it is dropped.
+struct BudgetLane<'a> {
+    budget: &'a Budget,
+    id: u64,
+}
+
+impl<'a> BudgetLane<'a> {
+    fn open(budget: &'a Budget, peer: PeerId) -> Self {
+        let id = lock(budget).open(peer);
+        BudgetLane { budget, id }
+    }
+
+    fn may_send(&self, now: Instant) -> bool {
+        lock(self.budget).may_send(self.id, now)
+    }
+
+    fn sent(&self, last_id: u32, bytes: u64) {
+        lock(self.budget).sent(self.id, last_id, bytes, Instant::now());
+    }
+
+    fn received(&self, through: u32) {
+        lock(self.budget).received(self.id, through);
+    }
+}
+
+impl Drop for BudgetLane<'_> {
+    fn drop(&mut self) {
+        lock(self.budget).closed(self.id);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a chunk stream stopped answering.
@@ -80,18 +131,25 @@ where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
 {
+    let lane = BudgetLane::open(&ctx.budget, ctx.peer);
     let mut frame = Vec::new();
     while wire::read_frame_into(r, MAX_REQUEST_FRAME, &mut frame).await? {
-        let batch = wire::decode_requests(&frame)?;
+        let batch = match wire::decode_lane_msg(&frame)? {
+            LaneMsg::Ask(batch) => batch,
+            LaneMsg::Received { through } => {
+                lane.received(through);
+                continue;
+            }
+        };
         // A batch is answered a reply frame's worth at a time: what a stream holds in memory
         // is one frame's chunks, however large the chunks a batch asks for.
         let mut start = 0;
         while start < batch.hashes.len() {
             let end = start + group_len(&ctx.content, &batch.hashes[start..]);
             let hashes = &batch.hashes[start..end];
-            let replies = answer(ctx, hashes).await?;
+            let replies = answer(ctx, &lane, hashes).await?;
             let first_id = batch.first_id.wrapping_add(start as u32);
-            if let Err(e) = send_replies(w, ctx, first_id, &replies).await {
+            if let Err(e) = send_replies(w, ctx, &lane, first_id, &replies).await {
                 unsent(ctx, hashes, &replies);
                 return Err(e);
             }
@@ -118,12 +176,19 @@ fn group_len(content: &Content, hashes: &[ContentHash]) -> usize {
 /// Reads that need the disk are done together, on one blocking thread.
 async fn answer(
     ctx: &ServerCtx,
+    lane: &BudgetLane<'_>,
     hashes: &[ContentHash],
 ) -> Result<Vec<Option<bytes::Bytes>>, ServeError> {
     let now = Instant::now();
+    let busy = busy(ctx, lane, hashes, now);
     let mut replies = Vec::with_capacity(hashes.len());
     let mut from_disk = Vec::new();
     for (i, hash) in hashes.iter().enumerate() {
+        if busy && !ctx.content.is_manifest_blob(hash) {
+            Stats::add(&ctx.stats.chunks_refused_busy, 1);
+            replies.push(None);
+            continue;
+        }
         if refused(ctx, hash, now) {
             replies.push(None);
             continue;
@@ -149,6 +214,16 @@ async fn answer(
         }
     }
     Ok(replies)
+}
+
+/// Whether the upload budget refuses this group of requests: asked only if we hold a chunk of
+/// it other than a manifest blob (every subscriber needs those first), so that a peer asking
+/// for what we lack does not count as waiting.
+fn busy(ctx: &ServerCtx, lane: &BudgetLane<'_>, hashes: &[ContentHash], now: Instant) -> bool {
+    let held = hashes
+        .iter()
+        .any(|h| ctx.content.len_of(h).is_some() && !ctx.content.is_manifest_blob(h));
+    held && !lane.may_send(now)
 }
 
 /// Whether the seeding policy holds `hash` back from this peer now. Manifest blobs are exempt:
@@ -193,6 +268,7 @@ fn corrupted(data: bytes::Bytes) -> bytes::Bytes {
 async fn send_replies<W>(
     w: &mut W,
     ctx: &ServerCtx,
+    lane: &BudgetLane<'_>,
     first_id: u32,
     replies: &[Option<bytes::Bytes>],
 ) -> Result<(), ServeError>
@@ -223,6 +299,8 @@ where
         tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &parts))
             .await
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
+        let last_id = first_id.wrapping_add(end as u32 - 1);
+        lane.sent(last_id, bytes as u64);
         start = end;
     }
     Ok(())
@@ -685,10 +763,26 @@ impl Lane {
         let (mut r, mut w) = stream.split();
         let (exp_tx, mut exp_rx) =
             mpsc::channel::<(u32, ContentHash, Instant)>(REQUESTS_PER_STREAM);
+        // The last request id whose reply frame the reader has read, for the writer to
+        // acknowledge (the server's upload budget): only the newest matters.
+        let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(None::<u32>);
         let writer = async move {
             let mut next_id = 0u32;
             let mut batch = Vec::with_capacity(MAX_CHUNKS_PER_FRAME);
-            while let Some(hash) = requests.recv().await {
+            let mut acks = true;
+            loop {
+                let hash = tokio::select! {
+                    hash = requests.recv() => hash,
+                    changed = ack_rx.changed(), if acks => {
+                        acks = changed.is_ok();
+                        let through = *ack_rx.borrow_and_update();
+                        if let Some(through) = through {
+                            wire::write_frame(&mut w, &wire::encode_received(through)).await?;
+                        }
+                        continue;
+                    }
+                };
+                let Some(hash) = hash else { break };
                 batch.push(hash);
                 while batch.len() < MAX_CHUNKS_PER_FRAME {
                     let Ok(hash) = requests.try_recv() else { break };
@@ -734,6 +828,7 @@ impl Lane {
                 if let Some(limit) = &self.download {
                     pace(limit, frame.len()).await;
                 }
+                let first_id = first.0;
                 let asked = match match_replies(&frame, first, &mut exp_rx) {
                     Ok(asked) => asked,
                     Err(reason) => {
@@ -742,6 +837,7 @@ impl Lane {
                         return Ok(());
                     }
                 };
+                ack_tx.send_replace(Some(first_id.wrapping_add(asked.len() as u32 - 1)));
                 let received = Instant::now();
                 let sink = self.sink.clone();
                 let storing =
@@ -995,7 +1091,95 @@ mod tests {
             corrupt: false,
             upload: None,
             seed: None,
+            budget: budget(0),
         }
+    }
+
+    /// The replies `serve_loop` wrote to `w`, one entry per request.
+    async fn replies_in(w: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let mut r = w;
+        let mut out = Vec::new();
+        while let Some(f) = wire::read_frame(&mut r, MAX_CHUNK_FRAME).await.unwrap() {
+            let replies = wire::decode_replies(&f).unwrap();
+            out.extend(replies.chunks.iter().map(|c| c.map(<[u8]>::to_vec)));
+        }
+        out
+    }
+
+    /// Two peers' streams share one upload budget: while one peer's chunk fills it and is not
+    /// acknowledged, the other is told "not found" (counted as busy); once the first stream
+    /// says the reply arrived, the other is served.
+    #[tokio::test]
+    async fn a_full_upload_budget_refuses_a_second_peer_until_the_first_acknowledges() {
+        let shared = budget(1000);
+        let big = bytes::Bytes::from(vec![7u8; 2000]);
+        let small = bytes::Bytes::from(vec![8u8; 10]);
+        let (first, second) = (server(), server());
+        for ctx in [&first, &second] {
+            ctx.content.remember(ContentHash::of(&big), big.clone());
+            ctx.content.remember(ContentHash::of(&small), small.clone());
+        }
+        let first = ServerCtx {
+            budget: shared.clone(),
+            ..first
+        };
+        let second = ServerCtx {
+            budget: shared.clone(),
+            ..second
+        };
+        let in_flight = || lock(&shared).in_flight();
+
+        // The first peer's stream stays open, fed frame by frame.
+        let (feed, frames) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+        let mut reader = futures::TryStreamExt::into_async_read(futures::StreamExt::map(
+            frames,
+            Ok::<_, std::io::Error>,
+        ));
+        let first_task = tokio::spawn(async move {
+            let mut w: Vec<u8> = Vec::new();
+            serve_loop(&mut reader, &mut w, &first).await.map(|()| w)
+        });
+        let frame = |body: Vec<u8>| {
+            let mut f = Vec::new();
+            futures::executor::block_on(wire::write_frame(&mut f, &body)).unwrap();
+            f
+        };
+        feed.unbounded_send(frame(wire::encode_requests(5, &[ContentHash::of(&big)])))
+            .unwrap();
+        while in_flight() < 2000 {
+            tokio::task::yield_now().await;
+        }
+
+        let ask_small = frame(wire::encode_requests(0, &[ContentHash::of(&small)]));
+        let mut w = Vec::new();
+        serve_loop(
+            &mut futures::io::Cursor::new(ask_small.clone()),
+            &mut w,
+            &second,
+        )
+        .await
+        .unwrap();
+        assert_eq!(replies_in(&w).await, [None], "the budget is full");
+        assert_eq!(second.stats.snapshot().chunks_refused_busy, 1);
+
+        feed.unbounded_send(frame(wire::encode_received(5)))
+            .unwrap();
+        while in_flight() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut w = Vec::new();
+        serve_loop(&mut futures::io::Cursor::new(ask_small), &mut w, &second)
+            .await
+            .unwrap();
+        assert_eq!(replies_in(&w).await, [Some(small.to_vec())]);
+
+        drop(feed);
+        let w = first_task.await.unwrap().unwrap();
+        assert_eq!(
+            replies_in(&w).await,
+            [Some(big.to_vec())],
+            "the lone asker was served"
+        );
     }
 
     /// A batch of requests is answered in order; small chunks share a frame, a chunk over

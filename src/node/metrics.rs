@@ -86,6 +86,12 @@ pub fn render(r: &StatusReport) -> String {
     );
     counter(
         &mut reg,
+        "chunks_refused_busy",
+        "Chunk requests refused while the upload budget was full and another peer had bytes out",
+        c.chunks_refused_busy,
+    );
+    counter(
+        &mut reg,
         "hostile_frames",
         "Malformed or oversize frames received",
         c.hostile_frames,

@@ -154,6 +154,8 @@ struct NetLoop {
     table: HashMap<PeerId, PeerRecord>,
     max_peers: usize,
     upload: Option<super::chunks::Limiter>,
+    /// The upload budget every chunk stream we serve shares.
+    budget: super::chunks::Budget,
     seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
     /// When to look in the DHT, provide, redial bootstrap peers; which found peers to dial.
     discovery: Discovery<PeerId, Multiaddr>,
@@ -283,6 +285,7 @@ pub(crate) async fn start(
         table: HashMap::new(),
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
         upload: config.max_upload.map(super::chunks::limiter),
+        budget: super::chunks::budget(config.upload_budget),
         seed: (is_publisher).then(|| {
             Arc::new(std::sync::Mutex::new(SeedPolicy::new(
                 crate::config::SEED_HOLD,
@@ -1982,6 +1985,7 @@ impl NetLoop {
             corrupt: self.corrupt,
             upload: self.upload.clone(),
             seed: self.seed.clone(),
+            budget: self.budget.clone(),
         };
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {

@@ -61,6 +61,9 @@ pub struct Stats {
     pub public_dht_providers_found: AtomicU64,
     /// Announcements of the swarm that reached at least one public-DHT node.
     pub public_dht_announces: AtomicU64,
+    /// Chunk requests answered "not found" because the upload budget was full and another
+    /// peer had bytes out or was waiting (`swarm::UploadBudget`).
+    pub chunks_refused_busy: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
     pub traffic: traffic::Traffic,
 }
@@ -93,6 +96,8 @@ pub struct StatsSnapshot {
     pub public_dht_providers_found: u64,
     #[serde(default)]
     pub public_dht_announces: u64,
+    #[serde(default)]
+    pub chunks_refused_busy: u64,
 }
 
 impl Stats {
@@ -126,6 +131,7 @@ impl Stats {
             connections_refused: r(&self.connections_refused),
             public_dht_providers_found: r(&self.public_dht_providers_found),
             public_dht_announces: r(&self.public_dht_announces),
+            chunks_refused_busy: r(&self.chunks_refused_busy),
         }
     }
 }

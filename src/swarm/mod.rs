@@ -22,6 +22,7 @@ mod schedule;
 mod seed;
 mod sessions;
 mod slots;
+mod upload;
 mod window;
 
 pub use availability::{OwnAvailability, PeerView};
@@ -36,3 +37,4 @@ pub use schedule::{Action, FeedPeer, ScheduleConfig, Scheduler};
 pub use seed::SeedPolicy;
 pub use sessions::{dial_target, Gone, Open, Opening, SessionTable};
 pub use slots::{Admission, Slots};
+pub use upload::UploadBudget;

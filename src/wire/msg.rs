@@ -175,7 +175,8 @@ impl ChunkSet {
 
 /// Most chunk requests in one request frame, and most replies in one reply frame.
 pub const MAX_CHUNKS_PER_FRAME: usize = 128;
-/// Largest chunk request frame: a full batch of hashes, its first id and its length.
+/// Largest frame a requester sends on a chunk stream: a full batch of hashes, its first id,
+/// its length and the message's tag.
 pub const MAX_REQUEST_FRAME: usize = MAX_CHUNKS_PER_FRAME * 32 + 16;
 /// Chunk bytes a server packs into one reply frame at most; a chunk larger than this travels
 /// alone. Small chunks share a frame (one length, one write, one wakeup), large ones do not
@@ -188,6 +189,16 @@ pub const REPLY_PACK_BYTES: usize = 64 * 1024;
 pub struct ChunkRequests {
     pub first_id: u32,
     pub hashes: Vec<ContentHash>,
+}
+
+/// What a requester sends on a chunk stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaneMsg {
+    /// A batch of requests.
+    Ask(ChunkRequests),
+    /// The replies through request id `through` have arrived: the server's upload budget
+    /// counts their bytes no longer.
+    Received { through: u32 },
 }
 
 /// Header of a reply frame: the replies to the requests `first_id`, `first_id + 1`, … in order,
@@ -219,17 +230,25 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
 /// A request frame asking for `hashes` (1 to [`MAX_CHUNKS_PER_FRAME`]) with ids from `first_id`.
 pub fn encode_requests(first_id: u32, hashes: &[ContentHash]) -> Vec<u8> {
     debug_assert!(!hashes.is_empty() && hashes.len() <= MAX_CHUNKS_PER_FRAME);
-    encode(&ChunkRequests {
+    encode(&LaneMsg::Ask(ChunkRequests {
         first_id,
         hashes: hashes.to_vec(),
-    })
+    }))
 }
 
-/// Decode a request frame; an empty batch or one over [`MAX_CHUNKS_PER_FRAME`] is malformed.
-pub fn decode_requests(frame: &[u8]) -> Result<ChunkRequests, WireError> {
-    let requests: ChunkRequests = decode(frame)?;
-    check_count("request", requests.hashes.len())?;
-    Ok(requests)
+/// The frame acknowledging the replies through request id `through`.
+pub fn encode_received(through: u32) -> Vec<u8> {
+    encode(&LaneMsg::Received { through })
+}
+
+/// Decode a requester's frame; an empty batch or one over [`MAX_CHUNKS_PER_FRAME`] is
+/// malformed.
+pub fn decode_lane_msg(frame: &[u8]) -> Result<LaneMsg, WireError> {
+    let msg: LaneMsg = decode(frame)?;
+    if let LaneMsg::Ask(requests) = &msg {
+        check_count("request", requests.hashes.len())?;
+    }
+    Ok(msg)
 }
 
 /// The header of a reply frame whose replies are `lens` (see [`ChunkRepliesHeader`]); the
@@ -314,22 +333,30 @@ mod tests {
             .collect();
         let frame = encode_requests(u32::MAX, &hashes);
         assert!(frame.len() <= MAX_REQUEST_FRAME, "{} bytes", frame.len());
-        let decoded = decode_requests(&frame).unwrap();
-        assert_eq!((decoded.first_id, decoded.hashes), (u32::MAX, hashes));
+        let decoded = decode_lane_msg(&frame).unwrap();
+        assert_eq!(
+            decoded,
+            LaneMsg::Ask(ChunkRequests {
+                first_id: u32::MAX,
+                hashes
+            })
+        );
+        let ack = decode_lane_msg(&encode_received(u32::MAX)).unwrap();
+        assert_eq!(ack, LaneMsg::Received { through: u32::MAX });
     }
 
     #[test]
     fn batches_empty_or_over_the_cap_are_malformed() {
-        let empty = encode(&ChunkRequests {
+        let empty = encode(&LaneMsg::Ask(ChunkRequests {
             first_id: 0,
             hashes: vec![],
-        });
-        assert!(decode_requests(&empty).is_err());
-        let over = encode(&ChunkRequests {
+        }));
+        assert!(decode_lane_msg(&empty).is_err());
+        let over = encode(&LaneMsg::Ask(ChunkRequests {
             first_id: 0,
             hashes: vec![ContentHash::of(b"x"); MAX_CHUNKS_PER_FRAME + 1],
-        });
-        assert!(decode_requests(&over).is_err());
+        }));
+        assert!(decode_lane_msg(&over).is_err());
         assert!(decode_replies(&encode_replies_header(0, vec![])).is_err());
         let over = encode_replies_header(0, vec![None; MAX_CHUNKS_PER_FRAME + 1]);
         assert!(decode_replies(&over).is_err());
@@ -355,7 +382,7 @@ mod tests {
         for len in 0..128 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
             let _ = decode::<ControlMsg>(&bytes);
-            let _ = decode_requests(&bytes);
+            let _ = decode_lane_msg(&bytes);
             let _ = decode_replies(&bytes);
         }
     }

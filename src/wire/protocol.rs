@@ -6,10 +6,11 @@
 /// per frame), which a node of version 3 cannot read. 5: availability travels as a full map once
 /// and then as what changed (`Have` with sequence numbers, `HaveSync`), and a file's hash in a
 /// manifest is the hash of its chunk list (format 3); a node of version 4 can read neither.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: requesters acknowledge reply frames on chunk streams (`/treecast/chunks/2`).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Magic bytes at the start of every control stream.
 pub const MAGIC: &[u8; 8] = b"treecast";
 /// Protocol name of the control stream.
 pub const CONTROL_PROTOCOL: &str = "/treecast/control/1";
 /// Protocol name of chunk streams.
-pub const CHUNKS_PROTOCOL: &str = "/treecast/chunks/1";
+pub const CHUNKS_PROTOCOL: &str = "/treecast/chunks/2";
