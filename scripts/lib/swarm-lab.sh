@@ -122,6 +122,15 @@ swarm_case() {
   # acknowledgements, retransmissions), control messages and chunks cut off midway.
   PUB_CHUNK_BYTES=$("$NETLAB" exec pub1 -- curl -s 127.0.0.1:9898/metrics |
     awk '/^treecast_chunk_bytes_total\{direction="up"/ {s += $2} END {printf "%d", s}') || true
+  # Requests the publisher refused under its upload budget (0 unless one is set).
+  PUB_REFUSED_BUSY=$("$NETLAB" exec pub1 -- curl -s 127.0.0.1:9898/metrics |
+    awk '/^treecast_chunks_refused_busy_total / {printf "%d", $2}') || true
+  SUBS_REFUSED_BUSY=0
+  for i in $(seq 2 $((n + 1))); do
+    local r
+    r=$(timeout 10 "$BIN" status --json "$LAB_WORK/sub$i" 2>/dev/null | jq -r '.counters.chunks_refused_busy // 0') || r=0
+    SUBS_REFUSED_BUSY=$((SUBS_REFUSED_BUSY + ${r:-0}))
+  done
   kill "$sampler" 2>/dev/null || true
   # Before stopping anyone: a daemon that exited on its own is a defect even if it had applied
   # the revision, and a subscriber still short of it shows what it is waiting for.

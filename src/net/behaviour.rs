@@ -37,7 +37,7 @@ pub struct Behaviour {
 }
 
 /// What a node's swarm offers besides the basics.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SwarmOptions {
     /// Find peers on the LAN with mDNS.
     pub mdns: bool,
@@ -49,6 +49,8 @@ pub struct SwarmOptions {
     pub upnp: bool,
     /// Speak the public IPFS DHT (Amino) beside the swarm's own.
     pub public_dht: bool,
+    /// Counts the bytes our QUIC connections send.
+    pub wire: super::WireCounter,
 }
 
 /// Most connections established with one peer. One relayed, one each way when both sides dial
@@ -81,6 +83,7 @@ pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 /// system's resolver, and only when such an address is dialled.
 pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>, NetError> {
     let mdns = opts.mdns;
+    let wire = opts.wire.clone();
     let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let congestion = Congestion::from_env()?;
     tracing::debug!(congestion = congestion.name(), "QUIC congestion controller");
@@ -97,7 +100,7 @@ pub fn build_swarm(key: Keypair, opts: SwarmOptions) -> Result<Swarm<Behaviour>,
             c.max_connection_data = QUIC_CONNECTION_WINDOW;
             // Short enough to keep NAT mappings (about 30 s for UDP on many routers) alive.
             c.keep_alive_interval = std::time::Duration::from_secs(5);
-            c.congestion_controller = Some(congestion.factory());
+            c.congestion_controller = Some(congestion.counting_factory(wire.clone()));
             c
         })
         .with_dns()

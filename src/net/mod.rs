@@ -43,7 +43,7 @@ pub use behaviour::{
     build_swarm, limits, Behaviour, BehaviourEvent, SwarmOptions, MAX_CONNECTIONS_PER_PEER,
     MAX_PENDING_INCOMING, RELAY_HOP_PROTOCOL,
 };
-pub use congestion::{Congestion, QUIC_CC_ENV};
+pub use congestion::{Congestion, WireCounter, QUIC_CC_ENV};
 pub use dht::{
     head_key, make_room, swarm_key, validate_head_record, HeadRecordError, Room, KAD_PROTOCOL,
 };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::net::streams::Stream;
+use crate::net::WireCounter;
 use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
@@ -45,18 +46,25 @@ pub(crate) struct ServerCtx {
     pub budget: Budget,
 }
 
-/// A node's upload budget (see [`UploadBudget`]).
-pub(crate) type Budget = Arc<std::sync::Mutex<UploadBudget<PeerId>>>;
+/// A node's upload budget (see [`UploadBudget`]) and the count of bytes its connections sent.
+#[derive(Clone)]
+pub(crate) struct Budget {
+    inner: Arc<std::sync::Mutex<UploadBudget<PeerId>>>,
+    wire: WireCounter,
+}
 
-/// A budget of `bytes` in flight (0: none); a refused peer waits `LACK_RETRY` before it asks
-/// again, so it counts as waiting that long.
-pub(crate) fn budget(bytes: u64) -> Budget {
+/// A budget of `bytes` in flight (0: none), frames leaving as `wire` counts; a refused peer
+/// waits `LACK_RETRY` before it asks again, so it counts as waiting that long.
+pub(crate) fn budget(bytes: u64, wire: WireCounter) -> Budget {
     let bytes = if bytes == 0 { u64::MAX } else { bytes };
-    Arc::new(std::sync::Mutex::new(UploadBudget::new(
-        bytes,
-        crate::config::LACK_RETRY,
-        CHUNK_TIMEOUT,
-    )))
+    Budget {
+        inner: Arc::new(std::sync::Mutex::new(UploadBudget::new(
+            bytes,
+            crate::config::LACK_RETRY,
+            CHUNK_TIMEOUT,
+        ))),
+        wire,
+    }
 }
 
 /// One served stream's place in the budget; its bytes stop counting when it is dropped.
@@ -67,26 +75,28 @@ struct BudgetLane<'a> {
 
 impl<'a> BudgetLane<'a> {
     fn open(budget: &'a Budget, peer: PeerId) -> Self {
-        let id = lock(budget).open(peer);
+        let id = lock(&budget.inner).open(peer);
         BudgetLane { budget, id }
     }
 
     fn may_send(&self, now: Instant) -> bool {
-        lock(self.budget).may_send(self.id, now)
+        let wire = self.budget.wire.get();
+        lock(&self.budget.inner).may_send(self.id, now, wire)
     }
 
     fn sent(&self, last_id: u32, bytes: u64) {
-        lock(self.budget).sent(self.id, last_id, bytes, Instant::now());
+        let wire = self.budget.wire.get();
+        lock(&self.budget.inner).sent(self.id, last_id, bytes, Instant::now(), wire);
     }
 
     fn received(&self, through: u32) {
-        lock(self.budget).received(self.id, through);
+        lock(&self.budget.inner).received(self.id, through);
     }
 }
 
 impl Drop for BudgetLane<'_> {
     fn drop(&mut self) {
-        lock(self.budget).closed(self.id);
+        lock(&self.budget.inner).closed(self.id);
     }
 }
 
@@ -1091,7 +1101,7 @@ mod tests {
             corrupt: false,
             upload: None,
             seed: None,
-            budget: budget(0),
+            budget: budget(0, WireCounter::default()),
         }
     }
 
@@ -1111,7 +1121,7 @@ mod tests {
     /// says the reply arrived, the other is served.
     #[tokio::test]
     async fn a_full_upload_budget_refuses_a_second_peer_until_the_first_acknowledges() {
-        let shared = budget(1000);
+        let shared = budget(1000, WireCounter::default());
         let big = bytes::Bytes::from(vec![7u8; 2000]);
         let small = bytes::Bytes::from(vec![8u8; 10]);
         let (first, second) = (server(), server());
@@ -1127,7 +1137,7 @@ mod tests {
             budget: shared.clone(),
             ..second
         };
-        let in_flight = || lock(&shared).in_flight();
+        let in_flight = || lock(&shared.inner).in_flight();
 
         // The first peer's stream stays open, fed frame by frame.
         let (feed, frames) = futures::channel::mpsc::unbounded::<Vec<u8>>();

@@ -214,11 +214,13 @@ pub(crate) async fn start(
     content: Content,
     stats: Arc<Stats>,
 ) -> Result<Started, NodeError> {
+    let wire = crate::net::WireCounter::default();
     let opts = SwarmOptions {
         mdns: config.mdns,
         upnp: config.upnp,
         relay_circuit_bytes: config.relay_circuit_bytes,
         public_dht: config.public_dht.is_some(),
+        wire: wire.clone(),
     };
     let mut swarm = build_swarm(key, opts)?;
     let peer_id = *swarm.local_peer_id();
@@ -285,7 +287,7 @@ pub(crate) async fn start(
         table: HashMap::new(),
         max_peers: config.max_peers.clamp(1, MAX_PEERS),
         upload: config.max_upload.map(super::chunks::limiter),
-        budget: super::chunks::budget(config.upload_budget),
+        budget: super::chunks::budget(config.upload_budget, wire),
         seed: (is_publisher).then(|| {
             Arc::new(std::sync::Mutex::new(SeedPolicy::new(
                 crate::config::SEED_HOLD,
