@@ -87,6 +87,11 @@ struct Args {
     /// turns to another holder, instead of making its lane wait.
     #[arg(long)]
     busy_refuses: bool,
+    /// The node's upload budget (`--upload-budget`, off there by default), in bytes: the
+    /// node's own `UploadBudget` decides, a chunk counting from its first byte sent until its
+    /// last has left, as the node's wire count says. Not with --upload-slots.
+    #[arg(long, default_value_t = 0)]
+    upload_budget: u64,
     /// Also print, per run, what held it back: refusals, duplicates, when every chunk had left
     /// the publisher, and how long a chunk took on the wire between subscribers.
     #[arg(long)]
@@ -181,6 +186,9 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
     if args.busy_refuses && args.upload_slots == 0 {
         bail!("--busy-refuses needs --upload-slots: a node without slots is never busy");
     }
+    if args.upload_budget > 0 && args.upload_slots > 0 {
+        bail!("--upload-budget and --upload-slots are two ways to limit what a node sends at once: give one");
+    }
     let tree: u64 = chunks.iter().sum();
     let bound = lower_bound(tree, &up, &down);
     let joins = (0..n)
@@ -209,6 +217,7 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         upload_slots: args.upload_slots,
         busy_refuses: args.busy_refuses,
+        upload_budget: args.upload_budget,
         trace_every: args.trace_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         max_time: Duration::from_secs_f64(args.max_time),
         rng_seed: rng.next_u64(),
@@ -407,5 +416,39 @@ mod tests {
             out.refused_busy > 0,
             "one slot each: some asks found it busy"
         );
+    }
+
+    /// The node's upload budget, run by the simulator: a budget of one chunk refuses some asks
+    /// and every mirror still finishes; none is refused without a budget; and the budget does
+    /// not go with upload slots.
+    #[test]
+    fn the_nodes_upload_budget_refuses_when_full_and_every_mirror_still_finishes() {
+        let run = |budget: &str| {
+            let args = Args::parse_from([
+                "swarm-sim",
+                "--tree",
+                "1x8388608",
+                "--upload-budget",
+                budget,
+            ]);
+            let chunks = parse_tree(&args.tree).unwrap();
+            Sim::new(setup(&args, 12, &chunks).unwrap()).run()
+        };
+        let out = run("262144");
+        assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");
+        assert!(
+            out.refused_busy > 0,
+            "one chunk's budget: some asks refused"
+        );
+        assert_eq!(run("0").refused_busy, 0);
+        let both = Args::parse_from([
+            "swarm-sim",
+            "--upload-budget",
+            "262144",
+            "--upload-slots",
+            "1",
+        ]);
+        let chunks = parse_tree(&both.tree).unwrap();
+        assert!(setup(&both, 5, &chunks).is_err());
     }
 }

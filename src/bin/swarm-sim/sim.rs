@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDequ
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use treecast::config::{SESSION_IDLE, STARVED_AFTER};
+use treecast::config::{CHUNK_TIMEOUT, LACK_RETRY, SESSION_IDLE, STARVED_AFTER};
 use treecast::swarm::{
     dial_target, Action, Admission, Dial, FeedPeer, LaneId, OwnAvailability, PexDials,
-    ScheduleConfig, Scheduler, SeedPolicy, Slots,
+    ScheduleConfig, Scheduler, SeedPolicy, Slots, UploadBudget,
 };
 use treecast::tree::ContentHash;
 use treecast::wire::{encode, ControlMsg, Have};
@@ -65,6 +65,8 @@ pub struct Setup {
     /// Experiment, with `upload_slots`: a node with every slot busy refuses further requests
     /// ("not found") instead of making their lanes wait.
     pub busy_refuses: bool,
+    /// The node's upload budget in bytes (0: none), decided by its `UploadBudget`.
+    pub upload_budget: u64,
     /// Print the swarm's state this often (simulated), to standard error.
     pub trace_every: Option<Duration>,
     /// Simulated time after which the run stops, done or not.
@@ -177,6 +179,9 @@ struct ServedLane {
     queue: VecDeque<(usize, u64)>,
     /// The flow, its chunk, when it was asked for and when it started.
     sending: Option<(FlowId, usize, u64, u64)>,
+    /// The lane's stream in its server's upload budget, and the id of its last send.
+    budget_stream: u64,
+    sends: u32,
 }
 
 struct Node {
@@ -199,6 +204,8 @@ struct Node {
     /// Chunks this node is sending, and lanes waiting for an upload slot (`upload_slots`).
     sending: usize,
     waiting: VecDeque<(u32, LaneId)>,
+    /// The node's upload budget (`upload_budget`).
+    budget: UploadBudget<u32>,
 }
 
 impl Node {
@@ -337,6 +344,15 @@ impl Sim {
             lanes: BTreeMap::new(),
             sending: 0,
             waiting: VecDeque::new(),
+            budget: UploadBudget::new(
+                if setup.upload_budget == 0 {
+                    u64::MAX
+                } else {
+                    setup.upload_budget
+                },
+                setup.lack_retry.unwrap_or(LACK_RETRY),
+                CHUNK_TIMEOUT,
+            ),
         }
     }
 
@@ -733,10 +749,13 @@ impl Sim {
 
     fn open_lane(&mut self, n: u32, lane: LaneId, server: u32) {
         self.nodes[n as usize].lanes.insert(lane, server);
+        let budget_stream = self.nodes[server as usize].budget.open(n);
         let lane_state = ServedLane {
             server,
             queue: VecDeque::new(),
             sending: None,
+            budget_stream,
+            sends: 0,
         };
         self.served.insert((n, lane), lane_state);
         if !self.nodes[n as usize].peers.contains(&server) {
@@ -750,6 +769,9 @@ impl Sim {
             return;
         }
         if let Some(served) = self.served.remove(&(n, lane)) {
+            self.nodes[served.server as usize]
+                .budget
+                .closed(served.budget_stream);
             if let Some((flow, ..)) = served.sending {
                 self.links.cancel(flow, self.now);
                 self.slot_freed(served.server);
@@ -811,8 +833,16 @@ impl Sim {
             };
             let slots = self.setup.upload_slots;
             let held = server == PUBLISHER || self.nodes[server as usize].holds[chunk];
-            let busy = held && slots > 0 && self.nodes[server as usize].sending >= slots;
-            if busy && !self.setup.busy_refuses {
+            let budget_stream = served.budget_stream;
+            let busy = held
+                && if slots > 0 {
+                    self.nodes[server as usize].sending >= slots
+                } else {
+                    !self.nodes[server as usize]
+                        .budget
+                        .may_send(budget_stream, now, 0)
+                };
+            if busy && slots > 0 && !self.setup.busy_refuses {
                 served.queue.push_front((chunk, asked));
                 self.nodes[server as usize]
                     .waiting
@@ -837,6 +867,11 @@ impl Sim {
                     .start(server as usize, client as usize, bytes, tag, self.now);
                 if let Some(served) = self.served.get_mut(&(client, lane)) {
                     served.sending = Some((flow, chunk, asked, self.now));
+                    served.sends = served.sends.wrapping_add(1);
+                    let id = served.sends;
+                    self.nodes[server as usize]
+                        .budget
+                        .sent(budget_stream, id, bytes, now, 0);
                 }
                 return;
             }
@@ -864,6 +899,9 @@ impl Sim {
         let Some((_, chunk, asked, started)) = served.sending.take() else {
             return;
         };
+        // Its last byte has left: the node's wire count would say so.
+        let (stream, id) = (served.budget_stream, served.sends);
+        self.nodes[server as usize].budget.received(stream, id);
         let bytes = self.setup.chunks[chunk];
         if server == PUBLISHER {
             self.out.publisher_sent += bytes;
