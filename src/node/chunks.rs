@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::lock;
 use crate::net::streams::Stream;
 use crate::net::WireCounter;
 use futures::AsyncReadExt;
@@ -42,8 +43,8 @@ pub(crate) struct ServerCtx {
     pub upload: Option<Limiter>,
     /// The publisher's seeding policy (None on subscribers).
     pub seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
-    /// The node's upload budget, shared by every chunk stream it serves.
-    pub budget: Budget,
+    /// The node's upload budget, shared by every chunk stream it serves (None: no budget).
+    pub budget: Option<Budget>,
 }
 
 /// A node's upload budget (see [`UploadBudget`]) and the count of bytes its connections sent.
@@ -53,18 +54,18 @@ pub(crate) struct Budget {
     wire: WireCounter,
 }
 
-/// A budget of `bytes` in flight (0: none), frames leaving as `wire` counts; a refused peer
-/// waits `LACK_RETRY` before it asks again, so it counts as waiting that long.
-pub(crate) fn budget(bytes: u64, wire: WireCounter) -> Budget {
-    let bytes = if bytes == 0 { u64::MAX } else { bytes };
-    Budget {
+/// A budget of `bytes` in flight (0: none, and nothing is counted), frames leaving as `wire`
+/// counts; a refused peer waits `LACK_RETRY` before it asks again, so it counts as waiting that
+/// long.
+pub(crate) fn budget(bytes: u64, wire: WireCounter) -> Option<Budget> {
+    (bytes > 0).then(|| Budget {
         inner: Arc::new(std::sync::Mutex::new(UploadBudget::new(
             bytes,
             crate::config::LACK_RETRY,
             CHUNK_TIMEOUT,
         ))),
         wire,
-    }
+    })
 }
 
 /// One served stream's place in the budget; its bytes stop counting when it is dropped.
@@ -98,10 +99,6 @@ impl Drop for BudgetLane<'_> {
     fn drop(&mut self) {
         lock(&self.budget.inner).closed(self.id);
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a chunk stream stopped answering.
@@ -141,13 +138,16 @@ where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
 {
-    let lane = BudgetLane::open(&ctx.budget, ctx.peer);
+    let lane = ctx.budget.as_ref().map(|b| BudgetLane::open(b, ctx.peer));
+    let lane = lane.as_ref();
     let mut frame = Vec::new();
     while wire::read_frame_into(r, MAX_REQUEST_FRAME, &mut frame).await? {
         let batch = match wire::decode_lane_msg(&frame)? {
             LaneMsg::Ask(batch) => batch,
             LaneMsg::Received { through } => {
-                lane.received(through);
+                if let Some(lane) = lane {
+                    lane.received(through);
+                }
                 continue;
             }
         };
@@ -157,9 +157,9 @@ where
         while start < batch.hashes.len() {
             let end = start + group_len(&ctx.content, &batch.hashes[start..]);
             let hashes = &batch.hashes[start..end];
-            let replies = answer(ctx, &lane, hashes).await?;
+            let replies = answer(ctx, lane, hashes).await?;
             let first_id = batch.first_id.wrapping_add(start as u32);
-            if let Err(e) = send_replies(w, ctx, &lane, first_id, &replies).await {
+            if let Err(e) = send_replies(w, ctx, lane, first_id, &replies).await {
                 unsent(ctx, hashes, &replies);
                 return Err(e);
             }
@@ -186,7 +186,7 @@ fn group_len(content: &Content, hashes: &[ContentHash]) -> usize {
 /// Reads that need the disk are done together, on one blocking thread.
 async fn answer(
     ctx: &ServerCtx,
-    lane: &BudgetLane<'_>,
+    lane: Option<&BudgetLane<'_>>,
     hashes: &[ContentHash],
 ) -> Result<Vec<Option<bytes::Bytes>>, ServeError> {
     let now = Instant::now();
@@ -229,7 +229,15 @@ async fn answer(
 /// Whether the upload budget refuses this group of requests: asked only if we hold a chunk of
 /// it other than a manifest blob (every subscriber needs those first), so that a peer asking
 /// for what we lack does not count as waiting.
-fn busy(ctx: &ServerCtx, lane: &BudgetLane<'_>, hashes: &[ContentHash], now: Instant) -> bool {
+fn busy(
+    ctx: &ServerCtx,
+    lane: Option<&BudgetLane<'_>>,
+    hashes: &[ContentHash],
+    now: Instant,
+) -> bool {
+    let Some(lane) = lane else {
+        return false;
+    };
     let held = hashes
         .iter()
         .any(|h| ctx.content.len_of(h).is_some() && !ctx.content.is_manifest_blob(h));
@@ -246,7 +254,7 @@ fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
     if ctx.content.is_manifest_blob(hash) {
         return false;
     }
-    let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seed = lock(seed);
     let serve = seed.should_serve(&ctx.peer, *hash, now);
     tracing::trace!(peer = %ctx.peer, %hash, serve, "seed decision");
     !serve
@@ -257,7 +265,7 @@ fn unsent(ctx: &ServerCtx, hashes: &[ContentHash], replies: &[Option<bytes::Byte
     let Some(seed) = &ctx.seed else {
         return;
     };
-    let mut seed = seed.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seed = lock(seed);
     for (hash, _) in hashes.iter().zip(replies).filter(|(_, r)| r.is_some()) {
         seed.unsent(&ctx.peer, hash);
     }
@@ -278,7 +286,7 @@ fn corrupted(data: bytes::Bytes) -> bytes::Bytes {
 async fn send_replies<W>(
     w: &mut W,
     ctx: &ServerCtx,
-    lane: &BudgetLane<'_>,
+    lane: Option<&BudgetLane<'_>>,
     first_id: u32,
     replies: &[Option<bytes::Bytes>],
 ) -> Result<(), ServeError>
@@ -309,8 +317,9 @@ where
         tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &parts))
             .await
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
-        let last_id = first_id.wrapping_add(end as u32 - 1);
-        lane.sent(last_id, bytes as u64);
+        if let Some(lane) = lane {
+            lane.sent(first_id.wrapping_add(end as u32 - 1), bytes as u64);
+        }
         start = end;
     }
     Ok(())
@@ -1101,7 +1110,7 @@ mod tests {
             corrupt: false,
             upload: None,
             seed: None,
-            budget: budget(0, WireCounter::default()),
+            budget: None,
         }
     }
 
@@ -1121,7 +1130,7 @@ mod tests {
     /// says the reply arrived, the other is served.
     #[tokio::test]
     async fn a_full_upload_budget_refuses_a_second_peer_until_the_first_acknowledges() {
-        let shared = budget(1000, WireCounter::default());
+        let shared = budget(1000, WireCounter::default()).unwrap();
         let big = bytes::Bytes::from(vec![7u8; 2000]);
         let small = bytes::Bytes::from(vec![8u8; 10]);
         let (first, second) = (server(), server());
@@ -1130,11 +1139,11 @@ mod tests {
             ctx.content.remember(ContentHash::of(&small), small.clone());
         }
         let first = ServerCtx {
-            budget: shared.clone(),
+            budget: Some(shared.clone()),
             ..first
         };
         let second = ServerCtx {
-            budget: shared.clone(),
+            budget: Some(shared.clone()),
             ..second
         };
         let in_flight = || lock(&shared.inner).in_flight();

@@ -155,7 +155,7 @@ struct NetLoop {
     max_peers: usize,
     upload: Option<super::chunks::Limiter>,
     /// The upload budget every chunk stream we serve shares.
-    budget: super::chunks::Budget,
+    budget: Option<super::chunks::Budget>,
     seed: Option<Arc<std::sync::Mutex<SeedPolicy<PeerId>>>>,
     /// When to look in the DHT, provide, redial bootstrap peers; which found peers to dial.
     discovery: Discovery<PeerId, Multiaddr>,

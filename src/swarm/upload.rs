@@ -48,11 +48,12 @@ pub struct UploadBudget<P> {
 }
 
 impl<P: Clone + Eq + Hash> UploadBudget<P> {
-    /// `budget` bytes in flight before askers are refused; a refused peer counts as waiting
-    /// for `wait`; a frame never acknowledged is given up after `timeout`.
+    /// `budget` bytes in flight before askers are refused (0: no budget, never full); a
+    /// refused peer counts as waiting for `wait`; a frame never acknowledged is given up after
+    /// `timeout`.
     pub fn new(budget: u64, wait: Duration, timeout: Duration) -> Self {
         UploadBudget {
-            budget,
+            budget: if budget == 0 { u64::MAX } else { budget },
             wait,
             timeout,
             next_stream: 0,
@@ -213,6 +214,16 @@ mod tests {
         b.received(a, 0);
         assert_eq!(b.in_flight(), 600);
         assert!(b.may_send(a, t0, 0), "under budget again");
+    }
+
+    #[test]
+    fn a_budget_of_zero_is_none() {
+        let t0 = Instant::now();
+        let mut b = UploadBudget::new(0, WAIT, TIMEOUT);
+        let a = b.open("a");
+        let c = b.open("c");
+        b.sent(a, 0, 1 << 40, t0, 0);
+        assert!(b.may_send(c, t0, 0));
     }
 
     #[test]

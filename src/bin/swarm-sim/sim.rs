@@ -345,11 +345,7 @@ impl Sim {
             sending: 0,
             waiting: VecDeque::new(),
             budget: UploadBudget::new(
-                if setup.upload_budget == 0 {
-                    u64::MAX
-                } else {
-                    setup.upload_budget
-                },
+                setup.upload_budget,
                 setup.lack_retry.unwrap_or(LACK_RETRY),
                 CHUNK_TIMEOUT,
             ),
