@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::lock;
 use crate::net::streams::Stream;
 use crate::net::WireCounter;
 use futures::AsyncReadExt;
@@ -99,6 +98,10 @@ impl Drop for BudgetLane<'_> {
     fn drop(&mut self) {
         lock(&self.budget.inner).closed(self.id);
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a chunk stream stopped answering.

@@ -44,12 +44,6 @@ mod traffic;
 
 use std::sync::Arc;
 
-/// Lock `m`, taking the data of a poisoned lock as it is (the panic that poisoned it is
-/// reported where it happened).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 use crate::config::NodeConfig;
 use crate::trust::{PublisherKey, Ticket};
 use crate::wire::Role;

@@ -8,7 +8,6 @@
 //! feed the publisher's rollout log (`rollout`) and the throughput chart (`throughput`), and
 //! the web dashboard's event stream (`http`) passes them on.
 
-use super::lock;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -241,6 +240,10 @@ impl Default for Memory {
             live: watch::channel(None).0,
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_ms_now() -> u64 {
