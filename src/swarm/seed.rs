@@ -57,6 +57,8 @@ pub struct SeedPolicy<P> {
     spread: HashSet<ContentHash>,
     /// The revision `spread` is about.
     revision: u64,
+    /// How many chunks that revision has (from the `Have`s heard; 0 until one is).
+    chunks: usize,
 }
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
@@ -69,6 +71,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             holds: HashMap::new(),
             spread: HashSet::new(),
             revision: 0,
+            chunks: 0,
         }
     }
 
@@ -84,6 +87,10 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             self.spread.insert(hash);
         }
         if self.spread.contains(&hash) {
+            if self.unsent_left() {
+                tracing::trace!(%hash, "seed keeps its upload for chunks nobody has yet");
+                return false;
+            }
             tracing::trace!(%hash, "seed serves a chunk that spread");
             return true;
         }
@@ -134,6 +141,13 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         self.holds.retain(|_, h| h.since > cutoff);
     }
 
+    /// Whether some chunk of the revision has not been sent to anyone (as far as the holds and
+    /// the spread chunks tell; holds of an older revision's chunks only make this say no
+    /// sooner).
+    fn unsent_left(&self) -> bool {
+        self.holds.len() + self.spread.len() < self.chunks
+    }
+
     /// The send of `hash` to `peer` failed: it may go to someone else at once.
     pub fn unsent(&mut self, peer: &P, hash: &ContentHash) {
         if self.holds.get(hash).is_some_and(|h| h.to == *peer) {
@@ -182,6 +196,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         } else if revision < self.revision {
             return;
         }
+        self.chunks = order.len();
         for &i in indices {
             if let Some(hash) = order.get(i as usize) {
                 self.seen(peer, *hash, now);
@@ -257,6 +272,29 @@ mod tests {
 
     /// A small swarm, or subscribers that cannot reach the few that hold a chunk: fewer than
     /// `SPREAD_AFTER` others list it, and it goes to anyone `SPREAD_WAIT` after the first did.
+    /// While some chunk of the revision has gone to nobody, a chunk that spread is refused:
+    /// its askers get it from their peers, and the seed's upload goes to the chunks nobody has.
+    #[test]
+    fn a_chunk_that_spread_waits_until_every_chunk_has_gone_out() {
+        let t0 = Instant::now();
+        let mut s = policy();
+        let order = [h(1), h(2)];
+        assert!(s.should_serve(&1, h(1), t0));
+        s.have(&1, 1, &order, &[0], t0);
+        for other in 2..2 + SPREAD_AFTER as u8 {
+            s.have(&other, 1, &order, &[0], t0);
+        }
+        assert!(
+            !s.should_serve(&9, h(1), t0),
+            "it spread, but chunk 2 has gone to nobody"
+        );
+        assert!(s.should_serve(&9, h(2), t0), "chunk 2 is new: served");
+        assert!(
+            s.should_serve(&8, h(1), t0),
+            "every chunk has gone out: what spread is served to anyone"
+        );
+    }
+
     #[test]
     fn a_chunk_fewer_peers_list_spreads_after_a_wait() {
         let t0 = Instant::now();
