@@ -236,6 +236,9 @@ pub const SEED_HOLD_UNLISTED: Duration = CHUNK_TIMEOUT;
 /// A peer that said it lacks a chunk (or would not send it now) is asked for it again after
 /// this long (see `swarm::Picker`).
 pub const LACK_RETRY: Duration = Duration::from_secs(1);
+/// A peer that said it is busy (its upload budget is full) is asked for nothing for this long
+/// (see `swarm::Scheduler::handle_busy`).
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// End game: once every missing chunk is requested, a request outstanding this long may also
 /// go to another peer that has the chunk.
 pub const ENDGAME_AFTER: Duration = Duration::from_secs(1);

@@ -41,7 +41,9 @@ async fn a_peer_asking_for_a_chunk_over_and_over_cannot_keep_it_from_others() {
         .unwrap()
         .unwrap();
     assert!(
-        wire::decode_replies(&first).unwrap().chunks[0].is_some(),
+        wire::decode_replies(&first).unwrap().chunks[0]
+            .chunk()
+            .is_some(),
         "the attacker gets it first"
     );
 

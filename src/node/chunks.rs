@@ -27,7 +27,7 @@ use crate::store::StoreError;
 use crate::swarm::{Action, LaneId, ScheduleConfig, Scheduler, SeedPolicy, UploadBudget};
 use crate::tree::ContentHash;
 use crate::wire::{
-    self, ControlMsg, Have, LaneMsg, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME,
+    self, Answer, ControlMsg, Have, LaneMsg, WireError, CHUNKS_PROTOCOL, MAX_CHUNKS_PER_FRAME,
     MAX_REQUEST_FRAME, REPLY_PACK_BYTES,
 };
 
@@ -185,13 +185,14 @@ fn group_len(content: &Content, hashes: &[ContentHash]) -> usize {
     hashes.len()
 }
 
-/// The bytes of each of `hashes` we serve to this peer, `None` for those we lack or hold back.
-/// Reads that need the disk are done together, on one blocking thread.
+/// The answer to each of `hashes` for this peer: the bytes we serve, "not found" for those we
+/// lack or hold back, "busy" while the upload budget is full. Reads that need the disk are
+/// done together, on one blocking thread.
 async fn answer(
     ctx: &ServerCtx,
     lane: Option<&BudgetLane<'_>>,
     hashes: &[ContentHash],
-) -> Result<Vec<Option<bytes::Bytes>>, ServeError> {
+) -> Result<Vec<Answer<bytes::Bytes>>, ServeError> {
     let now = Instant::now();
     let busy = busy(ctx, lane, hashes, now);
     let mut replies = Vec::with_capacity(hashes.len());
@@ -199,18 +200,18 @@ async fn answer(
     for (i, hash) in hashes.iter().enumerate() {
         if busy && !ctx.content.is_manifest_blob(hash) {
             Stats::add(&ctx.stats.chunks_refused_busy, 1);
-            replies.push(None);
+            replies.push(Answer::Busy);
             continue;
         }
         if refused(ctx, hash, now) {
-            replies.push(None);
+            replies.push(Answer::NotFound);
             continue;
         }
         match read_now(&ctx.content, hash) {
-            Ok(data) => replies.push(data),
+            Ok(data) => replies.push(found(data)),
             Err(_would_block) => {
                 from_disk.push(i);
-                replies.push(None);
+                replies.push(Answer::NotFound);
             }
         }
     }
@@ -218,15 +219,22 @@ async fn answer(
         let wanted: Vec<ContentHash> = from_disk.iter().map(|&i| hashes[i]).collect();
         let read = read_blocking(ctx.content.clone(), wanted).await?;
         for (i, data) in from_disk.into_iter().zip(read) {
-            replies[i] = data;
+            replies[i] = found(data);
         }
     }
     if ctx.corrupt {
-        for data in replies.iter_mut() {
-            *data = data.take().map(corrupted);
+        for answer in replies.iter_mut() {
+            if let Answer::Chunk(data) = answer {
+                *data = corrupted(std::mem::take(data));
+            }
         }
     }
     Ok(replies)
+}
+
+/// The answer for a chunk read as `data` (`None`: we do not hold it).
+fn found(data: Option<bytes::Bytes>) -> Answer<bytes::Bytes> {
+    data.map_or(Answer::NotFound, Answer::Chunk)
 }
 
 /// Whether the upload budget refuses this group of requests: asked only if we hold a chunk of
@@ -264,12 +272,16 @@ fn refused(ctx: &ServerCtx, hash: &ContentHash, now: Instant) -> bool {
 }
 
 /// The replies to `hashes` could not be sent: the seeding policy may give them to others.
-fn unsent(ctx: &ServerCtx, hashes: &[ContentHash], replies: &[Option<bytes::Bytes>]) {
+fn unsent(ctx: &ServerCtx, hashes: &[ContentHash], replies: &[Answer<bytes::Bytes>]) {
     let Some(seed) = &ctx.seed else {
         return;
     };
     let mut seed = lock(seed);
-    for (hash, _) in hashes.iter().zip(replies).filter(|(_, r)| r.is_some()) {
+    for (hash, _) in hashes
+        .iter()
+        .zip(replies)
+        .filter(|(_, r)| r.chunk().is_some())
+    {
         seed.unsent(&ctx.peer, hash);
     }
 }
@@ -291,7 +303,7 @@ async fn send_replies<W>(
     ctx: &ServerCtx,
     lane: Option<&BudgetLane<'_>>,
     first_id: u32,
-    replies: &[Option<bytes::Bytes>],
+    replies: &[Answer<bytes::Bytes>],
 ) -> Result<(), ServeError>
 where
     W: futures::AsyncWrite + Unpin,
@@ -300,23 +312,24 @@ where
     while start < replies.len() {
         let end = pack_end(replies, start);
         let frame = &replies[start..end];
-        let bytes: usize = frame.iter().flatten().map(|d| d.len()).sum();
+        let chunks = || frame.iter().filter_map(Answer::chunk);
+        let bytes: usize = chunks().map(|d| d.len()).sum();
         if let Some(bucket) = &ctx.upload {
             pace(bucket, bytes).await;
         }
-        for d in frame.iter().flatten() {
+        for d in chunks() {
             Stats::add(&ctx.stats.chunks_sent, 1);
             Stats::add(&ctx.stats.chunk_bytes_sent, d.len() as u64);
             ctx.stats.traffic.sent(ctx.peer, d.len() as u64);
         }
         let lens = frame
             .iter()
-            .map(|d| d.as_ref().map(|d| d.len() as u32))
+            .map(|a| a.as_ref().map(|d| d.len() as u32))
             .collect();
         let header = wire::encode_replies_header(first_id.wrapping_add(start as u32), lens);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(frame.len() + 1);
         parts.push(&header);
-        parts.extend(frame.iter().flatten().map(|d| &d[..]));
+        parts.extend(chunks().map(|d| &d[..]));
         tokio::time::timeout(CHUNK_TIMEOUT, wire::write_frame_parts(w, &parts))
             .await
             .map_err(|_| WireError::Timeout("chunk reply write"))??;
@@ -330,11 +343,11 @@ where
 
 /// The end of the reply frame that starts at `start`: replies follow while their chunk bytes
 /// stay within `REPLY_PACK_BYTES`; the first always goes, however large.
-fn pack_end(replies: &[Option<bytes::Bytes>], start: usize) -> usize {
+fn pack_end(replies: &[Answer<bytes::Bytes>], start: usize) -> usize {
     let mut bytes = 0;
     let mut end = start;
     for data in &replies[start..] {
-        let len = data.as_ref().map_or(0, |d| d.len());
+        let len = data.chunk().map_or(0, |d| d.len());
         if end > start && bytes + len > REPLY_PACK_BYTES {
             break;
         }
@@ -480,8 +493,10 @@ enum LaneEvent {
 /// One reply of a frame.
 struct Reply {
     hash: ContentHash,
-    /// The verified and stored chunk's length; `None`: the peer does not have it.
+    /// The verified and stored chunk's length; `None`: the peer does not have it, or is busy.
     len: Option<usize>,
+    /// The peer said it is busy.
+    busy: bool,
     /// From sending the request to having the whole reply.
     latency: Duration,
 }
@@ -681,6 +696,7 @@ impl Fetch<'_> {
                 for r in replies {
                     match r.len {
                         Some(len) => self.sched.handle_reply(lane, r.hash, len, r.latency),
+                        None if r.busy => self.sched.handle_busy(lane, r.hash, now),
                         None => self.sched.handle_not_found(lane, r.hash, now),
                     }
                 }
@@ -940,9 +956,10 @@ impl Lane {
         let replies: Vec<Reply> = checked
             .good
             .into_iter()
-            .map(|(hash, len, sent)| Reply {
+            .map(|(hash, len, busy, sent)| Reply {
                 hash,
                 len,
+                busy,
                 latency: received.saturating_duration_since(sent),
             })
             .collect();
@@ -1002,8 +1019,14 @@ fn match_replies(
         if got != id {
             return Err(format!("reply {got} to request {id}"));
         }
-        let span = chunk.map(|c| (c.as_ptr() as usize - base, c.len()));
-        asked.push(Asked { hash, sent, span });
+        let span = chunk.chunk().map(|c| (c.as_ptr() as usize - base, c.len()));
+        let busy = matches!(chunk, Answer::Busy);
+        asked.push(Asked {
+            hash,
+            sent,
+            span,
+            busy,
+        });
     }
     Ok(asked)
 }
@@ -1016,17 +1039,19 @@ enum Stored {
 }
 
 /// A request a reply of a frame answers, and where its chunk's bytes are in the frame
-/// (`None`: not found).
+/// (`None`: not found, or busy).
 struct Asked {
     hash: ContentHash,
     sent: Instant,
     span: Option<(usize, usize)>,
+    busy: bool,
 }
 
 /// What checking a reply frame found: the replies verified and stored (or not found), in
 /// order, and what stopped it early, if anything.
 struct Checked {
-    good: Vec<(ContentHash, Option<usize>, Instant)>,
+    /// Each reply's hash, length (`None`: not found or busy), whether busy, and when asked.
+    good: Vec<(ContentHash, Option<usize>, bool, Instant)>,
     end: Option<Stop>,
 }
 
@@ -1049,7 +1074,7 @@ fn check_and_store(sink: &dyn ChunkSink, asked: &[Asked], frame: Vec<u8>) -> (Ch
     };
     for a in asked {
         let Some((start, len)) = a.span else {
-            checked.good.push((a.hash, None, a.sent));
+            checked.good.push((a.hash, None, a.busy, a.sent));
             continue;
         };
         let data = whole.slice(start..start + len);
@@ -1061,7 +1086,7 @@ fn check_and_store(sink: &dyn ChunkSink, asked: &[Asked], frame: Vec<u8>) -> (Ch
             checked.end = Some(Stop::Store(e));
             break;
         }
-        checked.good.push((a.hash, Some(len), a.sent));
+        checked.good.push((a.hash, Some(len), false, a.sent));
     }
     let frame = whole
         .try_into_mut()
@@ -1118,18 +1143,18 @@ mod tests {
     }
 
     /// The replies `serve_loop` wrote to `w`, one entry per request.
-    async fn replies_in(w: &[u8]) -> Vec<Option<Vec<u8>>> {
+    async fn replies_in(w: &[u8]) -> Vec<Answer<Vec<u8>>> {
         let mut r = w;
         let mut out = Vec::new();
         while let Some(f) = wire::read_frame(&mut r, MAX_CHUNK_FRAME).await.unwrap() {
             let replies = wire::decode_replies(&f).unwrap();
-            out.extend(replies.chunks.iter().map(|c| c.map(<[u8]>::to_vec)));
+            out.extend(replies.chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)));
         }
         out
     }
 
     /// Two peers' streams share one upload budget: while one peer's chunk fills it and is not
-    /// acknowledged, the other is told "not found" (counted as busy); once the first stream
+    /// acknowledged, the other is told "busy"; once the first stream
     /// says the reply arrived, the other is served.
     #[tokio::test]
     async fn a_full_upload_budget_refuses_a_second_peer_until_the_first_acknowledges() {
@@ -1181,7 +1206,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(replies_in(&w).await, [None], "the budget is full");
+        assert_eq!(replies_in(&w).await, [Answer::Busy], "the budget is full");
         assert_eq!(second.stats.snapshot().chunks_refused_busy, 1);
 
         feed.unbounded_send(frame(wire::encode_received(5)))
@@ -1193,13 +1218,13 @@ mod tests {
         serve_loop(&mut futures::io::Cursor::new(ask_small), &mut w, &second)
             .await
             .unwrap();
-        assert_eq!(replies_in(&w).await, [Some(small.to_vec())]);
+        assert_eq!(replies_in(&w).await, [Answer::Chunk(small.to_vec())]);
 
         drop(feed);
         let w = first_task.await.unwrap().unwrap();
         assert_eq!(
             replies_in(&w).await,
-            [Some(big.to_vec())],
+            [Answer::Chunk(big.to_vec())],
             "the lone asker was served"
         );
     }
@@ -1244,7 +1269,10 @@ mod tests {
             .map(|r| (r.first_id, r.chunks.len()))
             .collect();
         assert_eq!(shape, [(u32::MAX, 3), (2, 1), (3, 1)]);
-        let got: Vec<Option<&[u8]>> = replies.iter().flat_map(|r| r.chunks.clone()).collect();
+        let got: Vec<Option<&[u8]>> = replies
+            .iter()
+            .flat_map(|r| r.chunks.iter().map(|a| a.chunk().copied()))
+            .collect();
         let want = [
             Some(&held[0][..]),
             None,
@@ -1408,7 +1436,11 @@ mod tests {
     #[test]
     fn replies_must_answer_the_requests_outstanding_in_order() {
         let (a, b) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
-        let frame = |first, lens| {
+        let frame = |first, lens: Vec<Option<u32>>| {
+            let lens = lens
+                .into_iter()
+                .map(|l| l.map_or(Answer::NotFound, Answer::Chunk))
+                .collect();
             let mut f = wire::encode_replies_header(first, lens);
             f.extend_from_slice(b"ab");
             f

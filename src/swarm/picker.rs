@@ -80,6 +80,8 @@ struct PeerState {
     last_resort: bool,
     limit: usize,
     in_flight: usize,
+    /// The peer said it is busy: it is asked for nothing until told otherwise.
+    busy: bool,
 }
 
 /// A chunk's place in the pick order: (listed holders minus those that said they lack it,
@@ -182,6 +184,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             last_resort,
             limit: default,
             in_flight: 0,
+            busy: false,
         });
         state.have = have;
         state.last_resort = last_resort;
@@ -270,7 +273,7 @@ impl<P: Clone + Eq + Hash> Picker<P> {
     /// we should ask it for. The caller must send the request.
     pub fn next_for(&mut self, peer: &P, now: Instant) -> Option<ContentHash> {
         let state = self.peers.get(peer)?;
-        if state.in_flight >= state.limit {
+        if state.in_flight >= state.limit || state.busy {
             return None;
         }
         // The rarest chunks come first: a seed's are at the front. The peer's entries are
@@ -353,6 +356,21 @@ impl<P: Clone + Eq + Hash> Picker<P> {
             self.rekey(&hash, |p| *p.lack_counts.entry(hash).or_default() += 1);
         }
         self.take_back(peer, hash);
+    }
+
+    /// `peer` has `hash` but will not send anything now (its upload is full): the chunk goes
+    /// to someone else, still counted as held by `peer`, and `peer` is asked for nothing until
+    /// [`Self::set_busy`] says it may be again.
+    pub fn on_busy(&mut self, peer: &P, hash: ContentHash) {
+        self.take_back(peer, hash);
+        self.set_busy(peer, true);
+    }
+
+    /// Whether `peer` is to be left alone for now (see [`Self::on_busy`]).
+    pub fn set_busy(&mut self, peer: &P, busy: bool) {
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.busy = busy;
+        }
     }
 
     fn forget_lacks(&mut self, now: Instant) {
@@ -780,6 +798,23 @@ mod tests {
             Some(h(0)),
             "nobody else has it after all"
         );
+    }
+
+    /// A holder that is busy still holds the chunk: the seed is not asked for it, and once
+    /// the holder is no longer busy it is asked for it again at once.
+    #[test]
+    fn a_busy_holder_keeps_its_chunk_from_the_seed_and_is_asked_again_when_free() {
+        let t0 = Instant::now();
+        let mut p: Picker<u8> = Picker::new(cfg(), [h(0)], &HashSet::new());
+        p.set_peer(0, Availability::All, true);
+        p.set_peer(1, Availability::All, false);
+        assert_eq!(p.next_for(&1, t0), Some(h(0)));
+        p.on_busy(&1, h(0));
+        assert_eq!(p.in_flight(&1), 0);
+        assert_eq!(p.next_for(&0, t0), None, "peer 1 holds it: not the seed");
+        assert_eq!(p.next_for(&1, t0), None, "peer 1 is busy");
+        p.set_busy(&1, false);
+        assert_eq!(p.next_for(&1, t0), Some(h(0)));
     }
 
     #[test]

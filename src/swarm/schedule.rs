@@ -74,6 +74,8 @@ pub struct ScheduleConfig {
     pub max_reopens: u32,
     pub reopen_window: Duration,
     pub reopen_delay: Duration,
+    /// A peer that said it is busy is asked for nothing for this long.
+    pub busy_backoff: Duration,
 }
 
 impl ScheduleConfig {
@@ -100,6 +102,7 @@ impl ScheduleConfig {
             max_reopens: 8,
             reopen_window: Duration::from_secs(10),
             reopen_delay: Duration::from_secs(3),
+            busy_backoff: crate::config::BUSY_BACKOFF,
         }
     }
 }
@@ -166,6 +169,8 @@ pub struct Scheduler<P> {
     reopens: HashMap<P, (u32, Instant)>,
     /// A lane to reopen to each of these peers at the instant given, if it is still in.
     reopen_later: Vec<(Instant, P)>,
+    /// Peers that said they are busy, asked again from the instant given.
+    busy_until: Vec<(Instant, P)>,
     measured_at: Instant,
     next_announce: Instant,
     next_stall_check: Instant,
@@ -209,6 +214,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             rates: HashMap::new(),
             reopens: HashMap::new(),
             reopen_later: Vec::new(),
+            busy_until: Vec::new(),
             measured_at: now,
             next_announce: now,
             next_stall_check: now + config.stall_check,
@@ -267,6 +273,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         }
         self.reopen_later
             .iter()
+            .chain(&self.busy_until)
             .map(|(t, _)| *t)
             .fold(at, Instant::min)
     }
@@ -291,6 +298,7 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
             self.assign_due = true;
         }
         self.reopen_due(now);
+        self.busy_over(now);
         // In the end game, time passing makes requests eligible for a second peer.
         self.assign_due |= self.picker.in_endgame();
     }
@@ -412,6 +420,31 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
         self.lanes.unassign(hash, &peer);
         self.picker.on_not_found(&peer, hash, now);
         self.assign_due = true;
+    }
+
+    /// `lane`'s peer holds `hash` but will not send anything now (its upload is full): the
+    /// chunk goes to another holder, and the peer is left alone for `busy_backoff`.
+    pub fn handle_busy(&mut self, lane: LaneId, hash: ContentHash, now: Instant) {
+        let Some(peer) = self.lanes.peer_of(lane) else {
+            return;
+        };
+        self.lanes.heard(lane);
+        self.lanes.unassign(hash, &peer);
+        self.picker.on_busy(&peer, hash);
+        if !self.busy_until.iter().any(|(_, p)| *p == peer) {
+            self.busy_until.push((now + self.config.busy_backoff, peer));
+        }
+        self.assign_due = true;
+    }
+
+    fn busy_over(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.busy_until.drain(..).partition(|(at, _)| *at <= now);
+        self.busy_until = later;
+        for (_, peer) in due {
+            self.picker.set_busy(&peer, false);
+            self.assign_peers.insert(peer);
+        }
     }
 
     /// `lane`'s peer sent something wrong (a chunk not matching its hash, a malformed reply):
@@ -691,6 +724,7 @@ mod tests {
             max_reopens: 2,
             reopen_window: Duration::from_secs(10),
             reopen_delay: Duration::from_secs(3),
+            busy_backoff: ms(100),
         }
     }
 
@@ -915,6 +949,46 @@ mod tests {
         );
         s.handle_not_found(lane_of(1), first, t0);
         assert_eq!(requests(&drain(&mut s, t0)), [(lane_of(2), first)]);
+    }
+
+    /// "Busy" is not "not found": the chunk goes to another holder at once, the busy peer is
+    /// asked for nothing until `busy_backoff` has passed, and then for anything it holds,
+    /// that chunk included (where "not found" would keep it from being asked for
+    /// `lack_retry`).
+    #[test]
+    fn a_busy_peer_is_left_alone_for_the_backoff_and_still_counts_as_a_holder() {
+        let t0 = Instant::now();
+        let mut s = with_own(1, 4, t0);
+        s.handle_peer_up(1, &FeedPeer::default());
+        s.handle_peer_up(2, &FeedPeer::default());
+        let lanes = opened(&drain(&mut s, t0));
+        let lane_of = |peer: u8| lanes.iter().find(|(_, p)| *p == peer).expect("a lane").0;
+        let (first, second) = (order(4)[0], order(4)[1]);
+        s.handle_have(1, &have(1, 0, true, vec![0b0000_0011]), t0);
+        let asked = requests(&drain(&mut s, t0));
+        assert_eq!(hashes(&asked), HashSet::from([first, second]));
+        assert!(asked.iter().all(|(lane, _)| *lane == lane_of(1)));
+        s.handle_have(2, &have(1, 0, true, vec![0b0000_0001]), t0);
+        assert!(requests(&drain(&mut s, t0)).is_empty(), "asked of 1");
+
+        s.handle_busy(lane_of(1), first, t0);
+        s.handle_busy(lane_of(1), second, t0);
+        assert_eq!(
+            requests(&drain(&mut s, t0)),
+            [(lane_of(2), first)],
+            "the other holder is asked at once; 1 is not asked for the chunk only it holds"
+        );
+        let before = t0 + ms(99);
+        s.handle_timeout(before);
+        assert!(requests(&drain(&mut s, before)).is_empty(), "1 is busy");
+        assert!(s.poll_timeout() <= t0 + ms(100));
+        let after = t0 + ms(100);
+        s.handle_timeout(after);
+        assert_eq!(
+            requests(&drain(&mut s, after)),
+            [(lane_of(1), second)],
+            "after the backoff 1 is asked again, well within lack_retry"
+        );
     }
 
     #[test]

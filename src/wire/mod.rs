@@ -52,21 +52,22 @@
 //!
 //! Messages are postcard-encoded enums: new variants are only appended, so slots never move.
 //!
-//! # `/treecast/chunks/2`
+//! # `/treecast/chunks/3`
 //! Long-lived, pipelined request/response streams opened by the downloading side (a few per
 //! peer, never one per chunk). The requester sends [`LaneMsg`] frames without waiting: an
 //! `Ask` carries 1 to [`MAX_CHUNKS_PER_FRAME`] chunk hashes with consecutive request ids (a
 //! requester batches what it has to ask when it writes; a frame over [`MAX_REQUEST_FRAME`] bytes,
 //! an empty batch or one over the cap is hostile). The server answers every request, in order,
 //! in reply frames: a postcard [`ChunkRepliesHeader`] (the first request id answered, then per
-//! reply the chunk's length or "not found") followed by the chunks' bytes one after the other.
+//! reply the chunk's length, "not found" or "busy") followed by the chunks' bytes one after the other.
 //! A server packs consecutive replies into one frame up to [`REPLY_PACK_BYTES`] of chunk bytes;
 //! a larger chunk travels alone, so no frame exceeds `MAX_CHUNK_FRAME`. The lengths must account
 //! for every byte of the frame, and the ids must be the next ones the requester awaits: anything
 //! else is hostile. As it reads each reply frame the requester sends `Received` with the
 //! frame's last id: the server counts the bytes it sent and has not heard received against its
-//! upload budget, and while that is full it may answer further requests from a peer "not found"
-//! (`swarm::UploadBudget`; an experiment, off unless the node is given a budget). Chunks,
+//! upload budget, and while that is full it may answer further requests from a peer "busy"
+//! (`swarm::UploadBudget`): the requester asks another holder, and leaves this server alone
+//! for `BUSY_BACKOFF`. Chunks,
 //! manifest chunks and manifest indexes are all addressed by BLAKE3 hash: the requester
 //! verifies every reply against the hash it asked for.
 //!
@@ -90,8 +91,8 @@ pub use frame::{
 };
 pub use msg::{
     decode, decode_lane_msg, decode_replies, encode, encode_received, encode_replies_header,
-    encode_requests, ChunkReplies, ChunkRepliesHeader, ChunkRequests, ChunkSet, ControlMsg, Have,
-    Hello, LaneMsg, PeerInfo, Role, MAX_ADDRS_PER_PEER, MAX_CHUNKS_PER_FRAME, MAX_HAVE_BITS,
+    encode_requests, Answer, ChunkReplies, ChunkRepliesHeader, ChunkRequests, ChunkSet, ControlMsg,
+    Have, Hello, LaneMsg, PeerInfo, Role, MAX_ADDRS_PER_PEER, MAX_CHUNKS_PER_FRAME, MAX_HAVE_BITS,
     MAX_HAVE_INDICES, MAX_PEERS_PER_MSG, MAX_REASON_LEN, MAX_REQUEST_FRAME, REPLY_PACK_BYTES,
 };
 pub use protocol::{CHUNKS_PROTOCOL, CONTROL_PROTOCOL, MAGIC, PROTOCOL_VERSION};

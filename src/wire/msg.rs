@@ -201,20 +201,58 @@ pub enum LaneMsg {
     Received { through: u32 },
 }
 
-/// Header of a reply frame: the replies to the requests `first_id`, `first_id + 1`, … in order,
-/// each the length of the chunk's bytes (which follow the header, one after the other, in the
-/// same order) or `None` for "not found". At least one and at most [`MAX_CHUNKS_PER_FRAME`].
+/// One request's answer: the chunk (its bytes, or in a header their length), "not found"
+/// (the server does not hold it, or its seeding policy holds it back), or "busy" (held, but
+/// the server's upload is full now: ask another holder, and this server again later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer<T> {
+    Chunk(T),
+    NotFound,
+    Busy,
+}
+
+impl<T> Answer<T> {
+    /// The chunk, if this answer carries one.
+    pub fn chunk(&self) -> Option<&T> {
+        match self {
+            Answer::Chunk(c) => Some(c),
+            Answer::NotFound | Answer::Busy => None,
+        }
+    }
+
+    /// The same answer, borrowing its chunk.
+    pub fn as_ref(&self) -> Answer<&T> {
+        match self {
+            Answer::Chunk(c) => Answer::Chunk(c),
+            Answer::NotFound => Answer::NotFound,
+            Answer::Busy => Answer::Busy,
+        }
+    }
+
+    /// The same answer, a chunk's carried as `f` makes it.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Chunk(c) => Answer::Chunk(f(c)),
+            Answer::NotFound => Answer::NotFound,
+            Answer::Busy => Answer::Busy,
+        }
+    }
+}
+
+/// Header of a reply frame: the answers to the requests `first_id`, `first_id + 1`, … in
+/// order, a chunk's as its length (the bytes follow the header, one chunk after the other, in
+/// the same order). At least one and at most [`MAX_CHUNKS_PER_FRAME`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRepliesHeader {
     pub first_id: u32,
-    pub lens: Vec<Option<u32>>,
+    pub lens: Vec<Answer<u32>>,
 }
 
-/// A decoded reply frame: its first id and each reply's bytes (`None`: not found).
+/// A decoded reply frame: its first id and each answer, a chunk's as its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkReplies<'a> {
     pub first_id: u32,
-    pub chunks: Vec<Option<&'a [u8]>>,
+    pub chunks: Vec<Answer<&'a [u8]>>,
 }
 
 /// Encode a message.
@@ -253,7 +291,7 @@ pub fn decode_lane_msg(frame: &[u8]) -> Result<LaneMsg, WireError> {
 
 /// The header of a reply frame whose replies are `lens` (see [`ChunkRepliesHeader`]); the
 /// chunks' bytes follow it (see `write_frame_parts`).
-pub fn encode_replies_header(first_id: u32, lens: Vec<Option<u32>>) -> Vec<u8> {
+pub fn encode_replies_header(first_id: u32, lens: Vec<Answer<u32>>) -> Vec<u8> {
     encode(&ChunkRepliesHeader { first_id, lens })
 }
 
@@ -264,10 +302,17 @@ pub fn decode_replies(frame: &[u8]) -> Result<ChunkReplies<'_>, WireError> {
         postcard::take_from_bytes(frame).map_err(|e| WireError::Decode(e.to_string()))?;
     check_count("reply", header.lens.len())?;
     let mut chunks = Vec::with_capacity(header.lens.len());
-    for len in header.lens {
-        let Some(len) = len else {
-            chunks.push(None);
-            continue;
+    for answer in header.lens {
+        let len = match answer {
+            Answer::Chunk(len) => len,
+            Answer::NotFound => {
+                chunks.push(Answer::NotFound);
+                continue;
+            }
+            Answer::Busy => {
+                chunks.push(Answer::Busy);
+                continue;
+            }
         };
         let len = len as usize;
         if len > CHUNK_MAX as usize || len > body.len() {
@@ -277,7 +322,7 @@ pub fn decode_replies(frame: &[u8]) -> Result<ChunkReplies<'_>, WireError> {
             )));
         }
         let (chunk, rest) = body.split_at(len);
-        chunks.push(Some(chunk));
+        chunks.push(Answer::Chunk(chunk));
         body = rest;
     }
     if !body.is_empty() {
@@ -311,7 +356,14 @@ mod tests {
         // As a server sends them: header and bytes written as the parts of one frame.
         futures::executor::block_on(async {
             let mut wire = Vec::new();
-            let header = encode_replies_header(9, vec![Some(3), None, Some(0), Some(2)]);
+            let lens = vec![
+                Answer::Chunk(3),
+                Answer::NotFound,
+                Answer::Chunk(0),
+                Answer::Busy,
+                Answer::Chunk(2),
+            ];
+            let header = encode_replies_header(9, lens);
             write_frame_parts(&mut wire, &[&header, b"abc", b"", b"de"])
                 .await
                 .unwrap();
@@ -320,7 +372,13 @@ mod tests {
             assert!(read_frame_into(&mut r, 64, &mut frame).await.unwrap());
             let replies = decode_replies(&frame).unwrap();
             assert_eq!(replies.first_id, 9);
-            let expected: Vec<Option<&[u8]>> = vec![Some(b"abc"), None, Some(b""), Some(b"de")];
+            let expected: Vec<Answer<&[u8]>> = vec![
+                Answer::Chunk(b"abc"),
+                Answer::NotFound,
+                Answer::Chunk(b""),
+                Answer::Busy,
+                Answer::Chunk(b"de"),
+            ];
             assert_eq!(replies.chunks, expected);
             assert!(!read_frame_into(&mut r, 64, &mut frame).await.unwrap());
         });
@@ -358,7 +416,7 @@ mod tests {
         }));
         assert!(decode_lane_msg(&over).is_err());
         assert!(decode_replies(&encode_replies_header(0, vec![])).is_err());
-        let over = encode_replies_header(0, vec![None; MAX_CHUNKS_PER_FRAME + 1]);
+        let over = encode_replies_header(0, vec![Answer::NotFound; MAX_CHUNKS_PER_FRAME + 1]);
         assert!(decode_replies(&over).is_err());
     }
 
@@ -366,6 +424,10 @@ mod tests {
     #[test]
     fn replies_whose_lengths_do_not_match_the_body_are_malformed() {
         let frame = |lens: Vec<Option<u32>>, body: &[u8]| {
+            let lens = lens
+                .into_iter()
+                .map(|l| l.map_or(Answer::NotFound, Answer::Chunk))
+                .collect();
             let mut f = encode_replies_header(1, lens);
             f.extend_from_slice(body);
             f

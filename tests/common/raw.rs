@@ -90,5 +90,5 @@ pub async fn ask_chunk(s: &mut Stream, id: u32, hash: ContentHash) -> Result<boo
             replies.first_id
         ));
     }
-    Ok(replies.chunks[0].is_some())
+    Ok(replies.chunks[0].chunk().is_some())
 }

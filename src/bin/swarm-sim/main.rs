@@ -92,6 +92,9 @@ struct Args {
     /// last has left, as the node's wire count says. Not with --upload-slots.
     #[arg(long, default_value_t = 0)]
     upload_budget: u64,
+    /// Experiment: how long a busy peer is left alone, instead of the node's `BUSY_BACKOFF`
+    #[arg(long)]
+    busy_backoff_ms: Option<f64>,
     /// Also print, per run, what held it back: refusals, duplicates, when every chunk had left
     /// the publisher, and how long a chunk took on the wire between subscribers.
     #[arg(long)]
@@ -218,6 +221,9 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         upload_slots: args.upload_slots,
         busy_refuses: args.busy_refuses,
         upload_budget: args.upload_budget,
+        busy_backoff: args
+            .busy_backoff_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         trace_every: args.trace_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         max_time: Duration::from_secs_f64(args.max_time),
         rng_seed: rng.next_u64(),

@@ -67,11 +67,23 @@ pub struct Setup {
     pub busy_refuses: bool,
     /// The node's upload budget in bytes (0: none), decided by its `UploadBudget`.
     pub upload_budget: u64,
+    /// Experiment: how long a peer that said it is busy is left alone, instead of the node's
+    /// `BUSY_BACKOFF`.
+    pub busy_backoff: Option<Duration>,
     /// Print the swarm's state this often (simulated), to standard error.
     pub trace_every: Option<Duration>,
     /// Simulated time after which the run stops, done or not.
     pub max_time: Duration,
     pub rng_seed: u64,
+}
+
+/// A server's answer to one chunk request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Chunk,
+    NotFound,
+    /// Held, but the server's upload is full: ask someone else.
+    Busy,
 }
 
 /// What one run measured.
@@ -117,7 +129,7 @@ enum Ev {
         client: u32,
         lane: LaneId,
         chunk: usize,
-        served: bool,
+        answer: Answer,
         asked: u64,
     },
     Closed {
@@ -445,9 +457,9 @@ impl Sim {
                 client,
                 lane,
                 chunk,
-                served,
+                answer,
                 asked,
-            } => self.reply_arrived(client, lane, chunk, served, asked),
+            } => self.reply_arrived(client, lane, chunk, answer, asked),
             Ev::Closed { client, lane } => self.lane_closed(client, lane),
             Ev::Have { from, to, have } => self.have_arrived(from, to, &have),
             Ev::AskSync { from, to, revision } => self.sync_wanted(from, to, revision),
@@ -470,6 +482,9 @@ impl Sim {
         }
         if let Some(after) = self.setup.endgame_after {
             config.picker.endgame_after = after;
+        }
+        if let Some(backoff) = self.setup.busy_backoff {
+            config.busy_backoff = backoff;
         }
         let own = OwnAvailability::new(REVISION, self.hashes.iter().copied());
         let sched = Scheduler::new(config, self.hashes.clone(), &HashSet::new(), Some(own), now);
@@ -876,11 +891,12 @@ impl Sim {
             } else {
                 self.out.refused_by_peers += 1;
             }
+            let answer = if busy { Answer::Busy } else { Answer::NotFound };
             self.push_after_latency(Ev::Reply {
                 client,
                 lane,
                 chunk,
-                served: false,
+                answer,
                 asked,
             });
         }
@@ -910,7 +926,7 @@ impl Sim {
             client,
             lane,
             chunk,
-            served: true,
+            answer: Answer::Chunk,
             asked,
         });
         if self.setup.upload_slots == 0 {
@@ -956,7 +972,15 @@ impl Sim {
         }
     }
 
-    fn reply_arrived(&mut self, client: u32, lane: LaneId, chunk: usize, served: bool, asked: u64) {
+    fn reply_arrived(
+        &mut self,
+        client: u32,
+        lane: LaneId,
+        chunk: usize,
+        answer: Answer,
+        asked: u64,
+    ) {
+        let served = answer == Answer::Chunk;
         let now = self.instant();
         let hash = self.hashes[chunk];
         let latency = Duration::from_nanos(self.now - asked);
@@ -971,10 +995,12 @@ impl Sim {
             self.out.all_out = Duration::from_nanos(self.now);
         }
         if let Some(s) = node.sched.as_mut() {
-            if served {
-                s.handle_reply(lane, hash, self.setup.chunks[chunk] as usize, latency);
-            } else {
-                s.handle_not_found(lane, hash, now);
+            match answer {
+                Answer::Chunk => {
+                    s.handle_reply(lane, hash, self.setup.chunks[chunk] as usize, latency)
+                }
+                Answer::NotFound => s.handle_not_found(lane, hash, now),
+                Answer::Busy => s.handle_busy(lane, hash, now),
             }
         }
         self.carry_out(client);
