@@ -171,8 +171,9 @@ pub struct Scheduler<P> {
     reopen_later: Vec<(Instant, P)>,
     /// Peers that said they are busy, asked again from the instant given.
     busy_until: Vec<(Instant, P)>,
-    /// Since when each peer has answered only "busy" (until it sends a chunk).
-    busy_since: HashMap<P, Instant>,
+    /// Each peer's spell of answering only "busy": since when, and its last such answer. A
+    /// chunk from it ends the spell, and so does a gap of `lack_retry` between its answers.
+    busy_since: HashMap<P, (Instant, Instant)>,
     measured_at: Instant,
     next_announce: Instant,
     next_stall_check: Instant,
@@ -431,23 +432,35 @@ impl<P: Clone + Eq + Hash + Display> Scheduler<P> {
     /// chunk goes to another holder, and the peer is left alone for `busy_backoff`. A peer that
     /// has answered nothing but "busy" for `stall_timeout` (as long as a request may take) is
     /// taken at its word no longer: it lacks the chunk, as with "not found" (else a peer listing
-    /// a chunk and always busy would keep it from the seed for good). An honest peer whose
-    /// upload is full serves someone at least that often; a shorter limit (`lack_retry`, 1 s)
-    /// sent askers of busy subscribers to the publisher (simulator, 100 subscribers: 1.11
-    /// publisher copies against 1.04).
+    /// a chunk and always busy would keep it from the seed), and is still left alone for the
+    /// backoff. An honest peer whose upload is full serves someone at least that often; a
+    /// shorter limit (`lack_retry`, 1 s) sent askers of busy subscribers to the publisher
+    /// (simulator, 100 subscribers: 1.11 publisher copies against 1.04).
     pub fn handle_busy(&mut self, lane: LaneId, hash: ContentHash, now: Instant) {
         let Some(peer) = self.lanes.peer_of(lane) else {
             return;
         };
-        let since = *self.busy_since.entry(peer.clone()).or_insert(now);
-        if now.saturating_duration_since(since) >= self.config.picker.stall_timeout {
-            debug!(%peer, %hash, "peer has been busy too long: taken as lacking the chunk");
+        if !self.peers.contains_key(&peer) {
+            // A late answer on a lane of a peer that left.
             self.handle_not_found(lane, hash, now);
             return;
         }
+        let gap = self.config.picker.lack_retry;
+        let spell = self.busy_since.entry(peer.clone()).or_insert((now, now));
+        if now.saturating_duration_since(spell.1) >= gap {
+            *spell = (now, now);
+        }
+        spell.1 = now;
+        let too_long = now.saturating_duration_since(spell.0) >= self.config.picker.stall_timeout;
         self.lanes.heard(lane);
         self.lanes.unassign(hash, &peer);
-        self.picker.on_busy(&peer, hash);
+        if too_long {
+            debug!(%peer, %hash, "peer has been busy too long: taken as lacking the chunk");
+            self.picker.on_not_found(&peer, hash, now);
+            self.picker.set_busy(&peer, true);
+        } else {
+            self.picker.on_busy(&peer, hash);
+        }
         if !self.busy_until.iter().any(|(_, p)| *p == peer) {
             self.busy_until.push((now + self.config.busy_backoff, peer));
         }
@@ -1007,19 +1020,24 @@ mod tests {
             "after the backoff 1 is asked again, well within lack_retry"
         );
 
-        // Busy and nothing else for `stall_timeout` (10 s here): it lacks the chunk after all.
-        let late = t0 + Duration::from_secs(10);
-        s.handle_busy(lane_of(1), second, late);
-        let mut t = late;
-        for _ in 0..3 {
+        // Busy at every ask since t0, for `stall_timeout` (10 s here): it lacks the chunk after
+        // all, and is not asked for it again within `lack_retry` (3 s here).
+        s.handle_busy(lane_of(1), second, after);
+        let (mut t, mut last_asked) = (after, after);
+        while t < t0 + Duration::from_secs(12) {
             t += ms(100);
             s.handle_timeout(t);
-            let asked = requests(&drain(&mut s, t));
-            assert!(
-                !asked.contains(&(lane_of(1), second)),
-                "a peer busy for too long is not asked again for it within lack_retry (3 s)"
-            );
+            if requests(&drain(&mut s, t)).contains(&(lane_of(1), second)) {
+                last_asked = t;
+                s.handle_busy(lane_of(1), second, t);
+            }
         }
+        let (from, to) = (t0 + ms(9_900), t0 + ms(10_300));
+        assert!(
+            last_asked >= from && last_asked <= to,
+            "asked at each backoff until busy for 10 s, then not again: last asked {:?} after t0",
+            last_asked - t0
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! super-seeding, on the evidence of the subscribers' own availability messages).
 //!
 //! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
-//! peers) until there is evidence that it spread: [`SPREAD_AFTER`] other peers' bitfields list
+//! peers) until there is evidence that it spread, and while some chunk of the revision has gone
+//! to nobody (see `unsent_left`), so that the seed's upload goes to chunks nobody has. Evidence: [`SPREAD_AFTER`] other peers' bitfields list
 //! it, or fewer did and [`SPREAD_WAIT`] has passed since the first of them. (With one, a chunk
 //! that two subscribers held was still missing from the peer sets of many others, who asked
 //! the seed for it.) The hold
@@ -59,6 +60,8 @@ pub struct SeedPolicy<P> {
     revision: u64,
     /// How many chunks that revision has (from the `Have`s heard; 0 until one is).
     chunks: usize,
+    /// When a chunk last went to a first receiver.
+    last_new: Option<Instant>,
 }
 
 impl<P: Clone + Eq + Hash> SeedPolicy<P> {
@@ -72,6 +75,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             spread: HashSet::new(),
             revision: 0,
             chunks: 0,
+            last_new: None,
         }
     }
 
@@ -87,7 +91,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             self.spread.insert(hash);
         }
         if self.spread.contains(&hash) {
-            if self.unsent_left() {
+            if self.unsent_left(now) {
                 tracing::trace!(%hash, "seed keeps its upload for chunks nobody has yet");
                 return false;
             }
@@ -110,6 +114,7 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
             self.prune(now);
         }
         tracing::trace!(%hash, "seed sends a chunk to a first receiver");
+        self.last_new = Some(now);
         let hold = Hold {
             to: peer.clone(),
             since: now,
@@ -141,11 +146,17 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
         self.holds.retain(|_, h| h.since > cutoff);
     }
 
-    /// Whether some chunk of the revision has not been sent to anyone (as far as the holds and
-    /// the spread chunks tell; holds of an older revision's chunks only make this say no
-    /// sooner).
-    fn unsent_left(&self) -> bool {
+    /// Whether some chunk of the revision has not been sent to anyone, as far as the holds and
+    /// the spread chunks tell, and a chunk went to a first receiver less than [`SPREAD_WAIT`]
+    /// ago. The count can stay short for good (a hold dropped when its receiver left, or by
+    /// `prune`, is not counted again when listed later): the time limit keeps that from
+    /// refusing spread chunks for the rest of the revision. Holds of an older revision's chunks
+    /// only make this say no sooner.
+    fn unsent_left(&self, now: Instant) -> bool {
         self.holds.len() + self.spread.len() < self.chunks
+            && self
+                .last_new
+                .is_some_and(|t| now.saturating_duration_since(t) < SPREAD_WAIT)
     }
 
     /// The send of `hash` to `peer` failed: it may go to someone else at once.
@@ -270,8 +281,6 @@ mod tests {
         );
     }
 
-    /// A small swarm, or subscribers that cannot reach the few that hold a chunk: fewer than
-    /// `SPREAD_AFTER` others list it, and it goes to anyone `SPREAD_WAIT` after the first did.
     /// While some chunk of the revision has gone to nobody, a chunk that spread is refused:
     /// its askers get it from their peers, and the seed's upload goes to the chunks nobody has.
     #[test]
@@ -293,8 +302,25 @@ mod tests {
             s.should_serve(&8, h(1), t0),
             "every chunk has gone out: what spread is served to anyone"
         );
+
+        // A third chunk that never goes out (say, its first receiver left before anyone
+        // listed it, and nobody asks again): the refusal lasts SPREAD_WAIT after the last
+        // new chunk went out, not for the rest of the revision.
+        let order = [h(1), h(2), h(3)];
+        s.have(&2, 1, &order, &[], t0);
+        assert!(
+            !s.should_serve(&7, h(1), secs(t0, 1.0)),
+            "chunk 3 is unsent"
+        );
+        let later = t0 + SPREAD_WAIT;
+        assert!(
+            s.should_serve(&7, h(1), later),
+            "no new chunk went out for SPREAD_WAIT"
+        );
     }
 
+    /// A small swarm, or subscribers that cannot reach the few that hold a chunk: fewer than
+    /// `SPREAD_AFTER` others list it, and it goes to anyone `SPREAD_WAIT` after the first did.
     #[test]
     fn a_chunk_fewer_peers_list_spreads_after_a_wait() {
         let t0 = Instant::now();
