@@ -776,6 +776,16 @@ mod tests {
         Scheduler::new(config(), (0..n).map(h), &HashSet::new(), Some(own), t0)
     }
 
+    /// A download of chunks `0..4` of revision 1 with our availability, peers 1 and 2 up
+    /// (holding nothing yet), and the lanes opened to them.
+    fn two_peers(t0: Instant) -> (Scheduler<u8>, Vec<(LaneId, u8)>) {
+        let mut s = with_own(1, 4, t0);
+        s.handle_peer_up(1, &FeedPeer::default());
+        s.handle_peer_up(2, &FeedPeer::default());
+        let lanes = opened(&drain(&mut s, t0));
+        (s, lanes)
+    }
+
     /// Every action until none is left; the invariant holds after.
     fn drain(s: &mut Scheduler<u8>, now: Instant) -> Vec<Action<u8>> {
         let actions = std::iter::from_fn(|| s.poll(now)).collect();
@@ -964,10 +974,7 @@ mod tests {
     #[test]
     fn a_have_offers_its_sender_requests_and_a_refused_chunk_goes_to_another_holder() {
         let t0 = Instant::now();
-        let mut s = with_own(1, 4, t0);
-        s.handle_peer_up(1, &FeedPeer::default());
-        s.handle_peer_up(2, &FeedPeer::default());
-        let lanes = opened(&drain(&mut s, t0));
+        let (mut s, lanes) = two_peers(t0);
         let lane_of = |peer: u8| lanes.iter().find(|(_, p)| *p == peer).expect("a lane").0;
         let first = order(4)[0];
         s.handle_have(1, &have(1, 0, true, vec![0b0000_0001]), t0);
@@ -988,10 +995,7 @@ mod tests {
     #[test]
     fn a_busy_peer_is_left_alone_for_the_backoff_and_still_counts_as_a_holder() {
         let t0 = Instant::now();
-        let mut s = with_own(1, 4, t0);
-        s.handle_peer_up(1, &FeedPeer::default());
-        s.handle_peer_up(2, &FeedPeer::default());
-        let lanes = opened(&drain(&mut s, t0));
+        let (mut s, lanes) = two_peers(t0);
         let lane_of = |peer: u8| lanes.iter().find(|(_, p)| *p == peer).expect("a lane").0;
         let (first, second) = (order(4)[0], order(4)[1]);
         s.handle_have(1, &have(1, 0, true, vec![0b0000_0011]), t0);
