@@ -68,7 +68,7 @@ pub struct NetArgs {
     #[arg(long, env = "TREECAST_MAX_DOWNLOAD", value_parser = parse_rate)]
     pub max_download: Option<u64>,
     /// Experiment (off: 0): chunk bytes sent and not yet acknowledged before requests from a
-    /// second peer are refused, e.g. 1M. Slower in the lab so far (see the README).
+    /// second peer are answered "busy", e.g. 1M. Slower in the lab so far (see the README).
     #[arg(long, env = "TREECAST_UPLOAD_BUDGET", value_parser = parse_budget, default_value_t = 0, hide = true)]
     pub upload_budget: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).

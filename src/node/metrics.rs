@@ -87,7 +87,7 @@ pub fn render(r: &StatusReport) -> String {
     counter(
         &mut reg,
         "chunks_refused_busy",
-        "Chunk requests refused while the upload budget was full and another peer had bytes out",
+        "Chunk requests answered busy while the upload budget was full and another peer had bytes out",
         c.chunks_refused_busy,
     );
     counter(

@@ -61,7 +61,7 @@ pub struct Stats {
     pub public_dht_providers_found: AtomicU64,
     /// Announcements of the swarm that reached at least one public-DHT node.
     pub public_dht_announces: AtomicU64,
-    /// Chunk requests answered "not found" because the upload budget was full and another
+    /// Chunk requests answered "busy" because the upload budget was full and another
     /// peer had bytes out or was waiting (`swarm::UploadBudget`).
     pub chunks_refused_busy: AtomicU64,
     /// Chunk bytes per peer and source, and rates.
