@@ -493,10 +493,8 @@ enum LaneEvent {
 /// One reply of a frame.
 struct Reply {
     hash: ContentHash,
-    /// The verified and stored chunk's length; `None`: the peer does not have it, or is busy.
-    len: Option<usize>,
-    /// The peer said it is busy.
-    busy: bool,
+    /// The verified and stored chunk's length, or what the peer said instead.
+    answer: Answer<usize>,
     /// From sending the request to having the whole reply.
     latency: Duration,
 }
@@ -694,10 +692,10 @@ impl Fetch<'_> {
         match ev {
             LaneEvent::Replies { lane, replies } => {
                 for r in replies {
-                    match r.len {
-                        Some(len) => self.sched.handle_reply(lane, r.hash, len, r.latency),
-                        None if r.busy => self.sched.handle_busy(lane, r.hash, now),
-                        None => self.sched.handle_not_found(lane, r.hash, now),
+                    match r.answer {
+                        Answer::Chunk(len) => self.sched.handle_reply(lane, r.hash, len, r.latency),
+                        Answer::NotFound => self.sched.handle_not_found(lane, r.hash, now),
+                        Answer::Busy => self.sched.handle_busy(lane, r.hash, now),
                     }
                 }
             }
@@ -956,15 +954,16 @@ impl Lane {
         let replies: Vec<Reply> = checked
             .good
             .into_iter()
-            .map(|(hash, len, busy, sent)| Reply {
+            .map(|(hash, answer, sent)| Reply {
                 hash,
-                len,
-                busy,
+                answer,
                 latency: received.saturating_duration_since(sent),
             })
             .collect();
         for r in &replies {
-            let Some(len) = r.len else { continue };
+            let Answer::Chunk(len) = r.answer else {
+                continue;
+            };
             Stats::add(&self.stats.chunks_fetched, 1);
             Stats::add(&self.stats.chunk_bytes_fetched, len as u64);
             self.stats.traffic.received(self.peer, len as u64);
@@ -1019,14 +1018,8 @@ fn match_replies(
         if got != id {
             return Err(format!("reply {got} to request {id}"));
         }
-        let span = chunk.chunk().map(|c| (c.as_ptr() as usize - base, c.len()));
-        let busy = matches!(chunk, Answer::Busy);
-        asked.push(Asked {
-            hash,
-            sent,
-            span,
-            busy,
-        });
+        let span = chunk.map(|c| (c.as_ptr() as usize - base, c.len()));
+        asked.push(Asked { hash, sent, span });
     }
     Ok(asked)
 }
@@ -1039,19 +1032,18 @@ enum Stored {
 }
 
 /// A request a reply of a frame answers, and where its chunk's bytes are in the frame
-/// (`None`: not found, or busy).
+/// (or what the peer said instead).
 struct Asked {
     hash: ContentHash,
     sent: Instant,
-    span: Option<(usize, usize)>,
-    busy: bool,
+    span: Answer<(usize, usize)>,
 }
 
 /// What checking a reply frame found: the replies verified and stored (or not found), in
 /// order, and what stopped it early, if anything.
 struct Checked {
-    /// Each reply's hash, length (`None`: not found or busy), whether busy, and when asked.
-    good: Vec<(ContentHash, Option<usize>, bool, Instant)>,
+    /// Each reply's hash, its chunk's length (or what the peer said instead), and when asked.
+    good: Vec<(ContentHash, Answer<usize>, Instant)>,
     end: Option<Stop>,
 }
 
@@ -1073,9 +1065,12 @@ fn check_and_store(sink: &dyn ChunkSink, asked: &[Asked], frame: Vec<u8>) -> (Ch
         end: None,
     };
     for a in asked {
-        let Some((start, len)) = a.span else {
-            checked.good.push((a.hash, None, a.busy, a.sent));
-            continue;
+        let (start, len) = match a.span.into_chunk() {
+            Ok(span) => span,
+            Err(none) => {
+                checked.good.push((a.hash, none, a.sent));
+                continue;
+            }
         };
         let data = whole.slice(start..start + len);
         if !a.hash.matches(&data) {
@@ -1086,7 +1081,7 @@ fn check_and_store(sink: &dyn ChunkSink, asked: &[Asked], frame: Vec<u8>) -> (Ch
             checked.end = Some(Stop::Store(e));
             break;
         }
-        checked.good.push((a.hash, Some(len), false, a.sent));
+        checked.good.push((a.hash, Answer::Chunk(len), a.sent));
     }
     let frame = whole
         .try_into_mut()
@@ -1412,7 +1407,7 @@ mod tests {
             {
                 Some(LaneEvent::Replies { lane, replies }) => {
                     assert_eq!(lane, LaneId::for_test(7));
-                    reported.extend(replies.iter().map(|r| (r.hash, r.len)));
+                    reported.extend(replies.iter().map(|r| (r.hash, r.answer.chunk().copied())));
                 }
                 Some(LaneEvent::Failed(e)) => panic!("a store failed: {e}"),
                 Some(LaneEvent::Bad { reason, .. }) => panic!("taken for a bad peer: {reason}"),
@@ -1454,7 +1449,10 @@ mod tests {
             match_replies(&f, (ids[0], a, Instant::now()), &mut rx)
         };
         let asked = matched(frame(4, vec![Some(1), Some(1)]), &[4, 5]).unwrap();
-        let spans: Vec<_> = asked.iter().map(|x| (x.hash, x.span)).collect();
+        let spans: Vec<_> = asked
+            .iter()
+            .map(|x| (x.hash, x.span.chunk().copied()))
+            .collect();
         let header = frame(4, vec![Some(1), Some(1)]).len() - 2;
         assert_eq!(spans, [(a, Some((header, 1))), (b, Some((header + 1, 1)))]);
         let two = vec![Some(1), Some(1)];

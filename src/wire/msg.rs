@@ -220,6 +220,15 @@ impl<T> Answer<T> {
         }
     }
 
+    /// The chunk, or the answer that carries none (as an answer of any chunk type).
+    pub fn into_chunk<U>(self) -> Result<T, Answer<U>> {
+        match self {
+            Answer::Chunk(c) => Ok(c),
+            Answer::NotFound => Err(Answer::NotFound),
+            Answer::Busy => Err(Answer::Busy),
+        }
+    }
+
     /// The same answer, borrowing its chunk.
     pub fn as_ref(&self) -> Answer<&T> {
         match self {
@@ -303,14 +312,10 @@ pub fn decode_replies(frame: &[u8]) -> Result<ChunkReplies<'_>, WireError> {
     check_count("reply", header.lens.len())?;
     let mut chunks = Vec::with_capacity(header.lens.len());
     for answer in header.lens {
-        let len = match answer {
-            Answer::Chunk(len) => len,
-            Answer::NotFound => {
-                chunks.push(Answer::NotFound);
-                continue;
-            }
-            Answer::Busy => {
-                chunks.push(Answer::Busy);
+        let len = match answer.into_chunk() {
+            Ok(len) => len,
+            Err(none) => {
+                chunks.push(none);
                 continue;
             }
         };
