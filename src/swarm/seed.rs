@@ -4,11 +4,11 @@
 //!
 //! A chunk sent to one peer (its first receiver) is refused to others ("not found": ask your
 //! peers) until there is evidence that it spread, and while some chunk of the revision has gone
-//! to nobody (see `unsent_left`), so that the seed's upload goes to chunks nobody has. Evidence: [`SPREAD_AFTER`] other peers' bitfields list
-//! it, or fewer did and [`SPREAD_WAIT`] has passed since the first of them. (With one, a chunk
-//! that two subscribers held was still missing from the peer sets of many others, who asked
-//! the seed for it.) The hold
-//! also ends when its receiver leaves, when the send failed, and on a backstop, so that a
+//! to nobody (see `unsent_left`), so that the seed's upload goes to chunks nobody has.
+//! Evidence: [`SPREAD_AFTER`] other peers' bitfields list it, or fewer did and [`SPREAD_WAIT`]
+//! has passed since the first of them. (With one, a chunk that two subscribers held was still
+//! missing from the peer sets of many others, who asked the seed for it.) The hold also ends
+//! when its receiver leaves, when the send failed, and on a backstop, so that a
 //! receiver that never passes it on (slow, or hostile, asking for chunks to keep them from
 //! everyone else) cannot keep a chunk stuck: `backstop` after the receiver listed the chunk
 //! (it had it and nobody got it from it), or `unlisted` after the send if it never listed it
