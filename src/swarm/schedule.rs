@@ -1191,12 +1191,14 @@ mod tests {
         assert_eq!(target, 64);
         assert_eq!(limits, [32, target, target]);
         assert_eq!(out.len(), target);
-        // A reply in 1 ms: a short path, 10 ms at that rate. Down at once.
+        // A reply in 1 ms: a short path, 2 MiB at that rate (the least kept for a busy peer).
+        // Down at once.
         let limit = step(&mut s, &mut out, ms(1));
         assert_eq!(
             limit,
             in_flight_target(40e6, Some(ms(1)), Some(250e3), MIN_REQUESTS)
         );
+        assert!(limit < target / 4, "{limit} against {target}");
         assert_eq!(out.len(), target - 16, "no request until below the limit");
     }
 

@@ -70,11 +70,23 @@ impl RateMeter {
     }
 }
 
+/// The least time of a peer's rate kept in flight, up to [`BUSY_QUEUE_BYTES`], however short
+/// its path. A peer that serves from a busy thread (the publisher, answering a million small
+/// chunks on one core) replies late because it is busy, not because the path is long: with only
+/// 10 ms of its rate in flight its quickest reply grew with the queue and the queue with it, and
+/// its window stayed at 90-225 requests of 1 KiB. This lets it reach the request cap and keeps a
+/// fast peer fed between the replies it batches.
+const BUSY_QUEUE: f64 = 0.1;
+
+/// At most this many bytes in flight from [`BUSY_QUEUE`]: on a gigabit loopback 100 ms would be
+/// 50 MB in buffers, which only costs both ends cold caches.
+const BUSY_QUEUE_BYTES: f64 = 2.0 * 1024.0 * 1024.0;
+
 /// How many requests to keep in flight to a peer that delivers `rate` bytes per second in
 /// chunks of `mean_chunk` bytes (the average chunk while unknown) and whose quickest reply took
 /// `min_latency`: enough bytes for four times that latency at that rate (the path's round trip,
 /// with room for the rate to grow and for jitter), but at least 10 ms and at most 0.5 s of it,
-/// and 0.5 s while no reply has come; as requests of the mean chunk, at least `floor` (see
+/// and 0.5 s while no reply has come; at least 100 ms of it up to 2 MiB (see [`BUSY_QUEUE`]); as requests of the mean chunk, at least `floor` (see
 /// [`MIN_REQUESTS`]), at most `MAX_IN_FLIGHT` and at most `MAX_IN_FLIGHT_BYTES` of such chunks.
 /// More than needed only queues chunks in buffers: on a fast, short link that costs both ends
 /// CPU (cold caches), and it is what a dying peer takes with it.
@@ -91,8 +103,9 @@ pub fn in_flight_target(
     let queue = min_latency.map_or(MAX_QUEUE, |l| {
         (4.0 * l.as_secs_f64()).clamp(MIN_QUEUE, MAX_QUEUE)
     });
+    let bytes = (rate * queue).max((rate * BUSY_QUEUE).min(BUSY_QUEUE_BYTES));
     let most = ((MAX_IN_FLIGHT_BYTES as f64 / chunk) as usize).clamp(floor, MAX_IN_FLIGHT);
-    ((rate * queue / chunk).ceil() as usize).clamp(floor, most)
+    ((bytes / chunk).ceil() as usize).clamp(floor, most)
 }
 
 #[cfg(test)]
@@ -129,6 +142,16 @@ mod tests {
             chunks(5e6)
         );
         assert!(in_flight_target(500e6, Some(ms(1)), None, MIN_REQUESTS) < CAP);
+        // A short path to a peer busy with small chunks: 100 ms of its rate, not 10 ms, up to
+        // 2 MiB, so that its late replies do not shrink its window.
+        assert_eq!(
+            in_flight_target(10e6, Some(ms(1)), Some(1000.0), MIN_REQUESTS),
+            1000
+        );
+        assert_eq!(
+            in_flight_target(50e6, Some(ms(1)), Some(4096.0), MIN_REQUESTS),
+            2 * 1024 * 1024 / 4096
+        );
         // A slow reply never asks for more than half a second; a trickle keeps a few.
         assert_eq!(
             in_flight_target(10e6, Some(ms(900)), None, MIN_REQUESTS),
@@ -146,10 +169,10 @@ mod tests {
     /// serving 256 KiB chunks at the same rate, in 256 times the requests, up to the caps.
     #[test]
     fn small_chunks_get_as_many_bytes_in_flight_in_more_requests() {
-        let big = in_flight_target(20e6, Some(ms(10)), Some(CHUNK_AVG as f64), MIN_REQUESTS);
-        let small = in_flight_target(20e6, Some(ms(10)), Some(1024.0), MIN_REQUESTS);
-        assert_eq!(big, chunks(20e6 * 0.04));
-        assert_eq!(small, (20e6 * 0.04 / 1024.0f64).ceil() as usize);
+        let big = in_flight_target(5e6, Some(ms(50)), Some(CHUNK_AVG as f64), MIN_REQUESTS);
+        let small = in_flight_target(5e6, Some(ms(50)), Some(1024.0), MIN_REQUESTS);
+        assert_eq!(big, chunks(5e6 * 0.2));
+        assert_eq!(small, (5e6 * 0.2 / 1024.0f64).ceil() as usize);
         assert!(small >= 256 * (big - 1), "{small} against {big}");
         // Capped in requests, however small, and in bytes, however large.
         assert_eq!(
@@ -166,11 +189,12 @@ mod tests {
     #[test]
     fn the_meter_learns_the_mean_chunk() {
         let mut m = RateMeter::default();
-        // 1,000 chunks of 1,000 bytes in 10 ms each: 1 MB/s, 40 ms of it in flight.
+        // 1,000 chunks of 1,000 bytes in 10 ms each: 1 MB/s, 100 ms of it in flight (the busy
+        // floor; four round trips would be 40 ms).
         for _ in 0..1000 {
             m.delivered(1000, ms(10));
         }
-        assert_eq!(m.measure(Duration::from_secs(1), MIN_REQUESTS), 40);
+        assert_eq!(m.measure(Duration::from_secs(1), MIN_REQUESTS), 100);
     }
 
     #[test]
@@ -203,7 +227,7 @@ mod tests {
         assert_eq!(
             m.measure(Duration::ZERO, MIN_REQUESTS),
             4,
-            "10 ms at 4.9 MB/s: the floor"
+            "100 ms at 4.9 MB/s is two chunks: the floor of requests"
         );
     }
 }
