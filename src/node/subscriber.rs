@@ -27,7 +27,7 @@ use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{
-    apply_revision, ChunkPositions, Db, NewDirs, StagingArea, StoreError, TreeFiles,
+    apply_revision_into, Applying, ChunkPositions, Db, NewDirs, StagingArea, StoreError, TreeFiles,
 };
 use crate::store::{indexed_in, local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
@@ -124,6 +124,9 @@ struct Subscriber {
     /// nothing else, so `--once` never ends on a mirror with files of the user's still in it.
     adopting: bool,
 }
+
+/// File records an apply may make ahead of the database thread that writes them.
+const RECORDS_QUEUED: usize = 4096;
 
 /// First and longest wait before retrying a download that failed on local storage.
 const STORE_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -1104,28 +1107,58 @@ async fn download(
     #[cfg(test)]
     hooks::reached(&env.dir, revision, "apply");
     blocking(move || db.begin_apply(revision)).await?;
-    let (mut records, stats) =
-        blocking(move || apply_revision(&root, &a, &old, &new, &unchanged, &edited, &conflicts))
-            .await?;
-    keep_checks(&mut records, &index);
-    info!(
-        revision,
-        installed = stats.installed,
-        kept = stats.kept,
-        removed = stats.removed,
-        moved_aside = stats.moved_aside,
-        "mirror updated"
-    );
+    // The records go to the database as the files go in place, on two threads; committed once
+    // every file is in place and synced. They then become what the new revision is served by:
+    // taken apart, not copied (a million paths).
+    let (records_tx, records_rx) = std::sync::mpsc::sync_channel(RECORDS_QUEUED);
     let db = env.db.clone();
     let head_bytes = head.signed().encode();
     let stored_blobs = blobs.clone();
-    // The records go to the database, then become what the new revision is served by: taken
-    // apart, not copied (a million paths).
-    let records = blocking(move || {
-        db.commit_revision(&head_bytes, &records, &stored_blobs)
-            .map(|()| records)
-    })
-    .await?;
+    let commit = tokio::task::spawn_blocking(move || {
+        db.commit_revision_from(&head_bytes, &stored_blobs, records_rx)
+    });
+    let apply = tokio::task::spawn_blocking(move || {
+        let mut writer_gone = false;
+        let mut record = |path: RelPath, mut rec: FileRecord| {
+            keep_checks(&path, &mut rec, &index);
+            records_tx.send(Applying::Record(path, rec)).map_err(|_| {
+                writer_gone = true;
+                StoreError::Corrupt("the database writer stopped".into())
+            })
+        };
+        let stats = apply_revision_into(
+            &root,
+            &a,
+            (&*old, &*new),
+            &unchanged,
+            &edited,
+            &conflicts,
+            &mut record,
+        );
+        if let Ok(stats) = &stats {
+            info!(
+                revision,
+                installed = stats.installed,
+                kept = stats.kept,
+                removed = stats.removed,
+                moved_aside = stats.moved_aside,
+                "mirror updated"
+            );
+            // A writer that stopped has its own error, which the caller reports.
+            let _ = records_tx.send(Applying::Done);
+        }
+        (stats, writer_gone)
+    });
+    let (applied, written) = tokio::join!(apply, commit);
+    let failed =
+        |e: tokio::task::JoinError| StoreError::Corrupt(format!("blocking task failed: {e}"));
+    let (stats, writer_gone) = applied.map_err(failed)?;
+    let records = match (stats, written.map_err(failed)?) {
+        (Ok(_), Ok(records)) => records,
+        // The writer's error is why the apply stopped: report it, not that.
+        (Err(_), Err(e)) if writer_gone => return Err(e.into()),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e.into()),
+    };
     let checks = Arc::new(into_file_checks(records));
     #[cfg(test)]
     hooks::reached(&env.dir, revision, "committed");
@@ -1137,12 +1170,13 @@ async fn download(
     })
 }
 
-/// Give the records of files an apply kept as they were the read checks `old` has for them.
-fn keep_checks(records: &mut [(RelPath, FileRecord)], old: &HashMap<RelPath, FileRecord>) {
-    for (path, rec) in records.iter_mut().filter(|(_, r)| r.checks.is_empty()) {
-        if let Some(was) = old.get(path).filter(|was| was.hash == rec.hash) {
-            rec.checks = was.checks.clone();
-        }
+/// Give the record of a file an apply kept as it was the read checks `old` has for it.
+fn keep_checks(path: &RelPath, rec: &mut FileRecord, old: &HashMap<RelPath, FileRecord>) {
+    if !rec.checks.is_empty() {
+        return;
+    }
+    if let Some(was) = old.get(path).filter(|was| was.hash == rec.hash) {
+        rec.checks = was.checks.clone();
     }
 }
 

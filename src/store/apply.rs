@@ -88,6 +88,34 @@ pub fn apply_revision(
     edited: &HashSet<RelPath>,
     conflicts: &Path,
 ) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
+    let mut records = Vec::new();
+    let stats = apply_revision_into(
+        root,
+        staging,
+        (old, new),
+        unchanged,
+        edited,
+        conflicts,
+        &mut |path, rec| {
+            records.push((path, rec));
+            Ok(())
+        },
+    )?;
+    Ok((records, stats))
+}
+
+/// [`apply_revision`], giving each file's record to `record` as soon as it is made (the
+/// files are not all in place and synced until this returns `Ok`). An error `record` returns
+/// stops the apply with it.
+pub fn apply_revision_into(
+    root: &Path,
+    staging: &StagingArea,
+    (old, new): (&Manifest, &Manifest),
+    unchanged: &HashSet<RelPath>,
+    edited: &HashSet<RelPath>,
+    conflicts: &Path,
+    record: &mut dyn FnMut(RelPath, FileRecord) -> Result<(), StoreError>,
+) -> Result<ApplyStats, StoreError> {
     let mut stats = ApplyStats::default();
     let old_paths: HashSet<&RelPath> = old.entries().iter().map(|e| &e.path).collect();
     let mut aside = Aside {
@@ -101,7 +129,6 @@ pub fn apply_revision(
             *uses.entry(hash).or_default() += 1;
         }
     }
-    let mut records = Vec::new();
     let mut parents: HashSet<PathBuf> = HashSet::new();
     // Looked at again now: a directory the plan found missing may have been made since (its
     // files then go in one by one), or one removed (its files are moved into the tree).
@@ -180,7 +207,7 @@ pub fn apply_revision(
                     Some(meta) => meta,
                     None => Stamp::of_path(&target)?,
                 };
-                records.push((
+                record(
                     entry.path.clone(),
                     FileRecord {
                         size: *size,
@@ -197,7 +224,7 @@ pub fn apply_revision(
                         },
                         dev: meta.dev,
                     },
-                ));
+                )?;
             }
         }
     }
@@ -212,7 +239,7 @@ pub fn apply_revision(
     // could still lose its renames.
     sync_each(root, parents.iter().map(PathBuf::as_path).chain([root]))?;
     stats.moved_aside = aside.moved;
-    Ok((records, stats))
+    Ok(stats)
 }
 
 struct Aside<'a> {

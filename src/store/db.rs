@@ -198,18 +198,57 @@ impl Db {
     ) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
         {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(KEY_HEAD, head)?;
-            meta.remove(KEY_APPLYING)?;
-            write_file_index(&mut txn.open_table(FILES)?, records)?;
-            let mut table = txn.open_table(BLOBS)?;
-            table.retain(|_, _| false)?;
-            for (hash, bytes) in blobs {
-                table.insert(&hash.0, bytes.as_slice())?;
+            let mut files = txn.open_table(FILES)?;
+            let mut index = IndexWriter::new(&files)?;
+            for (path, rec) in records {
+                index.put(&mut files, path, rec)?;
+            }
+            index.finish(&mut files)?;
+        }
+        finish_revision(txn, head, blobs)
+    }
+
+    /// [`Db::commit_revision`] with the file records written as `records` yields them, while
+    /// the apply that makes them still runs (on another thread): a million records cost the
+    /// database seconds that would otherwise follow the apply's. Committed when `records`
+    /// yields [`Applying::Done`]; if it ends before (the apply failed), nothing is. Returns the
+    /// records.
+    pub fn commit_revision_from(
+        &self,
+        head: &[u8],
+        blobs: &[(ContentHash, Vec<u8>)],
+        records: impl IntoIterator<Item = Applying>,
+    ) -> Result<Vec<(RelPath, FileRecord)>, StoreError> {
+        let txn = self.0.begin_write()?;
+        let mut written = Vec::new();
+        let mut done = false;
+        {
+            let mut files = txn.open_table(FILES)?;
+            let mut index = IndexWriter::new(&files)?;
+            for item in records {
+                match item {
+                    Applying::Record(path, rec) => {
+                        index.put(&mut files, &path, &rec)?;
+                        written.push((path, rec));
+                    }
+                    Applying::Done => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if done {
+                index.finish(&mut files)?;
             }
         }
-        txn.commit()?;
-        Ok(())
+        if !done {
+            txn.abort()?;
+            return Err(StoreError::Corrupt(
+                "the apply stopped before its last file record: nothing committed".into(),
+            ));
+        }
+        finish_revision(txn, head, blobs)?;
+        Ok(written)
     }
 
     /// Replace the file index only (after a rescan found nothing new to publish). Returns how
@@ -227,38 +266,106 @@ impl Db {
     }
 }
 
+/// One item of an apply's file index, as [`Db::commit_revision_from`] takes them.
+#[derive(Debug)]
+pub enum Applying {
+    /// The record of a file the apply has put in place (or kept).
+    Record(RelPath, FileRecord),
+    /// The apply is done: every file is in place and synced.
+    Done,
+}
+
+/// Make `head` the applied revision with `blobs` in the same transaction `txn`, end the apply,
+/// and commit.
+fn finish_revision(
+    txn: redb::WriteTransaction,
+    head: &[u8],
+    blobs: &[(ContentHash, Vec<u8>)],
+) -> Result<(), StoreError> {
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(KEY_HEAD, head)?;
+        meta.remove(KEY_APPLYING)?;
+        let mut table = txn.open_table(BLOBS)?;
+        table.retain(|_, _| false)?;
+        for (hash, bytes) in blobs {
+            table.insert(&hash.0, bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// Make the file index hold `records` and nothing else, writing only what differs from what it
 /// holds (a record stored with the same bytes is left alone): a rescan or revision that changed
 /// a few files writes a few records, not the whole tree's. Returns the records written or removed.
-/// An empty index (a first sync) is only written to: no set of the paths to keep, no lookup of
-/// each record before its insert.
 fn write_file_index(
     files: &mut redb::Table<&str, &[u8]>,
     records: &[(RelPath, FileRecord)],
 ) -> Result<u64, StoreError> {
-    let before = files.len()?;
-    let mut written = 0;
-    if before > 0 {
-        let keep: std::collections::HashSet<&str> =
-            records.iter().map(|(p, _)| p.as_str()).collect();
-        files.retain(|path, _| keep.contains(path))?;
-        written = before - files.len()?;
-    }
-    let mut bytes = Vec::new();
+    let mut index = IndexWriter::new(files)?;
     for (path, rec) in records {
-        bytes.clear();
-        bytes = postcard::to_extend(rec, bytes).expect("file record encodes");
-        if before > 0
-            && files
-                .get(path.as_str())?
-                .is_some_and(|v| v.value() == bytes.as_slice())
-        {
-            continue;
-        }
-        files.insert(path.as_str(), bytes.as_slice())?;
-        written += 1;
+        index.put(files, path, rec)?;
     }
-    Ok(written)
+    index.finish(files)
+}
+
+/// Writes a file index record by record (see [`write_file_index`]): each record is written
+/// unless the same bytes are stored, and at the end the records of paths not put are removed.
+/// An empty index (a first sync) is only written to: no set of the paths to keep, no lookup of
+/// each record before its insert.
+struct IndexWriter {
+    /// Records held before.
+    before: u64,
+    /// The paths put, while there are records to remove.
+    keep: std::collections::HashSet<String>,
+    written: u64,
+    bytes: Vec<u8>,
+}
+
+impl IndexWriter {
+    fn new(files: &redb::Table<&str, &[u8]>) -> Result<Self, StoreError> {
+        Ok(IndexWriter {
+            before: files.len()?,
+            keep: Default::default(),
+            written: 0,
+            bytes: Vec::new(),
+        })
+    }
+
+    fn put(
+        &mut self,
+        files: &mut redb::Table<&str, &[u8]>,
+        path: &RelPath,
+        rec: &FileRecord,
+    ) -> Result<(), StoreError> {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        self.bytes = postcard::to_extend(rec, bytes).expect("file record encodes");
+        if self.before > 0 {
+            self.keep.insert(path.as_str().to_owned());
+            if files
+                .get(path.as_str())?
+                .is_some_and(|v| v.value() == self.bytes.as_slice())
+            {
+                return Ok(());
+            }
+        }
+        files.insert(path.as_str(), self.bytes.as_slice())?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Remove the records of the paths not put; the records written or removed.
+    fn finish(self, files: &mut redb::Table<&str, &[u8]>) -> Result<u64, StoreError> {
+        let mut written = self.written;
+        if self.before > 0 {
+            let held = files.len()?;
+            files.retain(|path, _| self.keep.contains(path))?;
+            written += held - files.len()?;
+        }
+        Ok(written)
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +568,61 @@ mod tests {
         let want: HashMap<_, _> = first.iter().cloned().collect();
         assert_eq!(db.file_index().unwrap(), want);
         assert_eq!(db.update_file_index(&first).unwrap(), 0);
+    }
+
+    /// A revision's records streamed from an apply are committed only once it says it is done:
+    /// an apply that stops part way (its sender gone) commits nothing, not even the records it
+    /// sent, and the apply stays begun.
+    #[test]
+    fn streamed_records_are_committed_only_when_the_apply_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let rec = |n: u8| FileRecord {
+            size: 1,
+            mtime_ns: n as i128,
+            inode: n as u64,
+            executable: false,
+            hash: ContentHash::of(&[n]),
+            chunks: vec![crate::tree::ChunkRef {
+                hash: ContentHash::of(&[n]),
+                len: 1,
+            }],
+            checks: vec![crate::tree::read_check(&[n])],
+            dev: 7,
+        };
+        let path = |n: u8| RelPath::new(&format!("d/f{n}")).unwrap();
+        let first: Vec<_> = (0..10u8).map(|n| (path(n), rec(n))).collect();
+        db.commit_revision(b"head1", &first, &[]).unwrap();
+        db.begin_apply(2).unwrap();
+        // Five records of revision 2 sent, then the apply fails.
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let sender = std::thread::spawn(move || {
+            for n in 20..25u8 {
+                tx.send(Applying::Record(path(n), rec(n))).unwrap();
+            }
+        });
+        let err = db.commit_revision_from(b"head2", &[], rx).unwrap_err();
+        sender.join().unwrap();
+        assert!(err.to_string().contains("nothing committed"), "{err}");
+        let st = db.state().unwrap();
+        assert_eq!(st.head.as_deref(), Some(&b"head1"[..]));
+        assert_eq!(st.applying, Some(2), "the apply is still begun");
+        let want: HashMap<_, _> = first.iter().cloned().collect();
+        assert_eq!(db.file_index().unwrap(), want, "no record of it kept");
+        // Done: revision 2 holds its records and nothing of revision 1's but the one it kept.
+        let second: Vec<_> = [3u8, 30, 31].iter().map(|&n| (path(n), rec(n))).collect();
+        let items = second
+            .iter()
+            .cloned()
+            .map(|(p, r)| Applying::Record(p, r))
+            .chain([Applying::Done]);
+        let written = db.commit_revision_from(b"head2", &[], items).unwrap();
+        assert_eq!(written, second, "the records come back as sent");
+        let st = db.state().unwrap();
+        assert_eq!(st.head.as_deref(), Some(&b"head2"[..]));
+        assert_eq!(st.applying, None);
+        let want: HashMap<_, _> = second.into_iter().collect();
+        assert_eq!(db.file_index().unwrap(), want);
     }
 
     /// A database of format 1 (file hashes of the bytes) is brought to format 2 when opened:
