@@ -470,6 +470,23 @@ fn decode_record(bytes: &[u8]) -> Result<FileRecord, StoreError> {
 mod tests {
     use super::*;
 
+    /// A file record of one byte, `n`, told apart from others by its time, inode and hash.
+    fn rec(n: u8) -> FileRecord {
+        FileRecord {
+            size: 1,
+            mtime_ns: n as i128,
+            inode: n as u64,
+            executable: false,
+            hash: ContentHash::of(&[n]),
+            chunks: vec![crate::tree::ChunkRef {
+                hash: ContentHash::of(&[n]),
+                len: 1,
+            }],
+            checks: vec![crate::tree::read_check(&[n])],
+            dev: 7,
+        }
+    }
+
     #[test]
     fn state_round_trips_and_commit_replaces() {
         let dir = tempfile::tempdir().unwrap();
@@ -526,19 +543,6 @@ mod tests {
     fn the_file_index_is_written_as_a_difference() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db")).unwrap();
-        let rec = |n: u8| FileRecord {
-            size: 1,
-            mtime_ns: n as i128,
-            inode: n as u64,
-            executable: false,
-            hash: ContentHash::of(&[n]),
-            chunks: vec![crate::tree::ChunkRef {
-                hash: ContentHash::of(&[n]),
-                len: 1,
-            }],
-            checks: vec![crate::tree::read_check(&[n])],
-            dev: 7,
-        };
         let path = |s: &str| RelPath::new(s).unwrap();
         let first: Vec<_> = (0..100u8)
             .map(|n| (path(&format!("f{n}")), rec(n)))
@@ -577,19 +581,6 @@ mod tests {
     fn streamed_records_are_committed_only_when_the_apply_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db")).unwrap();
-        let rec = |n: u8| FileRecord {
-            size: 1,
-            mtime_ns: n as i128,
-            inode: n as u64,
-            executable: false,
-            hash: ContentHash::of(&[n]),
-            chunks: vec![crate::tree::ChunkRef {
-                hash: ContentHash::of(&[n]),
-                len: 1,
-            }],
-            checks: vec![crate::tree::read_check(&[n])],
-            dev: 7,
-        };
         let path = |n: u8| RelPath::new(&format!("d/f{n}")).unwrap();
         let first: Vec<_> = (0..10u8).map(|n| (path(n), rec(n))).collect();
         db.commit_revision(b"head1", &first, &[]).unwrap();
