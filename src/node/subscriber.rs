@@ -1101,8 +1101,9 @@ async fn download(
     #[cfg(test)]
     hooks::pause_before_apply(&env.dir, revision, &env.fetch.cancel).await;
     // The last stop point. From here the files go in place and the revision is committed
-    // whatever comes: stopped in between, the mirror would hold files of a revision its state
-    // does not name, and the next download would take them for local edits.
+    // unless local storage fails (the disk, or the database taking the records): stopped in
+    // between, the mirror would hold files of a revision its state does not name, and the next
+    // download would take them for local edits.
     go_on(&env.fetch.cancel)?;
     #[cfg(test)]
     hooks::reached(&env.dir, revision, "apply");
@@ -1123,7 +1124,7 @@ async fn download(
             keep_checks(&path, &mut rec, &index);
             records_tx.send(Applying::Record(path, rec)).map_err(|_| {
                 writer_gone = true;
-                StoreError::Corrupt("the database writer stopped".into())
+                StoreError::ApplyStopped("the database writer stopped")
             })
         };
         let stats = apply_revision_into(
@@ -1157,7 +1158,15 @@ async fn download(
         (Ok(_), Ok(records)) => records,
         // The writer's error is why the apply stopped: report it, not that.
         (Err(_), Err(e)) if writer_gone => return Err(e.into()),
-        (Err(e), _) | (Ok(_), Err(e)) => return Err(e.into()),
+        (Err(e), Err(w)) => {
+            // The writer stopped because the apply did; a database error of its own as well is
+            // not lost.
+            if !matches!(w, StoreError::ApplyStopped(_)) {
+                warn!(error = %w, "the database failed too: the file records were not written");
+            }
+            return Err(e.into());
+        }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e.into()),
     };
     let checks = Arc::new(into_file_checks(records));
     #[cfg(test)]

@@ -179,7 +179,8 @@ impl Db {
     }
 
     /// Record that the files of `revision` are about to be put in place, before the first of
-    /// them is: until [`Db::commit_revision`], the mirror is between two revisions.
+    /// them is: until [`Db::commit_revision`] (or [`Db::commit_revision_from`]), the mirror is
+    /// between two revisions.
     pub fn begin_apply(&self, revision: u64) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
         txn.open_table(META)?
@@ -201,7 +202,7 @@ impl Db {
             let mut files = txn.open_table(FILES)?;
             let mut index = IndexWriter::new(&files)?;
             for (path, rec) in records {
-                index.put(&mut files, path, rec)?;
+                index.put(&mut files, path.as_str(), || path.as_str().into(), rec)?;
             }
             index.finish(&mut files)?;
         }
@@ -228,7 +229,8 @@ impl Db {
             for item in records {
                 match item {
                     Applying::Record(path, rec) => {
-                        index.put(&mut files, &path, &rec)?;
+                        let owned = || path.as_str().to_owned().into();
+                        index.put(&mut files, path.as_str(), owned, &rec)?;
                         written.push((path, rec));
                     }
                     Applying::Done => {
@@ -243,8 +245,8 @@ impl Db {
         }
         if !done {
             txn.abort()?;
-            return Err(StoreError::Corrupt(
-                "the apply stopped before its last file record: nothing committed".into(),
+            return Err(StoreError::ApplyStopped(
+                "it ended before its last file record: nothing committed",
             ));
         }
         finish_revision(txn, head, blobs)?;
@@ -305,7 +307,7 @@ fn write_file_index(
 ) -> Result<u64, StoreError> {
     let mut index = IndexWriter::new(files)?;
     for (path, rec) in records {
-        index.put(files, path, rec)?;
+        index.put(files, path.as_str(), || path.as_str().into(), rec)?;
     }
     index.finish(files)
 }
@@ -314,16 +316,17 @@ fn write_file_index(
 /// unless the same bytes are stored, and at the end the records of paths not put are removed.
 /// An empty index (a first sync) is only written to: no set of the paths to keep, no lookup of
 /// each record before its insert.
-struct IndexWriter {
+struct IndexWriter<'a> {
     /// Records held before.
     before: u64,
-    /// The paths put, while there are records to remove.
-    keep: std::collections::HashSet<String>,
+    /// The paths put, while there are records to remove: borrowed from the caller's records
+    /// where it keeps them, copied where they move on (streamed).
+    keep: std::collections::HashSet<std::borrow::Cow<'a, str>>,
     written: u64,
     bytes: Vec<u8>,
 }
 
-impl IndexWriter {
+impl<'a> IndexWriter<'a> {
     fn new(files: &redb::Table<&str, &[u8]>) -> Result<Self, StoreError> {
         Ok(IndexWriter {
             before: files.len()?,
@@ -333,25 +336,28 @@ impl IndexWriter {
         })
     }
 
+    /// Write the record of `path`; `kept` gives the path to keep, called only while there are
+    /// records to remove (so a first sync copies no path).
     fn put(
         &mut self,
         files: &mut redb::Table<&str, &[u8]>,
-        path: &RelPath,
+        path: &str,
+        kept: impl FnOnce() -> std::borrow::Cow<'a, str>,
         rec: &FileRecord,
     ) -> Result<(), StoreError> {
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
         self.bytes = postcard::to_extend(rec, bytes).expect("file record encodes");
         if self.before > 0 {
-            self.keep.insert(path.as_str().to_owned());
+            self.keep.insert(kept());
             if files
-                .get(path.as_str())?
+                .get(path)?
                 .is_some_and(|v| v.value() == self.bytes.as_slice())
             {
                 return Ok(());
             }
         }
-        files.insert(path.as_str(), self.bytes.as_slice())?;
+        files.insert(path, self.bytes.as_slice())?;
         self.written += 1;
         Ok(())
     }

@@ -24,6 +24,9 @@ pub enum StoreError {
         format: u32,
         reads: u32,
     },
+    /// One side of an apply stopped because the other failed (whose error is the cause).
+    #[error("the apply stopped: {0}")]
+    ApplyStopped(&'static str),
     #[error("staged file {file} lacks its verified chunk {chunk}")]
     StagedIncomplete {
         file: crate::tree::ContentHash,
