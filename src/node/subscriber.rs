@@ -27,7 +27,7 @@ use super::status::{Stats, Status};
 use super::swarm_handle::{LocalInfo, NetHandle};
 use crate::config::{NodeConfig, MAX_MANIFEST_SIZE};
 use crate::store::{
-    apply_revision_into, Applying, ChunkPositions, Db, NewDirs, StagingArea, StoreError, TreeFiles,
+    apply_revision, Applying, ChunkPositions, Db, NewDirs, StagingArea, StoreError, TreeFiles,
 };
 use crate::store::{indexed_in, local_changes, LocalChanges};
 use crate::tree::{chunk_reader, ChunkRef, ContentHash, FileRecord, Manifest, RelPath};
@@ -1127,7 +1127,7 @@ async fn download(
                 StoreError::ApplyStopped("the database writer stopped")
             })
         };
-        let stats = apply_revision_into(
+        let stats = apply_revision(
             &root,
             &a,
             (&*old, &*new),

@@ -77,37 +77,11 @@ impl NewDirs {
 
 /// Install `new` over `old` in `root`. `unchanged` lists paths that already hold their new
 /// content; `edited` lists paths a user changed locally (moved aside, not overwritten).
-/// Returns the file index of the new revision; the records of `unchanged` files have no read
-/// checks (the caller has them in the old index).
+/// Gives the file index of the new revision to `record`, a file's record as soon as it is made
+/// (the files are not all in place and synced until this returns `Ok`); an error `record`
+/// returns stops the apply with it. The records of `unchanged` files have no read checks (the
+/// caller has them in the old index).
 pub fn apply_revision(
-    root: &Path,
-    staging: &StagingArea,
-    old: &Manifest,
-    new: &Manifest,
-    unchanged: &HashSet<RelPath>,
-    edited: &HashSet<RelPath>,
-    conflicts: &Path,
-) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
-    let mut records = Vec::new();
-    let stats = apply_revision_into(
-        root,
-        staging,
-        (old, new),
-        unchanged,
-        edited,
-        conflicts,
-        &mut |path, rec| {
-            records.push((path, rec));
-            Ok(())
-        },
-    )?;
-    Ok((records, stats))
-}
-
-/// [`apply_revision`], giving each file's record to `record` as soon as it is made (the
-/// files are not all in place and synced until this returns `Ok`). An error `record` returns
-/// stops the apply with it.
-pub fn apply_revision_into(
     root: &Path,
     staging: &StagingArea,
     (old, new): (&Manifest, &Manifest),
@@ -603,6 +577,32 @@ mod tests {
         staged_for(src, root, None, files)
     }
 
+    /// [`apply_revision`], its records collected.
+    fn apply_collect(
+        root: &Path,
+        area: &StagingArea,
+        (old, new): (&Manifest, &Manifest),
+        unchanged: &HashSet<RelPath>,
+        edited: &HashSet<RelPath>,
+        conflicts: &Path,
+    ) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
+        let mut records = Vec::new();
+        let mut record = |path, rec| {
+            records.push((path, rec));
+            Ok(())
+        };
+        let stats = apply_revision(
+            root,
+            area,
+            (old, new),
+            unchanged,
+            edited,
+            conflicts,
+            &mut record,
+        )?;
+        Ok((records, stats))
+    }
+
     /// Apply `new` to `root` where no revision was before, nothing unchanged or edited.
     fn apply_first(
         root: &Path,
@@ -611,11 +611,10 @@ mod tests {
         conflicts: &Path,
     ) -> Result<(Vec<(RelPath, FileRecord)>, ApplyStats), StoreError> {
         let none = HashSet::new();
-        apply_revision(
+        apply_collect(
             root,
             area,
-            &Manifest::default(),
-            new,
+            (&Manifest::default(), new),
             &none,
             &none,
             conflicts,
@@ -821,11 +820,10 @@ mod tests {
         assert_eq!(std::fs::read(failing.join("f")).unwrap(), b"hello");
         let unchanged = HashSet::from([RelPath::new("d/f").unwrap()]);
         let (old, none) = (Manifest::default(), HashSet::new());
-        let again = apply_revision(
+        let again = apply_collect(
             root.path(),
             &area,
-            &old,
-            &new,
+            (&old, &new),
             &unchanged,
             &none,
             &conflicts,

@@ -198,14 +198,7 @@ impl Db {
         blobs: &[(ContentHash, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
-        {
-            let mut files = txn.open_table(FILES)?;
-            let mut index = IndexWriter::new(&files)?;
-            for (path, rec) in records {
-                index.put(&mut files, path.as_str(), || path.as_str().into(), rec)?;
-            }
-            index.finish(&mut files)?;
-        }
+        write_file_index(&mut txn.open_table(FILES)?, records)?;
         finish_revision(txn, head, blobs)
     }
 

@@ -19,9 +19,7 @@ mod open_files;
 mod private;
 mod staging;
 
-pub use apply::{
-    apply_revision, apply_revision_into, verify_tree, ApplyStats, NewDirs, VerifyReport,
-};
+pub use apply::{apply_revision, verify_tree, ApplyStats, NewDirs, VerifyReport};
 pub use conflicts::move_to_conflicts;
 pub use db::{Applying, Db, StoredState, STATE_FORMAT};
 pub(crate) use error::io_err;
