@@ -29,9 +29,22 @@ struct Flow<T> {
     tag: T,
 }
 
+/// How the flows through a node share its links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Each flow gets the smaller of its two ends' even shares; a change costs the flows of two
+    /// nodes.
+    Even,
+    /// Max-min fair over the whole swarm (progressive filling), as congestion control tends
+    /// to: a flow held back at one end leaves the rest of the other end to its other flows. A
+    /// change costs every flow.
+    MaxMin,
+}
+
 /// Every node's links and the flows between them.
 #[derive(Debug)]
 pub struct Links<T> {
+    sharing: Sharing,
     up: Vec<f64>,
     down: Vec<f64>,
     sending: Vec<Vec<usize>>,
@@ -43,10 +56,12 @@ pub struct Links<T> {
 }
 
 impl<T: Copy> Links<T> {
-    /// Nodes with uplink rates `up` and downlink rates `down`, in bytes per second.
-    pub fn new(up: Vec<f64>, down: Vec<f64>) -> Self {
+    /// Nodes with uplink rates `up` and downlink rates `down`, in bytes per second, their
+    /// flows sharing links as `sharing` says.
+    pub fn with_sharing(up: Vec<f64>, down: Vec<f64>, sharing: Sharing) -> Self {
         let n = up.len();
         Links {
+            sharing,
             up,
             down,
             sending: vec![Vec::new(); n],
@@ -120,6 +135,9 @@ impl<T: Copy> Links<T> {
 
     /// The flows sent by `src` and received by `dst` take their new shares at `now`.
     fn reshare(&mut self, src: usize, dst: usize, now: u64) {
+        if self.sharing == Sharing::MaxMin {
+            return self.reshare_max_min(now);
+        }
         let ids: Vec<usize> = self.sending[src]
             .iter()
             .chain(&self.receiving[dst])
@@ -130,20 +148,76 @@ impl<T: Copy> Links<T> {
         }
     }
 
+    /// Every flow takes its max-min fair rate at `now` (progressive filling: the link with
+    /// the smallest share per unfrozen flow fixes its flows at that share, and so on).
+    fn reshare_max_min(&mut self, now: u64) {
+        let n = self.up.len();
+        // Links 0..n are uplinks, n..2n downlinks: the capacity left and the flows not fixed.
+        let mut left: Vec<f64> = self.up.iter().chain(&self.down).copied().collect();
+        let mut open: Vec<usize> = (0..n)
+            .map(|u| self.sending[u].len())
+            .chain((0..n).map(|v| self.receiving[v].len()))
+            .collect();
+        let mut rate: Vec<Option<f64>> = vec![None; self.flows.len()];
+        let share = |left: &[f64], open: &[usize], l: usize| left[l].max(0.0) / open[l] as f64;
+        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..2 * n)
+            .filter(|&l| open[l] > 0)
+            .map(|l| Reverse((share(&left, &open, l).to_bits(), l)))
+            .collect();
+        while let Some(Reverse((bits, l))) = heap.pop() {
+            if open[l] == 0 || share(&left, &open, l).to_bits() != bits {
+                continue;
+            }
+            let r = f64::from_bits(bits);
+            let ids = if l < n {
+                &self.sending[l]
+            } else {
+                &self.receiving[l - n]
+            };
+            for &id in ids {
+                if rate[id].is_some() {
+                    continue;
+                }
+                rate[id] = Some(r);
+                let Some(f) = self.flows[id].as_ref() else {
+                    continue;
+                };
+                let other = if l < n { n + f.dst } else { f.src };
+                left[other] -= r;
+                open[other] -= 1;
+                if open[other] > 0 {
+                    heap.push(Reverse((share(&left, &open, other).to_bits(), other)));
+                }
+            }
+            open[l] = 0;
+        }
+        for (id, r) in rate.into_iter().enumerate() {
+            if let Some(r) = r {
+                self.set_rate(id, r, now);
+            }
+        }
+    }
+
     fn rerate(&mut self, id: usize, now: u64) {
         let Some(f) = self.flows[id].as_ref() else {
             return;
         };
         let share_up = self.up[f.src] / self.sending[f.src].len() as f64;
         let share_down = self.down[f.dst] / self.receiving[f.dst].len() as f64;
-        let rate = share_up.min(share_down);
+        self.set_rate(id, share_up.min(share_down), now);
+    }
+
+    /// `id` moves at `rate` from `now`: what it moved so far is taken off, and its finish time
+    /// set anew if the rate changed.
+    fn set_rate(&mut self, id: usize, rate: f64, now: u64) {
         let Some(f) = self.flows[id].as_mut() else {
             return;
         };
         let moved = f.rate * (now - f.at) as f64 / 1e9;
         f.remaining = (f.remaining - moved).max(0.0);
         f.at = now;
-        if f.rate == rate && f.version > 0 {
+        // Max-min recomputes every rate; one that moved by rounding alone keeps its finish.
+        if (f.rate - rate).abs() <= 1e-9 * rate && f.version > 0 {
             return;
         }
         f.rate = rate;
@@ -173,14 +247,22 @@ mod tests {
 
     #[test]
     fn a_lone_flow_moves_at_the_slower_of_its_two_ends() {
-        let mut links = Links::new(vec![10.0 * MB, 1.0 * MB], vec![1.0 * MB, 4.0 * MB]);
+        let mut links = Links::with_sharing(
+            vec![10.0 * MB, 1.0 * MB],
+            vec![1.0 * MB, 4.0 * MB],
+            Sharing::Even,
+        );
         links.start(0, 1, 8_000_000, 7, 0);
         assert_eq!(drain(&mut links), vec![(2_000, 7)], "8 MB at 4 MB/s");
     }
 
     #[test]
     fn flows_from_one_uplink_share_it_evenly_and_the_survivor_speeds_up() {
-        let mut links = Links::new(vec![2.0 * MB, 0.0, 0.0], vec![0.0, 10.0 * MB, 10.0 * MB]);
+        let mut links = Links::with_sharing(
+            vec![2.0 * MB, 0.0, 0.0],
+            vec![0.0, 10.0 * MB, 10.0 * MB],
+            Sharing::Even,
+        );
         links.start(0, 1, 1_000_000, 1, 0);
         links.start(0, 2, 3_000_000, 2, 0);
         // 1 MB/s each until the first ends at 1 s (2 MB left), then 2 MB/s for the rest.
@@ -189,7 +271,11 @@ mod tests {
 
     #[test]
     fn a_downlink_shared_by_two_senders_caps_each_at_half() {
-        let mut links = Links::new(vec![5.0 * MB, 5.0 * MB, 0.0], vec![0.0, 0.0, 2.0 * MB]);
+        let mut links = Links::with_sharing(
+            vec![5.0 * MB, 5.0 * MB, 0.0],
+            vec![0.0, 0.0, 2.0 * MB],
+            Sharing::Even,
+        );
         links.start(0, 2, 2_000_000, 1, 0);
         links.start(1, 2, 2_000_000, 2, SEC / 2);
         // Flow 1 alone at 2 MB/s for 0.5 s (1 MB), then both at 1 MB/s: flow 1 ends at 1.5 s,
@@ -199,7 +285,11 @@ mod tests {
 
     #[test]
     fn a_cancelled_flow_gives_its_share_back_and_never_finishes() {
-        let mut links = Links::new(vec![2.0 * MB, 0.0, 0.0], vec![0.0, 10.0 * MB, 10.0 * MB]);
+        let mut links = Links::with_sharing(
+            vec![2.0 * MB, 0.0, 0.0],
+            vec![0.0, 10.0 * MB, 10.0 * MB],
+            Sharing::Even,
+        );
         let gone = links.start(0, 1, 4_000_000, 1, 0);
         links.start(0, 2, 3_000_000, 2, 0);
         assert_eq!(links.cancel(gone, SEC), Some(1));
@@ -209,8 +299,41 @@ mod tests {
     }
 
     #[test]
+    fn max_min_gives_what_a_crowded_receiver_leaves_to_the_senders_other_flow() {
+        // Node 0 sends to 1 and 2; node 1's downlink (2 MB/s) is shared with node 3's flow.
+        let links = |sharing| {
+            let up = vec![4.0 * MB, 0.0, 0.0, 4.0 * MB];
+            let down = vec![0.0, 2.0 * MB, 10.0 * MB, 0.0];
+            let mut l = Links::with_sharing(up, down, sharing);
+            l.start(0, 1, 4_000_000, 1, 0);
+            l.start(0, 2, 6_000_000, 2, 0);
+            l.start(3, 1, 4_000_000, 3, 0);
+            l
+        };
+        // Even: flows into 1 get 1 MB/s each (to 4 s); 0's flow to 2 gets half of 4 MB/s,
+        // 2 MB/s, to 3 s.
+        let sorted = |mut v: Vec<(u64, u32)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(drain(&mut links(Sharing::Even))),
+            vec![(3_000, 2), (4_000, 1), (4_000, 3)]
+        );
+        // Max-min: flows into 1 still 1 MB/s; 0's flow to 2 takes the 3 MB/s left, to 2 s.
+        assert_eq!(
+            sorted(drain(&mut links(Sharing::MaxMin))),
+            vec![(2_000, 2), (4_000, 1), (4_000, 3)]
+        );
+    }
+
+    #[test]
     fn a_reused_slot_does_not_inherit_the_finish_of_the_flow_before_it() {
-        let mut links = Links::new(vec![1.0 * MB, 1.0 * MB], vec![1.0 * MB, 1.0 * MB]);
+        let mut links = Links::with_sharing(
+            vec![1.0 * MB, 1.0 * MB],
+            vec![1.0 * MB, 1.0 * MB],
+            Sharing::Even,
+        );
         let first = links.start(0, 1, 1_000_000, 1, 0);
         links.cancel(first, SEC / 2);
         links.start(0, 1, 3_000_000, 2, SEC / 2);

@@ -92,6 +92,14 @@ struct Args {
     /// last has left, as the node's wire count says. Not with --upload-slots.
     #[arg(long, default_value_t = 0)]
     upload_budget: u64,
+    /// The publisher's upload budget in bytes, when it differs from --upload-budget (0: none).
+    #[arg(long)]
+    publisher_budget: Option<u64>,
+    /// Share links max-min fairly over the whole swarm (as congestion control tends to)
+    /// instead of each flow taking the smaller of its two ends' even shares. Costs every flow
+    /// at each change: for runs up to a few hundred subscribers.
+    #[arg(long)]
+    max_min: bool,
     /// Experiment: how long a busy peer is left alone, instead of the node's `BUSY_BACKOFF`
     #[arg(long)]
     busy_backoff_ms: Option<f64>,
@@ -221,6 +229,8 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         upload_slots: args.upload_slots,
         busy_refuses: args.busy_refuses,
         upload_budget: args.upload_budget,
+        publisher_budget: args.publisher_budget.unwrap_or(args.upload_budget),
+        max_min: args.max_min,
         busy_backoff: args
             .busy_backoff_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
@@ -456,5 +466,27 @@ mod tests {
         ]);
         let chunks = parse_tree(&both.tree).unwrap();
         assert!(setup(&both, 5, &chunks).is_err());
+    }
+
+    /// Max-min sharing and a publisher budget of its own reach the simulation, and every
+    /// mirror still finishes under them.
+    #[test]
+    fn max_min_sharing_with_a_publisher_budget_of_its_own_finishes_every_mirror() {
+        let args = Args::parse_from([
+            "swarm-sim",
+            "--tree",
+            "1x8388608",
+            "--upload-budget",
+            "262144",
+            "--publisher-budget",
+            "0",
+            "--max-min",
+        ]);
+        let chunks = parse_tree(&args.tree).unwrap();
+        let setup = setup(&args, 12, &chunks).unwrap();
+        assert!(setup.max_min);
+        assert_eq!((setup.upload_budget, setup.publisher_budget), (262144, 0));
+        let out = Sim::new(setup).run();
+        assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");
     }
 }

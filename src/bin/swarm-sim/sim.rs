@@ -24,7 +24,7 @@ use treecast::swarm::{
 use treecast::tree::ContentHash;
 use treecast::wire::{encode, ControlMsg, Have};
 
-use crate::link::{FlowId, Links};
+use crate::link::{FlowId, Links, Sharing};
 
 /// The revision every subscriber fetches.
 const REVISION: u64 = 1;
@@ -67,6 +67,10 @@ pub struct Setup {
     pub busy_refuses: bool,
     /// The node's upload budget in bytes (0: none), decided by its `UploadBudget`.
     pub upload_budget: u64,
+    /// The publisher's upload budget in bytes (0: none).
+    pub publisher_budget: u64,
+    /// Links shared max-min fairly over the swarm, not by even shares at each end.
+    pub max_min: bool,
     /// Experiment: how long a peer that said it is busy is left alone, instead of the node's
     /// `BUSY_BACKOFF`.
     pub busy_backoff: Option<Duration>,
@@ -287,7 +291,12 @@ impl Sim {
         let n = setup.up.len();
         let n_chunks = setup.chunks.len();
         let nodes = (0..n).map(|i| Self::node(&setup, i == 0, base)).collect();
-        let links = Links::new(setup.up.clone(), setup.down.clone());
+        let sharing = if setup.max_min {
+            Sharing::MaxMin
+        } else {
+            Sharing::Even
+        };
+        let links = Links::with_sharing(setup.up.clone(), setup.down.clone(), sharing);
         let out = Outcome {
             completions: vec![None; n - 1],
             publisher_sent: 0,
@@ -357,7 +366,11 @@ impl Sim {
             sending: 0,
             waiting: VecDeque::new(),
             budget: UploadBudget::new(
-                setup.upload_budget,
+                if publisher {
+                    setup.publisher_budget
+                } else {
+                    setup.upload_budget
+                },
                 setup.lack_retry.unwrap_or(LACK_RETRY),
                 CHUNK_TIMEOUT,
             ),
