@@ -67,9 +67,10 @@ pub struct NetArgs {
     /// Most chunk bytes per second to download, e.g. 2M (default: unlimited).
     #[arg(long, env = "TREECAST_MAX_DOWNLOAD", value_parser = parse_rate)]
     pub max_download: Option<u64>,
-    /// Experiment (off: 0): chunk bytes sent and not yet acknowledged before requests from a
-    /// second peer are answered "busy", e.g. 1M. Slower in the lab so far (see the README).
-    #[arg(long, env = "TREECAST_UPLOAD_BUDGET", value_parser = parse_budget, default_value_t = 0, hide = true)]
+    /// Chunk bytes queued to peers and not yet sent before requests from a second peer are
+    /// answered "busy", so that a chunk goes whole to a few receivers at a time (default 1 MiB;
+    /// 0 turns it off).
+    #[arg(long, env = "TREECAST_UPLOAD_BUDGET", value_parser = parse_budget, default_value_t = crate::config::DEFAULT_UPLOAD_BUDGET)]
     pub upload_budget: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
     #[arg(long, env = "TREECAST_METRICS", value_name = "ADDR")]
@@ -996,6 +997,17 @@ mod tests {
             |v: &str| Cli::try_parse_from(["treecast", "publish", "d", "--upload-budget", v]);
         assert!(budget("0").is_ok() && budget("1M").is_ok());
         assert!(budget("x").is_err() && budget("-1").is_err());
+        let set = |argv: Result<Cli, clap::Error>| match argv.unwrap().command {
+            Command::Publish { net, .. } => net.upload_budget,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            set(Cli::try_parse_from(["treecast", "publish", "d"])),
+            crate::config::DEFAULT_UPLOAD_BUDGET,
+            "on by default"
+        );
+        assert_eq!(set(budget("0")), 0, "0 turns it off");
+        assert_eq!(set(budget("2M")), 2_000_000);
     }
 
     #[test]

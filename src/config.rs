@@ -132,9 +132,8 @@ pub struct NodeConfig {
     pub max_upload: Option<u64>,
     /// Most chunk bytes per second this node downloads (None: unlimited).
     pub max_download: Option<u64>,
-    /// Experiment, off by default: chunk bytes this node may have sent and not yet heard
-    /// received before it refuses further requests from a second peer (0: no budget; see
-    /// `swarm::UploadBudget` and the README, which has why it is off).
+    /// Chunk bytes this node may have queued and not yet seen leave before it answers further
+    /// requests from a second peer "busy" (0: no budget; see `swarm::UploadBudget`).
     pub upload_budget: u64,
     /// Most peers to hold sessions with (peer exchange dials up to this many).
     pub max_peers: usize,
@@ -200,7 +199,7 @@ impl NodeConfig {
             swarm_id: None,
             max_upload: None,
             max_download: None,
-            upload_budget: 0,
+            upload_budget: DEFAULT_UPLOAD_BUDGET,
             max_peers: 32,
             session_idle: SESSION_IDLE,
             mdns: true,
@@ -233,6 +232,11 @@ pub const SEED_HOLD: Duration = Duration::from_secs(10);
 /// or from the send while the receiver has not listed it (it may still be on its way; its
 /// request times out after `CHUNK_TIMEOUT`).
 pub const SEED_HOLD_UNLISTED: Duration = CHUNK_TIMEOUT;
+/// The upload budget of a node that sets none: about 0.4 s of a 20 Mbit/s uplink. A chunk sent
+/// whole to a few receivers at a time spreads far faster than one split over every asker
+/// (README, "Swarm simulator": with it the simulator's swarms of 10 to 100 subscribers finish
+/// within 1.2-1.31x of the bound, without it 1.05-2.13x).
+pub const DEFAULT_UPLOAD_BUDGET: u64 = 1 << 20;
 /// A peer that said it lacks a chunk (or would not send it now) is asked for it again after
 /// this long (see `swarm::Picker`).
 pub const LACK_RETRY: Duration = Duration::from_secs(1);
