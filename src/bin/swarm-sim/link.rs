@@ -3,6 +3,9 @@
 //! smaller of its sender's uplink split evenly over the flows it sends, and its receiver's
 //! downlink split evenly over the flows it receives. When a flow starts or ends, only the flows
 //! of its two ends change rate, so each event costs the flows at two nodes, never the swarm.
+//! Or (`Sharing::MaxMin`) max-min fair over the whole swarm, as congestion controllers sharing
+//! bottlenecks tend to: what a flow cannot use at one end goes to the other flows there. Each
+//! event then costs every flow.
 //!
 //! Owns flows, rates and when each flow finishes; knows nothing of chunks or peers (a flow
 //! carries a caller's tag). Time is simulated: nanoseconds since the simulation began.

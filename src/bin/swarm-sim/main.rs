@@ -87,10 +87,11 @@ struct Args {
     /// turns to another holder, instead of making its lane wait.
     #[arg(long)]
     busy_refuses: bool,
-    /// The node's upload budget (`--upload-budget`, off there by default), in bytes: the
-    /// node's own `UploadBudget` decides, a chunk counting from its first byte sent until its
-    /// last has left, as the node's wire count says. Not with --upload-slots.
-    #[arg(long, default_value_t = 0)]
+    /// The node's upload budget (`--upload-budget`; the default is the node's, 1 MiB), in
+    /// bytes, 0 for none: the node's own `UploadBudget` decides, a chunk counting from its
+    /// first byte sent until its last has left, as the node's wire count says. Give 0 with
+    /// --upload-slots.
+    #[arg(long, default_value_t = treecast::config::DEFAULT_UPLOAD_BUDGET)]
     upload_budget: u64,
     /// The publisher's upload budget in bytes, when it differs from --upload-budget (0: none).
     #[arg(long)]
@@ -197,8 +198,13 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
     if args.busy_refuses && args.upload_slots == 0 {
         bail!("--busy-refuses needs --upload-slots: a node without slots is never busy");
     }
-    if args.upload_budget > 0 && args.upload_slots > 0 {
-        bail!("--upload-budget and --upload-slots are two ways to limit what a node sends at once: give one");
+    let budgets = args.upload_budget > 0 || args.publisher_budget.is_some_and(|b| b > 0);
+    if budgets && args.upload_slots > 0 {
+        bail!(
+            "--upload-budget (the node's, on by default) and --upload-slots are two ways to \
+             limit what a node sends at once: give --upload-budget 0 (and no --publisher-budget) \
+             with --upload-slots"
+        );
     }
     let tree: u64 = chunks.iter().sum();
     let bound = lower_bound(tree, &up, &down);
@@ -289,7 +295,8 @@ fn main() -> Result<()> {
     let tree: u64 = chunks.iter().sum();
     println!(
         "tree {} bytes in {} chunks; up {} Mbit/s, down {} Mbit/s, publisher {} Mbit/s, \
-         latency {} ms one way, max_peers {}, join spread {} s, leave {}, once {}",
+         latency {} ms one way, max_peers {}, join spread {} s, leave {}, once {}, \
+         upload budget {} B (publisher {} B), links shared {}",
         tree,
         chunks.len(),
         args.up,
@@ -299,7 +306,10 @@ fn main() -> Result<()> {
         args.max_peers,
         args.join_spread,
         args.leave,
-        args.once
+        args.once,
+        args.upload_budget,
+        args.publisher_budget.unwrap_or(args.upload_budget),
+        if args.max_min { "max-min" } else { "evenly" },
     );
     println!(
         "| N | done | median s | slowest s | bound s | / bound | publisher copies | ctrl msgs/node/s | \
@@ -425,6 +435,8 @@ mod tests {
             "--upload-slots",
             "1",
             "--busy-refuses",
+            "--upload-budget",
+            "0",
         ]);
         let out = Sim::new(setup(&args, 12, &chunks).unwrap()).run();
         assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");
@@ -435,8 +447,8 @@ mod tests {
     }
 
     /// The node's upload budget, run by the simulator: a budget of one chunk refuses some asks
-    /// and every mirror still finishes; none is refused without a budget; and the budget does
-    /// not go with upload slots.
+    /// and every mirror still finishes; none is refused without a budget; the default is the
+    /// node's; and a budget does not go with upload slots.
     #[test]
     fn the_nodes_upload_budget_refuses_when_full_and_every_mirror_still_finishes() {
         let run = |budget: &str| {
@@ -466,6 +478,13 @@ mod tests {
         ]);
         let chunks = parse_tree(&both.tree).unwrap();
         assert!(setup(&both, 5, &chunks).is_err());
+        let default = Args::parse_from(["swarm-sim", "--upload-slots", "1"]);
+        assert_eq!(
+            default.upload_budget,
+            treecast::config::DEFAULT_UPLOAD_BUDGET,
+            "the node's default"
+        );
+        assert!(setup(&default, 5, &chunks).is_err(), "slots need budget 0");
     }
 
     /// Max-min sharing and a publisher budget of its own reach the simulation, and every
