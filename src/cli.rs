@@ -68,8 +68,8 @@ pub struct NetArgs {
     #[arg(long, env = "TREECAST_MAX_DOWNLOAD", value_parser = parse_rate)]
     pub max_download: Option<u64>,
     /// Chunk bytes queued to peers and not yet sent before requests from a second peer are
-    /// answered "busy", so that a chunk goes whole to a few receivers at a time (default 1 MiB;
-    /// 0 turns it off).
+    /// answered "busy", so that a chunk goes whole to a few receivers at a time, e.g. 1M (off
+    /// by default: 0; see the README's swarm simulator section for when it helps).
     #[arg(long, env = "TREECAST_UPLOAD_BUDGET", value_parser = parse_budget, default_value_t = crate::config::DEFAULT_UPLOAD_BUDGET)]
     pub upload_budget: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
@@ -1004,8 +1004,9 @@ mod tests {
         assert_eq!(
             set(Cli::try_parse_from(["treecast", "publish", "d"])),
             crate::config::DEFAULT_UPLOAD_BUDGET,
-            "on by default"
+            "the default"
         );
+        assert_eq!(crate::config::DEFAULT_UPLOAD_BUDGET, 0, "off by default");
         assert_eq!(set(budget("0")), 0, "0 turns it off");
         assert_eq!(set(budget("2M")), 2_000_000);
     }
