@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use link::Sharing;
 use sim::{Outcome, Rng, Setup, Sim};
 
 /// Simulate a treecast swarm and print how fast it spreads one revision.
@@ -236,7 +237,11 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         busy_refuses: args.busy_refuses,
         upload_budget: args.upload_budget,
         publisher_budget: args.publisher_budget.unwrap_or(args.upload_budget),
-        max_min: args.max_min,
+        sharing: if args.max_min {
+            Sharing::MaxMin
+        } else {
+            Sharing::Even
+        },
         busy_backoff: args
             .busy_backoff_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
@@ -502,7 +507,7 @@ mod tests {
         ]);
         let chunks = parse_tree(&args.tree).unwrap();
         let setup = setup(&args, 12, &chunks).unwrap();
-        assert!(setup.max_min);
+        assert_eq!(setup.sharing, Sharing::MaxMin);
         assert_eq!((setup.upload_budget, setup.publisher_budget), (262144, 0));
         let out = Sim::new(setup).run();
         assert!(out.completions.iter().all(|c| c.is_some()), "{out:?}");

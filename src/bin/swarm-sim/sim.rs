@@ -69,8 +69,8 @@ pub struct Setup {
     pub upload_budget: u64,
     /// The publisher's upload budget in bytes (0: none).
     pub publisher_budget: u64,
-    /// Links shared max-min fairly over the swarm, not by even shares at each end.
-    pub max_min: bool,
+    /// How flows share the links.
+    pub sharing: Sharing,
     /// Experiment: how long a peer that said it is busy is left alone, instead of the node's
     /// `BUSY_BACKOFF`.
     pub busy_backoff: Option<Duration>,
@@ -291,12 +291,7 @@ impl Sim {
         let n = setup.up.len();
         let n_chunks = setup.chunks.len();
         let nodes = (0..n).map(|i| Self::node(&setup, i == 0, base)).collect();
-        let sharing = if setup.max_min {
-            Sharing::MaxMin
-        } else {
-            Sharing::Even
-        };
-        let links = Links::with_sharing(setup.up.clone(), setup.down.clone(), sharing);
+        let links = Links::with_sharing(setup.up.clone(), setup.down.clone(), setup.sharing);
         let out = Outcome {
             completions: vec![None; n - 1],
             publisher_sent: 0,
