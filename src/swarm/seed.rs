@@ -106,8 +106,15 @@ impl<P: Clone + Eq + Hash> SeedPolicy<P> {
                 return true;
             }
             Some(hold) if !self.ran_out(hold, now) => return false,
-            Some(_) => {
-                tracing::debug!(%hash, "seed hold ran out: the chunk goes to a second receiver");
+            Some(hold) => {
+                let age = |t: Instant| now.saturating_duration_since(t).as_secs_f32();
+                tracing::debug!(
+                    %hash,
+                    sent_s_ago = age(hold.since),
+                    listed_s_ago = hold.listed.map(age),
+                    others = hold.others.len(),
+                    "seed hold ran out: the chunk goes to a second receiver"
+                );
             }
         }
         if self.holds.len() >= MAX_TRACKED {
@@ -459,5 +466,44 @@ mod tests {
         s.have(&2, 6, &order, &[], t0);
         assert!(s.should_serve(&20, h(0), t0));
         assert!(!s.should_serve(&1, h(0), t0), "held for 20 again");
+    }
+
+    /// The node's holds outlast a slow first hop: in the 40-subscriber lab a chunk often took
+    /// more than 10 s to go from its first receiver to anyone else, and a 10 s backstop sent it
+    /// again (a quarter of the chunks). With `SEED_HOLD` it goes out once; only a receiver that
+    /// keeps it from everyone for `SEED_HOLD` gets it sent to a second.
+    #[test]
+    fn with_the_nodes_holds_a_chunk_slow_to_leave_its_first_receiver_is_sent_once() {
+        use crate::config::{SEED_HOLD, SEED_HOLD_UNLISTED};
+        let t0 = Instant::now();
+        let mut s = SeedPolicy::new(SEED_HOLD, SEED_HOLD_UNLISTED);
+        assert!(s.should_serve(&1, h(1), t0));
+        s.seen(&1, h(1), secs(t0, 2.0));
+        for t in [5.0, 12.0, 20.0, 31.0] {
+            assert!(
+                !s.should_serve(&2, h(1), secs(t0, t)),
+                "{t} s after the send, its receiver still its only holder: refused"
+            );
+        }
+        s.seen(&3, h(1), secs(t0, 25.0));
+        assert!(
+            !s.should_serve(&2, h(1), secs(t0, 28.0)),
+            "one other lists it, less than SPREAD_WAIT ago"
+        );
+        assert!(
+            s.should_serve(&2, h(1), secs(t0, 25.0) + SPREAD_WAIT),
+            "SPREAD_WAIT after the first other listed it, anyone may have it"
+        );
+
+        // A receiver that never passes its chunk on: the hold ends SEED_HOLD after it
+        // listed it.
+        assert!(s.should_serve(&1, h(2), t0));
+        s.seen(&1, h(2), secs(t0, 2.0));
+        assert!(!s.should_serve(
+            &2,
+            h(2),
+            secs(t0, 2.0) + SEED_HOLD - Duration::from_millis(1)
+        ));
+        assert!(s.should_serve(&2, h(2), secs(t0, 2.0) + SEED_HOLD));
     }
 }
