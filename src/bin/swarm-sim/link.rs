@@ -7,6 +7,9 @@
 //! bottlenecks tend to: what a flow cannot use at one end goes to the other flows there. Each
 //! event then costs every flow.
 //!
+//! Max-min sharing can also cap the swarm's total (`Links::with_total`): one more link that
+//! every flow crosses, for a lab whose CPUs, not its links, bound what all nodes move at once.
+//!
 //! Owns flows, rates and when each flow finishes; knows nothing of chunks or peers (a flow
 //! carries a caller's tag). Time is simulated: nanoseconds since the simulation began.
 
@@ -48,6 +51,8 @@ pub enum Sharing {
 #[derive(Debug)]
 pub struct Links<T> {
     sharing: Sharing,
+    /// What all flows together may move per second, under max-min (infinite: no cap).
+    total: f64,
     up: Vec<f64>,
     down: Vec<f64>,
     sending: Vec<Vec<usize>>,
@@ -65,6 +70,7 @@ impl<T: Copy> Links<T> {
         let n = up.len();
         Links {
             sharing,
+            total: f64::INFINITY,
             up,
             down,
             sending: vec![Vec::new(); n],
@@ -74,6 +80,18 @@ impl<T: Copy> Links<T> {
             finishes: BinaryHeap::new(),
             versions: 0,
         }
+    }
+
+    /// All flows together move at most `bytes_per_sec` (max-min sharing only: the cap is one
+    /// more link that every flow crosses).
+    pub fn with_total(mut self, bytes_per_sec: f64) -> Self {
+        assert_eq!(
+            self.sharing,
+            Sharing::MaxMin,
+            "a total cap needs max-min sharing"
+        );
+        self.total = bytes_per_sec;
+        self
     }
 
     /// Start sending `bytes` from `src` to `dst` at `now`.
@@ -155,15 +173,20 @@ impl<T: Copy> Links<T> {
     /// the smallest share per unfrozen flow fixes its flows at that share, and so on).
     fn reshare_max_min(&mut self, now: u64) {
         let n = self.up.len();
-        // Links 0..n are uplinks, n..2n downlinks: the capacity left and the flows not fixed.
+        // Links 0..n are uplinks, n..2n downlinks, 2n the swarm's total: the capacity left and
+        // the flows not fixed.
+        let total = 2 * n;
+        let live = self.flows.iter().filter(|f| f.is_some()).count();
         let mut left: Vec<f64> = self.up.iter().chain(&self.down).copied().collect();
+        left.push(self.total);
         let mut open: Vec<usize> = (0..n)
             .map(|u| self.sending[u].len())
             .chain((0..n).map(|v| self.receiving[v].len()))
             .collect();
+        open.push(if self.total.is_finite() { live } else { 0 });
         let mut rate: Vec<Option<f64>> = vec![None; self.flows.len()];
         let share = |left: &[f64], open: &[usize], l: usize| left[l].max(0.0) / open[l] as f64;
-        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..2 * n)
+        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..=total)
             .filter(|&l| open[l] > 0)
             .map(|l| Reverse((share(&left, &open, l).to_bits(), l)))
             .collect();
@@ -172,24 +195,32 @@ impl<T: Copy> Links<T> {
                 continue;
             }
             let r = f64::from_bits(bits);
-            let ids = if l < n {
-                &self.sending[l]
+            // The flows through link `l`: an end's list, or (the total) every slot.
+            let (list, slots): (&[usize], usize) = if l < n {
+                (&self.sending[l], 0)
+            } else if l < total {
+                (&self.receiving[l - n], 0)
             } else {
-                &self.receiving[l - n]
+                (&[], self.flows.len())
             };
-            for &id in ids {
+            for id in list.iter().copied().chain(0..slots) {
                 if rate[id].is_some() {
                     continue;
                 }
-                rate[id] = Some(r);
                 let Some(f) = self.flows[id].as_ref() else {
                     continue;
                 };
-                let other = if l < n { n + f.dst } else { f.src };
-                left[other] -= r;
-                open[other] -= 1;
-                if open[other] > 0 {
-                    heap.push(Reverse((share(&left, &open, other).to_bits(), other)));
+                rate[id] = Some(r);
+                let ends = [f.src, n + f.dst, total];
+                for other in ends {
+                    if other == l || open[other] == 0 {
+                        continue;
+                    }
+                    left[other] -= r;
+                    open[other] -= 1;
+                    if open[other] > 0 {
+                        heap.push(Reverse((share(&left, &open, other).to_bits(), other)));
+                    }
                 }
             }
             open[l] = 0;
@@ -328,6 +359,22 @@ mod tests {
             sorted(drain(&mut links(Sharing::MaxMin))),
             vec![(2_000, 2), (4_000, 1), (4_000, 3)]
         );
+    }
+
+    #[test]
+    fn a_total_cap_holds_every_flow_together_under_it() {
+        // The flows of the test above, the swarm's total capped at 3 MB/s: the two into node 1
+        // still get 1 MB/s each, and 0's flow to 2 only the 1 MB/s the cap leaves (it had 3)
+        // until they end at 4 s; then it alone takes the whole cap, 3 MB/s, for its last 3 MB.
+        let up = vec![4.0 * MB, 0.0, 0.0, 4.0 * MB];
+        let down = vec![0.0, 2.0 * MB, 10.0 * MB, 0.0];
+        let mut l = Links::with_sharing(up, down, Sharing::MaxMin).with_total(3.0 * MB);
+        l.start(0, 1, 4_000_000, 1, 0);
+        l.start(0, 2, 7_000_000, 2, 0);
+        l.start(3, 1, 4_000_000, 3, 0);
+        let mut done = drain(&mut l);
+        done.sort();
+        assert_eq!(done, vec![(4_000, 1), (4_000, 3), (5_000, 2)]);
     }
 
     #[test]

@@ -102,6 +102,11 @@ struct Args {
     /// at each change: for runs up to a few hundred subscribers.
     #[arg(long)]
     max_min: bool,
+    /// Experiment, with --max-min: what all nodes together move, in Mbit/s, is capped at this
+    /// (one more link that every flow crosses). For a lab whose CPUs bound the swarm before its
+    /// links do: this machine's lab, 41 nodes and their delay daemons on 2 cores.
+    #[arg(long)]
+    total_mbit: Option<f64>,
     /// Experiment: how long a busy peer is left alone, instead of the node's `BUSY_BACKOFF`
     #[arg(long)]
     busy_backoff_ms: Option<f64>,
@@ -207,6 +212,9 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
              with --upload-slots"
         );
     }
+    if args.total_mbit.is_some() && !args.max_min {
+        bail!("--total-mbit needs --max-min: the cap is a link every flow shares");
+    }
     let tree: u64 = chunks.iter().sum();
     let bound = lower_bound(tree, &up, &down);
     let joins = (0..n)
@@ -242,6 +250,7 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
         } else {
             Sharing::Even
         },
+        total: args.total_mbit.map(|m| m * 1e6 / 8.0),
         busy_backoff: args
             .busy_backoff_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
@@ -301,7 +310,7 @@ fn main() -> Result<()> {
     println!(
         "tree {} bytes in {} chunks; up {} Mbit/s, down {} Mbit/s, publisher {} Mbit/s, \
          latency {} ms one way, max_peers {}, join spread {} s, leave {}, once {}, \
-         upload budget {} B (publisher {} B), links shared {}",
+         upload budget {} B (publisher {} B), links shared {}{}",
         tree,
         chunks.len(),
         args.up,
@@ -315,6 +324,10 @@ fn main() -> Result<()> {
         args.upload_budget,
         args.publisher_budget.unwrap_or(args.upload_budget),
         if args.max_min { "max-min" } else { "evenly" },
+        match args.total_mbit {
+            Some(m) => format!(", the swarm's total capped at {m} Mbit/s"),
+            None => String::new(),
+        },
     );
     println!(
         "| N | done | median s | slowest s | bound s | / bound | publisher copies | ctrl msgs/node/s | \

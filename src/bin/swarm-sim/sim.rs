@@ -71,6 +71,8 @@ pub struct Setup {
     pub publisher_budget: u64,
     /// How flows share the links.
     pub sharing: Sharing,
+    /// What all flows together may move, in bytes per second (max-min only; None: no cap).
+    pub total: Option<f64>,
     /// Experiment: how long a peer that said it is busy is left alone, instead of the node's
     /// `BUSY_BACKOFF`.
     pub busy_backoff: Option<Duration>,
@@ -291,7 +293,10 @@ impl Sim {
         let n = setup.up.len();
         let n_chunks = setup.chunks.len();
         let nodes = (0..n).map(|i| Self::node(&setup, i == 0, base)).collect();
-        let links = Links::with_sharing(setup.up.clone(), setup.down.clone(), setup.sharing);
+        let mut links = Links::with_sharing(setup.up.clone(), setup.down.clone(), setup.sharing);
+        if let Some(total) = setup.total {
+            links = links.with_total(total);
+        }
         let out = Outcome {
             completions: vec![None; n - 1],
             publisher_sent: 0,
