@@ -37,8 +37,8 @@ use crate::net::{
 };
 use crate::swarm::{
     Answer, AutoNat, Dial, Discovery, DiscoveryAction, DiscoveryConfig, Gone, HeadLookups, Learned,
-    Nat, NatConfig, NewHead, Open, Opening, PexDials, Reserve, SeedPolicy, Seen, SessionTable,
-    View,
+    Nat, NatConfig, NewHead, Newcomers, Open, Opening, PexDials, Reserve, SeedPolicy, Seen,
+    SessionTable, View,
 };
 use crate::trust::SignedHead;
 use crate::wire::{
@@ -174,6 +174,8 @@ struct NetLoop {
     our_dials: HashMap<PeerId, Instant>,
     /// Which peers learned by peer exchange to dial, and at which addresses.
     pex: PexDials<PeerId, Multiaddr>,
+    /// New session peers not yet announced to the other sessions.
+    newcomers: Newcomers<PeerId>,
     /// Relay reservations, reachability, relayed connections giving way to direct ones (the
     /// relays themselves are in `book`).
     nat: Nat<PeerId, libp2p::core::transport::ListenerId>,
@@ -195,6 +197,8 @@ struct Amino {
 /// How often every session is told again who else we are connected to, so a dial that
 /// failed once is retried and peers that joined elsewhere are learnt.
 const PEER_EXCHANGE_EVERY: Duration = Duration::from_secs(15);
+/// New sessions are announced to the others together, at most this often (see `Newcomers`).
+const ANNOUNCE_NEWCOMERS_EVERY: Duration = Duration::from_millis(500);
 /// How often the peer table is saved for the next start.
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(60);
 /// How often per-peer state that ran out is dropped: a ban ends (its peer may connect again)
@@ -317,6 +321,7 @@ pub(crate) async fn start(
         next_exchange: tokio::time::Instant::now() + PEER_EXCHANGE_EVERY,
         our_dials: HashMap::new(),
         pex: PexDials::new(Default::default(), Instant::now()),
+        newcomers: Newcomers::new(ANNOUNCE_NEWCOMERS_EVERY),
         starved: false,
         nat: Nat::new(
             NatConfig {
@@ -573,6 +578,7 @@ impl NetLoop {
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = sleep_until(self.discovery.poll_timeout()) => self.discovery_tick(),
                 _ = sleep_until_some(amino_due) => self.amino_tick(),
+                _ = sleep_until_some(self.newcomers.due()) => self.announce_newcomers(),
                 _ = tokio::time::sleep_until(self.next_save) => {
                     self.save_peers();
                     self.next_save = tokio::time::Instant::now() + SAVE_PEERS_EVERY;
@@ -859,7 +865,8 @@ impl NetLoop {
         })
     }
 
-    /// Tell `newcomer` who else we are connected to, and everyone else about `newcomer`.
+    /// Tell `newcomer` who else we are connected to now, and everyone else about `newcomer`
+    /// with the next batch of newcomers.
     fn exchange_peers(&mut self, newcomer: PeerId) {
         let others: Vec<PeerInfo> = self
             .sessions
@@ -871,11 +878,29 @@ impl NetLoop {
         if let (false, Some(s)) = (others.is_empty(), self.sessions.get(&newcomer)) {
             let _ = s.out.try_send(ControlMsg::Peers(others));
         }
-        if let Some(info) = self.info_of(&newcomer) {
-            for (peer, s) in &self.sessions {
-                if *peer != newcomer {
-                    let _ = s.out.try_send(ControlMsg::Peers(vec![info.clone()]));
-                }
+        self.newcomers.push(newcomer, Instant::now());
+    }
+
+    /// Tell every session about the newcomers since the last batch (but itself), in one
+    /// message. A newcomer whose session or address is gone by now is left out.
+    fn announce_newcomers(&mut self) {
+        let Some(batch) = self.newcomers.take_due(Instant::now()) else {
+            return;
+        };
+        let infos: Vec<(PeerId, PeerInfo)> = batch
+            .into_iter()
+            .filter(|p| self.sessions.contains_key(p))
+            .filter_map(|p| Some((p, self.info_of(&p)?)))
+            .collect();
+        for (peer, s) in &self.sessions {
+            let news: Vec<PeerInfo> = infos
+                .iter()
+                .filter(|(p, _)| p != peer)
+                .map(|(_, i)| i.clone())
+                .take(MAX_PEERS_PER_MSG)
+                .collect();
+            if !news.is_empty() {
+                let _ = s.out.try_send(ControlMsg::Peers(news));
             }
         }
     }

@@ -2,7 +2,8 @@
 //! download spreads its requests over chunk streams to its peers, and what it does when one
 //! fails; what the publisher seeds to whom; which peers hold the session slots, which session of
 //! a peer is live and what the engine heard of it; which peers learned by peer exchange to dial,
-//! and at which addresses; when to look for peers and heads in the DHT and dial bootstrap peers
+//! and at which addresses, and when to announce new ones; when to look for peers and heads in
+//! the DHT and dial bootstrap peers
 //! again (discovery); which relays to reserve on, how others reach us, and when a relayed
 //! connection gives way to a direct one (NAT).
 //!
@@ -18,6 +19,7 @@ mod dials;
 mod discovery;
 mod lanes;
 mod nat;
+mod newcomers;
 mod schedule;
 mod seed;
 mod sessions;
@@ -33,6 +35,7 @@ pub use discovery::{
 };
 pub use lanes::LaneId;
 pub use nat::{AutoNat, Nat, NatConfig, Reachability, Reserve, RESERVE_RETRY};
+pub use newcomers::Newcomers;
 pub use schedule::{Action, FeedPeer, ScheduleConfig, Scheduler};
 pub use seed::SeedPolicy;
 pub use sessions::{dial_target, Gone, Open, Opening, SessionTable};
