@@ -230,11 +230,12 @@ impl NodeConfig {
 /// when the receiver listed it (`SEED_HOLD_UNLISTED`: while it has not).
 ///
 /// 30 s, not 10: in the 40-subscriber lab (64 MiB, 10 Mbit/s links, CPU-bound) a chunk took
-/// more than 10 s to go from its first receiver to anyone else for about one chunk in four, and
-/// at 10 s those holds ran out and the publisher sent the chunk again (59 times for 203 chunks,
-/// 1.41 copies of chunk bytes; at 30 s 3 times, 1.23-1.33). A hold still ends at once when its
-/// receiver leaves or another peer lists the chunk, so only a receiver that keeps a chunk from
-/// everyone (slow, or hostile) makes the others wait this long.
+/// more than 10 s to go from its first receiver to anyone else for one chunk in seven to one in
+/// four, and at 10 s those holds ran out and the publisher sent the chunk again (34 and 59 times
+/// in two runs of 203-223 chunks, 1.41 and 1.50 copies of chunk bytes; at 30 s 3 times,
+/// 1.09-1.33). A hold still ends at once when its receiver leaves or another peer lists the
+/// chunk, so only a receiver that keeps a chunk from everyone (slow, or hostile) makes the
+/// others wait this long.
 pub const SEED_HOLD: Duration = Duration::from_secs(30);
 /// The longest the publisher holds a chunk back from the send while its receiver has not listed
 /// it (it may still be on its way; its request times out after `CHUNK_TIMEOUT`).
