@@ -229,12 +229,13 @@ impl NodeConfig {
 /// it from its first receiver, while no other peer lists it (see `swarm::SeedPolicy`): from
 /// when the receiver listed it (`SEED_HOLD_UNLISTED`: while it has not).
 ///
-/// 30 s, not 10: in the 40-subscriber lab (64 MiB, 10 Mbit/s links, CPU-bound) a chunk took
-/// more than 10 s to go from its first receiver to anyone else for one chunk in seven to one in
-/// four, and at 10 s those holds ran out and the publisher sent the chunk again (34 and 59 times
-/// in two runs of 203-223 chunks, 1.41 and 1.50 copies of chunk bytes; at 30 s 3 times,
-/// 1.09-1.33). A hold still ends at once when its receiver leaves or another peer lists the
-/// chunk, so only a receiver that keeps a chunk from everyone (slow, or hostile) makes the
+/// 30 s, not 10: in the 40-subscriber lab (64 MiB, 10 Mbit/s links, CPU-bound) a chunk often
+/// took more than 10 s to go from its first receiver to anyone else, and the hold ran out: in
+/// two runs of 203-223 chunks 59 and 34 holds ran out and their chunks went again (of the 34,
+/// 29 on this backstop, 5 never listed), 1.50 and 1.41 copies of chunk bytes; at 30 s 3 ran
+/// out, all never listed, and 1.09-1.33 copies. A hold still ends when its receiver leaves or
+/// once the chunk spread (`SPREAD_AFTER` other peers list it, or fewer `SPREAD_WAIT` after the
+/// first did), so only a receiver that keeps a chunk from everyone (slow, or hostile) makes the
 /// others wait this long.
 pub const SEED_HOLD: Duration = Duration::from_secs(30);
 /// The longest the publisher holds a chunk back from the send while its receiver has not listed

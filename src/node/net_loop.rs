@@ -892,17 +892,7 @@ impl NetLoop {
             .filter(|p| self.sessions.contains_key(p))
             .filter_map(|p| Some((p, self.info_of(&p)?)))
             .collect();
-        for (peer, s) in &self.sessions {
-            let news: Vec<PeerInfo> = infos
-                .iter()
-                .filter(|(p, _)| p != peer)
-                .map(|(_, i)| i.clone())
-                .take(MAX_PEERS_PER_MSG)
-                .collect();
-            if !news.is_empty() {
-                let _ = s.out.try_send(ControlMsg::Peers(news));
-            }
-        }
+        self.send_peers(&infos);
     }
 
     /// Periodic peer exchange: each session gets the others we are connected to.
@@ -912,6 +902,11 @@ impl NetLoop {
             .keys()
             .filter_map(|p| Some((*p, self.info_of(p)?)))
             .collect();
+        self.send_peers(&infos);
+    }
+
+    /// Send every session the peers of `infos` but itself, in one message.
+    fn send_peers(&self, infos: &[(PeerId, PeerInfo)]) {
         for (peer, s) in &self.sessions {
             let others: Vec<PeerInfo> = infos
                 .iter()

@@ -470,16 +470,17 @@ mod tests {
 
     /// The node's holds outlast a slow first hop: in the 40-subscriber lab a chunk often took
     /// more than 10 s to go from its first receiver to anyone else, and a 10 s backstop sent it
-    /// again (a quarter of the chunks). With `SEED_HOLD` it goes out once; only a receiver that
-    /// keeps it from everyone for `SEED_HOLD` gets it sent to a second.
+    /// again (34 and 59 times in two runs of about 200 chunks). With `SEED_HOLD` it goes to
+    /// no one else until it spread; only a receiver that keeps it from everyone for
+    /// `SEED_HOLD` gets it sent to a second.
     #[test]
-    fn with_the_nodes_holds_a_chunk_slow_to_leave_its_first_receiver_is_sent_once() {
+    fn with_the_nodes_holds_a_chunk_slow_to_leave_its_first_receiver_is_not_sent_again() {
         use crate::config::{SEED_HOLD, SEED_HOLD_UNLISTED};
         let t0 = Instant::now();
         let mut s = SeedPolicy::new(SEED_HOLD, SEED_HOLD_UNLISTED);
         assert!(s.should_serve(&1, h(1), t0));
         s.seen(&1, h(1), secs(t0, 2.0));
-        for t in [5.0, 12.0, 20.0, 31.0] {
+        for t in [5.0, 12.0, 20.0, 24.0] {
             assert!(
                 !s.should_serve(&2, h(1), secs(t0, t)),
                 "{t} s after the send, its receiver still its only holder: refused"

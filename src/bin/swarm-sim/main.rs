@@ -212,8 +212,13 @@ fn setup(args: &Args, n: usize, chunks: &[u64]) -> Result<Setup> {
              with --upload-slots"
         );
     }
-    if args.total_mbit.is_some() && !args.max_min {
-        bail!("--total-mbit needs --max-min: the cap is a link every flow shares");
+    if let Some(m) = args.total_mbit {
+        if !args.max_min {
+            bail!("--total-mbit needs --max-min: the cap is a link every flow shares");
+        }
+        if !(m.is_finite() && m > 0.0) {
+            bail!("--total-mbit must be a positive number of Mbit/s, not {m}");
+        }
     }
     let tree: u64 = chunks.iter().sum();
     let bound = lower_bound(tree, &up, &down);
