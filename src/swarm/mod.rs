@@ -3,9 +3,8 @@
 //! fails; what the publisher seeds to whom; which peers hold the session slots, which session of
 //! a peer is live and what the engine heard of it; which peers learned by peer exchange to dial,
 //! and at which addresses, and when to announce new ones; when to look for peers and heads in
-//! the DHT and dial bootstrap peers
-//! again (discovery); which relays to reserve on, how others reach us, and when a relayed
-//! connection gives way to a direct one (NAT).
+//! the DHT and dial bootstrap peers again (discovery); which relays to reserve on, how others
+//! reach us, and when a relayed connection gives way to a direct one (NAT).
 //!
 //! No sockets, no tokio, no clocks: callers pass `now`. Unit-tested step by step.
 

@@ -176,14 +176,15 @@ impl<T: Copy> Links<T> {
         // Links 0..n are uplinks, n..2n downlinks, 2n the swarm's total: the capacity left and
         // the flows not fixed.
         let total = 2 * n;
-        let live = self.flows.iter().filter(|f| f.is_some()).count();
         let mut left: Vec<f64> = self.up.iter().chain(&self.down).copied().collect();
         left.push(self.total);
         let mut open: Vec<usize> = (0..n)
             .map(|u| self.sending[u].len())
             .chain((0..n).map(|v| self.receiving[v].len()))
             .collect();
-        open.push(if self.total.is_finite() { live } else { 0 });
+        // Every live flow crosses the total, when there is one (counted only then).
+        let live = || self.flows.iter().filter(|f| f.is_some()).count();
+        open.push(if self.total.is_finite() { live() } else { 0 });
         let mut rate: Vec<Option<f64>> = vec![None; self.flows.len()];
         let share = |left: &[f64], open: &[usize], l: usize| left[l].max(0.0) / open[l] as f64;
         let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..=total)
